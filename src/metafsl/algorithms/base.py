@@ -1,0 +1,48 @@
+"""The common interface every few-shot method implements.
+
+An ``Algorithm`` is an ``nn.Module`` holding all trainable state.  The training loop
+only ever calls ``meta_loss(batch)`` (returns the differentiable loss and the mean query
+accuracy over the batch of tasks) and ``evaluate(batch)`` (returns the query accuracy of
+each task).  Algorithms know nothing about files, configs or the CLI.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from metafsl.data.sampler import TaskBatch
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of correct predictions along the last dim; keeps leading (task) dims."""
+    return (logits.argmax(-1) == labels).float().mean(-1)
+
+
+class Algorithm(nn.Module):
+    #: Whether ``evaluate`` needs autograd (optimisation-based methods adapt at test time).
+    needs_grad_at_test: bool = False
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    # -- to implement ----------------------------------------------------------------------
+    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
+        """Query logits (B, n_query_total, n_way) for a batch of tasks."""
+        raise NotImplementedError
+
+    # -- defaults built on task_logits ----------------------------------------------------
+    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = self.task_logits(batch, train=True)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        return loss, accuracy(logits, batch.query_y).mean()
+
+    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
+        with torch.set_grad_enabled(self.needs_grad_at_test):
+            logits = self.task_logits(batch, train=False)
+        return accuracy(logits.detach(), batch.query_y)
+
+    def check_episode(self, n_way: int, train: bool) -> None:
+        """Raise ``UserError`` when this learner cannot handle ``n_way`` (e.g. a fixed head)."""

@@ -1,0 +1,86 @@
+"""Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, ICML 2017), via learn2learn's ``MAML``.
+
+A linear head on the backbone; the inner loop takes ``inner_steps`` gradient steps of size
+``inner_lr`` on the support loss (``test_inner_steps``/``test_inner_lr`` at test time); the
+outer loss is the query loss of the adapted model, differentiated through the inner loop
+(second order) or not (``first_order=true``: FOMAML).  Batch norm always uses the current
+batch's statistics, as in Finn et al.'s implementation (no running averages).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from metafsl._l2l import learn2learn
+from metafsl.algorithms.base import Algorithm, accuracy
+from metafsl.data.sampler import TaskBatch
+from metafsl.errors import UserError
+
+
+def use_batch_statistics(module: nn.Module) -> None:
+    """Make every batch-norm layer normalise with the current batch's statistics."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+            m.num_batches_tracked = None
+
+
+class MAML(Algorithm):
+    needs_grad_at_test = True
+
+    def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
+                 test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
+                 first_order: bool = False, backend: str = "l2l"):
+        super().__init__(backbone)
+        if backend != "l2l":
+            raise UserError(f"Unknown MAML backend '{backend}'; choose one of: l2l.")
+        use_batch_statistics(backbone)
+        self.n_way = n_way
+        self.head = nn.Linear(backbone.out_features, n_way)
+        self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
+        self.test_inner_lr = float(inner_lr if test_inner_lr is None else test_inner_lr)
+        self.test_inner_steps = int(test_inner_steps)
+        self.first_order = bool(first_order)
+        l2l = learn2learn()
+        # The wrapper shares parameters with backbone/head (no copy).
+        self.learner = l2l.algorithms.MAML(nn.Sequential(self.backbone, self.head),
+                                           lr=self.inner_lr, first_order=self.first_order)
+
+    def check_episode(self, n_way: int, train: bool) -> None:
+        if n_way != self.n_way:
+            raise UserError(
+                f"This MAML learner has a {self.n_way}-way output head; it cannot run {n_way}-way "
+                f"episodes (train and test with the same n_way)."
+            )
+
+    def adapt(self, support_x, support_y, steps: int, lr: float, first_order: bool):
+        learner = self.learner.clone(first_order=first_order)
+        learner.lr = lr
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(learner(support_x), support_y)
+            learner.adapt(loss, first_order=first_order)
+        return learner
+
+    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        losses, accs = [], []
+        for i in range(len(batch)):
+            learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps,
+                                 self.inner_lr, self.first_order)
+            logits = learner(batch.query_x[i])
+            losses.append(nn.functional.cross_entropy(logits, batch.query_y[i]))
+            accs.append(accuracy(logits.detach(), batch.query_y[i]))
+        return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
+        accs = []
+        for i in range(len(batch)):
+            with torch.enable_grad():
+                learner = self.adapt(batch.support_x[i], batch.support_y[i], self.test_inner_steps,
+                                     self.test_inner_lr, first_order=True)
+            with torch.no_grad():
+                accs.append(accuracy(learner(batch.query_x[i]), batch.query_y[i]))
+        return torch.stack(accs)

@@ -1,0 +1,58 @@
+"""Build the pieces of a run (device, data, pixels, learner) from a composed config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import torch
+
+from metafsl.data import load_dataset
+from metafsl.data.base import FewShotDataset
+from metafsl.data.sampler import Pixels
+from metafsl.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but no CUDA GPU is available here; use device=cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+
+
+def make_pixels(dataset_cfg: Dict[str, Any], ds: FewShotDataset) -> Pixels:
+    norm = dataset_cfg.get("normalize", "none")
+    if norm == "none":
+        mean = std = None
+    elif norm == "dataset":
+        mean, std = ds.mean, ds.std
+    else:
+        raise UserError(f"Unknown dataset.normalize '{norm}'; choose one of: none, dataset.")
+    return Pixels(mean, std, dataset_cfg.get("augment", "none"))
+
+
+@dataclass
+class Components:
+    device: torch.device
+    dataset: FewShotDataset
+    pixels: Pixels
+    algorithm: Any
+
+
+def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Components:
+    """cfg is a plain (resolved) dict of the run config."""
+    from metafsl.algorithms import build_algorithm  # noqa: PLC0415
+    from metafsl.models import build_backbone  # noqa: PLC0415
+
+    device = resolve_device(cfg["device"])
+    ds = dataset if dataset is not None else load_dataset(cfg["dataset"], cfg["paths"])
+    if "train" not in ds.splits or "test" not in ds.splits:
+        raise UserError(f"Dataset '{ds.name}' needs at least a train and a test split.")
+    b = dict(cfg["backbone"])
+    name = b.pop("name")
+    backbone = build_backbone(name, channels=ds.channels, image_size=ds.image_size, **b)
+    algorithm = build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
+    return Components(device, ds, make_pixels(cfg["dataset"], ds), algorithm.to(device))

@@ -1,0 +1,47 @@
+"""Backbones: feature extractors mapping images (B, C, H, W) to embeddings (B, D).
+
+Built from learn2learn's model zoo where it fits (conv4, resnet12).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metafsl._l2l import learn2learn
+from metafsl.errors import UserError
+
+BACKBONES = {
+    "conv4": "4 x [3x3 conv, batch norm, ReLU, 2x2 max-pool]; Vinyals et al. / Snell et al.",
+    "resnet12": "ResNet-12 (MetaOptNet widths 64-160-320-640), average-pooled embedding",
+}
+
+
+def build_backbone(name: str, channels: int, image_size: int, **kwargs) -> nn.Module:
+    """Instantiate a backbone and record its embedding size in ``.out_features``."""
+    l2l = learn2learn()
+    if name == "conv4":
+        layers = int(kwargs.get("layers", 4))
+        model = l2l.vision.models.CNN4Backbone(
+            hidden_size=int(kwargs.get("hidden", 64)),
+            layers=layers,
+            channels=channels,
+            max_pool=True,
+            max_pool_factor=1.0,
+        )
+    elif name == "resnet12":
+        model = l2l.vision.models.ResNet12Backbone(
+            avg_pool=True,
+            wider=bool(kwargs.get("wider", True)),
+            embedding_dropout=float(kwargs.get("dropout", 0.0)),
+            dropblock_dropout=float(kwargs.get("dropblock", 0.0)),
+            channels=channels,
+        )
+    else:
+        raise UserError(f"Unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}.")
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        out = model(torch.zeros(2, channels, image_size, image_size))
+        model.train(was_training)
+    model.out_features = int(out.shape[-1])
+    return model

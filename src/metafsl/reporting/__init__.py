@@ -1,0 +1,1 @@
+"""Console output (rich progress bars and tables) and run summaries."""
