@@ -22,7 +22,7 @@ demo: setup  ## meta-train + test ProtoNet and MAML on the built-in glyphs datas
 	@$(VENV)/bin/metafsl demo
 
 test: setup  ## run the test suite
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 	@$(PY) scripts/bench.py $(BENCH_ARGS)

@@ -12,7 +12,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from metafsl.data.sampler import TaskBatch
+from metafsl.data.base import FewShotSplit
+from metafsl.data.sampler import EpisodeSampler, Pixels, TaskBatch
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,14 @@ class Algorithm(nn.Module):
         with torch.set_grad_enabled(self.needs_grad_at_test):
             logits = self.task_logits(batch, train=False)
         return accuracy(logits.detach(), batch.query_y)
+
+    def train_source(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, device,
+                     seed: int, pixels: Pixels, within_group: bool = False):
+        """What the training loop draws batches from: anything with ``sample(n, train=True)``
+        and ``state_dict()/load_state_dict()``.  Episodic methods use the episode sampler;
+        transfer baselines may return a sampler of plain labelled mini-batches instead."""
+        return EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed,
+                              pixels=pixels, within_group=within_group, split_name="train")
 
     def check_episode(self, n_way: int, train: bool) -> None:
         """Raise ``UserError`` when this learner cannot handle ``n_way`` (e.g. a fixed head)."""

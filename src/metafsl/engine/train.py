@@ -59,9 +59,9 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     algo.check_episode(ep["train"]["n_way"], train=True)
     algo.check_episode(ep["test"]["n_way"], train=False)
     within = ep.get("within_alphabet", False)
-    sampler = EpisodeSampler(ds["train"], ep["train"]["n_way"], ep["train"]["n_shot"],
-                             ep["train"]["n_query"], device, seed=cfg["seed"], pixels=comp.pixels,
-                             within_group=within, split_name="train")
+    sampler = algo.train_source(ds["train"], ep["train"]["n_way"], ep["train"]["n_shot"],
+                                ep["train"]["n_query"], device, seed=cfg["seed"], pixels=comp.pixels,
+                                within_group=within)
     has_val = "val" in ds.splits and tr["val_episodes"] > 0
     if has_val:  # fail now, not at the first validation, if val episodes are impossible
         EpisodeSampler(ds["val"], ep["test"]["n_way"], ep["test"]["n_shot"], ep["test"]["n_query"],
@@ -76,6 +76,8 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
              "acc_sum": 0.0, "loss_sum": 0.0, "count": 0, "last_val": None}
     untrained = None
     if cfg["resume"]:
+        if not (run_dir / LAST).exists():
+            raise UserError(f"Nothing to resume: {run_dir} has no {LAST}; pass hydra.run.dir=<the run's dir>.")
         ck = checkpoint.load(run_dir / LAST)
         algo.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])

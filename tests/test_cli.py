@@ -1,0 +1,181 @@
+"""End to end through the real entry point on tiny glyphs runs: train, test, resume, sweep,
+list, data, and every user error (one sentence, non-zero exit, no traceback)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, TINY_DATA
+
+METAFSL = [sys.executable, "-m", "metafsl.cli"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, request):
+    """One tiny ProtoNet run shared by the tests that only read it."""
+    from metafsl.cli import main
+
+    run = tmp_path_factory.mktemp("run") / "protonet"
+    assert main(["train", f"hydra.run.dir={run}", *TINY]) == 0
+    return run
+
+
+def test_help_is_instant_and_imports_nothing_heavy():
+    code = ("import sys; from metafsl.cli import main; main(['--help']); main(['list', 'algo']);"
+            "print('HEAVY', sorted(m for m in ('torch', 'hydra', 'learn2learn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: metafsl" in out and "protonet" in out
+    assert "HEAVY []" in out
+
+
+def test_train_writes_a_complete_run_dir(trained):
+    run = trained
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "val"}
+    assert [r["iteration"] for r in records if r["split"] == "val"] == [3, 6]
+    s = json.loads((run / "summary.json").read_text())
+    assert (s["algo"], s["dataset"], s["backbone"]) == ("protonet", "glyphs", "conv4")
+    assert s["episode"]["test"] == {"n_way": 5, "n_shot": 1, "n_query": 5}
+    assert s["train"]["iterations"] == 6 and s["train"]["seconds"] > 0
+    assert s["val"]["best_iteration"] in (3, 6) and 0 <= s["val"]["best_acc"] <= 100
+    assert s["test"]["episodes"] == 8 and 20 <= s["test"]["acc"] <= 100 and s["test"]["ci95"] > 0
+    ck = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert ck["config"]["algo"]["name"] == "protonet" and ck["iteration"] == s["val"]["best_iteration"]
+    assert "optimizer" in ck and ck["best"]["acc"] == s["val"]["best_acc"]
+
+
+def test_test_command_reuses_saved_config_with_overrides(trained, run_cli):
+    code, out, err = run_cli("test", f"run={trained}", "episode=5w5s", "eval.episodes=6")
+    assert code == 0, err
+    assert "5-way 5-shot" in out
+    s = json.loads((trained / "summary.json").read_text())
+    rec = s["tests"][-1]
+    assert rec["episode"]["n_shot"] == 5 and rec["episodes"] == 6 and rec["dataset"] == "glyphs"
+    assert 20 <= rec["acc"] <= 100
+    # A different seed gives different episodes; the same seed, the same accuracy.
+    code, _, _ = run_cli("test", f"run={trained}", "episode=5w5s", "eval.episodes=6")
+    s = json.loads((trained / "summary.json").read_text())
+    assert s["tests"][-1]["acc"] == rec["acc"]
+    assert s["test"]["episodes"] == 8  # the training-time result is kept
+
+
+def _subprocess_train(run_dir: Path, *extra: str, crash_after: int | None = None):
+    env = dict(os.environ)
+    if crash_after:
+        env["METAFSL_CRASH_AFTER_ITERATION"] = str(crash_after)
+    args = ["train", f"hydra.run.dir={run_dir}", *TINY, "trainer.iterations=8", "trainer.val_every=2",
+            "trainer.log_every=1", *extra]
+    return subprocess.run([*METAFSL, *args], capture_output=True, text=True, env=env)
+
+
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
+    full = _subprocess_train(tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    crashed = _subprocess_train(tmp_path / "crash", crash_after=5)
+    assert crashed.returncode != 0
+    assert not (tmp_path / "crash" / "summary.json").exists()
+    assert torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 4
+    resumed = _subprocess_train(tmp_path / "crash", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stdout
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((tmp_path / "crash" / "summary.json").read_text())
+    assert a["test"]["acc"] == b["test"]["acc"] and a["val"] == b["val"]
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
+                       for x in p.read_text().splitlines()]
+    assert strip(tmp_path / "full" / "metrics.jsonl") == strip(tmp_path / "crash" / "metrics.jsonl")
+    wa = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sweep_of_two_jobs_writes_a_summary(tmp_path, run_cli):
+    code, out, err = run_cli("sweep", f"hydra.sweep.dir={tmp_path}", "algo=protonet,maml", *TINY)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
+    assert len(rows) == 2
+    assert {r["overrides"].split()[0] for r in rows} == {"algo=protonet", "algo=maml"}
+    vals = [float(r["val_acc"]) for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    for r in rows:
+        assert float(r["test_acc"]) > 0 and float(r["ci95"]) >= 0 and float(r["seconds"]) > 0
+        assert (Path(r["run_dir"]) / ".hydra" / "config.yaml").exists()
+    assert "Sweep" in out and "algo=maml" in out
+
+
+def test_maml_trains_and_tests(tmp_path, run_cli):
+    code, out, err = run_cli("train", f"hydra.run.dir={tmp_path}", "algo=maml", "trainer.meta_batch_size=2",
+                             "algo.first_order=true", *TINY)
+    assert code == 0, err
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["algo"] == "maml" and s["test"]["acc"] > 0
+
+
+def test_list_and_data(run_cli):
+    code, out, _ = run_cli("list")
+    assert code == 0
+    for word in ("dataset", "glyphs", "omniglot", "backbone", "conv4", "resnet12", "algo", "maml",
+                 "protonet", "episode", "20w5s", "trainer", "eval"):
+        assert word in out
+    code, out, _ = run_cli("data", *TINY_DATA)
+    assert code == 0 and "train" in out and "38" in out and "1x28x28" in out
+
+
+def _err(result):
+    code, out, err = result
+    assert code != 0
+    assert "Traceback" not in out + err
+    return (out + err).replace("\n", " ")
+
+
+def test_user_errors_are_one_clear_sentence(tmp_path, run_cli, trained):
+    assert "Unknown algo 'nope'; choose one of: maml" in _err(run_cli("train", "algo=nope"))
+    assert "Unknown dataset 'imagenet9'" in _err(run_cli("train", "dataset=imagenet9"))
+    assert "Unknown command 'trian'" in _err(run_cli("trian"))
+    assert "Key 'iteratons' not in 'TrainerConfig'" in _err(run_cli("train", "trainer.iteratons=3"))
+    assert "could not be converted to Integer" in _err(run_cli("train", "trainer.iterations=abc"))
+    msg = _err(run_cli("train", f"hydra.run.dir={tmp_path / 'a'}", *TINY, "episode.train.n_way=80"))
+    assert "Impossible episode: n_way=80" in msg
+    msg = _err(run_cli("train", f"hydra.run.dir={tmp_path / 'b'}", *TINY, "episode.test.n_query=40"))
+    assert "Impossible episode" in msg and "images per class" in msg
+    msg = _err(run_cli("train", f"hydra.run.dir={tmp_path / 'c'}", "dataset=omniglot",
+                       f"paths.data_dir={tmp_path / 'nodata'}"))
+    assert "not found under" in msg and "images_background.zip" in msg
+    assert "needs the run to evaluate" in _err(run_cli("test"))
+    assert "does not exist" in _err(run_cli("test", f"run={tmp_path / 'missing'}"))
+    assert "Nothing to resume" in _err(run_cli("train", f"hydra.run.dir={tmp_path / 'd'}", *TINY, "resume=true"))
+    assert "already holds a run" in _err(run_cli("train", f"hydra.run.dir={trained}", *TINY))
+    assert "no CUDA GPU" in _err(run_cli("train", f"hydra.run.dir={tmp_path / 'e'}", *TINY, "device=cuda")) \
+        or torch.cuda.is_available()
+
+
+def test_missing_or_corrupt_checkpoint_is_a_user_error(tmp_path, run_cli, trained):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    (copy / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    assert "unreadable or corrupt" in _err(run_cli("test", f"run={copy}"))
+    (copy / "checkpoints" / "best.pt").unlink()
+    assert "does not exist" in _err(run_cli("test", f"run={copy}"))
+
+
+def test_configs_are_packaged_for_a_non_editable_install(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("metafsl-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    conf = REPO / "src" / "metafsl" / "conf"
+    for yaml in conf.rglob("*.yaml"):
+        assert f"metafsl/conf/{yaml.relative_to(conf).as_posix()}" in names
+    assert "metafsl/data/splits/omniglot_vinyals.txt" in names
