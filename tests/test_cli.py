@@ -139,7 +139,7 @@ def _err(result):
 
 
 def test_user_errors_are_one_clear_sentence(tmp_path, run_cli, trained):
-    assert "Unknown algo 'nope'; choose one of: maml" in _err(run_cli("train", "algo=nope"))
+    assert "Unknown algo 'nope'; choose one of: anil, baseline" in _err(run_cli("train", "algo=nope"))
     assert "Unknown dataset 'imagenet9'" in _err(run_cli("train", "dataset=imagenet9"))
     assert "Unknown command 'trian'" in _err(run_cli("trian"))
     assert "Key 'iteratons' not in 'TrainerConfig'" in _err(run_cli("train", "trainer.iteratons=3"))

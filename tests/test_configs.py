@@ -28,7 +28,14 @@ def test_primary_configs_compose(name):
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_resolves(group, option):
-    cfg = _compose("train", [f"{group}={option}"])
+    if group == "protocol":  # test protocols exist only for `metafsl test`
+        cfg = _compose("test", [f"{group}={option}", "run=/tmp/x"])
+    elif group == "hparams_search":  # searches configure the sweep app's Optuna sweeper
+        cfg = _compose("sweep", [f"{group}={option}"], hydra=True)
+        assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.sweeper.params
+        return
+    else:
+        cfg = _compose("train", [f"{group}={option}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if group != "experiment":
         # option files are named after their `name` field (used to re-compose saved runs)

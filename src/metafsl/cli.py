@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import List, Optional
 
 CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval", "experiment")
+GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval", "experiment", "protocol",
+          "hparams_search")
 
 COMMANDS = {
     "train": "meta-train a learner on a composed config, then test it",
@@ -19,6 +20,16 @@ COMMANDS = {
     "list": "print the config groups and their options: metafsl list [group]",
     "data": "check a dataset's files and print per-split statistics",
     "demo": "ProtoNet and MAML on built-in glyphs 5-way 1-shot vs. untrained (what `make demo` runs)",
+    "reproduce": "run a published table's rows and compare: metafsl reproduce table=<name> [budget=0.1]",
+    "results": "one table of run/sweep dirs: metafsl results <dir>... [sort=test] [format=md] [plot=shots]",
+    "predict": "classify your images: metafsl predict run=<run dir> support=<dir> query=<dir or files>",
+}
+
+#: commands that are plain drivers (no Hydra app of their own): module:function(args) -> exit code
+DRIVERS = {
+    "reproduce": "metafsl.commands.reproduce:reproduce_command",
+    "results": "metafsl.commands.results:results_command",
+    "predict": "metafsl.commands.predict:predict_command",
 }
 
 USAGE = """usage: metafsl <command> [key=value ...] [hydra options]
@@ -39,7 +50,7 @@ examples:
 
 
 def usage() -> str:
-    cmds = "\n".join(f"  {name:<7} {desc}" for name, desc in COMMANDS.items())
+    cmds = "\n".join(f"  {name:<9} {desc}" for name, desc in COMMANDS.items())
     return USAGE.format(commands=cmds)
 
 
@@ -93,6 +104,26 @@ def run_hydra(command: str, args: List[str]) -> int:
     return 0
 
 
+def run_driver(command: str, args: List[str]) -> int:
+    import importlib  # noqa: PLC0415
+
+    module_name, _, fn = DRIVERS[command].partition(":")
+    module = importlib.import_module(module_name)
+    if any(a in ("-h", "--help") for a in args):
+        print(module.__doc__)
+        return 0
+    if not os.environ.get("METAFSL_VERBOSE") and "verbose=true" not in args:
+        import warnings  # noqa: PLC0415
+
+        warnings.filterwarnings("ignore")
+    from metafsl.errors import UserError  # noqa: PLC0415
+
+    try:
+        return getattr(module, fn)(args)
+    except UserError as exc:
+        return _fail(str(exc))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -112,6 +143,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from metafsl.commands.demo import demo_command  # noqa: PLC0415
 
         return demo_command(rest)
+    if command in DRIVERS:
+        return run_driver(command, rest)
     if command in COMMANDS:
         if not os.environ.get("METAFSL_VERBOSE") and "verbose=true" not in rest:
             import warnings  # noqa: PLC0415

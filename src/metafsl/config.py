@@ -87,6 +87,55 @@ class FolderConfig(DatasetConfig):
     seed: int = 0
 
 
+@dataclass
+class TieredImageNetConfig(DatasetConfig):
+    """tieredImageNet (Ren et al. 2018), learn2learn's pickles; 351/97/160 classes."""
+
+    name: str = "tiered_imagenet"
+    image_size: int = 84
+    channels: int = 3
+    normalize: str = "dataset"
+
+
+@dataclass
+class CifarFSConfig(DatasetConfig):
+    """CIFAR-FS (Bertinetto et al. 2019) from the CIFAR-100 python archive; 64/16/20 classes."""
+
+    name: str = "cifarfs"
+    image_size: int = 32
+    channels: int = 3
+    normalize: str = "dataset"
+
+
+@dataclass
+class FC100Config(CifarFSConfig):
+    """FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass, 60/20/20 classes."""
+
+    name: str = "fc100"
+
+
+@dataclass
+class CUBConfig(DatasetConfig):
+    """CUB-200-2011 with Chen et al.'s (2019) 100/50/50 class split."""
+
+    name: str = "cub"
+    image_size: int = 84
+    channels: int = 3
+    normalize: str = "dataset"
+
+
+# ----------------------------------------------------------------------------- protocol
+@dataclass
+class LakeRunsConfig:
+    """Lake et al. (2015) one-shot classification runs (20 runs x 20 trials)."""
+
+    name: str = "lake20"
+    # all_runs.zip or its extracted folder; default: <paths.data_dir>/omniglot/all_runs.zip
+    root: Optional[str] = None
+    # The release draws ink dark on white; invert like the Omniglot loader (ink bright).
+    invert: bool = True
+
+
 # ----------------------------------------------------------------------------- backbone
 @dataclass
 class BackboneConfig:
@@ -108,6 +157,24 @@ class ResNet12Config(BackboneConfig):
     dropout: float = 0.0
 
 
+@dataclass
+class Conv4_32Config(Conv4Config):
+    """conv4 with 32 filters per layer: Finn et al.'s (and Ravi & Larochelle's) miniImageNet setting."""
+
+    name: str = "conv4_32"
+    hidden: int = 32
+
+
+@dataclass
+class WRNConfig(BackboneConfig):
+    """Wide ResNet (Zagoruyko & Komodakis 2016); WRN-28-10 as in Dhillon et al. 2020 / LEO."""
+
+    name: str = "wrn28_10"
+    depth: int = 28
+    widen: int = 10
+    dropout: float = 0.0
+
+
 # ----------------------------------------------------------------------------- algo
 @dataclass
 class AlgoConfig:
@@ -123,7 +190,8 @@ class MAMLConfig(AlgoConfig):
     test_inner_lr: Optional[float] = None  # default: inner_lr
     test_inner_steps: int = 3
     first_order: bool = False
-    # l2l: learn2learn's per-task MAML wrapper (reference).
+    # l2l: learn2learn's per-task MAML wrapper (reference);
+    # vmap: all tasks of a meta-batch at once with torch.func (same gradients, faster).
     backend: str = "l2l"
 
 
@@ -134,6 +202,136 @@ class ProtoNetConfig(AlgoConfig):
     distance: str = "sqeuclidean"
     # Scale of cosine logits (ignored for sqeuclidean).
     temperature: float = 10.0
+
+
+@dataclass
+class FOMAMLConfig(MAMLConfig):
+    """First-order MAML (Finn et al. 2017, Sec. 5.2): same loop, no second derivatives."""
+
+    name: str = "fomaml"
+    first_order: bool = True
+
+
+@dataclass
+class MetaSGDConfig(AlgoConfig):
+    name: str = "metasgd"
+    # Per-parameter inner learning rates are initialised uniformly in [lr_init_min, lr_init_max].
+    lr_init_min: float = 0.005
+    lr_init_max: float = 0.1
+    inner_steps: int = 1
+    test_inner_steps: int = 1
+    first_order: bool = False
+
+
+@dataclass
+class ANILConfig(AlgoConfig):
+    name: str = "anil"
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    test_inner_lr: Optional[float] = None  # default: inner_lr
+    test_inner_steps: int = 3
+    first_order: bool = False
+
+
+@dataclass
+class ReptileConfig(AlgoConfig):
+    name: str = "reptile"
+    # Inner loop: `inner_steps` minibatches of `inner_batch` support images, optimiser adam|sgd.
+    inner_lr: float = 0.001
+    inner_steps: int = 5
+    inner_batch: int = 10
+    inner_optimizer: str = "adam"
+    test_inner_steps: int = 50
+    test_inner_batch: int = 5
+    # true: all queries in one batch (batch-norm statistics shared); false: each query alone
+    # with the support set (Nichol et al.'s non-transductive protocol).
+    transductive: bool = True
+
+
+@dataclass
+class MatchingNetConfig(AlgoConfig):
+    name: str = "matchingnet"
+    # Full context embeddings: bidirectional LSTM over the support set, attention LSTM for queries.
+    fce: bool = False
+    fce_steps: int = 5
+    # Cosine similarities are multiplied by this before the softmax attention (paper: 1).
+    temperature: float = 1.0
+
+
+@dataclass
+class RelationNetConfig(AlgoConfig):
+    name: str = "relationnet"
+    # Relation module: [f(x); f(x_i)] -> width -> hidden -> 1 (sigmoid).
+    width: int = 64
+    hidden: int = 8
+
+
+@dataclass
+class SiameseConfig(AlgoConfig):
+    name: str = "siamese"
+    # Weight same and different pairs equally in the binary cross-entropy.
+    balance: bool = True
+
+
+@dataclass
+class MetaOptNetConfig(AlgoConfig):
+    name: str = "metaoptnet"
+    # svm (Crammer-Singer multi-class SVM) | ridge (ridge regression to one-hot targets)
+    head: str = "svm"
+    svm_c: float = 0.1
+    # Unrolled accelerated projected-gradient iterations on the SVM dual (train / test).
+    svm_steps: int = 50
+    test_svm_steps: int = 200
+    ridge_lambda: float = 50.0
+    # Learned scale of the query logits (initial value).
+    scale: float = 1.0
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class MANNConfig(AlgoConfig):
+    name: str = "mann"
+    controller_size: int = 200
+    memory_slots: int = 128
+    memory_size: int = 40
+    read_heads: int = 4
+    # Decay of the usage weights (least-recently-used access).
+    gamma: float = 0.95
+
+
+@dataclass
+class MetaLSTMConfig(AlgoConfig):
+    name: str = "metalstm"
+    # Learner updates produced by the meta-learner per task (train / test).
+    steps: int = 5
+    test_steps: Optional[int] = None  # default: steps
+    hidden: int = 20
+    # Gradient/loss preprocessing of Andrychowicz et al. (2016).
+    preprocess_p: float = 10.0
+    forget_bias: float = 5.0
+    input_bias: float = -5.0
+
+
+@dataclass
+class BaselineConfig(AlgoConfig):
+    name: str = "baseline"
+    # Pre-training: mini-batches of `batch_size` labelled images from all training classes
+    # (one mini-batch per trainer iteration; trainer.meta_batch_size is not used).
+    batch_size: int = 16
+    # Test time: a new head fitted on the support set with the backbone frozen.
+    finetune_epochs: int = 100
+    finetune_batch: int = 4
+    finetune_lr: float = 0.01
+    finetune_momentum: float = 0.9
+    finetune_dampening: float = 0.9
+    finetune_weight_decay: float = 0.001
+
+
+@dataclass
+class BaselinePPConfig(BaselineConfig):
+    name: str = "baselinepp"
+    # Cosine-classifier scale; null: 2 for <= 200 classes, else 10 (as Chen et al.'s code).
+    scale: Optional[float] = None
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -169,6 +367,9 @@ class TrainerConfig:
     val_episodes: int = 200
     log_every: int = 10
     grad_clip: Optional[float] = None
+    # Wall-clock budget: stop (after a last validation + checkpoint) once training has run
+    # this many minutes.  null = no limit.
+    max_minutes: Optional[float] = None
 
 
 @dataclass
@@ -194,6 +395,20 @@ class Published:
 
 
 @dataclass
+class RuntimeConfig:
+    """Speed settings (metafsl.engine.runtime); none of them changes the method."""
+
+    # Linux/glibc: recycle freed memory in-process (removes page-fault time); results unchanged.
+    cpu_allocator_cache: bool = True
+    # GPU only (no-ops on CPU). off | bf16: autocast forward passes to bfloat16 (changes results).
+    amp: str = "off"
+    # GPU only: NHWC conv weights/activations (same maths, different rounding).
+    channels_last: bool = False
+    # GPU only: torch.compile the backbone's forward in place.
+    compile: bool = False
+
+
+@dataclass
 class RunConfig:
     dataset: Any = MISSING
     backbone: Any = MISSING
@@ -202,6 +417,7 @@ class RunConfig:
     trainer: TrainerConfig = MISSING
     eval: EvalConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = 0
     # auto | cpu | cuda | cuda:N
     device: str = "auto"
@@ -214,6 +430,13 @@ class RunConfig:
     run: Optional[str] = None
     # Which checkpoint `metafsl test` evaluates: best | last.
     checkpoint: str = "best"
+    # For `metafsl test`: a test protocol other than episodes (protocol=lake20); null: episodes.
+    protocol: Any = None
+    # Fraction of trainer.iterations (and of the validation/log cadence and LR-schedule steps)
+    # to run: budget=0.1 is a quick approximate pass; summary.json records it.
+    budget: float = 1.0
+    # Extra metric sink besides metrics.jsonl (always written): none | tensorboard.
+    logger: str = "none"
     # Set by experiment presets.
     name: str = ""
     published: Published = field(default_factory=Published)
@@ -226,10 +449,29 @@ _SCHEMAS = {
     ("dataset", "omniglot_schema"): OmniglotConfig,
     ("dataset", "mini_imagenet_schema"): MiniImageNetConfig,
     ("dataset", "folder_schema"): FolderConfig,
+    ("dataset", "tiered_imagenet_schema"): TieredImageNetConfig,
+    ("dataset", "cifarfs_schema"): CifarFSConfig,
+    ("dataset", "fc100_schema"): FC100Config,
+    ("dataset", "cub_schema"): CUBConfig,
+    ("protocol", "lake20_schema"): LakeRunsConfig,
     ("backbone", "conv4_schema"): Conv4Config,
     ("backbone", "resnet12_schema"): ResNet12Config,
+    ("backbone", "conv4_32_schema"): Conv4_32Config,
+    ("backbone", "wrn28_10_schema"): WRNConfig,
     ("algo", "maml_schema"): MAMLConfig,
     ("algo", "protonet_schema"): ProtoNetConfig,
+    ("algo", "fomaml_schema"): FOMAMLConfig,
+    ("algo", "metasgd_schema"): MetaSGDConfig,
+    ("algo", "anil_schema"): ANILConfig,
+    ("algo", "reptile_schema"): ReptileConfig,
+    ("algo", "matchingnet_schema"): MatchingNetConfig,
+    ("algo", "relationnet_schema"): RelationNetConfig,
+    ("algo", "siamese_schema"): SiameseConfig,
+    ("algo", "metaoptnet_schema"): MetaOptNetConfig,
+    ("algo", "mann_schema"): MANNConfig,
+    ("algo", "metalstm_schema"): MetaLSTMConfig,
+    ("algo", "baseline_schema"): BaselineConfig,
+    ("algo", "baselinepp_schema"): BaselinePPConfig,
     ("episode", "episode_schema"): EpisodeConfig,
     ("trainer", "trainer_schema"): TrainerConfig,
     ("eval", "eval_schema"): EvalConfig,
@@ -249,4 +491,18 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
     for (group, name), node in _SCHEMAS.items():
         cs.store(group=group, name=name, node=node)
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("metafsl.dirname"):
+        OmegaConf.register_new_resolver("metafsl.dirname", short_dirname)
     _registered = True
+
+
+def short_dirname(overrides: str, limit: int = 120) -> str:
+    """A sweep job's dir name from its overrides, cut to ``limit`` characters plus a short hash
+    of the whole when longer (file names are limited to 255 bytes)."""
+    import hashlib
+
+    if len(overrides) <= limit:
+        return overrides
+    return f"{overrides[:limit]}...{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"

@@ -53,5 +53,21 @@ class Algorithm(nn.Module):
         return EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed,
                               pixels=pixels, within_group=within_group, split_name="train")
 
+    def predict_proba(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                      n_way: int) -> torch.Tensor:
+        """Class probabilities (n_query, n_way) for one task: support (Ns, C, H, W) with labels
+        0..n_way-1 (shots may differ per class), queries (Nq, C, H, W).  Default: softmax of
+        ``task_logits`` on a one-task batch; methods without ``task_logits`` override this."""
+        order = torch.argsort(support_y, stable=True)
+        support_x, support_y = support_x[order], support_y[order]
+        n_shot = max(1, len(support_y) // n_way)
+        n_query = max(1, len(query_x) // n_way)
+        batch = TaskBatch(support_x[None], support_y[None], query_x[None],
+                          torch.zeros(1, len(query_x), dtype=torch.long, device=query_x.device),
+                          n_way, n_shot, n_query)
+        with torch.set_grad_enabled(self.needs_grad_at_test):
+            logits = self.task_logits(batch, train=False)
+        return logits.detach()[0].softmax(-1)
+
     def check_episode(self, n_way: int, train: bool) -> None:
         """Raise ``UserError`` when this learner cannot handle ``n_way`` (e.g. a fixed head)."""

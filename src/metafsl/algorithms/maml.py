@@ -5,6 +5,8 @@ A linear head on the backbone; the inner loop takes ``inner_steps`` gradient ste
 outer loss is the query loss of the adapted model, differentiated through the inner loop
 (second order) or not (``first_order=true``: FOMAML).  Batch norm always uses the current
 batch's statistics, as in Finn et al.'s implementation (no running averages).
+``backend=vmap`` runs the same computation for all tasks of a meta-batch at once with
+``torch.func`` (``metafsl.algorithms.maml_vmap``); ``backend=l2l`` is the per-task reference.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from metafsl._l2l import learn2learn
+from metafsl.algorithms import maml_vmap
 from metafsl.algorithms.base import Algorithm, accuracy
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
@@ -29,6 +32,10 @@ def use_batch_statistics(module: nn.Module) -> None:
             m.num_batches_tracked = None
 
 
+#: l2l: learn2learn's per-task clone/adapt loop (reference); vmap: all tasks at once (torch.func)
+BACKENDS = ("l2l", "vmap")
+
+
 class MAML(Algorithm):
     needs_grad_at_test = True
 
@@ -36,8 +43,9 @@ class MAML(Algorithm):
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False, backend: str = "l2l"):
         super().__init__(backbone)
-        if backend != "l2l":
-            raise UserError(f"Unknown MAML backend '{backend}'; choose one of: l2l.")
+        if backend not in BACKENDS:
+            raise UserError(f"Unknown MAML backend '{backend}'; choose one of: {', '.join(BACKENDS)}.")
+        self.backend = backend
         use_batch_statistics(backbone)
         self.n_way = n_way
         self.head = nn.Linear(backbone.out_features, n_way)
@@ -66,6 +74,10 @@ class MAML(Algorithm):
         return learner
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.backend == "vmap":
+            loss, logits = maml_vmap.meta_loss(self.learner.module, batch, self.inner_steps,
+                                               self.inner_lr, self.first_order)
+            return loss, accuracy(logits.detach(), batch.query_y).mean()
         losses, accs = [], []
         for i in range(len(batch)):
             learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps,
@@ -75,7 +87,20 @@ class MAML(Algorithm):
             accs.append(accuracy(logits.detach(), batch.query_y[i]))
         return torch.stack(losses).mean(), torch.stack(accs).mean()
 
+    def predict_proba(self, support_x, support_y, query_x, n_way: int) -> torch.Tensor:
+        """Adapt to one labelled support set (test-time steps and rate), then softmax on the queries."""
+        self.check_episode(n_way, train=False)
+        with torch.enable_grad():
+            learner = self.adapt(support_x, support_y, self.test_inner_steps, self.test_inner_lr,
+                                 first_order=True)
+        with torch.no_grad():
+            return learner(query_x).softmax(-1)
+
     def evaluate(self, batch: TaskBatch) -> torch.Tensor:
+        if self.backend == "vmap":
+            logits = maml_vmap.query_logits_no_grad(self.learner.module, batch, self.test_inner_steps,
+                                                    self.test_inner_lr)
+            return accuracy(logits, batch.query_y)
         accs = []
         for i in range(len(batch)):
             with torch.enable_grad():

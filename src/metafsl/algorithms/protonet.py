@@ -52,7 +52,13 @@ class ProtoNet(Algorithm):
 
     def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
         support, query = self.embed_task(batch)
-        protos = prototypes(support, batch.support_y, batch.n_way)
+        return self.logits_from_embeddings(support, batch.support_y, query, batch.n_way)
+
+    def logits_from_embeddings(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                               n_way: int) -> torch.Tensor:
+        """Query logits from embeddings (also lets evaluation embed each distinct image once,
+        see ``metafsl.engine.fast_eval``)."""
+        protos = prototypes(support, support_y, n_way)
         if self.distance == "cosine":
             return cosine_logits(query, protos, self.temperature)
         return sq_euclidean_logits(query, protos)

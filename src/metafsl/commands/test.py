@@ -16,7 +16,7 @@ from metafsl.errors import UserError
 from metafsl.reporting import console as out
 
 #: keys that steer the test command itself, never copied into the run's config
-_OWN_KEYS = {"run", "checkpoint", "verbose"}
+_OWN_KEYS = {"run", "checkpoint", "verbose", "protocol"}
 
 
 def effective_config(saved: Dict[str, Any], fresh: DictConfig, overrides: List[str]) -> Dict[str, Any]:
@@ -42,6 +42,9 @@ def test_command(fresh: DictConfig, overrides: List[str], out_dir: Path) -> Dict
     cfg = effective_config(ck["config"], fresh, overrides)
     comp = build(cfg)
     comp.algorithm.load_state_dict(ck["model"])
+    if fresh.get("protocol") is not None:  # e.g. protocol=lake20: not sampled episodes
+        return protocol_test(OmegaConf.to_container(fresh.protocol, resolve=True), comp, cfg, ck, which,
+                             run, overrides, out_dir)
     spec = cfg["episode"]["test"]
     out.info(f"[bold]metafsl test[/] {run} ({which} checkpoint, iteration {ck['iteration']}) on "
              f"{cfg['dataset']['name']} {spec['n_way']}-way {spec['n_shot']}-shot")
@@ -61,4 +64,29 @@ def test_command(fresh: DictConfig, overrides: List[str], out_dir: Path) -> Dict
     out.table("Test", ["run", "dataset", "episode", "episodes", "test acc (%)"],
               [[str(run), record["dataset"], f"{spec['n_way']}w{spec['n_shot']}s", res["episodes"],
                 out.fmt_acc(res["acc"], res["ci95"])]])
+    return record
+
+
+def protocol_test(proto: Dict[str, Any], comp, cfg: Dict[str, Any], ck: Dict[str, Any], which: str, run: Path,
+                  overrides: List[str], out_dir: Path) -> Dict[str, Any]:
+    """Score a checkpoint with a test protocol (``engine.protocols``) and record it like a test."""
+    from metafsl.engine.protocols import run_protocol  # noqa: PLC0415
+
+    out.info(f"[bold]metafsl test[/] {run} ({which} checkpoint, iteration {ck['iteration']}), "
+             f"protocol {proto.get('name')}")
+    t0 = time.perf_counter()
+    res = run_protocol(proto, comp, cfg)
+    record = {**res, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
+              "iteration": ck["iteration"], "dataset": cfg["dataset"]["name"],
+              "overrides": [o for o in overrides if not o.startswith("run=")],
+              "time": _dt.datetime.now().isoformat(timespec="seconds")}
+    summary_path = run / SUMMARY
+    summary = read_json(summary_path) if summary_path.exists() else summary_base(ck["config"])
+    summary.setdefault("tests", []).append(record)
+    write_json(summary_path, summary)
+    write_json(out_dir / "result.json", record)
+    rows = [[name, f"{err:.1f}"] for name, err in res["per_run_error"].items()]
+    rows.append([f"all ({res['trials']} trials)", f"{res['error']:.2f}"])
+    out.table(f"{proto.get('name')}: one-shot classification error (%)", ["run", "error (%)"], rows,
+              justify_right=["error (%)"])
     return record

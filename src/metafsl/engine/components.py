@@ -9,6 +9,7 @@ import torch
 from metafsl.data import load_dataset
 from metafsl.data.base import FewShotDataset
 from metafsl.data.sampler import Pixels
+from metafsl.engine import runtime
 from metafsl.errors import UserError
 
 
@@ -40,6 +41,7 @@ class Components:
     dataset: FewShotDataset
     pixels: Pixels
     algorithm: Any
+    runtime: Any = None  # metafsl.engine.runtime.Runtime (autocast, memory format, compile)
 
 
 def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Components:
@@ -48,6 +50,7 @@ def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Compone
     from metafsl.models import build_backbone  # noqa: PLC0415
 
     device = resolve_device(cfg["device"])
+    rt = runtime.from_config(cfg, device)
     ds = dataset if dataset is not None else load_dataset(cfg["dataset"], cfg["paths"])
     if "train" not in ds.splits or "test" not in ds.splits:
         raise UserError(f"Dataset '{ds.name}' needs at least a train and a test split.")
@@ -55,4 +58,6 @@ def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Compone
     name = b.pop("name")
     backbone = build_backbone(name, channels=ds.channels, image_size=ds.image_size, **b)
     algorithm = build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
-    return Components(device, ds, make_pixels(cfg["dataset"], ds), algorithm.to(device))
+    algorithm = algorithm.to(device)
+    rt.prepare(algorithm)
+    return Components(device, ds, make_pixels(cfg["dataset"], ds), algorithm, rt)

@@ -46,7 +46,7 @@ def test_split(comp: Components, cfg: Dict[str, Any], progress=None) -> Dict[str
         raise UserError(f"Dataset '{comp.dataset.name}' has no '{split}' split.")
     return evaluate(comp.algorithm, comp.dataset[split], spec["n_way"], spec["n_shot"], spec["n_query"],
                     ev["episodes"], ev["seed"], comp.device, comp.pixels, ev["batch_episodes"],
-                    cfg["episode"].get("within_alphabet", False), split, progress)
+                    cfg["episode"].get("within_alphabet", False), split, progress, comp.runtime)
 
 
 def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
@@ -120,7 +120,8 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         for it in range(state["iteration"] + 1, iterations + 1):
             algo.train()
             batch = sampler.sample(tr["meta_batch_size"], train=True)
-            loss, acc = algo.meta_loss(batch)
+            with comp.runtime.autocast():  # runtime.amp=bf16 on GPU; no-op otherwise
+                loss, acc = algo.meta_loss(batch)
             if not torch.isfinite(loss):
                 raise UserError(f"The training loss became {float(loss)} at iteration {it}; lower the "
                                 "learning rate (trainer.optimizer.lr or algo.inner_lr).")
@@ -143,13 +144,15 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
                 log.write(rec)
                 progress.update(bar, loss=_fmt(rec["loss"]), acc=_fmt(rec["acc"], 1))
                 state.update(loss_sum=0.0, acc_sum=0.0, count=0)
-            if it % tr["val_every"] == 0 or it == iterations:
+            out_of_time = bool(tr.get("max_minutes")) and \
+                time.perf_counter() - t_start >= 60 * float(tr["max_minutes"])
+            if it % tr["val_every"] == 0 or it == iterations or out_of_time:
                 improved = True
                 if has_val:
                     spec = ep["test"]
                     res = evaluate(algo, ds["val"], spec["n_way"], spec["n_shot"], spec["n_query"],
                                    tr["val_episodes"], cfg["eval"]["seed"] + 1, device, comp.pixels,
-                                   cfg["eval"]["batch_episodes"], within, "val")
+                                   cfg["eval"]["batch_episodes"], within, "val", runtime=comp.runtime)
                     log.write({"iteration": it, "split": "val", **res})
                     state["last_val"] = res["acc"]
                     progress.update(bar, val=_fmt(res["acc"], 2))
@@ -163,13 +166,17 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
             progress.update(bar, completed=it)
             if crash_after and it == crash_after:
                 os._exit(75)
+            if out_of_time:
+                out.info(f"Time budget of {tr['max_minutes']} min reached at iteration {it}.")
+                break
     seconds = time.perf_counter() - t_start
     if iterations == 0:
         checkpoint.save(run_dir / BEST, snapshot())
         checkpoint.save(run_dir / LAST, snapshot())
 
     summary = summary_base(cfg)
-    summary["train"] = {"iterations": state["iteration"], "seconds": round(seconds, 2)}
+    summary["train"] = {"iterations": state["iteration"], "seconds": round(seconds, 2),
+                        "planned_iterations": iterations}
     summary["val"] = {"best_acc": state["best_acc"], "best_iteration": state["best_iteration"]}
     if untrained is not None:
         summary["untrained"] = untrained

@@ -13,13 +13,15 @@ from metafsl.errors import UserError
 BACKBONES = {
     "conv4": "4 x [3x3 conv, batch norm, ReLU, 2x2 max-pool]; Vinyals et al. / Snell et al.",
     "resnet12": "ResNet-12 (MetaOptNet widths 64-160-320-640), average-pooled embedding",
+    "conv4_32": "conv4 with 32 filters per layer (MAML / Ravi & Larochelle miniImageNet setting)",
+    "wrn28_10": "WRN-28-10 wide residual network (Zagoruyko & Komodakis 2016), average-pooled",
 }
 
 
 def build_backbone(name: str, channels: int, image_size: int, **kwargs) -> nn.Module:
     """Instantiate a backbone and record its embedding size in ``.out_features``."""
     l2l = learn2learn()
-    if name == "conv4":
+    if name in ("conv4", "conv4_32"):
         layers = int(kwargs.get("layers", 4))
         model = l2l.vision.models.CNN4Backbone(
             hidden_size=int(kwargs.get("hidden", 64)),
@@ -28,6 +30,11 @@ def build_backbone(name: str, channels: int, image_size: int, **kwargs) -> nn.Mo
             max_pool=True,
             max_pool_factor=1.0,
         )
+    elif name == "wrn28_10":
+        from metafsl.models.wrn import WideResNet  # noqa: PLC0415
+
+        model = WideResNet(depth=int(kwargs.get("depth", 28)), widen=int(kwargs.get("widen", 10)),
+                           dropout=float(kwargs.get("dropout", 0.0)), channels=channels)
     elif name == "resnet12":
         model = l2l.vision.models.ResNet12Backbone(
             avg_pool=True,

@@ -1,0 +1,75 @@
+"""ANIL, Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse?
+Towards Understanding the Effectiveness of MAML", ICLR 2020).
+
+MAML with the inner loop restricted to the final linear head: the body embeds support and
+query images once, the head (learn2learn's ``MAML`` around an ``nn.Linear``) takes the
+inner steps on the support embeddings, and the outer loss (query loss of the adapted head)
+trains both the body and the head's initialisation.  The body's parameters never change
+inside the inner loop.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from metafsl._l2l import learn2learn
+from metafsl.algorithms.base import Algorithm, accuracy
+from metafsl.algorithms.maml import use_batch_statistics
+from metafsl.data.sampler import TaskBatch
+from metafsl.errors import UserError
+
+
+class ANIL(Algorithm):
+    needs_grad_at_test = True
+
+    def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
+                 test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
+                 first_order: bool = False):
+        super().__init__(backbone)
+        use_batch_statistics(backbone)
+        self.n_way = n_way
+        self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
+        self.test_inner_lr = float(inner_lr if test_inner_lr is None else test_inner_lr)
+        self.test_inner_steps = int(test_inner_steps)
+        self.first_order = bool(first_order)
+        self.head = learn2learn().algorithms.MAML(nn.Linear(backbone.out_features, n_way),
+                                                  lr=self.inner_lr, first_order=self.first_order)
+
+    def check_episode(self, n_way: int, train: bool) -> None:
+        if n_way != self.n_way:
+            raise UserError(f"This ANIL learner has a {self.n_way}-way output head; it cannot run "
+                            f"{n_way}-way episodes (train and test with the same n_way).")
+
+    def adapt_head(self, support: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
+                   first_order: bool):
+        """Clone the head and take ``steps`` gradient steps on the support embeddings."""
+        head = self.head.clone(first_order=first_order)
+        head.lr = lr
+        for _ in range(steps):
+            head.adapt(nn.functional.cross_entropy(head(support), labels), first_order=first_order)
+        return head
+
+    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        losses, accs = [], []
+        for i in range(len(batch)):
+            support, query = self.backbone(batch.support_x[i]), self.backbone(batch.query_x[i])
+            head = self.adapt_head(support, batch.support_y[i], self.inner_steps, self.inner_lr,
+                                   self.first_order)
+            logits = head(query)
+            losses.append(nn.functional.cross_entropy(logits, batch.query_y[i]))
+            accs.append(accuracy(logits.detach(), batch.query_y[i]))
+        return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
+        accs = []
+        for i in range(len(batch)):
+            with torch.no_grad():
+                support, query = self.backbone(batch.support_x[i]), self.backbone(batch.query_x[i])
+            with torch.enable_grad():
+                head = self.adapt_head(support, batch.support_y[i], self.test_inner_steps,
+                                       self.test_inner_lr, first_order=True)
+            with torch.no_grad():
+                accs.append(accuracy(head(query), batch.query_y[i]))
+        return torch.stack(accs)

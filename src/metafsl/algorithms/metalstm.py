@@ -1,0 +1,118 @@
+"""Meta-learner LSTM (Ravi & Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017).
+
+The learner (backbone + linear head) is trained on each task's support set by ``steps``
+updates that an LSTM produces.  The update is an LSTM cell-state update whose cell state
+*is* the learner's flattened parameter vector:
+    theta_t = f_t * theta_{t-1} - i_t * grad_t,
+    i_t = sigmoid(W_I [h_t, theta_{t-1}, i_{t-1}] + b_I),
+    f_t = sigmoid(W_F [h_t, theta_{t-1}, f_{t-1}] + b_F),
+where h_t comes from a first, ordinary LSTM layer reading the preprocessed loss and gradient
+(Andrychowicz et al. 2016: x -> (log|x| / p, sign x) if |x| >= e^-p else (-1, e^p x)).
+All weights are shared across coordinates (each coordinate is a batch element).  The
+initial cell state theta_0 is the learner's own (meta-learned) parameters.  As in the
+paper, gradients and losses are inputs: no second derivatives flow through them.  The
+forget-gate bias starts high (f ~ 1) and the input-gate bias low (small initial steps).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from metafsl.algorithms.base import Algorithm, accuracy
+from metafsl.algorithms.maml import use_batch_statistics
+from metafsl.data.sampler import TaskBatch
+from metafsl.errors import UserError
+
+
+def preprocess(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Andrychowicz et al.'s gradient preprocessing: (N,) -> (N, 2)."""
+    big = x.abs() >= math.exp(-p)
+    first = torch.where(big, x.abs().clamp_min(1e-38).log() / p, torch.full_like(x, -1.0))
+    second = torch.where(big, x.sign(), x * math.exp(p))
+    return torch.stack([first, second], -1)
+
+
+class UpdateCell(nn.Module):
+    """The second layer: cell state = learner parameters, gates f and i per coordinate."""
+
+    def __init__(self, hidden: int, forget_bias: float, input_bias: float):
+        super().__init__()
+        self.w_f = nn.Parameter(torch.empty(hidden + 2).uniform_(-0.01, 0.01))
+        self.w_i = nn.Parameter(torch.empty(hidden + 2).uniform_(-0.01, 0.01))
+        self.b_f = nn.Parameter(torch.tensor(float(forget_bias)))
+        self.b_i = nn.Parameter(torch.tensor(float(input_bias)))
+
+    def forward(self, h, theta, grad, f_prev, i_prev):
+        f = torch.sigmoid(torch.cat([h, theta[:, None], f_prev[:, None]], -1) @ self.w_f + self.b_f)
+        i = torch.sigmoid(torch.cat([h, theta[:, None], i_prev[:, None]], -1) @ self.w_i + self.b_i)
+        return f * theta - i * grad, f, i
+
+
+class MetaLSTM(Algorithm):
+    needs_grad_at_test = True
+
+    def __init__(self, backbone: nn.Module, n_way: int, steps: int = 5, test_steps: Optional[int] = None,
+                 hidden: int = 20, preprocess_p: float = 10.0, forget_bias: float = 5.0,
+                 input_bias: float = -5.0):
+        super().__init__(backbone)
+        use_batch_statistics(backbone)
+        self.n_way = n_way
+        self.head = nn.Linear(backbone.out_features, n_way)
+        self.learner = nn.Sequential(self.backbone, self.head)
+        self.steps = int(steps)
+        self.test_steps = int(steps if test_steps is None else test_steps)
+        self.p = float(preprocess_p)
+        self.lstm = nn.LSTMCell(4, int(hidden))
+        self.update = UpdateCell(int(hidden), forget_bias, input_bias)
+        self._names = [n for n, _ in self.learner.named_parameters()]
+        self._shapes = [p.shape for _, p in self.learner.named_parameters()]
+
+    def check_episode(self, n_way: int, train: bool) -> None:
+        if n_way != self.n_way:
+            raise UserError(f"This meta-learner LSTM's learner has a {self.n_way}-way output head; it "
+                            f"cannot run {n_way}-way episodes (train and test with the same n_way).")
+
+    def unflatten(self, theta: torch.Tensor):
+        chunks = theta.split([s.numel() for s in self._shapes])
+        return {n: c.view(s) for n, c, s in zip(self._names, chunks, self._shapes)}
+
+    def learner_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.learner, self.unflatten(theta), (x,))
+
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+        """Learner parameters after ``steps`` meta-learner updates on (x, y)."""
+        theta = torch.cat([p.flatten() for p in self.learner.parameters()])
+        n = theta.numel()
+        h = torch.zeros(n, self.lstm.hidden_size, device=theta.device, dtype=theta.dtype)
+        c, f, i = torch.zeros_like(h), torch.zeros_like(theta), torch.zeros_like(theta)
+        for _ in range(steps):
+            with torch.enable_grad():  # gradient of the learner's loss: an input, no graph kept
+                probe = theta.detach().requires_grad_()
+                loss = F.cross_entropy(self.learner_logits(probe, x), y)
+                grad = torch.autograd.grad(loss, probe)[0]
+            inputs = torch.cat([preprocess(loss.detach().expand(n), self.p), preprocess(grad, self.p)], -1)
+            h, c = self.lstm(inputs, (h, c))
+            theta, f, i = self.update(h, theta, grad, f, i)
+        return theta
+
+    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        losses, accs = [], []
+        for k in range(len(batch)):
+            theta = self.adapt(batch.support_x[k], batch.support_y[k], self.steps)
+            logits = self.learner_logits(theta, batch.query_x[k])
+            losses.append(F.cross_entropy(logits, batch.query_y[k]))
+            accs.append(accuracy(logits.detach(), batch.query_y[k]))
+        return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
+        accs = []
+        for k in range(len(batch)):
+            with torch.no_grad():
+                theta = self.adapt(batch.support_x[k], batch.support_y[k], self.test_steps)
+                accs.append(accuracy(self.learner_logits(theta, batch.query_x[k]), batch.query_y[k]))
+        return torch.stack(accs)

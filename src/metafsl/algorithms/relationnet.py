@@ -1,0 +1,55 @@
+"""Relation Network (Sung, Yang, Zhang, Xiang, Torr & Hospedales, "Learning to Compare: Relation
+Network for Few-Shot Learning", CVPR 2018).
+
+Support embeddings are summed per class (the paper's K-shot rule); each (query, class) pair
+is concatenated and scored by a learned relation module with a sigmoid output, so relation
+scores lie in [0, 1].  Training regresses the scores onto the one-hot labels with a mean
+squared error.  The paper's relation module is two conv blocks (64 filters) + FC 8 + FC 1
+on feature maps; backbones here return vectors, so the conv blocks become one
+fully-connected layer of the same width (with batch norm and ReLU).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from metafsl.algorithms.base import Algorithm, accuracy
+from metafsl.algorithms.common import class_sums, embed_episodes
+from metafsl.data.sampler import TaskBatch
+
+
+class RelationModule(nn.Module):
+    """[a; b] -> width (BN, ReLU) -> hidden (ReLU) -> 1 -> sigmoid: a score in [0, 1]."""
+
+    def __init__(self, dim: int, width: int = 64, hidden: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * dim, width), nn.BatchNorm1d(width), nn.ReLU(),
+            nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1),
+        )
+
+    def forward(self, query: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(B, Q, D), (B, N, D) -> relation scores (B, Q, N) in [0, 1]."""
+        b, q, d = query.shape
+        n = classes.shape[1]
+        pairs = torch.cat([query.unsqueeze(2).expand(b, q, n, d), classes.unsqueeze(1).expand(b, q, n, d)], -1)
+        return torch.sigmoid(self.net(pairs.reshape(-1, 2 * d))).view(b, q, n)
+
+
+class RelationNet(Algorithm):
+    def __init__(self, backbone: nn.Module, width: int = 64, hidden: int = 8):
+        super().__init__(backbone)
+        self.relation = RelationModule(backbone.out_features, int(width), int(hidden))
+
+    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
+        """Relation scores (B, Q, n_way) in [0, 1]; the arg-max is the prediction."""
+        support, query = embed_episodes(self.backbone, batch)
+        return self.relation(query, class_sums(support, batch.support_y, batch.n_way))
+
+    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        scores = self.task_logits(batch, train=True)
+        target = F.one_hot(batch.query_y, batch.n_way).to(scores.dtype)
+        return F.mse_loss(scores, target), accuracy(scores.detach(), batch.query_y).mean()

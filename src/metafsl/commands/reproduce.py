@@ -1,0 +1,270 @@
+"""`metafsl reproduce table=<name> [budget=<fraction>] [out=<dir>] [rows=a,b] [train overrides]`.
+
+A driver over the `train` app: each row of ``conf/table/<name>.yaml`` (an experiment preset,
+optionally with its own overrides) becomes a real train run dir
+``<paths.output_dir>/reproduce/<name>[_budget<f>]/<row>/``.  A row with a ``summary.json`` is
+done and skipped; a row with ``checkpoints/last.pt`` but no summary was interrupted and
+resumes from it.  Then ``table.md`` and ``table.csv`` compare, row by row, our test accuracy
+± 95% CI with the published one, and say whether the published mean lies inside our interval.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from omegaconf import OmegaConf
+
+from metafsl.cli import CONF_DIR, group_options
+from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json
+from metafsl.errors import UserError
+
+TABLE_DIR = CONF_DIR / "table"
+MANIFEST = "reproduce.json"
+#: overrides that do not change what a row computes (where data lives, which device)
+NEUTRAL_KEYS = ("paths.", "device", "verbose", "resume", "hydra.")
+OWN_KEYS = ("table", "budget", "out", "rows")
+
+
+@dataclass
+class TableRow:
+    experiment: str
+    # Name of the row's run dir and of the row in the table (default: the experiment name).
+    label: Optional[str] = None
+    # Train overrides for this row only, applied after the preset.
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TableSpec:
+    title: str
+    rows: List[TableRow]
+    description: str = ""
+
+
+def table_names() -> List[str]:
+    return sorted(p.stem for p in TABLE_DIR.glob("*.yaml"))
+
+
+def load_table(name: str) -> TableSpec:
+    path = TABLE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"Unknown table '{name}'; choose one of: {', '.join(table_names())}.")
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    if not isinstance(raw, dict):
+        raise UserError(f"Table {path} must be a mapping with a title and rows.")
+    raw["rows"] = [{"experiment": r} if isinstance(r, str) else r for r in raw.get("rows") or []]
+    try:
+        spec: TableSpec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TableSpec), raw))
+    except Exception as exc:
+        raise UserError(f"Table {path} is malformed: {str(exc).splitlines()[0]}") from None
+    if not spec.rows:
+        raise UserError(f"Table {path} has no rows.")
+    known = set(group_options("experiment"))
+    for row in spec.rows:
+        if row.experiment not in known:
+            raise UserError(f"Table '{name}' names experiment '{row.experiment}', which has no preset "
+                            f"in conf/experiment/.")
+        row.label = row.label or row.experiment
+    labels = [r.label for r in spec.rows]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"Table '{name}' has two rows with the same label; give them distinct labels.")
+    return spec
+
+
+# ----------------------------------------------------------------------------- arguments
+def parse_args(args: List[str]) -> Tuple[Dict[str, str], List[str]]:
+    own, rest = {}, []
+    for a in args:
+        key = a.split("=", 1)[0]
+        if "=" in a and key in OWN_KEYS:
+            own[key] = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if not own.get("table"):
+        raise UserError(f"metafsl reproduce needs a table: metafsl reproduce table=<name> "
+                        f"(one of: {', '.join(table_names())}).")
+    return own, rest
+
+
+def parse_budget(text: Optional[str]) -> float:
+    if text is None:
+        return 1.0
+    try:
+        budget = float(text)
+    except ValueError:
+        raise UserError(f"budget must be a number such as 0.1 (got '{text}').") from None
+    if not budget > 0:
+        raise UserError(f"budget must be a positive fraction of the presets' iterations (got {text}).")
+    return budget
+
+
+def output_root(overrides: List[str]) -> Path:
+    for a in reversed(overrides):
+        if a.startswith("paths.output_dir="):
+            return Path(a.split("=", 1)[1])
+    return Path(os.environ.get("METAFSL_OUTPUT_DIR", "outputs"))
+
+
+def relevant(overrides: List[str]) -> List[str]:
+    return [o for o in overrides if not o.lstrip("+~").startswith(NEUTRAL_KEYS)]
+
+
+def check_manifest(table_dir: Path, name: str, budget: float, overrides: List[str]) -> None:
+    """Refuse to mix rows computed under different settings in one table dir."""
+    path = table_dir / MANIFEST
+    mine = {"table": name, "budget": budget, "overrides": relevant(overrides)}
+    if path.exists():
+        old = read_json(path)
+        if (old.get("table"), old.get("budget"), old.get("overrides")) != (name, budget, mine["overrides"]):
+            raise UserError(
+                f"{table_dir} holds a reproduction of '{old.get('table')}' with budget={old.get('budget')} "
+                f"and overrides {old.get('overrides') or '[]'}; use the same settings to resume it, or "
+                f"out=<another dir>.")
+    table_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, mine)
+
+
+# ----------------------------------------------------------------------------- running
+def row_state(row_dir: Path) -> str:
+    if (row_dir / SUMMARY).is_file():
+        return "done"
+    if (row_dir / LAST).is_file():
+        return "interrupted"
+    return "new"
+
+
+def run_row(row: TableRow, row_dir: Path, budget: float, overrides: List[str]) -> int:
+    from metafsl.cli import run_hydra  # noqa: PLC0415
+
+    state = row_state(row_dir)
+    argv = [f"experiment={row.experiment}", *row.overrides, *overrides, f"budget={budget}",
+            f"hydra.run.dir='{row_dir}'"]
+    if state == "interrupted":
+        argv.append("resume=true")
+    return run_hydra("train", argv)
+
+
+def fmt(x: Optional[float], ci: Optional[float] = None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}" if ci is None else f"{x:.2f} ± {ci:.2f}"
+
+
+def compare(label: str, experiment: str, summary: Optional[Dict[str, Any]], row_dir: Path) -> Dict[str, Any]:
+    """One line of the comparison table from a row's summary.json (None: the row failed)."""
+    s = summary or {}
+    pub = s.get("published") or {}
+    test = s.get("test") or {}
+    ep = (s.get("episode") or {}).get("test") or {}
+    acc, ci = test.get("acc"), test.get("ci95")
+    p_acc, p_ci = pub.get("acc"), pub.get("ci95")
+    diff = None if acc is None or p_acc is None else acc - p_acc
+    inside = None if diff is None else abs(diff) <= (ci or 0.0)
+    return {"row": label, "experiment": experiment, "algo": s.get("algo"), "dataset": s.get("dataset"),
+            "way": ep.get("n_way"), "shot": ep.get("n_shot"), "our_acc": acc, "our_ci95": ci,
+            "published_acc": p_acc, "published_ci95": p_ci, "diff": diff, "published_in_ci": inside,
+            "iterations": (s.get("train") or {}).get("iterations"),
+            "train_seconds": (s.get("train") or {}).get("seconds"), "budget": s.get("budget", 1.0),
+            "citation": pub.get("citation"), "run_dir": str(row_dir), "failed": summary is None}
+
+
+CSV_COLUMNS = ["row", "experiment", "algo", "dataset", "way", "shot", "our_acc", "our_ci95", "published_acc",
+               "published_ci95", "diff", "published_in_ci", "iterations", "train_seconds", "budget",
+               "approximate", "citation", "run_dir"]
+SHOWN = ["row", "episode", "ours (%)", "published (%)", "diff", "in CI", "iters", "time"]
+
+
+def shown(r: Dict[str, Any]) -> List[str]:
+    inside = "-" if r["published_in_ci"] is None else ("yes" if r["published_in_ci"] else "no")
+    if r["failed"]:
+        inside = "row failed"
+    episode = "-" if r["way"] is None else f"{r['way']}-way {r['shot']}-shot"
+    diff = "-" if r["diff"] is None else f"{r['diff']:+.2f}"
+    secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s"
+    return [r["row"], episode, fmt(r["our_acc"], r["our_ci95"]), fmt(r["published_acc"], r["published_ci95"]),
+            diff, inside, "-" if r["iterations"] is None else str(r["iterations"]), secs]
+
+
+def approximate_note(budget: float) -> str:
+    return (f"APPROXIMATE: budget={budget:g} ran {budget:.0%} of each preset's iterations; these numbers "
+            f"are a quick check, not a reproduction of the published ones.")
+
+
+def write_outputs(table_dir: Path, spec: TableSpec, rows: List[Dict[str, Any]], budget: float) -> None:
+    with open(table_dir / "table.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            rec = {k: r.get(k) for k in CSV_COLUMNS}
+            rec["approximate"] = budget != 1.0
+            for k in ("our_acc", "our_ci95", "diff", "published_acc", "published_ci95"):
+                rec[k] = "" if rec[k] is None else round(rec[k], 4)
+            rec["published_in_ci"] = "" if rec["published_in_ci"] is None else rec["published_in_ci"]
+            w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    lines = [f"# {spec.title}", ""]
+    if budget != 1.0:
+        lines += [f"**{approximate_note(budget)}**", ""]
+    lines += ["Test accuracy in %, mean ± 95% confidence interval over test episodes. "
+              "'in CI': whether the published mean lies within our 95% interval.", ""]
+    lines.append("| " + " | ".join(SHOWN) + " |")
+    lines.append("|" + "|".join("---" for _ in SHOWN) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(shown(r)) + " |")
+    lines += ["", "Sources:", ""]
+    for r in rows:
+        lines.append(f"- {r['row']}: {r['citation'] or 'no published number'} (run: `{r['run_dir']}`)")
+    (table_dir / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def reproduce_command(args: List[str]) -> int:
+    from metafsl.reporting import console as out  # noqa: PLC0415
+
+    own, overrides = parse_args(args)
+    name = own["table"]
+    spec = load_table(name)
+    budget = parse_budget(own.get("budget"))
+    if own.get("rows"):
+        wanted = own["rows"].split(",")
+        unknown = [w for w in wanted if w not in {r.label for r in spec.rows}]
+        if unknown:
+            raise UserError(f"Table '{name}' has no row '{unknown[0]}'; its rows are: "
+                            f"{', '.join(r.label for r in spec.rows)}.")
+        spec.rows = [r for r in spec.rows if r.label in wanted]
+    suffix = "" if budget == 1.0 else f"_budget{budget:g}"
+    table_dir = Path(own["out"]) if own.get("out") else output_root(overrides) / "reproduce" / f"{name}{suffix}"
+    check_manifest(table_dir, name, budget, overrides)
+    if budget != 1.0:
+        out.info(f"[bold yellow]{approximate_note(budget)}[/]")
+    out.info(f"[bold]metafsl reproduce[/] {spec.title}: {len(spec.rows)} rows  →  {table_dir}")
+    code = 0
+    results = []
+    for i, row in enumerate(spec.rows, 1):
+        row_dir = table_dir / row.label
+        state = row_state(row_dir)
+        if state == "done":
+            out.info(f"[{i}/{len(spec.rows)}] {row.label}: done, skipped ({row_dir / SUMMARY}).")
+        else:
+            verb = "resuming" if state == "interrupted" else "training"
+            out.info(f"[{i}/{len(spec.rows)}] {row.label}: {verb} ({row.experiment}).")
+            rc = run_row(row, row_dir, budget, overrides)
+            if rc == 130:  # interrupted by the user: stop here, the row resumes next time
+                out.info("Reproduction interrupted; rerun the same command to resume it.")
+                return rc
+            if rc != 0:
+                code = rc
+        summary = read_json(row_dir / SUMMARY) if (row_dir / SUMMARY).is_file() else None
+        results.append(compare(row.label, row.experiment, summary, row_dir))
+    write_outputs(table_dir, spec, results, budget)
+    title = spec.title + (f"  [APPROXIMATE, budget={budget:g}]" if budget != 1.0 else "")
+    out.table(title, SHOWN, [shown(r) for r in results], justify_right=SHOWN[2:])
+    if budget != 1.0:
+        out.info(f"[bold yellow]{approximate_note(budget)}[/]")
+    out.info(f"Wrote {table_dir / 'table.md'} and {table_dir / 'table.csv'}.")
+    if code:
+        failed = [r["row"] for r in results if r["failed"]]
+        raise UserError(f"Row(s) {', '.join(failed)} failed (see the messages above); rerun the same "
+                        f"command to retry them." if failed else "A row reported an error; see above.")
+    return 0

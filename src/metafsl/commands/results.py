@@ -1,0 +1,180 @@
+"""`metafsl results <dir>... [sort=<col>] [format=table|csv|md] [out=<file>] [plot=shots] [plot_file=<png>]`.
+
+Reads every ``summary.json`` under the given run, sweep or reproduction dirs (a run's later
+``metafsl test`` records included, one row each) into one table: algo, dataset, backbone,
+episode, overrides, val, test ± CI, time.  ``sort=<col>`` sorts (accuracies and times
+descending, text ascending); ``format=csv|md`` prints CSV or Markdown; ``out=<file>`` writes it
+(format from the extension when not given); ``plot=shots`` draws test accuracy vs shots and
+vs ways across the runs (``plot_file``, default ``accuracy_vs_shots.png`` beside ``out`` or in
+the first dir).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+from metafsl.engine.run_dir import SUMMARY, read_json
+from metafsl.errors import UserError
+
+COLUMNS = ["run", "algo", "dataset", "backbone", "episode", "overrides", "val", "test", "ci95", "seconds",
+           "iterations", "budget"]
+HEADERS = {"val": "val (%)", "test": "test (%)", "seconds": "time (s)"}
+NUMERIC = {"val", "test", "ci95", "seconds", "iterations", "budget"}
+OWN_KEYS = ("sort", "format", "out", "plot", "plot_file")
+
+
+def find_summaries(paths: List[Path]) -> List[Path]:
+    found: List[Path] = []
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p} does not exist.")
+        if p.is_file() and p.name == SUMMARY:
+            found.append(p)
+        elif (p / SUMMARY).is_file():
+            found.append(p / SUMMARY)
+        else:
+            found.extend(sorted(q for q in p.rglob(SUMMARY) if ".submitit" not in q.parts))
+    seen, unique = set(), []
+    for f in found:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
+
+
+def _overrides(run: Path) -> str:
+    f = run / ".hydra" / "overrides.yaml"
+    if not f.is_file():
+        return ""
+    return " ".join(o for o in OmegaConf.load(f) if not str(o).startswith(("hydra.", "paths.")))
+
+
+def rows_of(summary_path: Path) -> List[Dict[str, Any]]:
+    """One row for the run's own test, plus one per later `metafsl test` record."""
+    run = summary_path.parent
+    s = read_json(summary_path)
+    ep = (s.get("episode") or {}).get("test") or {}
+    base = {"run": str(run), "algo": s.get("algo"), "dataset": s.get("dataset"), "backbone": s.get("backbone"),
+            "overrides": _overrides(run), "val": (s.get("val") or {}).get("best_acc"),
+            "seconds": (s.get("train") or {}).get("seconds"),
+            "iterations": (s.get("train") or {}).get("iterations"), "budget": s.get("budget", 1.0)}
+
+    def with_test(rec: Optional[Dict[str, Any]], spec: Dict[str, Any], extra: str = "") -> Dict[str, Any]:
+        row = dict(base)
+        row["way"], row["shot"] = spec.get("n_way"), spec.get("n_shot")
+        row["episode"] = f"{row['way']}w{row['shot']}s" if row["way"] else "-"
+        row["test"] = (rec or {}).get("acc")
+        row["ci95"] = (rec or {}).get("ci95")
+        if extra:
+            row["overrides"] = (row["overrides"] + " | test: " + extra).strip()
+        return row
+
+    rows = [with_test(s.get("test"), ep)]
+    for rec in s.get("tests") or []:
+        if rec.get("acc") is None:
+            continue
+        spec = rec.get("episode") or ep
+        extra = " ".join(rec.get("overrides") or []) or "(rerun)"
+        rows.append(with_test(rec, spec, extra))
+    return rows
+
+
+def sort_rows(rows: List[Dict[str, Any]], col: str) -> List[Dict[str, Any]]:
+    desc = col.startswith("-") is False and col in NUMERIC
+    col = col.lstrip("-")
+    if col not in COLUMNS:
+        raise UserError(f"Cannot sort by '{col}'; choose one of: {', '.join(COLUMNS)}.")
+    present = [r for r in rows if r.get(col) is not None]
+    missing = [r for r in rows if r.get(col) is None]
+    return sorted(present, key=lambda r: r[col], reverse=desc) + missing
+
+
+def _cell(row: Dict[str, Any], col: str) -> str:
+    v = row.get(col)
+    if v is None or v == "":
+        return "-" if col != "overrides" else ""
+    if col == "test" and row.get("ci95") is not None:
+        return f"{v:.2f} ± {row['ci95']:.2f}"
+    if col in ("val", "test", "ci95"):
+        return f"{v:.2f}"
+    if col == "seconds":
+        return f"{v:.1f}"
+    if col == "budget":
+        return f"{v:g}"
+    return str(v)
+
+
+SHOWN = ["run", "algo", "dataset", "backbone", "episode", "overrides", "val", "test", "seconds"]
+
+
+def render_csv(rows: List[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow(["" if r.get(c) is None else (round(r[c], 4) if isinstance(r[c], float) else r[c])
+                    for c in COLUMNS])
+    return buf.getvalue()
+
+
+def render_md(rows: List[Dict[str, Any]]) -> str:
+    heads = [HEADERS.get(c, c) for c in SHOWN]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r, c).replace("|", "\\|") for c in SHOWN) + " |")
+    if any(r.get("budget", 1.0) != 1.0 for r in rows):
+        lines += ["", "Rows with budget < 1 are approximate (a fraction of the preset's iterations)."]
+    return "\n".join(lines) + "\n"
+
+
+def results_command(args: List[str]) -> int:
+    from metafsl.reporting import console as out  # noqa: PLC0415
+
+    own: Dict[str, str] = {}
+    dirs: List[Path] = []
+    for a in args:
+        key = a.split("=", 1)[0]
+        if "=" in a and key in OWN_KEYS:
+            own[key] = a.split("=", 1)[1]
+        elif "=" in a and not Path(a).exists():
+            raise UserError(f"Unknown option '{key}' for metafsl results; use {', '.join(OWN_KEYS)}.")
+        else:
+            dirs.append(Path(a))
+    if not dirs:
+        raise UserError("metafsl results needs run or sweep dirs: metafsl results <dir>... [sort=test].")
+    fmt = own.get("format")
+    if fmt is None and own.get("out"):
+        fmt = {".csv": "csv", ".md": "md"}.get(Path(own["out"]).suffix, "md")
+    fmt = fmt or "table"
+    if fmt not in ("table", "csv", "md"):
+        raise UserError(f"Unknown format '{fmt}'; choose one of: table, csv, md.")
+    if own.get("plot") not in (None, "shots"):
+        raise UserError(f"Unknown plot '{own['plot']}'; the only plot is plot=shots.")
+    summaries = find_summaries(dirs)
+    if not summaries:
+        raise UserError(f"No {SUMMARY} under {', '.join(map(str, dirs))}: no finished runs there.")
+    rows = [r for s in summaries for r in rows_of(s)]
+    if own.get("sort"):
+        rows = sort_rows(rows, own["sort"])
+    text = render_csv(rows) if fmt == "csv" else render_md(rows)
+    if fmt == "table":
+        out.table(f"{len(rows)} results from {len(summaries)} runs", [HEADERS.get(c, c) for c in SHOWN],
+                  [[_cell(r, c) for c in SHOWN] for r in rows], justify_right=["val (%)", "test (%)", "time (s)"])
+    else:
+        print(text, end="")
+    if own.get("out"):
+        target = Path(own["out"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_csv(rows) if fmt == "csv" else render_md(rows))
+        out.info(f"Wrote {target}.")
+    if own.get("plot") == "shots":
+        from metafsl.reporting.plots import plot_shots  # noqa: PLC0415
+
+        default_dir = Path(own["out"]).parent if own.get("out") else (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
+        path = plot_shots(rows, Path(own.get("plot_file") or default_dir / "accuracy_vs_shots.png"))
+        out.info(f"Wrote {path}.")
+    return 0

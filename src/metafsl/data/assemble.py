@@ -1,0 +1,75 @@
+"""Shared steps of the file-based loaders: decode listed files into a split, resize arrays,
+fingerprint source files for the decode cache, and check a loader's settings."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from metafsl.data.base import FewShotDataset, FewShotSplit, channel_stats
+from metafsl.data.images import decode_many
+from metafsl.errors import UserError
+
+
+def check_shape(image_size: int, channels: int) -> None:
+    if channels not in (1, 3):
+        raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), not {channels}.")
+    if image_size < 4:
+        raise UserError(f"dataset.image_size must be at least 4 pixels, not {image_size}.")
+
+
+def split_from_files(read: Callable[[str], bytes], files: Sequence[Tuple[str, str]], classes: Sequence[str],
+                     image_size: int, channels: int, where: str, invert: bool = False,
+                     groups: Optional[Sequence[int]] = None,
+                     group_names: Optional[List[str]] = None) -> Tuple[FewShotSplit, List[str]]:
+    """Decode ``files`` = [(file name, class name)] into a split whose classes are ``classes``
+    (in that order).  Unreadable files are returned as ``'<where>/<name>'`` and left out."""
+    cid = {c: i for i, c in enumerate(classes)}
+    names = [f for f, _ in files]
+    images, kept, bad = decode_many(read, names, image_size, channels, invert=invert)
+    labels = torch.tensor([cid[files[i][1]] for i in kept], dtype=torch.long)
+    order = torch.argsort(labels, stable=True)
+    g = None if groups is None else torch.as_tensor(list(groups), dtype=torch.long)
+    split = FewShotSplit(images[order].contiguous(), labels[order], list(classes), g, group_names)
+    return split, [f"{where}/{b}" for b in bad]
+
+
+def resize_array(images: np.ndarray, image_size: int, channels: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) RGB array -> uint8 (N, channels, s, s) tensor (antialiased resize,
+    ITU-R 601 luma for grayscale)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if x.shape[-2:] != (image_size, image_size):
+        out = []
+        for i in range(0, len(x), 2048):  # bounded memory for large splits
+            chunk = torch.nn.functional.interpolate(x[i:i + 2048].float(), size=(image_size, image_size),
+                                                    mode="bilinear", antialias=True, align_corners=False)
+            out.append(chunk.round().clamp(0, 255).to(torch.uint8))
+        x = torch.cat(out) if out else x.new_zeros(0, x.shape[1], image_size, image_size)
+    return x.contiguous()
+
+
+def fingerprint(paths: Iterable[Path]) -> str:
+    """A short digest of the names, sizes and modification times of ``paths`` (cache key)."""
+    h = hashlib.sha1()
+    for p in sorted(str(x) for x in paths):
+        try:
+            st = Path(p).stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str) -> FewShotDataset:
+    """Drop empty splits, require a training split, add the training images' channel stats."""
+    splits = {k: v for k, v in splits.items() if v.n_classes > 0}  # e.g. no val folder
+    if "train" not in splits:
+        raise UserError(f"The {name} training split holds no readable images.")
+    mean, std = channel_stats(splits["train"].images)
+    return FewShotDataset(name, splits, mean, std, skipped)

@@ -1,0 +1,81 @@
+"""What every dataset converges to once loaded: one uint8 tensor and labels per split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FewShotSplit:
+    """All images of one split.
+
+    images: uint8 (N, C, H, W); labels: int64 (N,) with classes numbered 0..K-1;
+    class_names: K names; groups: optional int64 (K,) group id of each class
+    (the alphabet for Omniglot), used for within-group episodes.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: List[str]
+    groups: Optional[torch.Tensor] = None
+    group_names: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        assert self.images.dtype == torch.uint8 and self.images.dim() == 4, self.images.shape
+        assert self.labels.shape == (self.images.shape[0],)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def counts(self) -> torch.Tensor:
+        return torch.bincount(self.labels, minlength=self.n_classes)
+
+    def to(self, device) -> "FewShotSplit":
+        return FewShotSplit(
+            self.images.to(device),
+            self.labels.to(device),
+            self.class_names,
+            None if self.groups is None else self.groups.to(device),
+            self.group_names,
+        )
+
+
+@dataclass
+class FewShotDataset:
+    name: str
+    splits: Dict[str, FewShotSplit]
+    # Per-channel mean/std of the training images in [0, 1] (used when normalize=dataset).
+    mean: List[float] = field(default_factory=list)
+    std: List[float] = field(default_factory=list)
+    # Files that could not be read, reported by path and skipped.
+    skipped: List[str] = field(default_factory=list)
+
+    def __getitem__(self, split: str) -> FewShotSplit:
+        return self.splits[split]
+
+    @property
+    def channels(self) -> int:
+        return int(next(iter(self.splits.values())).images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(next(iter(self.splits.values())).images.shape[-1])
+
+
+def channel_stats(images: torch.Tensor, max_images: int = 20000):
+    """Per-channel mean and std in [0, 1] of (a sample of) a uint8 image tensor."""
+    x = images[:max_images].float().div_(255)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+def from_class_lists(per_class: List[torch.Tensor], names: List[str], groups=None, group_names=None):
+    """Build a split from a list of (n_i, C, H, W) uint8 tensors, one per class."""
+    labels = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, x in enumerate(per_class)])
+    images = torch.cat(per_class) if per_class else torch.zeros(0, 1, 1, 1, dtype=torch.uint8)
+    g = None if groups is None else torch.as_tensor(groups, dtype=torch.long)
+    return FewShotSplit(images.contiguous(), labels, list(names), g, group_names)

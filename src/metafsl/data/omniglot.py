@@ -1,0 +1,164 @@
+"""Omniglot (Lake et al. 2015) from the official release layout.
+
+``<root>/images_background/<Alphabet>/characterNN/*.png`` (and ``images_evaluation``,
+``images_background_small1``, ``images_background_small2``), each either extracted or as
+the release's ``.zip``.  Images are inverted (ink bright), resized once, and the decoded
+sets are cached on disk beside the data (or in ``paths.cache_dir`` when that is read-only).
+
+Splits
+- ``vinyals``: Vinyals et al.'s character split as used by Snell et al. (1028 / 172 / 423
+  characters); each character rotated by 0/90/180/270 degrees gives 4 classes.
+- ``lake``: Lake et al.'s protocol: the background set (30 alphabets, or one of the two
+  "minimal" sets) to train, the 20 evaluation alphabets to test; optionally a held-out
+  fraction of training characters for validation.
+"""
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+from metafsl.data.base import FewShotDataset, channel_stats, from_class_lists
+from metafsl.data.cache import cache_path, cached
+from metafsl.data.images import Archive, decode_many, iter_images
+from metafsl.errors import UserError
+
+SETS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
+URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
+# MD5 of the official archives; checked only for files metafsl downloads itself.
+MD5 = {
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+SPLIT_FILE = Path(__file__).parent / "splits" / "omniglot_vinyals.txt"
+
+
+def _locate(root: Path, name: str, download: bool) -> Path:
+    for candidate in (root / name, root / f"{name}.zip"):
+        if candidate.exists():
+            return candidate
+    if download:
+        return _download(root, name)
+    raise UserError(
+        f"Omniglot set '{name}' not found under {root} (expected {root / name}/ or {root / name}.zip); "
+        f"place the official release's {name}.zip there, or pass dataset.download=true to fetch it."
+    )
+
+
+def _download(root: Path, name: str, timeout: float = 30.0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{name}.zip"
+    url = URL.format(name)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            data = r.read()
+    except Exception as exc:
+        raise UserError(
+            f"Could not download {url} ({exc.__class__.__name__}); place the official {name}.zip "
+            f"in {root} by hand."
+        ) from None
+    if name in MD5 and hashlib.md5(data).hexdigest() != MD5[name]:
+        raise UserError(f"Downloaded {name}.zip does not match its published MD5 checksum; try again.")
+    tmp = target.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return target
+
+
+def _read_set(path: Path, image_size: int) -> Dict:
+    """Decode one set: uint8 images (N, 1, s, s) + alphabet/character of each."""
+    archive = Archive(path)
+    try:
+        names = iter_images(archive.names())
+        images, kept, bad = decode_many(archive.read, names, image_size, 1, invert=True)
+    finally:
+        archive.close()
+    chars = []
+    for i in kept:
+        parts = names[i].split("/")
+        if len(parts) < 3:
+            raise UserError(f"Unexpected file {names[i]} in {path}: expected <Alphabet>/<character>/<file>.png.")
+        chars.append(f"{parts[-3]}/{parts[-2]}")
+    return {"images": images, "chars": chars, "skipped": [f"{path}:{b}" for b in bad]}
+
+
+def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, download: bool):
+    out = {}
+    for name in sets:
+        path = _locate(root, name, download)
+        key = {"name": f"omniglot-{name}", "size": image_size, "src": str(path.resolve()),
+               "mtime": int(path.stat().st_mtime)}
+        out[name] = cached(cache_path(root, cache_dir, key), lambda p=path: _read_set(p, image_size))
+    return out
+
+
+def vinyals_split() -> Dict[str, str]:
+    """{'Alphabet/characterNN': split} from the packaged split file."""
+    table = {}
+    for line in SPLIT_FILE.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        split, alphabet, ranges = line.split("\t")
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for k in range(int(lo), int(hi or lo) + 1):
+                table[f"{alphabet}/character{k:02d}"] = split
+    return table
+
+
+def _group_characters(decoded: Dict) -> Dict[str, torch.Tensor]:
+    chars = decoded["chars"]
+    by_char: Dict[str, List[int]] = {}
+    for i, c in enumerate(chars):
+        by_char.setdefault(c, []).append(i)
+    return {c: decoded["images"][torch.tensor(ix)] for c, ix in by_char.items()}
+
+
+def _make_split(chars: List[Tuple[str, torch.Tensor]], rotations: bool):
+    per_class, names, groups = [], [], []
+    alphabets = sorted({c.split("/")[0] for c, _ in chars})
+    aid = {a: i for i, a in enumerate(alphabets)}
+    for c, imgs in chars:
+        for k in range(4 if rotations else 1):
+            per_class.append(torch.rot90(imgs, k, dims=(2, 3)) if k else imgs)
+            names.append(f"{c}/rot{90 * k:03d}")
+            groups.append(aid[c.split("/")[0]])
+    return from_class_lists(per_class, names, groups, alphabets)
+
+
+def load(root: Path, image_size: int = 28, split: str = "vinyals", background: str = "images_background",
+         rotations: bool = True, lake_val_fraction: float = 0.0, cache_dir: str = "~/.cache/metafsl",
+         download: bool = False, seed: int = 0) -> FewShotDataset:
+    root = Path(root)
+    if split == "vinyals":
+        sets = load_sets(root, ["images_background", "images_evaluation"], image_size, cache_dir, download)
+        table = vinyals_split()
+        parts: Dict[str, List] = {"train": [], "val": [], "test": []}
+        for s in sets.values():
+            for c, imgs in sorted(_group_characters(s).items()):
+                if c not in table:
+                    raise UserError(f"Character {c} in {root} is not in the Vinyals split; is this the official release?")
+                parts[table[c]].append((c, imgs))
+    elif split == "lake":
+        if background not in SETS or background == "images_evaluation":
+            raise UserError(f"dataset.background must be one of: {', '.join(s for s in SETS if s != 'images_evaluation')}.")
+        sets = load_sets(root, [background, "images_evaluation"], image_size, cache_dir, download)
+        train = sorted(_group_characters(sets[background]).items())
+        g = torch.Generator().manual_seed(seed)
+        n_val = int(round(lake_val_fraction * len(train)))
+        perm = torch.randperm(len(train), generator=g).tolist()
+        val_ix = set(perm[:n_val])
+        parts = {
+            "train": [t for i, t in enumerate(train) if i not in val_ix],
+            "val": [t for i, t in enumerate(train) if i in val_ix],
+            "test": sorted(_group_characters(sets["images_evaluation"]).items()),
+        }
+    else:
+        raise UserError(f"Unknown Omniglot split '{split}'; choose one of: vinyals, lake.")
+    splits = {k: _make_split(v, rotations) for k, v in parts.items() if v}
+    skipped = [b for s in sets.values() for b in s["skipped"]]
+    mean, std = channel_stats(splits["train"].images)
+    return FewShotDataset("omniglot", splits, mean, std, skipped)

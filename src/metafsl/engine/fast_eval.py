@@ -1,0 +1,108 @@
+"""Evaluation of metric methods from one embedding per distinct image.
+
+In evaluation mode a metric method's backbone embeds every image independently (batch norm uses
+its running statistics), and the episode's logits depend on the images only through their
+embeddings.  So instead of embedding the ``n_way * (n_shot + n_query)`` images of each of, say,
+1000 episodes (80 000 images for 5-way 1-shot with 15 queries), we embed each *distinct* image
+of those episodes once (about 31 000 on Omniglot's test split) and gather.  Same episodes, same
+order, same per-episode accuracies up to float rounding of the embeddings.
+
+An algorithm opts in by defining ``logits_from_embeddings(support, support_y, query, n_way)``
+(support (B, Ns, D), query (B, Nq, D) -> logits (B, Nq, n_way)) consistent with its
+``task_logits``; ProtoNet does.  A subclass that overrides ``task_logits``/``evaluate``/
+``embed_task`` falls back to the generic episode loop, as does any backbone whose batch norm
+has no running statistics (embeddings would depend on the batch).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+#: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
+#: to recycle activations (see metafsl.engine.runtime.tune_cpu_allocator)
+CPU_IMAGES_PER_PASS = 256
+
+#: methods whose override by a subclass means the embedding shortcut may no longer be faithful
+_SCORING = ("task_logits", "evaluate", "embed_task")
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+def per_image(module: nn.Module) -> bool:
+    """True when ``module`` in eval mode maps each image independently of the rest of the batch."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            return False
+    return True
+
+
+def supported(algorithm) -> bool:
+    cls = type(algorithm)
+    if getattr(cls, "logits_from_embeddings", None) is None or getattr(cls, "needs_grad_at_test", False):
+        return False
+    owner = _owner(cls, "logits_from_embeddings")
+    for name in _SCORING:
+        if hasattr(cls, name):
+            defining = _owner(cls, name)
+            if defining is not owner and issubclass(defining, owner):
+                return False
+    backbone = getattr(algorithm, "backbone", None)
+    return isinstance(backbone, nn.Module) and per_image(backbone)
+
+
+@contextlib.contextmanager
+def channels_last_weights(module: nn.Module) -> Iterator[None]:
+    """Temporarily store 4-D weights channels-last (faster convolutions on CPU and GPU); the
+    original tensors are put back afterwards, untouched."""
+    saved = []
+    for p in module.parameters():
+        if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+            saved.append((p, p.data))
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, max_images: int,
+                       episodes_per_step: int, on_progress=None) -> torch.Tensor:
+    """Per-episode query accuracy (fraction) of ``episodes`` episodes drawn from ``sampler``.
+
+    ``images`` is the split's uint8 tensor the sampler indexes; ``max_images`` bounds each
+    embedding forward pass; ``on_progress(n)`` is called as episodes complete.
+    """
+    device = sampler.device
+    if device.type == "cpu":
+        max_images = min(max_images, CPU_IMAGES_PER_PASS)
+    n_way, n_shot, n_query = sampler.n_way, sampler.n_shot, sampler.n_query
+    idx = sampler.indices(episodes)  # (E, n_way, shot + query): the very episodes sample() draws
+    uniq, inverse = torch.unique(idx, return_inverse=True)
+    inverse = inverse.to(device)
+    backbone = algorithm.backbone
+    with torch.inference_mode(), channels_last_weights(backbone):
+        chunks: list[torch.Tensor] = []
+        for start in range(0, len(uniq), max_images):
+            sel = uniq[start: start + max_images].to(images.device)
+            x = images[sel].to(device, non_blocking=True)
+            chunks.append(backbone(sampler.pixels(x, False)).flatten(1))
+        z = torch.cat(chunks)
+        support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)
+        query_y = torch.arange(n_way, device=device).repeat_interleave(n_query)
+        accs = []
+        for start in range(0, episodes, episodes_per_step):
+            e = z[inverse[start: start + episodes_per_step]]  # (b, n_way, shot + query, D)
+            b = e.shape[0]
+            support = e[:, :, :n_shot].reshape(b, n_way * n_shot, -1)
+            query = e[:, :, n_shot:].reshape(b, n_way * n_query, -1)
+            logits = algorithm.logits_from_embeddings(support, support_y.expand(b, -1), query, n_way)
+            accs.append((logits.argmax(-1) == query_y).float().mean(-1).cpu())
+            if on_progress is not None:
+                on_progress(b)
+    return torch.cat(accs)

@@ -1,0 +1,54 @@
+"""Test protocols other than sampled episodes.
+
+``lake20``: Lake, Salakhutdinov & Tenenbaum (2015), "Human-level concept learning through
+probabilistic program induction", one-shot classification: 20 runs of 20 trials; in each
+trial a new drawing is matched to one of 20 characters seen once.  Reported as the error
+rate in percent over all trials (and per run); published: humans 4.5%, BPL 3.3%,
+a ConvNet 13.5%, a Siamese net (Koch et al. 2015) 8.0%.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict
+
+from metafsl.data.lake_runs import read_runs
+from metafsl.errors import UserError
+
+PROTOCOLS = {"lake20": "Lake et al. 2015 one-shot classification runs (20 x 20 trials, error %)"}
+
+
+def lake_root(proto: Dict[str, Any], data_dir: str) -> Path:
+    root = proto.get("root") or os.path.join(data_dir, "omniglot", "all_runs.zip")
+    return Path(os.path.expanduser(str(root)))
+
+
+def score_runs(algorithm, runs, pixels, device) -> Dict[str, Any]:
+    """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run."""
+    was_training = algorithm.training
+    algorithm.eval()
+    per_run, wrong, trials = {}, 0.0, 0
+    try:
+        for run in runs:
+            task = run.task(pixels, device)
+            algorithm.check_episode(task.n_way, train=False)
+            acc = float(algorithm.evaluate(task).float().cpu()[0])  # fraction of this run's trials
+            n = task.query_y.shape[1]
+            per_run[run.name] = round(100.0 * (1.0 - acc), 2)
+            wrong += (1.0 - acc) * n
+            trials += n
+    finally:
+        algorithm.train(was_training)
+    error = 100.0 * wrong / max(trials, 1)
+    return {"error": round(error, 3), "acc": round(100.0 - error, 3), "trials": trials, "runs": len(runs),
+            "per_run_error": per_run}
+
+
+def run_protocol(proto: Dict[str, Any], comp, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    name = proto.get("name")
+    if name != "lake20":
+        raise UserError(f"Unknown protocol '{name}'; choose one of: {', '.join(PROTOCOLS)}.")
+    root = lake_root(proto, cfg["paths"]["data_dir"])
+    runs = read_runs(root, comp.dataset.image_size, comp.dataset.channels, proto.get("invert", True))
+    res = score_runs(comp.algorithm, runs, comp.pixels, comp.device)  # evaluate() sets grad mode
+    return {"protocol": name, "root": str(root), **res}

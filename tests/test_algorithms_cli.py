@@ -1,0 +1,37 @@
+"""End to end: the optimisation-based and memory methods train, validate and test on tiny glyphs
+via the CLI (shared helpers for the other end-to-end zoo tests live here)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY
+
+#: keep each run to a second or two: tiny backbone, short test-time loops
+FAST = {
+    "reptile": ["algo.test_inner_steps=5", "algo.inner_steps=2"],
+    "baseline": ["algo.finetune_epochs=3"],
+    "baselinepp": ["algo.finetune_epochs=3"],
+    "metaoptnet": ["algo.svm_steps=5", "algo.test_svm_steps=10"],
+    "mann": ["algo.controller_size=16", "algo.memory_slots=8", "algo.memory_size=4"],
+    "metalstm": ["algo.steps=2"],
+}
+OPTIMISATION = ["fomaml", "metasgd", "anil", "reptile", "mann", "metalstm"]
+METRIC_AND_TRANSFER = ["matchingnet", "relationnet", "siamese", "metaoptnet", "baseline", "baselinepp"]
+ZOO = OPTIMISATION + METRIC_AND_TRANSFER
+
+
+def train(run_cli, tmp_path, *overrides):
+    code, out, err = run_cli("train", *TINY, "backbone.hidden=8", "trainer.iterations=4",
+                             "trainer.val_every=2", "eval.episodes=4", f"hydra.run.dir={tmp_path}",
+                             *overrides)
+    assert code == 0, err + out
+    return json.loads((tmp_path / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("name", OPTIMISATION)
+def test_optimisation_method_trains_and_tests_on_glyphs(run_cli, tmp_path, name):
+    summary = train(run_cli, tmp_path, f"algo={name}", *FAST.get(name, []))
+    assert summary["algo"] == name
+    assert 0 <= summary["test"]["acc"] <= 100 and summary["test"]["episodes"] == 4

@@ -1,0 +1,136 @@
+"""Lake et al. (2015) one-shot classification runs: reading all_runs.zip, scoring, and
+`metafsl test protocol=lake20` end to end; plus the stand-in builder script."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+import data_fixtures as fx
+from conftest import REPO, TINY
+from metafsl.data.lake_runs import read_runs
+from metafsl.data.sampler import Pixels
+from metafsl.engine.protocols import score_runs
+from metafsl.errors import UserError
+
+
+def test_read_runs_zip_and_folder(tmp_path):
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=2)
+    runs = read_runs(z, image_size=28)
+    assert [r.name for r in runs] == ["run01", "run02"]
+    r = runs[0]
+    assert r.support.shape == (20, 1, 28, 28) and r.query.shape == (20, 1, 28, 28)
+    assert sorted(r.answers.tolist()) == list(range(20))
+    # the answer of item01 is what class_labels.txt says
+    first = zipfile.ZipFile(z).read("run01/class_labels.txt").decode().splitlines()[0].split()
+    assert first[0] == "run01/test/item01.png" and r.answers[0] == int(first[1][-6:-4]) - 1
+    folder = tmp_path / "extracted"
+    zipfile.ZipFile(z).extractall(folder / "all_runs")
+    again = read_runs(folder, image_size=28)  # runs under a top folder are found too
+    assert torch.equal(again[1].support, runs[1].support)
+
+
+def test_inversion_and_task(tmp_path):
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=1, same_images=True)
+    run = read_runs(z, image_size=105)[0]
+    assert float((run.support == 0).float().mean()) > 0.6  # ink bright on black after inverting
+    raw = read_runs(z, image_size=105, invert=False)[0]
+    assert torch.equal(raw.support, 255 - run.support)
+    task = run.task(Pixels(), "cpu")
+    assert task.support_x.shape == (1, 20, 1, 105, 105) and task.n_way == 20 and task.n_query == 1
+    assert task.query_y.tolist() == [list(range(20))]  # queries sorted by answer
+    assert torch.equal(task.query_x[0, 3], task.support_x[0, 3])  # same image: item of class 4
+
+
+class Nearest(torch.nn.Module):
+    """Nearest training image in pixel space; stands in for a learner (fraction correct per task)."""
+
+    needs_grad_at_test = False
+
+    def check_episode(self, n_way, train):
+        pass
+
+    def evaluate(self, batch):
+        s, q = batch.support_x.flatten(2), batch.query_x.flatten(2)
+        pred = torch.cdist(q, s).argmin(-1)
+        return (batch.support_y.gather(1, pred) == batch.query_y).float().mean(1)
+
+
+def test_score_runs_counts_errors(tmp_path):
+    same = read_runs(fx.lake_runs(tmp_path / "a.zip", n_runs=3, same_images=True), image_size=16)
+    res = score_runs(Nearest(), same, Pixels(), "cpu")
+    assert res == {"error": 0.0, "acc": 100.0, "trials": 60, "runs": 3,
+                   "per_run_error": {"run01": 0.0, "run02": 0.0, "run03": 0.0}}
+    # corrupt the answers of run02: 20 wrong of 60 trials
+    same[1].answers = (same[1].answers + 1) % 20
+    res = score_runs(Nearest(), same, Pixels(), "cpu")
+    assert res["per_run_error"]["run02"] == 100.0 and res["error"] == pytest.approx(100 / 3, abs=1e-3)
+
+
+def test_errors_name_the_path(tmp_path):
+    with pytest.raises(UserError, match="Lake runs not found at"):
+        read_runs(tmp_path / "all_runs.zip", 28)
+    empty = fx.zip_folder(tmp_path, tmp_path / "empty.zip")
+    with pytest.raises(UserError, match="No runNN/class_labels.txt"):
+        read_runs(empty, 28)
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("run01/class_labels.txt", "run01/test/item01.png run01/training/class01.png\n")
+        z.writestr("run01/training/class01.png", fx.CORRUPT)
+        z.writestr("run01/test/item01.png", fx.glyph_png(0))
+    with pytest.raises(UserError, match="Image run01/training/class01.png in .*bad.zip cannot be read"):
+        read_runs(bad, 28)
+
+
+@pytest.fixture(scope="module")
+def glyph_run(tmp_path_factory):
+    """A tiny glyphs ProtoNet run (28x28, ink bright like inverted Omniglot)."""
+    from metafsl.cli import main
+    run = tmp_path_factory.mktemp("lake") / "run"
+    assert main(["train", *TINY, f"hydra.run.dir={run}"]) == 0
+    return run
+
+
+def test_protocol_through_metafsl_test(glyph_run, tmp_path, run_cli):
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=2, same_images=True)
+    code, out, err = run_cli("test", f"run={glyph_run}", "protocol=lake20", f"protocol.root={z}")
+    assert code == 0, err
+    assert "run01" in out and "all (40 trials)" in out
+    rec = json.loads((glyph_run / "summary.json").read_text())["tests"][-1]
+    assert rec["protocol"] == "lake20" and rec["trials"] == 40 and rec["runs"] == 2
+    assert rec["error"] == 0.0  # identical images: any fixed embedding matches them
+    assert set(rec["per_run_error"]) == {"run01", "run02"}
+    # a normal episodic test still works afterwards (protocol defaults to null)
+    code, out, err = run_cli("test", f"run={glyph_run}")
+    assert code == 0, err
+    assert "protocol" not in json.loads((glyph_run / "summary.json").read_text())["tests"][-1]
+
+
+def test_protocol_errors(glyph_run, tmp_path, run_cli):
+    code, out, err = run_cli("test", f"run={glyph_run}", "protocol=lake20", f"protocol.root={tmp_path / 'x.zip'}")
+    assert code == 2 and "Lake runs not found at" in err
+    code, _out, err = run_cli("test", f"run={glyph_run}", "protocol=lake99")
+    assert code == 2 and "Unknown protocol 'lake99'" in err
+
+
+def test_standin_script(tmp_path):
+    eval_alphabets = {f"Alpha{a}": 20 + a for a in range(3)}
+    eval_alphabets["Short"] = 5  # fewer than 20 characters: not used
+    root = fx.omniglot_set(tmp_path / "omniglot", "images_evaluation", eval_alphabets, drawers=3, as_zip=True)
+    out = tmp_path / "standin.zip"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_lake_standin.py"), "--omniglot", str(root),
+                    "--out", str(out)], check=True, capture_output=True)
+    runs = read_runs(out, image_size=28)
+    assert len(runs) == 20 and all(r.support.shape[0] == 20 for r in runs)
+    names = zipfile.ZipFile(out).namelist()
+    assert "run20/test/item20.png" in names and "run01/class_labels.txt" in names
+    # each run: training images from one drawer, test images from another
+    z = zipfile.ZipFile(out)
+    training = {z.read(f"run01/training/class{k:02d}.png") for k in range(1, 21)}
+    assert not training & {z.read(f"run01/test/item{k:02d}.png") for k in range(1, 21)}
+    res = score_runs(Nearest(), runs, Pixels(), "cpu")
+    assert res["trials"] == 400

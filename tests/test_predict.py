@@ -1,0 +1,119 @@
+"""`metafsl predict` on a fixture folder of glyph images, and Algorithm.predict_proba."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """support/<class>/*.png (3 classes x 2) and query/*.png, from glyphs test classes."""
+    from metafsl.data import glyphs
+
+    ds = glyphs.generate(n_classes=20, examples_per_class=6, image_size=28, seed=7)
+    split = ds["test"]
+    root = tmp_path_factory.mktemp("images")
+    truth = {}
+    for k in range(3):
+        idx = torch.nonzero(split.labels == k).flatten().tolist()
+        (root / "support" / f"class{k}").mkdir(parents=True)
+        (root / "query").mkdir(exist_ok=True)
+        for j, i in enumerate(idx[:2]):
+            Image.fromarray(split.images[i, 0].numpy()).save(root / "support" / f"class{k}" / f"{j}.png")
+        Image.fromarray(split.images[idx[0], 0].numpy()).save(root / "query" / f"q{k}.png")
+        truth[f"q{k}.png"] = f"class{k}"
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def protonet_run(tmp_path_factory):
+    from metafsl.cli import main
+
+    run = tmp_path_factory.mktemp("run") / "protonet"
+    assert main(["train", *TINY, "backbone.hidden=16", "test=false", f"hydra.run.dir={run}"]) == 0
+    return run
+
+
+def _rows(path: Path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_writes_class_and_probability(run_cli, protonet_run, images, tmp_path):
+    root, truth = images
+    out = tmp_path / "pred.csv"
+    code, text, err = run_cli("predict", f"run={protonet_run}", f"support={root / 'support'}",
+                              f"query={root / 'query'}", f"out={out}")
+    assert code == 0, err
+    rows = _rows(out)
+    assert sorted(Path(r["file"]).name for r in rows) == sorted(truth)
+    for r in rows:
+        probs = [float(r[f"p_class{k}"]) for k in range(3)]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-3)
+        assert float(r["probability"]) == pytest.approx(max(probs), abs=1e-4)
+        assert float(r[f"p_{r['predicted']}"]) == pytest.approx(max(probs), abs=1e-6)
+    assert "Predictions for 3 images" in text
+
+
+def test_predict_errors(run_cli, protonet_run, images, tmp_path):
+    root, _ = images
+    empty = tmp_path / "support_empty"
+    (empty / "a").mkdir(parents=True)
+    (empty / "b").mkdir()
+    Image.new("L", (28, 28)).save(empty / "a" / "x.png")
+    code, _, err = run_cli("predict", f"run={protonet_run}", f"support={empty}", f"query={root / 'query'}")
+    assert code == 2 and "Support class 'b'" in err and "has no images" in err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code, _, err = run_cli("predict", f"run={protonet_run}", f"support={root / 'support'}", f"query={bad}")
+    assert code == 2 and "Cannot read" in err and "bad.png" in err
+    colour = tmp_path / "colour.png"
+    arr = np.zeros((28, 28, 3), dtype=np.uint8)
+    arr[..., 0] = 255
+    Image.fromarray(arr).save(colour)
+    code, _, err = run_cli("predict", f"run={protonet_run}", f"support={root / 'support'}", f"query={colour}")
+    assert code == 2 and "colour image" in err and "convert=true" in err
+    code, _, err = run_cli("predict", f"run={protonet_run}", f"support={root / 'support'}", f"query={colour}",
+                           "convert=true", f"out={tmp_path / 'c.csv'}")
+    assert code == 0, err
+    code, _, err = run_cli("predict", f"run={protonet_run}")
+    assert code == 2 and "needs run=" in err
+
+
+def test_protonet_predict_proba_recovers_its_own_support():
+    """1-shot support images used as queries sit exactly on their prototype."""
+    from metafsl.algorithms.protonet import ProtoNet
+    from metafsl.models import build_backbone
+
+    torch.manual_seed(0)
+    algo = ProtoNet(build_backbone("conv4", channels=1, image_size=28, hidden=8)).eval()
+    x = torch.rand(4, 1, 28, 28)
+    y = torch.tensor([2, 0, 3, 1])  # unsorted labels: predict_proba must keep images and labels paired
+    probs = algo.predict_proba(x, y, x, n_way=4)
+    assert probs.shape == (4, 4)
+    assert torch.allclose(probs.sum(-1), torch.ones(4), atol=1e-5)
+    assert probs.argmax(-1).tolist() == y.tolist()
+
+
+def test_maml_predict_proba_adapts_and_checks_way():
+    from metafsl.algorithms.maml import MAML
+    from metafsl.errors import UserError
+    from metafsl.models import build_backbone
+
+    torch.manual_seed(0)
+    algo = MAML(build_backbone("conv4", channels=1, image_size=28, hidden=8), n_way=3, inner_lr=0.5,
+                test_inner_steps=20)
+    x = torch.rand(3, 1, 28, 28)
+    y = torch.arange(3)
+    probs = algo.predict_proba(x, y, x, n_way=3)
+    assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
+    assert probs.argmax(-1).tolist() == [0, 1, 2]  # 20 steps fit 3 support images
+    with pytest.raises(UserError, match="3-way output head"):
+        algo.predict_proba(x[:2], y[:2], x, n_way=2)

@@ -1,0 +1,70 @@
+"""`metafsl sweep` with the Optuna sweeper (hparams_search) and the submitit local launcher."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from metafsl.config import short_dirname
+
+SMALL = ["algo=protonet", "dataset.n_classes=60", "trainer=fast", "trainer.iterations=4", "trainer.val_every=2",
+         "trainer.val_episodes=4", "eval.episodes=4", "episode.train.n_query=5", "episode.test.n_query=5",
+         "backbone.hidden=16"]
+
+
+def _sweep_dir(root: Path) -> Path:
+    dirs = sorted((root / "sweep").iterdir())
+    assert dirs, "no sweep dir written"
+    return dirs[-1]
+
+
+def _summary(sweep_dir: Path):
+    with open(sweep_dir / "sweep_summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plugins_import():
+    for name in ("hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_joblib_launcher",
+                 "hydra_plugins.hydra_submitit_launcher"):
+        pytest.importorskip(name)
+
+
+def test_short_dirname_keeps_short_names_and_hashes_long_ones():
+    assert short_dirname("algo=maml,seed=1") == "algo=maml,seed=1"
+    a, b = short_dirname("x" * 300), short_dirname("x" * 299 + "y")
+    assert len(a) < 140 and a != b and a.startswith("x" * 120)
+
+
+def test_optuna_sweep_of_three_trials(run_cli, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    code, _, err = run_cli("sweep", "hparams_search=protonet_optuna", "hydra.sweeper.n_trials=3",
+                             f"paths.output_dir={tmp_path}", *SMALL)
+    assert code == 0, err
+    sweep = _sweep_dir(tmp_path)
+    rows = _summary(sweep)
+    assert len(rows) == 3
+    assert all(r["val_acc"] for r in rows)
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    # Optuna maximised the value each job returned: the best validation accuracy.
+    assert best.best_value == pytest.approx(max(float(r["val_acc"]) for r in rows), abs=1e-6)
+    assert set(best.best_params) == {"trainer.optimizer.lr", "episode.train.n_way", "algo.distance"}
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert len(jobs) == 3 and all("trainer.optimizer.lr=" in (sweep / j / ".hydra" / "overrides.yaml").read_text()
+                                  for j in jobs)
+
+
+def test_submitit_local_sweep_of_two_jobs(run_cli, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    code, _, err = run_cli("sweep", "hydra/launcher=submitit_local", "episode.train.n_way=5,10",
+                             f"paths.output_dir={tmp_path}", *SMALL)
+    assert code == 0, err
+    sweep = _sweep_dir(tmp_path)
+    assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
+    rows = _summary(sweep)
+    assert sorted(r["job"] for r in rows) == ["0", "1"]
+    assert {("episode.train.n_way=5" in r["overrides"]) for r in rows} == {True, False}
+    for r in rows:
+        assert Path(r["run_dir"]).name.startswith(r["job"] + "_algo=protonet")
+        assert float(r["test_acc"]) >= 0
