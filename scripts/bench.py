@@ -35,7 +35,7 @@ from metafsl.algorithms.protonet import ProtoNet
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler
 from metafsl.engine.evaluate import evaluate
-from metafsl.engine.runtime import tune_cpu_allocator
+from metafsl.engine.runtime import Runtime, tune_cpu_allocator
 from metafsl.models import build_backbone
 
 OMNIGLOT = REPO.parent / "shared" / "data" / "omniglot"
@@ -188,6 +188,7 @@ def bench_protonet_train(train, device, it, warm):
     algo = ProtoNet(conv4(1, 28, 64, device)).to(device)
     ref_model = conv4(1, 28, 64, device)
     ref_model.load_state_dict(algo.backbone.state_dict())
+    Runtime(device).prepare(algo)  # metafsl's default runtime (channels_last)
     opt, ref_opt = torch.optim.Adam(algo.parameters()), torch.optim.Adam(ref_model.parameters())
     sampler = EpisodeSampler(train, ways, shots, queries, device=device, seed=0)
     taskset = l2l_taskset(train, ways, shots + queries)
@@ -205,7 +206,7 @@ def bench_protonet_train(train, device, it, warm):
         loss.backward()
         ref_opt.step()
 
-    step_ours, step_ref = timed(ours, it, warm, device), timed(ref, it, warm, device)
+    step_ours, step_ref = timed(ours, 3 * it, warm, device), timed(ref, 3 * it, warm, device)
     report("ProtoNet Omniglot 60w5s5q training step", 1, step_ours, step_ref, device)
     # sampling alone, as a fraction of each side's training step
     n = max(5, it)
@@ -218,10 +219,11 @@ def bench_protonet_train(train, device, it, warm):
                  f"{100 * s_ours / step_ours:.1f}% vs {100 * s_ref / step_ref:.1f}% of a step"))
 
 
-def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch, steps, device, it, warm):
+def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch, steps, device, it, warm,
+               backend="vmap"):
     torch.manual_seed(0)
     algo = MAML(conv4(channels, size, hidden, device), ways, inner_lr=0.4 if channels == 1 else 0.01,
-                inner_steps=steps, first_order=False, backend="vmap").to(device)
+                inner_steps=steps, first_order=False, backend=backend).to(device)
     opt = torch.optim.Adam(algo.parameters())
     sampler = EpisodeSampler(split, ways, shots, queries, device=device, seed=0)
     l2l = learn2learn()
@@ -229,6 +231,7 @@ def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch,
     use_batch_statistics(ref_net)  # as Finn et al. (and metafsl's MAML): per-task batch statistics
     ref_net.load_state_dict(algo.learner.module.state_dict())
     ref_maml = l2l.algorithms.MAML(ref_net, lr=algo.inner_lr, first_order=False)
+    Runtime(device).prepare(algo)  # metafsl's default runtime (channels_last)
     ref_opt = torch.optim.Adam(ref_maml.parameters())
     taskset = l2l_taskset(split, ways, shots + queries, rotate=channels == 1)
 
@@ -245,7 +248,8 @@ def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch,
             (ref_maml_task(ref_maml, data, labels, ways, shots, steps, device) / batch).backward()
         ref_opt.step()
 
-    report(name, batch, timed(ours, it, warm, device), timed(ref, it, warm, device), device)
+    report(f"{name} [metafsl backend={backend}]", batch, timed(ours, it, warm, device),
+           timed(ref, it, warm, device), device)
 
 
 def bench_protonet_test(test, device, episodes):
@@ -279,6 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few iterations of each (smoke test)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--maml-backends", default="l2l,vmap",
+                    help="metafsl MAML backends to time against the reference (comma list)")
     args = ap.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.threads:
@@ -294,15 +300,17 @@ def main(argv=None) -> int:
     print("Mode: quick (smoke test; figures not meaningful)" if args.quick else "Mode: full", flush=True)
     t0 = time.perf_counter()
     bench_protonet_train(train, device, it, warm)
-    bench_maml("MAML Omniglot 5w1s, meta-batch 32, 2nd order", train, 1, 28, 64, 5, 1, 1, 32, 1, device,
-               *maml_it)
-    bench_maml("MAML miniImageNet-shaped 5w1s, conv4-32, 5 steps, meta-batch 4", random_split(64, 30, 3, 84),
-               3, 84, 32, 5, 1, 15, 4, 5, device, *maml_it)
+    mini = random_split(64, 30, 3, 84)
+    for backend in args.maml_backends.split(","):
+        bench_maml("MAML Omniglot 5w1s, meta-batch 32, 2nd order", train, 1, 28, 64, 5, 1, 1, 32, 1, device,
+                   *maml_it, backend=backend)
+        bench_maml("MAML miniImageNet-shaped 5w1s, conv4-32, 5 steps, mb 4", mini,
+                   3, 84, 32, 5, 1, 15, 4, 5, device, *maml_it, backend=backend)
     bench_protonet_test(test, device, test_episodes)
 
-    print(f"\n{'benchmark':<66} {'metafsl':>10} {'learn2learn':>12} {'ratio':>7}  peak memory MiB / note")
+    print(f"\n{'benchmark':<84} {'metafsl':>10} {'learn2learn':>12} {'ratio':>7}  peak memory MiB / note")
     for name, ours, ref, ratio, mem in ROWS:
-        print(f"{name:<66} {ours:>10.2f} {ref:>12.2f} {ratio:>6.2f}x  {mem}")
+        print(f"{name:<84} {ours:>10.2f} {ref:>12.2f} {ratio:>6.2f}x  {mem}")
     print(f"(tasks/s unless stated; ratio = metafsl / learn2learn, for sampling = learn2learn ms / metafsl ms; "
           f"total {time.perf_counter() - t0:.0f} s)")
     return 0

@@ -402,8 +402,8 @@ class RuntimeConfig:
     cpu_allocator_cache: bool = True
     # GPU only (no-ops on CPU). off | bf16: autocast forward passes to bfloat16 (changes results).
     amp: str = "off"
-    # GPU only: NHWC conv weights/activations (same maths, different rounding).
-    channels_last: bool = False
+    # NHWC conv weights/activations on CPU and GPU (same maths, different rounding; ~1.6x on CPU).
+    channels_last: bool = True
     # GPU only: torch.compile the backbone's forward in place.
     compile: bool = False
 

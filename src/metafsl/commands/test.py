@@ -51,16 +51,8 @@ def test_command(fresh: DictConfig, overrides: List[str], out_dir: Path) -> Dict
     t0 = time.perf_counter()
     with out.simple_progress() as progress:
         res = test_split(comp, cfg, progress)
-    record = {**res, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
-              "iteration": ck["iteration"], "dataset": cfg["dataset"]["name"],
-              "episode": cfg["episode"]["test"], "eval_seed": cfg["eval"]["seed"],
-              "overrides": [o for o in overrides if not o.startswith("run=")],
-              "time": _dt.datetime.now().isoformat(timespec="seconds")}
-    summary_path = run / SUMMARY
-    summary = read_json(summary_path) if summary_path.exists() else summary_base(ck["config"])
-    summary.setdefault("tests", []).append(record)
-    write_json(summary_path, summary)
-    write_json(out_dir / "result.json", record)
+    record = record_test(run, ck, which, cfg, overrides, out_dir, t0,
+                         {**res, "episode": cfg["episode"]["test"], "eval_seed": cfg["eval"]["seed"]})
     out.table("Test", ["run", "dataset", "episode", "episodes", "test acc (%)"],
               [[str(run), record["dataset"], f"{spec['n_way']}w{spec['n_shot']}s", res["episodes"],
                 out.fmt_acc(res["acc"], res["ci95"])]])
@@ -76,7 +68,18 @@ def protocol_test(proto: Dict[str, Any], comp, cfg: Dict[str, Any], ck: Dict[str
              f"protocol {proto.get('name')}")
     t0 = time.perf_counter()
     res = run_protocol(proto, comp, cfg)
-    record = {**res, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
+    record = record_test(run, ck, which, cfg, overrides, out_dir, t0, res)
+    rows = [[name, f"{err:.1f}"] for name, err in res["per_run_error"].items()]
+    rows.append([f"all ({res['trials']} trials)", f"{res['error']:.2f}"])
+    out.table(f"{proto.get('name')}: one-shot classification error (%)", ["run", "error (%)"], rows,
+              justify_right=["error (%)"])
+    return record
+
+
+def record_test(run: Path, ck: Dict[str, Any], which: str, cfg: Dict[str, Any], overrides: List[str],
+                out_dir: Path, t0: float, result: Dict[str, Any]) -> Dict[str, Any]:
+    """Append a test result to the run's summary.json ("tests") and to this test's own dir."""
+    record = {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
               "iteration": ck["iteration"], "dataset": cfg["dataset"]["name"],
               "overrides": [o for o in overrides if not o.startswith("run=")],
               "time": _dt.datetime.now().isoformat(timespec="seconds")}
@@ -85,8 +88,4 @@ def protocol_test(proto: Dict[str, Any], comp, cfg: Dict[str, Any], ck: Dict[str
     summary.setdefault("tests", []).append(record)
     write_json(summary_path, summary)
     write_json(out_dir / "result.json", record)
-    rows = [[name, f"{err:.1f}"] for name, err in res["per_run_error"].items()]
-    rows.append([f"all ({res['trials']} trials)", f"{res['error']:.2f}"])
-    out.table(f"{proto.get('name')}: one-shot classification error (%)", ["run", "error (%)"], rows,
-              justify_right=["error (%)"])
     return record

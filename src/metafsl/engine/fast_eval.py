@@ -23,7 +23,7 @@ from torch import nn
 
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
 #: to recycle activations (see metafsl.engine.runtime.tune_cpu_allocator)
-CPU_IMAGES_PER_PASS = 256
+CPU_IMAGES_PER_PASS = 1024
 
 #: methods whose override by a subclass means the embedding shortcut may no longer be faithful
 _SCORING = ("task_logits", "evaluate", "embed_task")
@@ -59,16 +59,36 @@ def supported(algorithm) -> bool:
 def channels_last_weights(module: nn.Module) -> Iterator[None]:
     """Temporarily store 4-D weights channels-last (faster convolutions on CPU and GPU); the
     original tensors are put back afterwards, untouched."""
+    from metafsl.engine.runtime import keep_channels_last  # noqa: PLC0415
+
     saved = []
     for p in module.parameters():
         if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
             saved.append((p, p.data))
             p.data = p.data.contiguous(memory_format=torch.channels_last)
+    hooks = keep_channels_last(module)
     try:
         yield
     finally:
+        for h in hooks:
+            h.remove()
         for p, data in saved:
             p.data = data
+
+
+def frozen_for_inference(backbone: nn.Module, example: torch.Tensor):
+    """A TorchScript copy of ``backbone`` frozen and optimised for CPU inference (batch norm
+    folded into the convolutions, fused conv+ReLU kernels): the same function up to float
+    rounding, about 1.3x faster here.  Falls back to ``backbone`` if it cannot be traced."""
+    import warnings  # noqa: PLC0415
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(backbone, example, check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    except Exception:  # an untraceable backbone: evaluate it eagerly
+        return backbone
 
 
 def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, max_images: int,
@@ -86,12 +106,16 @@ def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, 
     uniq, inverse = torch.unique(idx, return_inverse=True)
     inverse = inverse.to(device)
     backbone = algorithm.backbone
+    forward = backbone
+    if device.type == "cpu":
+        example = sampler.pixels(images[uniq[:max_images].to(images.device)], False)
+        forward = frozen_for_inference(backbone, example)
     with torch.inference_mode(), channels_last_weights(backbone):
         chunks: list[torch.Tensor] = []
         for start in range(0, len(uniq), max_images):
             sel = uniq[start: start + max_images].to(images.device)
-            x = images[sel].to(device, non_blocking=True)
-            chunks.append(backbone(sampler.pixels(x, False)).flatten(1))
+            x = sampler.pixels(images[sel].to(device, non_blocking=True), False)
+            chunks.append(forward(x).flatten(1))
         z = torch.cat(chunks)
         support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)
         query_y = torch.arange(n_way, device=device).repeat_interleave(n_query)

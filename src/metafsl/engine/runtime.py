@@ -4,11 +4,13 @@
   instead of handing every large activation back to the kernel (``mallopt``: no ``mmap`` for
   big blocks, high trim threshold).  Without it a conv4 forward pass on a few hundred images
   spends as much time in page faults (``sys`` time) as in arithmetic.  Results are unchanged.
+- ``channels_last`` (on by default, CPU and GPU, for methods without an inner loop to
+  differentiate through): store conv weights and activations NHWC.  Same maths, only float rounding differs; on this project's 2-core CPU a conv4
+  training step runs about 1.6x faster (docs/benchmarks.md).
 - GPU options, no-ops on the CPU:
   ``amp=bf16`` runs forward passes under ``torch.autocast(dtype=bfloat16)`` (changes results
-  slightly, so off by default); ``channels_last`` stores conv weights NHWC, which convolutions
-  then follow (same maths, different rounding; off by default); ``compile`` wraps the
-  backbone's forward with ``torch.compile`` in place (state-dict keys unchanged).
+  slightly, so off by default); ``compile`` wraps the backbone's forward with
+  ``torch.compile`` in place (state-dict keys unchanged; off by default).
 """
 from __future__ import annotations
 
@@ -51,11 +53,31 @@ def tune_cpu_allocator() -> bool:
     return _allocator_tuned
 
 
+def _to_channels_last(module, inputs, output):
+    if output.dim() != 4:
+        return output
+    try:
+        return output.contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # inside torch.func transforms (vmap) memory formats are not supported
+        return output
+
+
+def keep_channels_last(module: torch.nn.Module) -> list:
+    """Make every conv layer of ``module`` return NHWC activations; returns the hook handles.
+
+    With a 1-channel input PyTorch cannot tell NHWC from NCHW, so the first conv's output
+    comes back NCHW, and the max-pool after it then runs on its slow NCHW path (an order of
+    magnitude slower on the CPU here).  Converting conv outputs keeps the whole network NHWC.
+    """
+    return [m.register_forward_hook(_to_channels_last) for m in module.modules()
+            if isinstance(m, torch.nn.Conv2d)]
+
+
 @dataclass
 class Runtime:
     device: torch.device
     amp: str = "off"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
 
     @property
@@ -70,10 +92,13 @@ class Runtime:
 
     def prepare(self, algorithm) -> None:
         """Apply the memory-format and compile options to ``algorithm`` (in place)."""
+        # Methods that differentiate through an inner loop (MAML family) keep NCHW: on this
+        # CPU their double backward ran ~10% slower channels-last (docs/benchmarks.md).
+        if self.channels_last and not getattr(algorithm, "needs_grad_at_test", False):
+            algorithm.to(memory_format=torch.channels_last)
+            keep_channels_last(algorithm)
         if not self.on_gpu:
             return
-        if self.channels_last:
-            algorithm.to(memory_format=torch.channels_last)
         if self.compile:
             backbone = getattr(algorithm, "backbone", None)
             if backbone is None:
@@ -89,4 +114,4 @@ def from_config(cfg: dict[str, Any], device: torch.device) -> Runtime:
         raise UserError(f"Unknown runtime.amp '{amp}'; choose one of: {', '.join(AMP_CHOICES)}.")
     if rc.get("cpu_allocator_cache", True):
         tune_cpu_allocator()
-    return Runtime(device, amp, bool(rc.get("channels_last", False)), bool(rc.get("compile", False)))
+    return Runtime(device, amp, bool(rc.get("channels_last", True)), bool(rc.get("compile", False)))
