@@ -177,16 +177,18 @@ def report(name, tasks, sec_ours, sec_ref, device):
           flush=True)
 
 
-def conv4(channels, size, hidden, device):
+def conv4(channels, size, hidden, device, reference=False):
+    """metafsl's conv4, or (reference=True) learn2learn's own CNN4Backbone, conv-BN-ReLU-pool
+    blocks; same initial weights either way."""
     torch.manual_seed(0)
-    return build_backbone("conv4", channels, size, hidden=hidden).to(device)
+    return build_backbone("conv4", channels, size, hidden=hidden, pool_first=not reference).to(device)
 
 
 # ----------------------------------------------------------------------------- benchmarks
 def bench_protonet_train(train, device, it, warm):
     ways, shots, queries = 60, 5, 5
     algo = ProtoNet(conv4(1, 28, 64, device)).to(device)
-    ref_model = conv4(1, 28, 64, device)
+    ref_model = conv4(1, 28, 64, device, reference=True)
     ref_model.load_state_dict(algo.backbone.state_dict())
     Runtime(device).prepare(algo)  # metafsl's default runtime (channels_last)
     opt, ref_opt = torch.optim.Adam(algo.parameters()), torch.optim.Adam(ref_model.parameters())
@@ -194,9 +196,8 @@ def bench_protonet_train(train, device, it, warm):
     taskset = l2l_taskset(train, ways, shots + queries)
 
     def ours():
-        loss, _ = algo.meta_loss(sampler.sample(1, train=True))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        algo.meta_backward(sampler.sample(1, train=True))  # what the training loop calls
         opt.step()
 
     def ref():
@@ -227,7 +228,7 @@ def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch,
     opt = torch.optim.Adam(algo.parameters())
     sampler = EpisodeSampler(split, ways, shots, queries, device=device, seed=0)
     l2l = learn2learn()
-    ref_net = nn.Sequential(conv4(channels, size, hidden, device), nn.Linear(algo.head.in_features, ways)).to(device)
+    ref_net = nn.Sequential(conv4(channels, size, hidden, device, reference=True), nn.Linear(algo.head.in_features, ways)).to(device)
     use_batch_statistics(ref_net)  # as Finn et al. (and metafsl's MAML): per-task batch statistics
     ref_net.load_state_dict(algo.learner.module.state_dict())
     ref_maml = l2l.algorithms.MAML(ref_net, lr=algo.inner_lr, first_order=False)
@@ -236,9 +237,8 @@ def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch,
     taskset = l2l_taskset(split, ways, shots + queries, rotate=channels == 1)
 
     def ours():
-        loss, _ = algo.meta_loss(sampler.sample(batch, train=True))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        algo.meta_backward(sampler.sample(batch, train=True))  # what the training loop calls
         opt.step()
 
     def ref():
@@ -256,7 +256,7 @@ def bench_protonet_test(test, device, episodes):
     ways, shots, queries = 5, 1, 15
     torch.manual_seed(0)
     algo = ProtoNet(conv4(1, 28, 64, device)).to(device)
-    ref_model = conv4(1, 28, 64, device)
+    ref_model = conv4(1, 28, 64, device, reference=True)
     ref_model.load_state_dict(algo.backbone.state_dict())
     ref_model.eval()
     taskset = l2l_taskset(test, ways, shots + queries)

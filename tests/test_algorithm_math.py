@@ -49,7 +49,8 @@ def test_protonet_logits_use_the_backbone_embeddings():
     batch = tiny_batch()
     logits = algo.task_logits(batch, train=False)
     with torch.no_grad():
-        s = net(batch.support_x[0]); q = net(batch.query_x[0])
+        s = net(batch.support_x[0])
+        q = net(batch.query_x[0])
     protos = torch.stack([s[batch.support_y[0] == k].mean(0) for k in range(3)])
     assert torch.allclose(logits[0], -torch.cdist(q, protos) ** 2, atol=1e-4)
     loss, acc = algo.meta_loss(batch)

@@ -151,6 +151,7 @@ def test_user_errors_are_one_clear_sentence(tmp_path, run_cli, trained):
     msg = _err(run_cli("train", f"hydra.run.dir={tmp_path / 'c'}", "dataset=omniglot",
                        f"paths.data_dir={tmp_path / 'nodata'}"))
     assert "not found under" in msg and "images_background.zip" in msg
+    assert "does not combine with a sweep" in _err(run_cli("sweep", "algo=maml,protonet", "--cfg", "job"))
     assert "needs the run to evaluate" in _err(run_cli("test"))
     assert "does not exist" in _err(run_cli("test", f"run={tmp_path / 'missing'}"))
     assert "Nothing to resume" in _err(run_cli("train", f"hydra.run.dir={tmp_path / 'd'}", *TINY, "resume=true"))

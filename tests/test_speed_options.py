@@ -110,3 +110,15 @@ def test_gpu_flags_leave_a_cpu_run_unchanged(run_cli, tmp_path):
         results.append(json.loads((tmp_path / name / "summary.json").read_text()))
     assert results[0]["test"]["acc"] == results[1]["test"]["acc"]
     assert results[0]["val"] == results[1]["val"]
+
+
+def test_cpu_embedding_passes_are_bounded_by_activation_memory():
+    from metafsl.engine.fast_eval import CPU_IMAGES_PER_PASS, images_per_pass
+
+    small = build_backbone("conv4", 1, 28, hidden=8, layers=2)
+    one = torch.zeros(1, 1, 28, 28)
+    assert images_per_pass(small, one) == CPU_IMAGES_PER_PASS  # tiny model: the cap applies
+    # 8x28x28 floats per conv output: the budget, not the cap, sets the pass size
+    n = images_per_pass(small, one, budget=1 << 20)
+    assert 1 <= n < 100
+    assert images_per_pass(small, one, budget=1) == 1

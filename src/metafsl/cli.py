@@ -87,6 +87,11 @@ def run_hydra(command: str, args: List[str]) -> int:
     problem = check_group_overrides(args)
     if problem:
         return _fail(problem)
+    if command == "sweep":
+        flag = next((a for a in args if a.split("=")[0] in ("--cfg", "-c", "--run", "-r", "--info", "-i")), None)
+        if flag:
+            return _fail(f"'{flag}' does not combine with a sweep; inspect one job's config with "
+                         "'metafsl train <overrides> --cfg job' instead.")
     if command == "test":
         try:
             args = apps.prepare_test_args(args)

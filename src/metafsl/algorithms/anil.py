@@ -9,19 +9,19 @@ inside the inner loop.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
 
 from metafsl._l2l import learn2learn
-from metafsl.algorithms.base import Algorithm, accuracy
+from metafsl.algorithms.base import PerTaskAlgorithm, accuracy
 from metafsl.algorithms.maml import use_batch_statistics
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
 
-class ANIL(Algorithm):
+class ANIL(PerTaskAlgorithm):
     needs_grad_at_test = True
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
@@ -51,16 +51,11 @@ class ANIL(Algorithm):
             head.adapt(nn.functional.cross_entropy(head(support), labels), first_order=first_order)
         return head
 
-    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        losses, accs = [], []
-        for i in range(len(batch)):
-            support, query = self.backbone(batch.support_x[i]), self.backbone(batch.query_x[i])
-            head = self.adapt_head(support, batch.support_y[i], self.inner_steps, self.inner_lr,
-                                   self.first_order)
-            logits = head(query)
-            losses.append(nn.functional.cross_entropy(logits, batch.query_y[i]))
-            accs.append(accuracy(logits.detach(), batch.query_y[i]))
-        return torch.stack(losses).mean(), torch.stack(accs).mean()
+    def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
+        support, query = self.backbone(batch.support_x[i]), self.backbone(batch.query_x[i])
+        head = self.adapt_head(support, batch.support_y[i], self.inner_steps, self.inner_lr,
+                               self.first_order)
+        return head(query)
 
     def evaluate(self, batch: TaskBatch) -> torch.Tensor:
         accs = []

@@ -10,6 +10,7 @@ batch's statistics, as in Finn et al.'s implementation (no running averages).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from metafsl._l2l import learn2learn
 from metafsl.algorithms import maml_vmap
-from metafsl.algorithms.base import Algorithm, accuracy
+from metafsl.algorithms.base import Algorithm, PerTaskAlgorithm, accuracy
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
@@ -36,7 +37,7 @@ def use_batch_statistics(module: nn.Module) -> None:
 BACKENDS = ("l2l", "vmap")
 
 
-class MAML(Algorithm):
+class MAML(PerTaskAlgorithm):
     needs_grad_at_test = True
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
@@ -73,19 +74,22 @@ class MAML(Algorithm):
             learner.adapt(loss, first_order=first_order)
         return learner
 
+    def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
+        learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps,
+                             self.inner_lr, self.first_order)
+        return learner(batch.query_x[i])
+
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "vmap":
             loss, logits = maml_vmap.meta_loss(self.learner.module, batch, self.inner_steps,
                                                self.inner_lr, self.first_order)
             return loss, accuracy(logits.detach(), batch.query_y).mean()
-        losses, accs = [], []
-        for i in range(len(batch)):
-            learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps,
-                                 self.inner_lr, self.first_order)
-            logits = learner(batch.query_x[i])
-            losses.append(nn.functional.cross_entropy(logits, batch.query_y[i]))
-            accs.append(accuracy(logits.detach(), batch.query_y[i]))
-        return torch.stack(losses).mean(), torch.stack(accs).mean()
+        return super().meta_loss(batch)
+
+    def meta_backward(self, batch: TaskBatch, autocast=contextlib.nullcontext):
+        if self.backend == "vmap":  # all tasks in one graph: backpropagate once
+            return Algorithm.meta_backward(self, batch, autocast)
+        return super().meta_backward(batch, autocast)
 
     def predict_proba(self, support_x, support_y, query_x, n_way: int) -> torch.Tensor:
         """Adapt to one labelled support set (test-time steps and rate), then softmax on the queries."""

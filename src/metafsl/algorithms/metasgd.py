@@ -8,19 +8,17 @@ take a single inner step at training and test time.
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import nn
 
 from metafsl._l2l import learn2learn
-from metafsl.algorithms.base import Algorithm, accuracy
+from metafsl.algorithms.base import PerTaskAlgorithm, accuracy
 from metafsl.algorithms.maml import use_batch_statistics
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
 
-class MetaSGD(Algorithm):
+class MetaSGD(PerTaskAlgorithm):
     needs_grad_at_test = True
 
     def __init__(self, backbone: nn.Module, n_way: int, lr_init_min: float = 0.005,
@@ -51,14 +49,9 @@ class MetaSGD(Algorithm):
             learner.adapt(loss, first_order=first_order)
         return learner
 
-    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        losses, accs = [], []
-        for i in range(len(batch)):
-            learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps, self.first_order)
-            logits = learner(batch.query_x[i])
-            losses.append(nn.functional.cross_entropy(logits, batch.query_y[i]))
-            accs.append(accuracy(logits.detach(), batch.query_y[i]))
-        return torch.stack(losses).mean(), torch.stack(accs).mean()
+    def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
+        learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps, self.first_order)
+        return learner(batch.query_x[i])
 
     def evaluate(self, batch: TaskBatch) -> torch.Tensor:
         accs = []

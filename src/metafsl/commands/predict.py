@@ -19,7 +19,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from metafsl.data.images import is_image
+from metafsl.data.images import is_image, to_chw
 from metafsl.errors import UserError
 
 OWN_KEYS = ("run", "support", "query", "out", "checkpoint", "invert", "convert", "device")
@@ -51,13 +51,7 @@ def load_image(path: Path, size: int, channels: int, invert: bool, convert: bool
                         f"images; pass convert=true to convert your images to grayscale.")
     if channels not in (1, 3):
         raise UserError(f"This run's images have {channels} channels; predict handles 1 or 3.")
-    im = Image.fromarray(rgb.astype(np.uint8)).convert("L" if channels == 1 else "RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.LANCZOS)
-    arr = np.asarray(im, dtype=np.uint8)
-    if invert:
-        arr = 255 - arr
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    return to_chw(Image.fromarray(rgb.astype(np.uint8)), size, channels, invert)
 
 
 def image_files(folder: Path) -> List[Path]:

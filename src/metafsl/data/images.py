@@ -18,10 +18,17 @@ def decode(data: bytes, size: int, channels: int, invert: bool = False) -> np.nd
     from PIL import Image  # noqa: PLC0415
 
     with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.Resampling.LANCZOS)
-        arr = np.asarray(im, dtype=np.uint8)
+        return to_chw(im, size, channels, invert)
+
+
+def to_chw(im, size: int, channels: int, invert: bool = False) -> np.ndarray:
+    """PIL image -> uint8 (C, size, size): grey or RGB, Lanczos-resized, optionally inverted."""
+    from PIL import Image  # noqa: PLC0415
+
+    im = im.convert("L" if channels == 1 else "RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    arr = np.asarray(im, dtype=np.uint8)
     if invert:
         arr = 255 - arr
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)

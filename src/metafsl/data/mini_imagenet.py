@@ -13,6 +13,7 @@ Images are resized once to ``dataset.image_size`` (84 by default) and cached on 
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -128,10 +129,10 @@ def load(root: Path, image_size: int = 84, channels: int = 3, fmt: str = "auto",
     fmt = detect_format(root, fmt)  # download=true changes nothing: there is no checksummed source
     if fmt == "csv":
         sources = [root / n for n in CSV_FILES.values()] + [root / "images"]
-        build = lambda: load_csv(root, image_size, channels)
+        build = functools.partial(load_csv, root, image_size, channels)
     else:
         sources = [root / n for n in PICKLES.values()]
-        build = lambda: load_pickles(root, image_size, channels)
+        build = functools.partial(load_pickles, root, image_size, channels)
     key = {"name": "mini_imagenet", "format": fmt, "size": image_size, "channels": channels,
            "src": str(root.resolve()), "files": fingerprint(sources)}
     return cached_dataset(cache_path(root, cache_dir, key), build)

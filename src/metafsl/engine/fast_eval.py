@@ -24,6 +24,29 @@ from torch import nn
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
 #: to recycle activations (see metafsl.engine.runtime.tune_cpu_allocator)
 CPU_IMAGES_PER_PASS = 1024
+#: bound on the activation memory of one CPU embedding pass (a wide ResNet-12 on 84x84 images
+#: needs ~14 MB per image: 1024 of them at once exhausted a 24 GiB machine)
+CPU_PASS_BYTES = 1 << 30
+
+
+def images_per_pass(backbone: nn.Module, one: torch.Tensor, budget: int = CPU_PASS_BYTES,
+                    cap: int = CPU_IMAGES_PER_PASS) -> int:
+    """How many images one inference pass may hold: ``budget`` over an upper estimate of one
+    image's activation memory (the sum of every layer's output, as if none were freed)."""
+    total = [one.numel()]
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in backbone.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            backbone(one)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(max(1, min(cap, budget // (total[0] * one.element_size()))))
 
 #: methods whose override by a subclass means the embedding shortcut may no longer be faithful
 _SCORING = ("task_logits", "evaluate", "embed_task")
@@ -99,8 +122,6 @@ def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, 
     embedding forward pass; ``on_progress(n)`` is called as episodes complete.
     """
     device = sampler.device
-    if device.type == "cpu":
-        max_images = min(max_images, CPU_IMAGES_PER_PASS)
     n_way, n_shot, n_query = sampler.n_way, sampler.n_shot, sampler.n_query
     idx = sampler.indices(episodes)  # (E, n_way, shot + query): the very episodes sample() draws
     uniq, inverse = torch.unique(idx, return_inverse=True)
@@ -108,6 +129,8 @@ def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, 
     backbone = algorithm.backbone
     forward = backbone
     if device.type == "cpu":
+        one = sampler.pixels(images[uniq[:1].to(images.device)], False)
+        max_images = min(max_images, images_per_pass(backbone, one))
         example = sampler.pixels(images[uniq[:max_images].to(images.device)], False)
         forward = frozen_for_inference(backbone, example)
     with torch.inference_mode(), channels_last_weights(backbone):

@@ -10,12 +10,12 @@ from typing import Any, Dict, Optional
 import torch
 from hydra.utils import instantiate
 
+from metafsl.data.sampler import EpisodeSampler
 from metafsl.engine import checkpoint
 from metafsl.engine.components import Components, build
 from metafsl.engine.evaluate import evaluate
 from metafsl.engine.run_dir import BEST, LAST, METRICS, SUMMARY, MetricsLog, write_json
 from metafsl.errors import UserError
-from metafsl.data.sampler import EpisodeSampler
 from metafsl.reporting import console as out
 
 #: Test hook: hard-exit right after this iteration (simulates a killed run).
@@ -120,13 +120,12 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         for it in range(state["iteration"] + 1, iterations + 1):
             algo.train()
             batch = sampler.sample(tr["meta_batch_size"], train=True)
-            with comp.runtime.autocast():  # runtime.amp=bf16 on GPU; no-op otherwise
-                loss, acc = algo.meta_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            # forward passes under runtime.amp (bf16 on GPU; no-op otherwise), gradients into .grad
+            loss, acc = algo.meta_backward(batch, comp.runtime.autocast)
             if not torch.isfinite(loss):
                 raise UserError(f"The training loss became {float(loss)} at iteration {it}; lower the "
                                 "learning rate (trainer.optimizer.lr or algo.inner_lr).")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if tr.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(algo.parameters(), tr["grad_clip"])
             optimizer.step()

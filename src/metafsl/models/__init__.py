@@ -30,6 +30,10 @@ def build_backbone(name: str, channels: int, image_size: int, **kwargs) -> nn.Mo
             max_pool=True,
             max_pool_factor=1.0,
         )
+        if kwargs.get("pool_first", True):  # same function, cheaper ReLU (see models/conv4.py)
+            from metafsl.models.conv4 import pool_before_relu  # noqa: PLC0415
+
+            pool_before_relu(model)
     elif name == "wrn28_10":
         from metafsl.models.wrn import WideResNet  # noqa: PLC0415
 
