@@ -190,7 +190,7 @@ def bench_protonet_train(train, device, it, warm):
     algo = ProtoNet(conv4(1, 28, 64, device)).to(device)
     ref_model = conv4(1, 28, 64, device, reference=True)
     ref_model.load_state_dict(algo.backbone.state_dict())
-    Runtime(device).prepare(algo)  # metafsl's default runtime (channels_last)
+    Runtime(device).prepare(algo)  # metafsl's default runtime options
     opt, ref_opt = torch.optim.Adam(algo.parameters()), torch.optim.Adam(ref_model.parameters())
     sampler = EpisodeSampler(train, ways, shots, queries, device=device, seed=0)
     taskset = l2l_taskset(train, ways, shots + queries)
@@ -232,7 +232,7 @@ def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch,
     use_batch_statistics(ref_net)  # as Finn et al. (and metafsl's MAML): per-task batch statistics
     ref_net.load_state_dict(algo.learner.module.state_dict())
     ref_maml = l2l.algorithms.MAML(ref_net, lr=algo.inner_lr, first_order=False)
-    Runtime(device).prepare(algo)  # metafsl's default runtime (channels_last)
+    Runtime(device).prepare(algo)  # metafsl's default runtime options
     ref_opt = torch.optim.Adam(ref_maml.parameters())
     taskset = l2l_taskset(split, ways, shots + queries, rotate=channels == 1)
 

@@ -95,6 +95,9 @@ class Algorithm(nn.Module):
 class PerTaskAlgorithm(Algorithm):
     """A method that adapts to each task of a meta-batch on its own (an inner loop per task)."""
 
+    #: False when ``meta_loss`` builds one graph for the whole batch (MAML's vmap backend)
+    backprop_per_task: bool = True
+
     def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
         """Differentiable query logits (n_query_total, n_way) of task ``i`` after adaptation."""
         raise NotImplementedError
@@ -111,6 +114,8 @@ class PerTaskAlgorithm(Algorithm):
                       autocast: Callable[[], ContextManager] = contextlib.nullcontext
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Backpropagate each task's share of the mean loss as soon as it is computed."""
+        if not self.backprop_per_task:
+            return super().meta_backward(batch, autocast)
         losses, accs = [], []
         for i in range(len(batch)):
             with autocast():

@@ -10,7 +10,6 @@ batch's statistics, as in Finn et al.'s implementation (no running averages).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -18,7 +17,7 @@ from torch import nn
 
 from metafsl._l2l import learn2learn
 from metafsl.algorithms import maml_vmap
-from metafsl.algorithms.base import Algorithm, PerTaskAlgorithm, accuracy
+from metafsl.algorithms.base import PerTaskAlgorithm, accuracy
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
@@ -47,6 +46,7 @@ class MAML(PerTaskAlgorithm):
         if backend not in BACKENDS:
             raise UserError(f"Unknown MAML backend '{backend}'; choose one of: {', '.join(BACKENDS)}.")
         self.backend = backend
+        self.backprop_per_task = backend == "l2l"  # vmap: all tasks in one graph, one backward
         use_batch_statistics(backbone)
         self.n_way = n_way
         self.head = nn.Linear(backbone.out_features, n_way)
@@ -85,11 +85,6 @@ class MAML(PerTaskAlgorithm):
                                                self.inner_lr, self.first_order)
             return loss, accuracy(logits.detach(), batch.query_y).mean()
         return super().meta_loss(batch)
-
-    def meta_backward(self, batch: TaskBatch, autocast=contextlib.nullcontext):
-        if self.backend == "vmap":  # all tasks in one graph: backpropagate once
-            return Algorithm.meta_backward(self, batch, autocast)
-        return super().meta_backward(batch, autocast)
 
     def predict_proba(self, support_x, support_y, query_x, n_way: int) -> torch.Tensor:
         """Adapt to one labelled support set (test-time steps and rate), then softmax on the queries."""
