@@ -69,8 +69,8 @@ def test_test_command_reuses_saved_config_with_overrides(trained, run_cli):
     assert s["test"]["episodes"] == 8  # the training-time result is kept
 
 
-def _subprocess_train(run_dir: Path, *extra: str, crash_after: int | None = None):
-    env = dict(os.environ)
+def _subprocess_train(run_dir: Path, *extra: str, crash_after: int | None = None, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
     if crash_after:
         env["METAFSL_CRASH_AFTER_ITERATION"] = str(crash_after)
     args = ["train", f"hydra.run.dir={run_dir}", *TINY, "trainer.iterations=8", "trainer.val_every=2",
@@ -97,6 +97,25 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
     wa = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]
     wb = torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_kill_during_the_final_validation_keeps_the_training(tmp_path):
+    """The final iteration's weights are on disk before the final validation starts; resuming
+    validates them and finishes the run (here the only validation: val_every > iterations)."""
+    run_dir = tmp_path / "run"
+    crashed = _subprocess_train(run_dir, "trainer.val_every=100",
+                                env_extra={"METAFSL_CRASH_IN_FINAL_VALIDATION": "1"})
+    assert crashed.returncode != 0
+    assert not (run_dir / "checkpoints" / "best.pt").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 8
+    resumed = _subprocess_train(run_dir, "trainer.val_every=100", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["train"]["iterations"] == 8 and s["val"]["best_iteration"] == 8
+    assert s["test"]["iteration"] == 8
+    full = _subprocess_train(tmp_path / "full", "trainer.val_every=100")
+    assert full.returncode == 0, full.stderr
+    assert json.loads((tmp_path / "full" / "summary.json").read_text())["test"]["acc"] == s["test"]["acc"]
 
 
 def test_sweep_of_two_jobs_writes_a_summary(tmp_path, run_cli):

@@ -112,7 +112,7 @@ def test_budgeted_table_end_to_end_then_skips_done_rows(run_cli, tmp_path):
     assert code == 0, err
     assert "APPROXIMATE" in text
     rows = _read_csv(out / "table.csv")
-    assert [r["row"] for r in rows] == ["protonet_glyphs_5w1s", "maml_glyphs_5w1s"]
+    assert [r["row"] for r in rows] == ["protonet_glyphs_5w1s", "maml_glyphs_5w1s", "protonet_glyphs_5w5s"]
     proto = rows[0]
     summary = json.loads((out / "protonet_glyphs_5w1s" / "summary.json").read_text())
     assert summary["budget"] == 0.5 and summary["train"]["iterations"] == 4  # 8 scaled by 0.5
@@ -127,10 +127,20 @@ def test_budgeted_table_end_to_end_then_skips_done_rows(run_cli, tmp_path):
     for row in ("protonet_glyphs_5w1s", "maml_glyphs_5w1s"):
         assert (out / row / ".hydra" / "config.yaml").is_file()
         assert (out / row / "curves.png").stat().st_size > 1000
-    # Rerun: both rows are done and skipped, the table is rebuilt the same.
+    # The 5-shot row trains nothing: it tests the 1-shot row's model with its own episodes.
+    assert "same training as protonet_glyphs_5w1s" in text
+    shared = json.loads((out / "protonet_glyphs_5w5s" / "summary.json").read_text())
+    assert not (out / "protonet_glyphs_5w5s" / "checkpoints").exists()
+    assert shared["trained_by"] == "protonet_glyphs_5w1s" and rows[2]["trained_by"] == "protonet_glyphs_5w1s"
+    assert shared["episode"]["test"]["n_shot"] == 5 and shared["test"]["episodes"] == 8
+    assert shared["test"]["iteration"] == summary["test"]["iteration"]
+    assert shared["published"]["acc"] == 60.0 and float(rows[2]["published_acc"]) == 60.0
+    assert float(rows[2]["our_acc"]) == pytest.approx(shared["test"]["acc"], abs=1e-3)
+    assert "model of protonet_glyphs_5w1s" in md
+    # Rerun: every row is done and skipped, the table is rebuilt the same.
     mtime = (out / "protonet_glyphs_5w1s" / "summary.json").stat().st_mtime
     code, text, _ = run_cli("reproduce", "table=test_glyphs", "budget=0.5", f"out={out}")
-    assert code == 0 and text.count("done, skipped") == 2
+    assert code == 0 and text.count("done, skipped") == 3
     assert (out / "protonet_glyphs_5w1s" / "summary.json").stat().st_mtime == mtime
     # Different settings in the same dir are refused.
     code, _, err = run_cli("reproduce", "table=test_glyphs", "budget=0.25", f"out={out}")
@@ -167,3 +177,20 @@ def test_interrupted_reproduction_resumes(run_cli, tmp_path, monkeypatch):
              if json.loads(x)["split"] == "train"]
     assert iters == sorted(set(iters)) and iters[-1] == 8  # no duplicated records after the resume
     assert "protonet_glyphs_5w1s" in (out / "table.md").read_text()
+
+
+def test_snell_omniglot_table_is_two_trainings():
+    """Snell et al. train one model per shot and test it at 5 and 20 ways: the presets differ only
+    in their test episodes, so the reproduction trains twice, not four times."""
+    from metafsl.commands.reproduce import load_table, row_config, trainers
+
+    spec = load_table("snell2017_omniglot")
+    configs = [row_config(row, 1.0, ["paths.data_dir=/nowhere"]) for row in spec.rows]
+    assert all(configs)
+    assert trainers(spec.rows, configs) == {
+        "snell2017_omniglot_5w1s": "snell2017_omniglot_5w1s", "snell2017_omniglot_20w1s": "snell2017_omniglot_5w1s",
+        "snell2017_omniglot_5w5s": "snell2017_omniglot_5w5s", "snell2017_omniglot_20w5s": "snell2017_omniglot_5w5s"}
+    # Rows that train differently keep their own training.
+    finn = load_table("finn2017_omniglot")
+    owners = trainers(finn.rows, [row_config(row, 1.0, []) for row in finn.rows])
+    assert len(set(owners.values())) == len(finn.rows)

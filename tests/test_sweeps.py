@@ -33,6 +33,7 @@ def test_plugins_import():
 
 def test_short_dirname_keeps_short_names_and_hashes_long_ones():
     assert short_dirname("algo=maml,seed=1") == "algo=maml,seed=1"
+    assert short_dirname("dataset.root=../data/x,seed=1") == "dataset.root=.._data_x,seed=1"  # one dir level
     a, b = short_dirname("x" * 300), short_dirname("x" * 299 + "y")
     assert len(a) < 140 and a != b and a.startswith("x" * 120)
 

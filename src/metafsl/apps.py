@@ -100,7 +100,7 @@ _USER_TEST_ARGS: List[str] = []
 def prepare_test_args(args: List[str]) -> List[str]:
     """Check ``run=`` and compose `test` with the run's own group choices (typed schemas),
     unless the user overrides them."""
-    runs = [a.split("=", 1)[1] for a in args if a.startswith("run=")]
+    runs = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("run=")]
     if not runs or not runs[-1]:
         raise UserError("metafsl test needs the run to evaluate: metafsl test run=<run dir>.")
     run = Path(runs[-1])

@@ -499,10 +499,12 @@ def register_configs() -> None:
 
 
 def short_dirname(overrides: str, limit: int = 120) -> str:
-    """A sweep job's dir name from its overrides, cut to ``limit`` characters plus a short hash
-    of the whole when longer (file names are limited to 255 bytes)."""
+    """A sweep job's dir name from its overrides: one path component (a '/' in a value such as
+    ``dataset.root=../data`` becomes '_'), cut to ``limit`` characters plus a short hash of the
+    whole when longer (file names are limited to 255 bytes)."""
     import hashlib
 
-    if len(overrides) <= limit:
-        return overrides
-    return f"{overrides[:limit]}...{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
+    name = overrides.replace("/", "_")
+    if len(name) <= limit:
+        return name
+    return f"{name[:limit]}...{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"

@@ -4,8 +4,12 @@ A driver over the `train` app: each row of ``conf/table/<name>.yaml`` (an experi
 optionally with its own overrides) becomes a real train run dir
 ``<paths.output_dir>/reproduce/<name>[_budget<f>]/<row>/``.  A row with a ``summary.json`` is
 done and skipped; a row with ``checkpoints/last.pt`` but no summary was interrupted and
-resumes from it.  Then ``table.md`` and ``table.csv`` compare, row by row, our test accuracy
-± 95% CI with the published one, and say whether the published mean lies inside our interval.
+resumes from it.  Rows whose composed configs differ only in how the model is tested (the
+test episode, ``eval``, name and published figure) share one trained model, as the papers do
+(Snell et al. train one 1-shot model and report it at 5 and 20 ways): the first such row
+trains, the others run ``metafsl test`` on its checkpoint in their own dir.  Then ``table.md``
+and ``table.csv`` compare, row by row, our test accuracy ± 95% CI with the published one, and
+say whether the published mean lies inside our interval.
 """
 from __future__ import annotations
 
@@ -127,6 +131,74 @@ def check_manifest(table_dir: Path, name: str, budget: float, overrides: List[st
     write_json(path, mine)
 
 
+# ----------------------------------------------------------------------------- shared training
+#: top-level keys that only say how a trained model is tested or labelled
+TEST_ONLY_KEYS = ("name", "published", "eval", "test")
+
+
+def row_config(row: TableRow, budget: float, overrides: List[str]) -> Optional[Dict[str, Any]]:
+    """The row's composed train config, unresolved (None if it does not compose: the train run
+    then reports the problem itself)."""
+    from hydra import compose, initialize_config_module  # noqa: PLC0415
+
+    from metafsl.config import register_configs  # noqa: PLC0415
+
+    register_configs()
+    argv = [f"experiment={row.experiment}", *row.overrides, *overrides, f"budget={budget}"]
+    argv = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_module(config_module="metafsl.conf", version_base=None):
+            cfg = compose(config_name="train", overrides=argv)
+        return OmegaConf.to_container(cfg, resolve=False)
+    except Exception:
+        return None
+
+
+def training_key(cfg: Dict[str, Any]) -> str:
+    """What determines the trained weights: the config without its test-only parts."""
+    import json  # noqa: PLC0415
+
+    key = {k: v for k, v in cfg.items() if k not in TEST_ONLY_KEYS}
+    key["episode"] = {k: v for k, v in (cfg.get("episode") or {}).items() if k not in ("test", "name")}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def trainers(rows: List[TableRow], configs: List[Optional[Dict[str, Any]]]) -> Dict[str, str]:
+    """Map each row label to the label of the row that trains its model (itself if it trains)."""
+    first: Dict[str, str] = {}
+    owner = {}
+    for row, cfg in zip(rows, configs):
+        if cfg is None:
+            owner[row.label] = row.label
+            continue
+        owner[row.label] = first.setdefault(training_key(cfg), row.label)
+    return owner
+
+
+def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], overrides: List[str]) -> int:
+    """Evaluate the model trained in ``source_dir`` with this row's test episodes and eval settings,
+    then write the row's own summary.json (so the row reads and resumes like a trained one)."""
+    from metafsl.cli import run_hydra  # noqa: PLC0415
+
+    test_spec = cfg["episode"]["test"]
+    argv = [f"run='{source_dir}'", *[f"episode.test.{k}={v}" for k, v in test_spec.items()],
+            *[f"eval.{k}={v}" for k, v in cfg["eval"].items() if not isinstance(v, (dict, list))],
+            *[o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")],
+            f"hydra.run.dir='{row_dir}'"]
+    rc = run_hydra("test", argv)
+    if rc != 0:
+        return rc
+    record = read_json(row_dir / "result.json")
+    summary = read_json(source_dir / SUMMARY)
+    summary.pop("tests", None)
+    summary.update(name=cfg.get("name") or "", published=cfg.get("published") or {}, trained_by=source,
+                   episode={**summary.get("episode", {}), "test": dict(test_spec)},
+                   test={k: record[k] for k in ("acc", "ci95", "episodes", "seconds", "checkpoint", "iteration")
+                         if k in record})
+    write_json(row_dir / SUMMARY, summary)
+    return 0
+
+
 # ----------------------------------------------------------------------------- running
 def row_state(row_dir: Path) -> str:
     if (row_dir / SUMMARY).is_file():
@@ -168,12 +240,13 @@ def compare(label: str, experiment: str, summary: Optional[Dict[str, Any]], row_
             "published_acc": p_acc, "published_ci95": p_ci, "diff": diff, "published_in_ci": inside,
             "iterations": (s.get("train") or {}).get("iterations"),
             "train_seconds": (s.get("train") or {}).get("seconds"), "budget": s.get("budget", 1.0),
-            "citation": pub.get("citation"), "run_dir": str(row_dir), "failed": summary is None}
+            "citation": pub.get("citation"), "run_dir": str(row_dir), "failed": summary is None,
+            "trained_by": s.get("trained_by")}
 
 
 CSV_COLUMNS = ["row", "experiment", "algo", "dataset", "way", "shot", "our_acc", "our_ci95", "published_acc",
                "published_ci95", "diff", "published_in_ci", "iterations", "train_seconds", "budget",
-               "approximate", "citation", "run_dir"]
+               "approximate", "trained_by", "citation", "run_dir"]
 SHOWN = ["row", "episode", "ours (%)", "published (%)", "diff", "in CI", "iters", "time"]
 
 
@@ -184,6 +257,8 @@ def shown(r: Dict[str, Any]) -> List[str]:
     episode = "-" if r["way"] is None else f"{r['way']}-way {r['shot']}-shot"
     diff = "-" if r["diff"] is None else f"{r['diff']:+.2f}"
     secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s"
+    if r.get("trained_by"):
+        secs = f"model of {r['trained_by']}"
     return [r["row"], episode, fmt(r["our_acc"], r["our_ci95"]), fmt(r["published_acc"], r["published_ci95"]),
             diff, inside, "-" if r["iterations"] is None else str(r["iterations"]), secs]
 
@@ -239,13 +314,25 @@ def reproduce_command(args: List[str]) -> int:
     if budget != 1.0:
         out.info(f"[bold yellow]{approximate_note(budget)}[/]")
     out.info(f"[bold]metafsl reproduce[/] {spec.title}: {len(spec.rows)} rows  →  {table_dir}")
+    configs = [row_config(row, budget, overrides) for row in spec.rows]
+    owner = trainers(spec.rows, configs)
     code = 0
     results = []
-    for i, row in enumerate(spec.rows, 1):
+    for i, (row, cfg) in enumerate(zip(spec.rows, configs), 1):
         row_dir = table_dir / row.label
         state = row_state(row_dir)
+        source = owner[row.label]
         if state == "done":
             out.info(f"[{i}/{len(spec.rows)}] {row.label}: done, skipped ({row_dir / SUMMARY}).")
+        elif source != row.label:
+            source_dir = table_dir / source
+            if row_state(source_dir) != "done":
+                out.info(f"[{i}/{len(spec.rows)}] {row.label}: skipped, the model of {source} is not trained.")
+                code = code or 1
+            else:
+                out.info(f"[{i}/{len(spec.rows)}] {row.label}: same training as {source}; testing its model.")
+                rc = test_row(row_dir, source_dir, source, cfg, overrides)
+                code = code or rc
         else:
             verb = "resuming" if state == "interrupted" else "training"
             out.info(f"[{i}/{len(spec.rows)}] {row.label}: {verb} ({row.experiment}).")

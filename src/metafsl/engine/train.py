@@ -20,6 +20,8 @@ from metafsl.reporting import console as out
 
 #: Test hook: hard-exit right after this iteration (simulates a killed run).
 CRASH_ENV = "METAFSL_CRASH_AFTER_ITERATION"
+#: Test hook: hard-exit when the final validation starts (a run killed while validating).
+CRASH_FINAL_VAL_ENV = "METAFSL_CRASH_IN_FINAL_VALIDATION"
 
 
 def _fmt(x: Optional[float], digits: int = 3) -> str:
@@ -72,8 +74,9 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     scheduler = instantiate(tr["scheduler"])(optimizer=optimizer) if tr.get("scheduler") else None
 
     log = MetricsLog(run_dir / METRICS)
+    # val_iteration: the last iteration whose validation (and checkpoints) completed
     state = {"iteration": 0, "best_acc": None, "best_iteration": 0, "seconds": 0.0,
-             "acc_sum": 0.0, "loss_sum": 0.0, "count": 0, "last_val": None}
+             "acc_sum": 0.0, "loss_sum": 0.0, "count": 0, "last_val": None, "val_iteration": 0}
     untrained = None
     if cfg["resume"]:
         if not (run_dir / LAST).exists():
@@ -88,6 +91,8 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         if device.type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
         state.update(ck["state"])
+        # checkpoints from before val_iteration existed were only written after a validation
+        state["val_iteration"] = ck["state"].get("val_iteration", state["iteration"])
         log.truncate_after(state["iteration"])
         out.info(f"Resuming {run_dir} from iteration {state['iteration']}.")
     elif (run_dir / LAST).exists():
@@ -109,15 +114,37 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
             "state": dict(state),
         }
 
+    def validate(it: int) -> None:
+        """Validate at iteration ``it``; write best.pt if it improved, then last.pt."""
+        improved = True
+        if has_val:
+            spec = ep["test"]
+            res = evaluate(algo, ds["val"], spec["n_way"], spec["n_shot"], spec["n_query"],
+                           tr["val_episodes"], cfg["eval"]["seed"] + 1, device, comp.pixels,
+                           cfg["eval"]["batch_episodes"], within, "val", runtime=comp.runtime)
+            log.write({"iteration": it, "split": "val", **res})
+            state["last_val"] = res["acc"]
+            progress.update(bar, val=_fmt(res["acc"], 2))
+            improved = state["best_acc"] is None or res["acc"] > state["best_acc"]
+        if improved:
+            state["best_acc"], state["best_iteration"] = state["last_val"], it
+        state["val_iteration"] = it
+        if improved:
+            checkpoint.save(run_dir / BEST, snapshot())
+        checkpoint.save(run_dir / LAST, snapshot())
+
     iterations = int(tr["iterations"])
+    max_seconds = 60 * float(tr["max_minutes"]) if tr.get("max_minutes") else None
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     progress = out.training_progress()
     t_start = time.perf_counter() - state["seconds"]
+    # a resumed run whose wall-clock budget is already spent trains no further
+    first = iterations + 1 if max_seconds and state["seconds"] >= max_seconds else state["iteration"] + 1
     with progress:
         bar = progress.add_task(f"train {cfg['algo']['name']}", total=iterations,
                                 completed=state["iteration"], loss="-", acc="-",
                                 val=_fmt(state["last_val"], 2))
-        for it in range(state["iteration"] + 1, iterations + 1):
+        for it in range(first, iterations + 1):
             algo.train()
             batch = sampler.sample(tr["meta_batch_size"], train=True)
             optimizer.zero_grad(set_to_none=True)
@@ -143,35 +170,25 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
                 log.write(rec)
                 progress.update(bar, loss=_fmt(rec["loss"]), acc=_fmt(rec["acc"], 1))
                 state.update(loss_sum=0.0, acc_sum=0.0, count=0)
-            out_of_time = bool(tr.get("max_minutes")) and \
-                time.perf_counter() - t_start >= 60 * float(tr["max_minutes"])
-            if it % tr["val_every"] == 0 or it == iterations or out_of_time:
-                improved = True
-                if has_val:
-                    spec = ep["test"]
-                    res = evaluate(algo, ds["val"], spec["n_way"], spec["n_shot"], spec["n_query"],
-                                   tr["val_episodes"], cfg["eval"]["seed"] + 1, device, comp.pixels,
-                                   cfg["eval"]["batch_episodes"], within, "val", runtime=comp.runtime)
-                    log.write({"iteration": it, "split": "val", **res})
-                    state["last_val"] = res["acc"]
-                    progress.update(bar, val=_fmt(res["acc"], 2))
-                    improved = state["best_acc"] is None or res["acc"] > state["best_acc"]
-                if improved:
-                    state["best_acc"], state["best_iteration"] = state["last_val"], it
+            out_of_time = max_seconds is not None and time.perf_counter() - t_start >= max_seconds
+            final = it == iterations or out_of_time
+            if it % tr["val_every"] == 0 or final:
                 state["seconds"] = time.perf_counter() - t_start
-                if improved:
-                    checkpoint.save(run_dir / BEST, snapshot())
-                checkpoint.save(run_dir / LAST, snapshot())
+                if final:  # training is over: keep it even if the final validation is killed
+                    checkpoint.save(run_dir / LAST, snapshot())
+                    if os.environ.get(CRASH_FINAL_VAL_ENV):
+                        os._exit(75)
+                validate(it)
             progress.update(bar, completed=it)
             if crash_after and it == crash_after:
                 os._exit(75)
             if out_of_time:
                 out.info(f"Time budget of {tr['max_minutes']} min reached at iteration {it}.")
                 break
+        if state["val_iteration"] != state["iteration"] or iterations == 0:
+            # resumed after a kill during the final validation (or nothing to train): validate now
+            validate(state["iteration"])
     seconds = time.perf_counter() - t_start
-    if iterations == 0:
-        checkpoint.save(run_dir / BEST, snapshot())
-        checkpoint.save(run_dir / LAST, snapshot())
 
     summary = summary_base(cfg)
     summary["train"] = {"iterations": state["iteration"], "seconds": round(seconds, 2),
