@@ -199,3 +199,28 @@ def test_configs_are_packaged_for_a_non_editable_install(tmp_path):
     for yaml in conf.rglob("*.yaml"):
         assert f"metafsl/conf/{yaml.relative_to(conf).as_posix()}" in names
     assert "metafsl/data/splits/omniglot_vinyals.txt" in names
+
+
+def test_trainval_trains_on_training_and_validation_classes(run_cli, tmp_path):
+    """dataset.trainval=true: the val classes join the training split (Snell et al.'s final
+    models); no validation runs and the last checkpoint is the one tested."""
+    from metafsl.data import load_dataset
+
+    paths = {"cache_dir": str(tmp_path / "cache")}
+    cfg = {"name": "glyphs", "n_classes": 60, "examples_per_class": 20, "image_size": 28, "seed": 0,
+           "train_fraction": 0.64, "val_fraction": 0.16}
+    plain = load_dataset(cfg, paths)
+    merged = load_dataset({**cfg, "trainval": True}, paths)
+    assert "val" not in merged.splits and torch.equal(merged["test"].images, plain["test"].images)
+    tr, va = plain["train"], plain["val"]
+    assert merged["train"].n_classes == tr.n_classes + va.n_classes
+    assert merged["train"].class_names == tr.class_names + va.class_names
+    assert torch.equal(merged["train"].counts(), torch.cat([tr.counts(), va.counts()]))
+    first_val = merged["train"].images[merged["train"].labels == tr.n_classes]
+    assert torch.equal(first_val, va.images[va.labels == 0])
+    code, _, err = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", *TINY, "dataset.trainval=true")
+    assert code == 0, err
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["val"]["best_acc"] is None and s["test"]["iteration"] == s["train"]["iterations"]
+    assert not [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+                if r["split"] == "val"]

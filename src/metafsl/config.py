@@ -38,6 +38,9 @@ class DatasetConfig:
     # Training-time augmentation: none | metaoptnet (random crop w/ padding, colour jitter, flip).
     augment: str = "none"
     download: bool = False
+    # Train on the training + validation classes (no validation; the last checkpoint is kept),
+    # as Snell et al.'s released code does for its final models.
+    trainval: bool = False
 
 
 @dataclass

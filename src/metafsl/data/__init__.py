@@ -35,7 +35,17 @@ def dataset_root(cfg: Dict[str, Any], data_dir: str) -> Path:
 
 
 def load_dataset(cfg: Dict[str, Any], paths: Dict[str, Any]):
-    """Load (or fetch from the on-disk cache) the dataset described by ``cfg``."""
+    """Load (or fetch from the on-disk cache) the dataset described by ``cfg``; with
+    ``trainval=true`` the validation classes join the training split."""
+    ds = _load(cfg, paths)
+    if cfg.get("trainval"):
+        from metafsl.data.base import with_val_in_train  # noqa: PLC0415
+
+        ds = with_val_in_train(ds)
+    return ds
+
+
+def _load(cfg: Dict[str, Any], paths: Dict[str, Any]):
     name = cfg["name"]
     cache_dir = str(paths.get("cache_dir") or "~/.cache/metafsl")
     if name == "glyphs":

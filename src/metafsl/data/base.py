@@ -67,6 +67,28 @@ class FewShotDataset:
         return int(next(iter(self.splits.values())).images.shape[-1])
 
 
+def merge_splits(a: FewShotSplit, b: FewShotSplit) -> FewShotSplit:
+    """One split holding the classes of ``a`` then those of ``b`` (labels and groups renumbered)."""
+    labels = torch.cat([a.labels, b.labels + a.n_classes])
+    groups, group_names = None, None
+    if a.groups is not None and b.groups is not None:
+        names_a, names_b = a.group_names or [], b.group_names or []
+        groups = torch.cat([a.groups, b.groups + (len(names_a) if names_a else int(a.groups.max()) + 1)])
+        group_names = (names_a + names_b) if names_a and names_b else None
+    return FewShotSplit(torch.cat([a.images, b.images]), labels, a.class_names + b.class_names, groups, group_names)
+
+
+def with_val_in_train(ds: FewShotDataset) -> FewShotDataset:
+    """``dataset.trainval=true``: train on the training and validation classes together (the final
+    models of Snell et al.'s released code); no validation split is left."""
+    if "val" not in ds.splits:
+        return ds
+    splits = {k: v for k, v in ds.splits.items() if k != "val"}
+    splits["train"] = merge_splits(ds.splits["train"], ds.splits["val"])
+    mean, std = channel_stats(splits["train"].images)
+    return FewShotDataset(ds.name, splits, mean, std, list(ds.skipped))
+
+
 def channel_stats(images: torch.Tensor, max_images: int = 20000):
     """Per-channel mean and std in [0, 1] of (a sample of) a uint8 image tensor."""
     x = images[:max_images].float().div_(255)
