@@ -14,6 +14,7 @@ say whether the published mean lies inside our interval.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from metafsl.cli import CONF_DIR, group_options
-from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json
+from metafsl.engine.run_dir import LAST, RESULT, SUMMARY, read_json, write_json
 from metafsl.errors import UserError
 
 TABLE_DIR = CONF_DIR / "table"
@@ -156,8 +157,6 @@ def row_config(row: TableRow, budget: float, overrides: List[str]) -> Optional[D
 
 def training_key(cfg: Dict[str, Any]) -> str:
     """What determines the trained weights: the config without its test-only parts."""
-    import json  # noqa: PLC0415
-
     key = {k: v for k, v in cfg.items() if k not in TEST_ONLY_KEYS}
     key["episode"] = {k: v for k, v in (cfg.get("episode") or {}).items() if k not in ("test", "name")}
     return json.dumps(key, sort_keys=True, default=str)
@@ -188,7 +187,7 @@ def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], 
     rc = run_hydra("test", argv)
     if rc != 0:
         return rc
-    record = read_json(row_dir / "result.json")
+    record = read_json(row_dir / RESULT)
     summary = read_json(source_dir / SUMMARY)
     summary.pop("tests", None)
     summary.update(name=cfg.get("name") or "", published=cfg.get("published") or {}, trained_by=source,

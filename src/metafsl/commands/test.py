@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metafsl.engine import checkpoint
 from metafsl.engine.components import build
-from metafsl.engine.run_dir import BEST, LAST, SUMMARY, read_json, write_json
+from metafsl.engine.run_dir import BEST, LAST, RESULT, SUMMARY, read_json, write_json
 from metafsl.engine.train import summary_base, test_split
 from metafsl.errors import UserError
 from metafsl.reporting import console as out
@@ -87,5 +87,5 @@ def record_test(run: Path, ck: Dict[str, Any], which: str, cfg: Dict[str, Any], 
     summary = read_json(summary_path) if summary_path.exists() else summary_base(ck["config"])
     summary.setdefault("tests", []).append(record)
     write_json(summary_path, summary)
-    write_json(out_dir / "result.json", record)
+    write_json(out_dir / RESULT, record)
     return record

@@ -10,6 +10,8 @@ from typing import Any, Dict, List
 LAST = Path("checkpoints/last.pt")
 BEST = Path("checkpoints/best.pt")
 SUMMARY = "summary.json"
+#: a `metafsl test` run's own record, in its run dir
+RESULT = "result.json"
 METRICS = "metrics.jsonl"
 
 

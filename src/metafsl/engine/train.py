@@ -126,10 +126,9 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
             state["last_val"] = res["acc"]
             progress.update(bar, val=_fmt(res["acc"], 2))
             improved = state["best_acc"] is None or res["acc"] > state["best_acc"]
-        if improved:
-            state["best_acc"], state["best_iteration"] = state["last_val"], it
         state["val_iteration"] = it
         if improved:
+            state["best_acc"], state["best_iteration"] = state["last_val"], it
             checkpoint.save(run_dir / BEST, snapshot())
         checkpoint.save(run_dir / LAST, snapshot())
 
