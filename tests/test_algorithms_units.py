@@ -296,6 +296,32 @@ def test_mann_memory_write_uses_least_used_slots():
     assert changed.tolist() == [False, True, False, True, False, False]
 
 
+def test_mann_input_norm_makes_the_controller_blind_to_a_shared_offset_and_scale():
+    """Post-ReLU embeddings share a large positive component; with input_norm the controller sees
+    each embedding centred and scaled, so adding a constant and rescaling changes nothing."""
+    from metafsl.algorithms.mann import MANN
+
+    class Shifted(nn.Module):
+        def __init__(self, body, a, c):
+            super().__init__()
+            self.body, self.a, self.c, self.out_features = body, a, c, body.out_features
+
+        def forward(self, x):
+            return self.a * self.body(x) + self.c
+
+    batch = make_batch()
+    for norm, same in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        algo = MANN(TinyBody(), n_way=3, controller_size=16, memory_slots=8, memory_size=5, read_heads=2,
+                    input_norm=norm)
+        torch.manual_seed(1)
+        plain = algo.task_logits(batch, train=False)
+        algo.backbone = Shifted(algo.backbone, 3.0, 5.0)
+        torch.manual_seed(1)
+        shifted = algo.task_logits(batch, train=False)
+        assert torch.allclose(plain, shifted, atol=1e-4) is same
+
+
 # ----------------------------------------------------------------------------- meta-learner LSTM
 def test_metalstm_update_cell_and_preprocessing():
     from metafsl.algorithms.metalstm import MetaLSTM, UpdateCell, preprocess

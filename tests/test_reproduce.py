@@ -63,6 +63,9 @@ def test_paper_presets_follow_the_papers():
     s = load("snell2017_omniglot_5w1s")
     assert s["episode"]["train"] == {"n_way": 60, "n_shot": 1, "n_query": 5}
     assert s["published"] == {"acc": 98.8, "ci95": None, "citation": s["published"]["citation"]}
+    # Snell et al. train on "1200 characters plus rotations": Vinyals' train + val characters.
+    for shot in ("5w1s", "5w5s", "20w1s", "20w5s"):
+        assert load(f"snell2017_omniglot_{shot}")["dataset"]["trainval"] is True
     assert load("snell2017_miniimagenet_5w1s")["episode"]["train"]["n_way"] == 30
     assert load("snell2017_miniimagenet_5w5s")["episode"]["train"]["n_way"] == 20
     assert load("snell2017_miniimagenet_5w5s")["published"]["acc"] == 68.20

@@ -300,6 +300,8 @@ class MANNConfig(AlgoConfig):
     read_heads: int = 4
     # Decay of the usage weights (least-recently-used access).
     gamma: float = 0.95
+    # LayerNorm on the backbone's embeddings before the controller (see algorithms/mann.py).
+    input_norm: bool = True
 
 
 @dataclass

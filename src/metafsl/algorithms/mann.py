@@ -16,6 +16,13 @@ read head and a write gate alpha.  Least-recently-used access (Santoro et al., S
 and w^lu_t marks the n (= number of read heads) least-used slots (head j writes to the
 j-th least-used one).  The class scores come
 from [h_t, r_t].  The image enters through the backbone (Santoro et al. used raw pixels).
+
+``input_norm`` (default on) passes each embedding through a LayerNorm before the controller.
+A conv backbone's embeddings are post-ReLU, all positive and strongly correlated across
+classes, so the keys the controller derives from them barely tell classes apart and the
+memory has nothing to bind to: on synthetic positive class codes the query accuracy stayed
+near chance for 3000 meta-batches of 16 without it and reached 89% with it; on real Omniglot
+the un-normalised controller stayed at 20% for 34k episodes (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -55,13 +62,14 @@ class MemoryState:
 
 class MANN(Algorithm):
     def __init__(self, backbone: nn.Module, n_way: int, controller_size: int = 200, memory_slots: int = 128,
-                 memory_size: int = 40, read_heads: int = 4, gamma: float = 0.95):
+                 memory_size: int = 40, read_heads: int = 4, gamma: float = 0.95, input_norm: bool = True):
         super().__init__(backbone)
         if read_heads > memory_slots:
             raise UserError(f"MANN needs read_heads <= memory_slots (got {read_heads} > {memory_slots}).")
         self.n_way, self.heads, self.slots, self.size = n_way, int(read_heads), int(memory_slots), int(memory_size)
         self.gamma = float(gamma)
         d = backbone.out_features
+        self.norm = nn.LayerNorm(d) if input_norm else nn.Identity()
         self.controller = nn.LSTMCell(d + n_way + self.heads * self.size, controller_size)
         self.key = nn.Linear(controller_size, self.heads * self.size)
         self.gate = nn.Linear(controller_size, self.heads)
@@ -101,7 +109,7 @@ class MANN(Algorithm):
 
     def run(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Support-step logits (B, S, K), their labels (B, S), query logits (B, Q, K)."""
-        support, query = embed_episodes(self.backbone, batch)
+        support, query = (self.norm(z) for z in embed_episodes(self.backbone, batch))
         b, ns, _ = support.shape
         order = torch.stack([torch.randperm(ns, device=support.device) for _ in range(b)])
         seq_x = support.gather(1, order.unsqueeze(-1).expand_as(support))
