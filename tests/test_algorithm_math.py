@@ -113,3 +113,56 @@ def test_maml_batch_norm_uses_batch_statistics():
     x = torch.randn(6, 1, 1, 4) * 3 + 2
     out = bn_net(x)
     assert torch.allclose(out.mean(0), bn.bias, atol=1e-5)
+
+
+def test_maml_plus_plus_per_step_rates_match_maml_and_are_learned():
+    """LSLR at its initial rates computes MAML's loss and meta-gradient; the rates get gradients,
+    and a rate of 0 for a step leaves that step's weights where they were."""
+    torch.manual_seed(2)
+    batch = tiny_batch(b=2, seed=5)
+    plain = MAML(Flatten(4, 5), n_way=3, inner_lr=0.3, inner_steps=2)
+    lslr = MAML(copy.deepcopy(plain.backbone), n_way=3, inner_lr=0.3, inner_steps=2, per_step_lr=True)
+    lslr.head.load_state_dict(plain.head.state_dict())
+    assert lslr.step_lrs.shape == (3, 4)  # max(train 2, test 3) steps x 4 tensors
+    loss_a, _ = plain.meta_loss(batch)
+    loss_b, _ = lslr.meta_loss(batch)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    ga = torch.autograd.grad(loss_a, list(plain.learner.parameters()))
+    gb = torch.autograd.grad(loss_b, list(lslr.learner.parameters()) + [lslr.step_lrs])
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert gb[-1][:2].abs().sum() > 0 and gb[-1][2].abs().sum() == 0  # step 3 is test-only
+    with torch.no_grad():
+        lslr.step_lrs.zero_()
+    sx, sy = batch.support_x[0], batch.support_y[0]
+    learner = lslr.adapt(sx, sy, steps=2, lr=0.3, first_order=True)
+    for p, q in zip(learner.parameters(), lslr.learner.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_maml_plus_plus_multi_step_loss_weights_and_loss():
+    torch.manual_seed(3)
+    algo = MAML(Flatten(4, 5), n_way=3, inner_lr=0.3, inner_steps=4, multi_step_loss=True, msl_iterations=100)
+    w0 = algo.msl_weights(4)
+    assert torch.allclose(w0, torch.full((4,), 0.25))
+    algo.msl_iteration.fill_(50)
+    w5 = algo.msl_weights(4)
+    assert torch.allclose(w5[:3], torch.full((3,), 0.125)) and abs(float(w5.sum()) - 1) < 1e-6
+    algo.msl_iteration.fill_(99)
+    assert torch.allclose(algo.msl_weights(4)[:3], torch.full((3,), 0.03 / 4))  # MAML++'s floor
+    algo.msl_iteration.fill_(100)
+    assert algo.msl_weights(4).tolist() == [0, 0, 0, 1]  # then plain MAML
+    # the loss is the weighted sum of the query losses after each inner step
+    algo.msl_iteration.fill_(50)
+    batch = tiny_batch(b=1, seed=7)
+    sx, sy, qx, qy = batch.support_x[0], batch.support_y[0], batch.query_x[0], batch.query_y[0]
+    want = sum(w * nn.functional.cross_entropy(algo.adapt(sx, sy, s, 0.3, False)(qx), qy)
+               for s, w in zip(range(1, 5), w5.tolist()))
+    algo.train()
+    loss, _ = algo.meta_loss(batch)
+    assert torch.allclose(loss, want, atol=1e-5)
+    algo.meta_backward(batch)
+    assert int(algo.msl_iteration) == 51  # one training iteration advances the schedule
+    algo.eval()
+    plain = nn.functional.cross_entropy(algo.adapt(sx, sy, 4, 0.3, False)(qx), qy)
+    assert torch.allclose(algo.meta_loss(batch)[0], plain, atol=1e-5)  # not training: last step only

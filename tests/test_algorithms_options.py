@@ -18,6 +18,9 @@ def test_metric_or_transfer_method_trains_and_tests_on_glyphs(run_cli, tmp_path,
     ["algo=reptile", "algo.transductive=false", "trainer=reptile", *FAST["reptile"]],
     ["algo=matchingnet", "algo.fce=true", "algo.fce_steps=2"],
     ["algo=protonet", "backbone=conv4_32", "backbone.layers=2"],
+    # MAML++ options (Antoniou et al. 2019): learned per-step rates, multi-step loss
+    ["algo=maml", "algo.per_step_lr=true", "algo.multi_step_loss=true", "algo.inner_steps=2",
+     "algo.test_inner_steps=2", "algo.msl_iterations=2"],
 ])
 def test_method_options(run_cli, tmp_path, overrides):
     summary = train(run_cli, tmp_path, *overrides)
@@ -43,6 +46,9 @@ def test_bad_options_are_one_sentence_errors(run_cli, tmp_path):
     assert code == 2 and "Unknown MetaOptNet head 'lasso'" in err + out
     code, out, err = run_cli("train", *TINY, "algo=mann", "episode.test.n_way=3", f"hydra.run.dir={tmp_path}/b")
     assert code == 2 and "cannot run 3-way" in err + out
+    code, out, err = run_cli("train", *TINY, "algo=maml", "algo.backend=vmap", "algo.per_step_lr=true",
+                             f"hydra.run.dir={tmp_path}/c")
+    assert code == 2 and "need algo.backend=l2l" in err + out
 
 
 def test_list_algo_describes_every_method(run_cli):

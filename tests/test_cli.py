@@ -190,6 +190,26 @@ def test_missing_or_corrupt_checkpoint_is_a_user_error(tmp_path, run_cli, traine
     assert "does not exist" in _err(run_cli("test", f"run={copy}"))
 
 
+def test_checkpoint_that_does_not_fit_its_model_is_a_user_error(tmp_path, run_cli, trained):
+    """Weights from another version or config (e.g. a MANN checkpoint from before input_norm)
+    fail with one sentence in test, predict and resume, not with torch's traceback."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    for name in ("best.pt", "last.pt"):
+        path = copy / "checkpoints" / name
+        ck = torch.load(path, weights_only=True)
+        first = next(iter(ck["model"]))
+        ck["model"]["extra.weight"] = ck["model"].pop(first)
+        torch.save(ck, path)
+    for err in (_err(run_cli("test", f"run={copy}")),
+                _err(run_cli("train", f"hydra.run.dir={copy}", *TINY, "resume=true")),
+                _err(run_cli("predict", f"run={copy}", f"support={copy}", f"query={copy}"))):
+        assert f"does not fit the model built from its config: weights 1 missing (e.g. {first}), " \
+               "1 unexpected (e.g. extra.weight)" in err, err
+
+
 def test_configs_are_packaged_for_a_non_editable_install(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(tmp_path)], check=True, capture_output=True)
@@ -222,5 +242,6 @@ def test_trainval_trains_on_training_and_validation_classes(run_cli, tmp_path):
     assert code == 0, err
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["val"]["best_acc"] is None and s["test"]["iteration"] == s["train"]["iterations"]
+    assert s["test"]["checkpoint"] == "last"  # no validation: the tested model is the last one
     assert not [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
                 if r["split"] == "val"]

@@ -196,6 +196,11 @@ class MAMLConfig(AlgoConfig):
     # l2l: learn2learn's per-task MAML wrapper (reference);
     # vmap: all tasks of a meta-batch at once with torch.func (same gradients, faster).
     backend: str = "l2l"
+    # MAML++ (Antoniou et al. 2019), l2l backend: learned per-step, per-tensor inner rates (LSLR);
+    # multi-step loss (query loss after every inner step, annealed to the last over msl_iterations).
+    per_step_lr: bool = False
+    multi_step_loss: bool = False
+    msl_iterations: int = 7500
 
 
 @dataclass

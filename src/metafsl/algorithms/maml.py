@@ -7,10 +7,22 @@ outer loss is the query loss of the adapted model, differentiated through the in
 batch's statistics, as in Finn et al.'s implementation (no running averages).
 ``backend=vmap`` runs the same computation for all tasks of a meta-batch at once with
 ``torch.func`` (``metafsl.algorithms.maml_vmap``); ``backend=l2l`` is the per-task reference.
+
+Two MAML++ options (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019), l2l
+backend only:
+
+- ``per_step_lr`` (LSLR): a learned inner learning rate per parameter tensor and per inner
+  step, initialised at ``inner_lr`` and meta-learned with the weights; test-time steps use the
+  rates of the same step index (``test_inner_lr`` is then not used).
+- ``multi_step_loss`` (MSL): the outer loss is a weighted sum of the query losses after every
+  inner step.  The weights start uniform (1/S each) and move linearly towards the last step
+  over the first ``msl_iterations`` training iterations (non-final weights floor at 0.03/S, as
+  in the MAML++ code); after that only the last step counts, as in plain MAML.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Callable, ContextManager, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -41,10 +53,15 @@ class MAML(PerTaskAlgorithm):
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
-                 first_order: bool = False, backend: str = "l2l"):
+                 first_order: bool = False, backend: str = "l2l", per_step_lr: bool = False,
+                 multi_step_loss: bool = False, msl_iterations: int = 7500):
         super().__init__(backbone)
         if backend not in BACKENDS:
             raise UserError(f"Unknown MAML backend '{backend}'; choose one of: {', '.join(BACKENDS)}.")
+        if backend == "vmap" and (per_step_lr or multi_step_loss):
+            raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
+        if multi_step_loss and int(msl_iterations) < 1:
+            raise UserError(f"msl_iterations must be at least 1 (got {msl_iterations}).")
         self.backend = backend
         self.backprop_per_task = backend == "l2l"  # vmap: all tasks in one graph, one backward
         use_batch_statistics(backbone)
@@ -58,6 +75,16 @@ class MAML(PerTaskAlgorithm):
         # The wrapper shares parameters with backbone/head (no copy).
         self.learner = l2l.algorithms.MAML(nn.Sequential(self.backbone, self.head),
                                            lr=self.inner_lr, first_order=self.first_order)
+        self._maml_update = l2l.algorithms.maml.maml_update
+        # MAML++ state exists only when its option is on, so other checkpoints keep their keys.
+        self.step_lrs: Optional[nn.Parameter] = None
+        if per_step_lr:
+            n_tensors = len(list(self.learner.module.parameters()))
+            steps = max(self.inner_steps, self.test_inner_steps)
+            self.step_lrs = nn.Parameter(torch.full((steps, n_tensors), self.inner_lr))
+        self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)
+        if self.multi_step_loss:
+            self.register_buffer("msl_iteration", torch.zeros((), dtype=torch.long))
 
     def check_episode(self, n_way: int, train: bool) -> None:
         if n_way != self.n_way:
@@ -66,13 +93,60 @@ class MAML(PerTaskAlgorithm):
                 f"episodes (train and test with the same n_way)."
             )
 
-    def adapt(self, support_x, support_y, steps: int, lr: float, first_order: bool):
+    def adapt(self, support_x, support_y, steps: int, lr: float, first_order: bool,
+              after_step: Optional[Callable[[nn.Module], None]] = None):
+        """A clone of the model after ``steps`` inner steps (``after_step(learner)`` after each)."""
         learner = self.learner.clone(first_order=first_order)
         learner.lr = lr
-        for _ in range(steps):
+        for step in range(steps):
             loss = nn.functional.cross_entropy(learner(support_x), support_y)
-            learner.adapt(loss, first_order=first_order)
+            if self.step_lrs is None:
+                learner.adapt(loss, first_order=first_order)
+            else:  # LSLR: learn2learn's update with one learned rate per tensor for this step
+                params = list(learner.parameters())
+                grads = torch.autograd.grad(loss, params, create_graph=not first_order)
+                self._maml_update(learner, 1.0, [r * g for r, g in zip(self.step_lrs[step], grads)])
+            if after_step is not None:
+                after_step(learner)
         return learner
+
+    def msl_weights(self, steps: int) -> torch.Tensor:
+        """MAML++'s per-step loss weights at the current training iteration (they sum to 1)."""
+        t = int(self.msl_iteration)
+        if steps == 1 or t >= self.msl_iterations:
+            return torch.nn.functional.one_hot(torch.tensor(steps - 1), steps).float()
+        progress = t / self.msl_iterations
+        floor = 0.03 / steps
+        w = torch.full((steps,), max((1.0 - progress) / steps, floor))
+        w[-1] = 1.0 - w[:-1].sum()
+        return w
+
+    def _task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not (self.multi_step_loss and self.training):
+            return super()._task_loss(batch, i)
+        weights = self.msl_weights(self.inner_steps)
+        step_losses: List[torch.Tensor] = []
+        logits: List[torch.Tensor] = []
+
+        def query_loss(learner: nn.Module) -> None:
+            if weights[len(step_losses)] > 0:
+                logits.append(learner(batch.query_x[i]))
+                step_losses.append(nn.functional.cross_entropy(logits[-1], batch.query_y[i]))
+            else:  # a zero weight: skip the query pass
+                step_losses.append(torch.zeros(()))
+
+        self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_lr,
+                   self.first_order, after_step=query_loss)
+        loss = sum(w * step for w, step in zip(weights.tolist(), step_losses))
+        return loss, accuracy(logits[-1].detach(), batch.query_y[i])
+
+    def meta_backward(self, batch: TaskBatch,
+                      autocast: Callable[[], ContextManager] = contextlib.nullcontext
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        result = super().meta_backward(batch, autocast)
+        if self.multi_step_loss:
+            self.msl_iteration += 1  # one training iteration: advances the MSL schedule
+        return result
 
     def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
         learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps,

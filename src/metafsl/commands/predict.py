@@ -100,7 +100,8 @@ def load_learner(run: Path, which: str, device: torch.device):
         raise UserError(f"Run dir {run} does not exist.")
     if which not in ("best", "last"):
         raise UserError(f"checkpoint must be best or last, not '{which}'.")
-    ck = checkpoint.load(run / (BEST if which == "best" else LAST))
+    path = run / (BEST if which == "best" else LAST)
+    ck = checkpoint.load(path)
     cfg = ck["config"]
     ds_cfg = cfg["dataset"]
     channels, size = int(ds_cfg.get("channels", 1)), int(ds_cfg.get("image_size", 28))
@@ -114,7 +115,7 @@ def load_learner(run: Path, which: str, device: torch.device):
     b = dict(cfg["backbone"])
     backbone = build_backbone(b.pop("name"), channels=channels, image_size=size, **b)
     algo = build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
-    algo.load_state_dict(ck["model"])
+    checkpoint.load_weights(algo, ck["model"], path)
     return algo.to(device).eval(), pixels, cfg, channels, size
 
 

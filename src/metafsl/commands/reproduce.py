@@ -47,6 +47,8 @@ class TableSpec:
     title: str
     rows: List[TableRow]
     description: str = ""
+    # Train overrides for every row, applied after the preset and before the row's own.
+    overrides: List[str] = field(default_factory=list)
 
 
 def table_names() -> List[str]:
@@ -73,6 +75,7 @@ def load_table(name: str) -> TableSpec:
             raise UserError(f"Table '{name}' names experiment '{row.experiment}', which has no preset "
                             f"in conf/experiment/.")
         row.label = row.label or row.experiment
+        row.overrides = [*spec.overrides, *row.overrides]
     labels = [r.label for r in spec.rows]
     if len(set(labels)) != len(labels):
         raise UserError(f"Table '{name}' has two rows with the same label; give them distinct labels.")

@@ -38,10 +38,11 @@ def test_command(fresh: DictConfig, overrides: List[str], out_dir: Path) -> Dict
     which = fresh.get("checkpoint", "best")
     if which not in ("best", "last"):
         raise UserError(f"checkpoint must be best or last, not '{which}'.")
-    ck = checkpoint.load(run / (BEST if which == "best" else LAST))
+    path = run / (BEST if which == "best" else LAST)
+    ck = checkpoint.load(path)
     cfg = effective_config(ck["config"], fresh, overrides)
     comp = build(cfg)
-    comp.algorithm.load_state_dict(ck["model"])
+    checkpoint.load_weights(comp.algorithm, ck["model"], path)
     if fresh.get("protocol") is not None:  # e.g. protocol=lake20: not sampled episodes
         return protocol_test(OmegaConf.to_container(fresh.protocol, resolve=True), comp, cfg, ck, which,
                              run, overrides, out_dir)

@@ -40,3 +40,19 @@ def load(path: Path, map_location="cpu") -> Dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a metafsl checkpoint.")
     return payload
+
+
+def load_weights(module: torch.nn.Module, state: Dict[str, Any], path: Path) -> None:
+    """``module.load_state_dict(state)``, with a mismatch reported as one user-facing sentence."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        own = module.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        resized = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for v, what in
+                 ((missing, "missing"), (unexpected, "unexpected"), (resized, "of another shape")) if v]
+        raise UserError(f"Checkpoint {path} does not fit the model built from its config: weights "
+                        f"{', '.join(parts) or 'differ'}; it was probably written by another version of "
+                        f"metafsl or with other algo/backbone settings.") from None

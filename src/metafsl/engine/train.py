@@ -82,7 +82,7 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         if not (run_dir / LAST).exists():
             raise UserError(f"Nothing to resume: {run_dir} has no {LAST}; pass hydra.run.dir=<the run's dir>.")
         ck = checkpoint.load(run_dir / LAST)
-        algo.load_state_dict(ck["model"])
+        checkpoint.load_weights(algo, ck["model"], run_dir / LAST)
         optimizer.load_state_dict(ck["optimizer"])
         if scheduler is not None and ck.get("scheduler"):
             scheduler.load_state_dict(ck["scheduler"])
@@ -197,10 +197,11 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
         summary["untrained"] = untrained
     if cfg["test"]:
         best = checkpoint.load(run_dir / BEST, map_location=device)
-        algo.load_state_dict(best["model"])
+        checkpoint.load_weights(algo, best["model"], run_dir / BEST)
         t0 = time.perf_counter()
         res = test_split(comp, cfg)
         summary["test"] = {**res, "seconds": round(time.perf_counter() - t0, 2),
-                           "checkpoint": "best", "iteration": best["iteration"]}
+                           # without a validation split (trainval) the best checkpoint is the last one
+                           "checkpoint": "best" if has_val else "last", "iteration": best["iteration"]}
     write_json(run_dir / SUMMARY, summary)
     return summary
