@@ -98,15 +98,42 @@ def run_hydra(command: str, args: List[str]) -> int:
         except apps.UserError as exc:
             return _fail(str(exc))
     argv = [f"metafsl {command}"] + (["--multirun"] if command == "sweep" else []) + args
-    saved = sys.argv
+    saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = argv
+    # Hydra prints configuration errors over several lines; let them reach us instead.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         apps.APPS[command]()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
+        sentence = config_error(exc)
+        if sentence is None or full_error:
+            raise
+        return _fail(sentence)
     finally:
         sys.argv = saved
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
     return 0
+
+
+def config_error(exc: Exception) -> Optional[str]:
+    """One sentence for a Hydra/OmegaConf configuration error (None for any other exception)."""
+    from hydra.errors import HydraException  # noqa: PLC0415
+    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
+
+    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return None
+    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    if getattr(exc, "override", None):  # OverrideParseException
+        first = f"Cannot parse the override '{exc.override}' ({first})"
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+        first += ": " + str(cause).strip().splitlines()[0].rstrip(".")
+    return f"{first} (metafsl list shows the options; add --cfg job to print the composed config)."
 
 
 def run_driver(command: str, args: List[str]) -> int:
