@@ -144,8 +144,10 @@ def test_list_and_data(run_cli):
     code, out, _ = run_cli("list")
     assert code == 0
     for word in ("dataset", "glyphs", "omniglot", "backbone", "conv4", "resnet12", "algo", "maml",
-                 "protonet", "episode", "20w5s", "trainer", "eval"):
+                 "protonet", "episode", "20w5s", "trainer", "eval", "table", "zoo_omniglot_5w1s"):
         assert word in out
+    code, out, _ = run_cli("list", "table")  # the tables of metafsl reproduce, with what they hold
+    assert code == 0 and "snell2017_omniglot" in out and "Prototypical" in out and "dataset" not in out
     code, out, _ = run_cli("data", *TINY_DATA)
     assert code == 0 and "train" in out and "38" in out and "1x28x28" in out
 

@@ -1,4 +1,5 @@
-"""`metafsl list [group]`: config groups and their options, from the packaged conf/ folder.
+"""`metafsl list [group]`: config groups and their options, from the packaged conf/ folder,
+and the tables of `metafsl reproduce` (`metafsl list table`).
 
 Reads the YAML files as text (no torch, no Hydra): instant.
 """
@@ -9,21 +10,37 @@ from typing import List
 from metafsl.cli import CONF_DIR, GROUPS, group_options
 
 
+MAX_DESCRIPTION = 160
+
+
 def describe(group: str, option: str) -> str:
-    """The first comment line of an option file (experiment presets: the one after the header)."""
+    """The first sentence of an option file's header comment (experiment presets: after the
+    command line), which may run over several comment lines."""
     lines = (CONF_DIR / group / f"{option}.yaml").read_text().splitlines()
     comments = [ln.lstrip("# ").strip() for ln in lines if ln.startswith("#") and "@package" not in ln]
     comments = [c for c in comments if c and not c.startswith("metafsl ")]
-    return comments[0] if comments else ""
+    words: List[str] = []
+    for line in comments:
+        words.append(line)
+        if line.endswith((".", ":")):
+            break
+    text = " ".join(words).rstrip(":")
+    if len(text) > MAX_DESCRIPTION:
+        text = text[:MAX_DESCRIPTION].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return text
+
+
+#: what `metafsl list` shows: the Hydra config groups, then the reproduction tables
+LISTABLE = (*GROUPS, "table")
 
 
 def list_command(args: List[str]) -> int:
     from metafsl.reporting.console import error, table  # noqa: PLC0415
 
-    groups = list(GROUPS)
+    groups = list(LISTABLE)
     if args:
-        if args[0] not in GROUPS:
-            error(f"Unknown config group '{args[0]}'; choose one of: {', '.join(GROUPS)}.")
+        if args[0] not in LISTABLE:
+            error(f"Unknown config group '{args[0]}'; choose one of: {', '.join(LISTABLE)}.")
             return 2
         groups = [args[0]]
     for group in groups:
