@@ -9,7 +9,6 @@ from typing import List
 
 from metafsl.cli import CONF_DIR, GROUPS, group_options
 
-
 MAX_DESCRIPTION = 160
 
 
