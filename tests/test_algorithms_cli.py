@@ -35,3 +35,23 @@ def test_optimisation_method_trains_and_tests_on_glyphs(run_cli, tmp_path, name)
     summary = train(run_cli, tmp_path, f"algo={name}", *FAST.get(name, []))
     assert summary["algo"] == name
     assert 0 <= summary["test"]["acc"] <= 100 and summary["test"]["episodes"] == 4
+
+
+def test_sweep_over_every_method_ranks_them(run_cli, tmp_path):
+    """The issue's acceptance: `metafsl sweep algo=<all>` on glyphs completes and its summary
+    ranks the methods (best validation accuracy first)."""
+    import csv
+
+    from metafsl.cli import group_options
+
+    every = group_options("algo")
+    assert len(every) == 14
+    code, out, err = run_cli("sweep", f"hydra.sweep.dir={tmp_path}", f"algo={','.join(every)}", *TINY,
+                             "backbone.hidden=8", "trainer.iterations=4", "trainer.val_every=2",
+                             "eval.episodes=4")
+    assert code == 0, err + out
+    rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
+    assert sorted(r["overrides"].split()[0] for r in rows) == sorted(f"algo={a}" for a in every)
+    vals = [float(r["val_acc"]) for r in rows]
+    assert vals == sorted(vals, reverse=True)
+    assert all(0 <= float(r["test_acc"]) <= 100 for r in rows)
