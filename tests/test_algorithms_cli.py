@@ -2,11 +2,13 @@
 via the CLI (shared helpers for the other end-to-end zoo tests live here)."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
 from conftest import TINY
+from metafsl.cli import group_options
 
 #: keep each run to a second or two: tiny backbone, short test-time loops
 FAST = {
@@ -40,10 +42,6 @@ def test_optimisation_method_trains_and_tests_on_glyphs(run_cli, tmp_path, name)
 def test_sweep_over_every_method_ranks_them(run_cli, tmp_path):
     """The issue's acceptance: `metafsl sweep algo=<all>` on glyphs completes and its summary
     ranks the methods (best validation accuracy first)."""
-    import csv
-
-    from metafsl.cli import group_options
-
     every = group_options("algo")
     assert len(every) == 14
     code, out, err = run_cli("sweep", f"hydra.sweep.dir={tmp_path}", f"algo={','.join(every)}", *TINY,

@@ -122,22 +122,14 @@ class MAML(PerTaskAlgorithm):
         return w
 
     def _task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not (self.multi_step_loss and self.training):
+        # after the MSL phase (or one inner step) only the last step counts: plain MAML
+        if not (self.multi_step_loss and self.training) or int(self.msl_iteration) >= self.msl_iterations:
             return super()._task_loss(batch, i)
-        weights = self.msl_weights(self.inner_steps)
-        step_losses: List[torch.Tensor] = []
         logits: List[torch.Tensor] = []
-
-        def query_loss(learner: nn.Module) -> None:
-            if weights[len(step_losses)] > 0:
-                logits.append(learner(batch.query_x[i]))
-                step_losses.append(nn.functional.cross_entropy(logits[-1], batch.query_y[i]))
-            else:  # a zero weight: skip the query pass
-                step_losses.append(torch.zeros(()))
-
         self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_lr,
-                   self.first_order, after_step=query_loss)
-        loss = sum(w * step for w, step in zip(weights.tolist(), step_losses))
+                   self.first_order, after_step=lambda learner: logits.append(learner(batch.query_x[i])))
+        weights = self.msl_weights(self.inner_steps).tolist()  # all > 0 during the MSL phase
+        loss = sum(w * nn.functional.cross_entropy(z, batch.query_y[i]) for w, z in zip(weights, logits))
         return loss, accuracy(logits[-1].detach(), batch.query_y[i])
 
     def meta_backward(self, batch: TaskBatch,
