@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -69,19 +68,19 @@ def test_test_command_reuses_saved_config_with_overrides(trained, run_cli):
     assert s["test"]["episodes"] == 8  # the training-time result is kept
 
 
-def _subprocess_train(run_dir: Path, *extra: str, crash_after: int | None = None, env_extra=None):
-    env = {**os.environ, **(env_extra or {})}
-    if crash_after:
-        env["METAFSL_CRASH_AFTER_ITERATION"] = str(crash_after)
+def _subprocess_train(run_dir: Path, *extra: str, fault: tuple[str, int] | None = None):
+    """A real training process; ``fault=(event, iteration)`` kills it there (tests/fault_runner.py)."""
     args = ["train", f"hydra.run.dir={run_dir}", *TINY, "trainer.iterations=8", "trainer.val_every=2",
             "trainer.log_every=1", *extra]
-    return subprocess.run([*METAFSL, *args], capture_output=True, text=True, env=env)
+    cmd = METAFSL if fault is None else [sys.executable, str(REPO / "tests" / "fault_runner.py"),
+                                         fault[0], str(fault[1]), "--"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True)
 
 
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
     full = _subprocess_train(tmp_path / "full")
     assert full.returncode == 0, full.stderr
-    crashed = _subprocess_train(tmp_path / "crash", crash_after=5)
+    crashed = _subprocess_train(tmp_path / "crash", fault=("iteration_end", 5))
     assert crashed.returncode != 0
     assert not (tmp_path / "crash" / "summary.json").exists()
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 4
@@ -103,8 +102,7 @@ def test_a_kill_during_the_final_validation_keeps_the_training(tmp_path):
     """The final iteration's weights are on disk before the final validation starts; resuming
     validates them and finishes the run (here the only validation: val_every > iterations)."""
     run_dir = tmp_path / "run"
-    crashed = _subprocess_train(run_dir, "trainer.val_every=100",
-                                env_extra={"METAFSL_CRASH_IN_FINAL_VALIDATION": "1"})
+    crashed = _subprocess_train(run_dir, "trainer.val_every=100", fault=("final_validation_start", -1))
     assert crashed.returncode != 0
     assert not (run_dir / "checkpoints" / "best.pt").exists()
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 8

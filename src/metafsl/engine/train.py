@@ -2,7 +2,6 @@
 resume, final test.  Knows nothing about any specific algorithm or dataset."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -11,17 +10,13 @@ import torch
 from hydra.utils import instantiate
 
 from metafsl.data.sampler import EpisodeSampler
-from metafsl.engine import checkpoint
+from metafsl.engine import checkpoint, hooks
 from metafsl.engine.components import Components, build
 from metafsl.engine.evaluate import evaluate
 from metafsl.engine.run_dir import BEST, LAST, METRICS, SUMMARY, MetricsLog, write_json
 from metafsl.errors import UserError
 from metafsl.reporting import console as out
 
-#: Test hook: hard-exit right after this iteration (simulates a killed run).
-CRASH_ENV = "METAFSL_CRASH_AFTER_ITERATION"
-#: Test hook: hard-exit when the final validation starts (a run killed while validating).
-CRASH_FINAL_VAL_ENV = "METAFSL_CRASH_IN_FINAL_VALIDATION"
 
 
 def _fmt(x: Optional[float], digits: int = 3) -> str:
@@ -134,7 +129,6 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
 
     iterations = int(tr["iterations"])
     max_seconds = 60 * float(tr["max_minutes"]) if tr.get("max_minutes") else None
-    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
     progress = out.training_progress()
     t_start = time.perf_counter() - state["seconds"]
     # a resumed run whose wall-clock budget is already spent trains no further
@@ -175,12 +169,10 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
                 state["seconds"] = time.perf_counter() - t_start
                 if final:  # training is over: keep it even if the final validation is killed
                     checkpoint.save(run_dir / LAST, snapshot())
-                    if os.environ.get(CRASH_FINAL_VAL_ENV):
-                        os._exit(75)
+                    hooks.emit("final_validation_start", it)
                 validate(it)
             progress.update(bar, completed=it)
-            if crash_after and it == crash_after:
-                os._exit(75)
+            hooks.emit("iteration_end", it)
             if out_of_time:
                 out.info(f"Time budget of {tr['max_minutes']} min reached at iteration {it}.")
                 break
