@@ -34,7 +34,7 @@ from metafsl.algorithms.maml import MAML, use_batch_statistics
 from metafsl.algorithms.protonet import ProtoNet
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler
-from metafsl.engine.evaluate import evaluate
+from metafsl.engine.evaluate import EvalSpec, evaluate
 from metafsl.engine.runtime import Runtime, tune_cpu_allocator
 from metafsl.models import build_backbone
 
@@ -262,7 +262,7 @@ def bench_protonet_test(test, device, episodes):
     taskset = l2l_taskset(test, ways, shots + queries)
     sync(device)
     t = time.perf_counter()
-    res = evaluate(algo, test, ways, shots, queries, episodes, seed=1234, device=device)
+    res = evaluate(algo, test, EvalSpec(ways, shots, queries, episodes, seed=1234), device=device)
     sync(device)
     sec_ours = time.perf_counter() - t
 

@@ -11,7 +11,7 @@ from metafsl.algorithms.maml import MAML
 from metafsl.algorithms.protonet import ProtoNet
 from metafsl.data.base import FewShotSplit
 from metafsl.engine import fast_eval, runtime
-from metafsl.engine.evaluate import evaluate
+from metafsl.engine.evaluate import EvalSpec, evaluate
 from metafsl.errors import UserError
 from metafsl.models import build_backbone
 
@@ -35,10 +35,10 @@ def protonet(size=16) -> ProtoNet:
 
 def test_embedding_shortcut_gives_the_same_accuracies(monkeypatch):
     split, algo = random_split(), protonet()
-    fast = evaluate(algo, split, 4, 1, 3, episodes=40, seed=7, device="cpu", batch_episodes=3)
+    fast = evaluate(algo, split, EvalSpec(4, 1, 3, episodes=40, seed=7, batch_episodes=3), device="cpu")
     assert fast_eval.supported(algo)
     monkeypatch.setattr(fast_eval, "supported", lambda a: False)
-    slow = evaluate(algo, split, 4, 1, 3, episodes=40, seed=7, device="cpu", batch_episodes=3)
+    slow = evaluate(algo, split, EvalSpec(4, 1, 3, episodes=40, seed=7, batch_episodes=3), device="cpu")
     assert fast["episodes"] == slow["episodes"] == 40
     assert fast["acc"] == pytest.approx(slow["acc"], abs=1e-9)
     assert fast["ci95"] == pytest.approx(slow["ci95"], abs=1e-9)

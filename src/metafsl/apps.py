@@ -1,22 +1,21 @@
-"""One real Hydra app per command (run dirs, ``.hydra/`` snapshots, multirun).
+"""One real Hydra app per command that composes a run config (run dirs, multirun, --help).
 
-Each app is a thin ``@hydra.main`` wrapper around a plain function that returns metrics;
-user mistakes become one clear sentence and exit code 2.
+Each app is a thin ``@hydra.main`` wrapper around a ``metafsl.api`` call; user mistakes become
+one clear sentence and exit code 2 (130/143 for a training stopped by SIGINT/SIGTERM).
+The apps write no ``.hydra/`` snapshot themselves (``hydra.output_subdir: null``): the
+training writes it after its checks, so a refused command leaves an existing run untouched.
 """
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
-from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from metafsl.config import register_configs
-from metafsl.errors import UserError
+from metafsl.errors import UserError, exit_code
 
 register_configs()
 
@@ -31,12 +30,12 @@ def _guarded(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
             try:
                 return fn(cfg)
             except UserError as exc:
-                from metafsl.reporting.console import error  # noqa: PLC0415
+                from metafsl.reporting.console import error
 
                 error(str(exc))
-                raise SystemExit(2) from None
+                raise SystemExit(exit_code(exc)) from None
             except KeyboardInterrupt:
-                from metafsl.reporting.console import error  # noqa: PLC0415
+                from metafsl.reporting.console import error
 
                 error("Interrupted; resume with resume=true and the same hydra.run.dir.")
                 raise SystemExit(130) from None
@@ -44,42 +43,20 @@ def _guarded(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     return wrapper
 
 
-def _resolved(cfg: DictConfig) -> Dict[str, Any]:
-    try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except Exception as exc:  # a missing value or a broken interpolation in the user's config
-        raise UserError(f"The configuration is incomplete: {exc}".splitlines()[0]) from None
-
-
-def _run_dir() -> Path:
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
 @_guarded
 def _train(cfg: DictConfig) -> float:
-    from metafsl.commands.train import train_command  # noqa: PLC0415
+    from metafsl.commands.train import train_command
 
-    summary = train_command(_resolved(cfg), _run_dir())
-    best = summary["val"]["best_acc"]
     # The objective for sweepers (e.g. Optuna): validation accuracy, else test accuracy.
-    return float(best if best is not None else summary.get("test", {}).get("acc", 0.0))
-
-
-@_guarded
-def _test(cfg: DictConfig) -> float:
-    from metafsl.commands.test import test_command  # noqa: PLC0415
-
-    # Only what the user typed overrides the run's saved config (not the group choices
-    # prepare_test_args added for typed composition).
-    overrides = _USER_TEST_ARGS or list(HydraConfig.get().overrides.task)
-    return test_command(cfg, overrides, _run_dir())["acc"]
+    return train_command(cfg).objective
 
 
 @_guarded
 def _data(cfg: DictConfig) -> int:
-    from metafsl.commands.data import data_command  # noqa: PLC0415
+    from metafsl.api import resolved
+    from metafsl.commands.data import data_command
 
-    return data_command(_resolved(cfg))
+    return data_command(resolved(cfg))
 
 
 def _app(config_name: str, fn):
@@ -89,35 +66,5 @@ def _app(config_name: str, fn):
 APPS = {
     "train": _app("train", _train),
     "sweep": _app("sweep", _train),
-    "test": _app("test", _test),
     "data": _app("data", _data),
 }
-
-
-_USER_TEST_ARGS: List[str] = []
-
-
-def prepare_test_args(args: List[str]) -> List[str]:
-    """Check ``run=`` and compose `test` with the run's own group choices (typed schemas),
-    unless the user overrides them."""
-    runs = [a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("run=")]
-    if not runs or not runs[-1]:
-        raise UserError("metafsl test needs the run to evaluate: metafsl test run=<run dir>.")
-    run = Path(runs[-1])
-    if not run.is_dir():
-        raise UserError(f"Run dir {run} does not exist.")
-    saved = run / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise UserError(f"{run} is not a metafsl run dir (no .hydra/config.yaml).")
-    conf = OmegaConf.load(saved)
-    given = {a.split("=", 1)[0] for a in args if "=" in a}
-    groups = ("dataset", "backbone", "algo", "episode", "trainer", "eval")
-    choices = [f"{g}={conf[g].name}" for g in groups if g not in given and g in conf and "name" in conf[g]]
-    _USER_TEST_ARGS[:] = [a for a in args if not a.startswith("hydra")]
-    return choices + args
-
-
-def main() -> None:  # pragma: no cover - python -m metafsl.apps
-    from metafsl.cli import main as cli_main
-
-    sys.exit(cli_main())

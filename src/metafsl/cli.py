@@ -27,6 +27,8 @@ COMMANDS = {
 
 #: commands that are plain drivers (no Hydra app of their own): module:function(args) -> exit code
 DRIVERS = {
+    "test": "metafsl.commands.test:test_command",
+    "demo": "metafsl.commands.demo:demo_command",
     "reproduce": "metafsl.commands.reproduce:reproduce_command",
     "results": "metafsl.commands.results:results_command",
     "predict": "metafsl.commands.predict:predict_command",
@@ -60,7 +62,7 @@ def group_options(group: str) -> List[str]:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    from metafsl.reporting.console import error  # noqa: PLC0415
+    from metafsl.reporting.console import error
 
     error(message)
     return code
@@ -68,10 +70,13 @@ def _fail(message: str, code: int = 2) -> int:
 
 def check_group_overrides(args: List[str]) -> Optional[str]:
     """A one-sentence error for `group=option` naming an option that does not exist."""
+    from metafsl.arguments import split
+
     for arg in args:
-        if arg.startswith(("-", "~", "+")) or "=" not in arg:
+        pair = None if arg.startswith(("-", "~", "+")) else split(arg)
+        if pair is None:
             continue
-        key, value = arg.split("=", 1)
+        key, value = pair
         if key not in GROUPS or "(" in value or value in ("null", ""):
             continue
         known = group_options(key)
@@ -82,7 +87,7 @@ def check_group_overrides(args: List[str]) -> Optional[str]:
 
 
 def run_hydra(command: str, args: List[str]) -> int:
-    from metafsl import apps  # noqa: PLC0415
+    from metafsl import apps
 
     problem = check_group_overrides(args)
     if problem:
@@ -92,11 +97,6 @@ def run_hydra(command: str, args: List[str]) -> int:
         if flag:
             return _fail(f"'{flag}' does not combine with a sweep; inspect one job's config with "
                          "'metafsl train <overrides> --cfg job' instead.")
-    if command == "test":
-        try:
-            args = apps.prepare_test_args(args)
-        except apps.UserError as exc:
-            return _fail(str(exc))
     argv = [f"metafsl {command}"] + (["--multirun"] if command == "sweep" else []) + args
     saved, full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = argv
@@ -122,8 +122,8 @@ def run_hydra(command: str, args: List[str]) -> int:
 
 def config_error(exc: Exception) -> Optional[str]:
     """One sentence for a Hydra/OmegaConf configuration error (None for any other exception)."""
-    from hydra.errors import HydraException  # noqa: PLC0415
-    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     if not isinstance(exc, (HydraException, OmegaConfBaseException)):
         return None
@@ -137,7 +137,7 @@ def config_error(exc: Exception) -> Optional[str]:
 
 
 def run_driver(command: str, args: List[str]) -> int:
-    import importlib  # noqa: PLC0415
+    import importlib
 
     module_name, _, fn = DRIVERS[command].partition(":")
     module = importlib.import_module(module_name)
@@ -145,15 +145,17 @@ def run_driver(command: str, args: List[str]) -> int:
         print(module.__doc__)
         return 0
     if not os.environ.get("METAFSL_VERBOSE") and "verbose=true" not in args:
-        import warnings  # noqa: PLC0415
+        import warnings
 
         warnings.filterwarnings("ignore")
-    from metafsl.errors import UserError  # noqa: PLC0415
+    from metafsl.errors import UserError, exit_code
 
     try:
         return getattr(module, fn)(args)
     except UserError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exit_code(exc))
+    except KeyboardInterrupt:
+        return _fail("Interrupted.", 130)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,23 +165,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command in ("-V", "--version"):
-        from metafsl import __version__  # noqa: PLC0415
+        from metafsl import __version__
 
         print(f"metafsl {__version__}")
         return 0
     if command == "list":
-        from metafsl.commands.listing import list_command  # noqa: PLC0415
+        from metafsl.commands.listing import list_command
 
         return list_command(rest)
-    if command == "demo":
-        from metafsl.commands.demo import demo_command  # noqa: PLC0415
-
-        return demo_command(rest)
     if command in DRIVERS:
         return run_driver(command, rest)
     if command in COMMANDS:
         if not os.environ.get("METAFSL_VERBOSE") and "verbose=true" not in rest:
-            import warnings  # noqa: PLC0415
+            import warnings
 
             warnings.filterwarnings("ignore")
         return run_hydra(command, rest)

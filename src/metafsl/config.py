@@ -380,6 +380,9 @@ class TrainerConfig:
     # Wall-clock budget: stop (after a last validation + checkpoint) once training has run
     # this many minutes.  null = no limit.
     max_minutes: Optional[float] = None
+    # Also write checkpoints/last.pt between validations every this many minutes (and on
+    # SIGINT/SIGTERM), so a preempted run loses little; null = only at validations.
+    checkpoint_every_minutes: Optional[float] = 5.0
 
 
 @dataclass
@@ -505,6 +508,10 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("metafsl.dirname"):
         OmegaConf.register_new_resolver("metafsl.dirname", short_dirname)
+    if not OmegaConf.has_resolver("metafsl.unique_dir"):
+        from metafsl.engine.run_dir import hydra_unique_dir
+
+        OmegaConf.register_new_resolver("metafsl.unique_dir", hydra_unique_dir, use_cache=True)
     _registered = True
 
 

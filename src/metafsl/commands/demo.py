@@ -1,11 +1,29 @@
-"""`metafsl demo` (what `make demo` runs): ProtoNet and MAML meta-trained on the built-in
-glyphs dataset, tested 5-way 1-shot on 600 fixed episodes next to the same backbone untrained."""
+"""`metafsl demo [out=<dir>] [train overrides]` (what `make demo` runs): ProtoNet and MAML
+meta-trained on the built-in glyphs dataset, tested 5-way 1-shot on 600 fixed episodes next to
+the same backbone untrained.  Each method is a run dir under <out> (default: a new
+<paths.output_dir>/demo/<time>_<suffix>/), compared in <out>/sweep_summary.csv."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List
+
+from metafsl.arguments import parse
+
+EXPERIMENTS = ("demo_protonet", "demo_maml")
 
 
 def demo_command(args: List[str]) -> int:
-    from metafsl.cli import run_hydra  # noqa: PLC0415
+    from metafsl import api
+    from metafsl.engine.run_dir import unique_dir
+    from metafsl.engine.sweep import write_summary
 
-    return run_hydra("sweep", ["experiment=demo_protonet,demo_maml", *args])
+    own, overrides = parse(args, ("out",), "demo")
+    # every config composes before the first training starts
+    runs = [([f"experiment={name}", *overrides], name) for name in EXPERIMENTS]
+    configs = [api.compose("train", argv) for argv, _ in runs]
+    root = Path(own["out"]) if own.get("out") else \
+        unique_dir(Path(api.resolved(configs[0])["paths"]["output_dir"]) / "demo")
+    for i, ((argv, name), cfg) in enumerate(zip(runs, configs)):
+        api.train(cfg, root / f"{i}_experiment={name}", overrides=argv)
+    write_summary(root)
+    return 0

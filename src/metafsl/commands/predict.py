@@ -6,33 +6,29 @@ folder with one sub-folder of images per class (``support/cat/*.png``, ``support
 ``query`` is a folder of images or a comma-separated list of files.  Images are converted to
 the run's image size, channels and normalisation (Omniglot runs invert dark-on-light drawings to
 the bright-ink form they were trained on: ``invert=auto``).  A colour image given to a
-grayscale model is refused unless ``convert=true``.  Prints, and writes as CSV (default
-``<run>/predictions/<time>.csv``), each query's predicted class and its probability.
+grayscale model is refused unless ``convert=true``.  Prints, then writes as CSV (default: a new
+``<run>/predictions/<time>_<suffix>.csv``; an existing ``out=`` file only with ``overwrite=true``),
+each query's predicted class and its probability.
 """
 from __future__ import annotations
 
 import csv
-import datetime as _dt
+import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from metafsl.arguments import boolean, parse
 from metafsl.data.images import is_image, to_chw
+from metafsl.data.sampler import Pixels
 from metafsl.errors import UserError
 
-OWN_KEYS = ("run", "support", "query", "out", "checkpoint", "invert", "convert", "device")
+OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device")
 #: datasets metafsl presents with bright ink on a dark background (user drawings are the reverse)
 INVERTED = {"omniglot"}
-
-
-def _bool(key: str, text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise UserError(f"{key} must be true or false (got '{text}').")
 
 
 def load_image(path: Path, size: int, channels: int, invert: bool, convert: bool) -> np.ndarray:
@@ -89,58 +85,69 @@ def read_queries(spec: str) -> List[Path]:
 
 
 def load_learner(run: Path, which: str, device: torch.device):
-    """The trained algorithm and the pixel pipeline of a run dir."""
-    from metafsl.algorithms import build_algorithm  # noqa: PLC0415
-    from metafsl.engine import checkpoint  # noqa: PLC0415
-    from metafsl.engine.components import make_pixels  # noqa: PLC0415
-    from metafsl.engine.run_dir import BEST, LAST  # noqa: PLC0415
-    from metafsl.models import build_backbone  # noqa: PLC0415
+    """The trained algorithm and the pixel pipeline of a run dir, from its checkpoint alone
+    (checkpoints before version 2 carry no normalisation statistics: those reload the dataset)."""
+    from metafsl.engine import checkpoint
+    from metafsl.engine.components import build_learner
+    from metafsl.engine.run_dir import find
 
     if not run.is_dir():
         raise UserError(f"Run dir {run} does not exist.")
-    if which not in ("best", "last"):
-        raise UserError(f"checkpoint must be best or last, not '{which}'.")
-    path = run / (BEST if which == "best" else LAST)
+    path = find(run, which)
     ck = checkpoint.load(path)
     cfg = ck["config"]
+    pre = checkpoint.Preprocessing.from_checkpoint(ck) or _legacy_preprocessing(cfg)
+    pixels = Pixels(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
+    algo = build_learner(cfg, pre.channels, pre.image_size)
+    checkpoint.load_weights(algo, ck["model"], path)
+    return algo.to(device).eval(), pixels, cfg, pre.channels, pre.image_size
+
+
+def _legacy_preprocessing(cfg: Dict[str, Any]):
+    from metafsl.engine.checkpoint import Preprocessing
+
     ds_cfg = cfg["dataset"]
-    channels, size = int(ds_cfg.get("channels", 1)), int(ds_cfg.get("image_size", 28))
+    pre = Preprocessing(int(ds_cfg.get("image_size", 28)), int(ds_cfg.get("channels", 1)))
     if ds_cfg.get("normalize", "none") == "dataset":
-        from metafsl.data import load_dataset  # noqa: PLC0415
+        from metafsl.data import load_dataset
 
         stats = load_dataset(ds_cfg, cfg["paths"])  # cached: only its mean/std are used
-    else:
-        stats = None
-    pixels = make_pixels(ds_cfg, stats)
-    b = dict(cfg["backbone"])
-    backbone = build_backbone(b.pop("name"), channels=channels, image_size=size, **b)
-    algo = build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
-    checkpoint.load_weights(algo, ck["model"], path)
-    return algo.to(device).eval(), pixels, cfg, channels, size
+        pre.mean, pre.std = list(stats.mean), list(stats.std)
+    return pre
 
 
-def predict_command(args: List[str]) -> int:
-    from metafsl.engine.components import resolve_device  # noqa: PLC0415
-    from metafsl.reporting import console as out  # noqa: PLC0415
+@dataclass
+class Predictions:
+    """Each query's predicted class and the probabilities of every support class."""
 
-    own: Dict[str, str] = {}
-    for a in args:
-        key = a.split("=", 1)[0]
-        if "=" not in a or key not in OWN_KEYS:
-            raise UserError(f"Unknown argument '{a}' for metafsl predict; use {', '.join(k + '=' for k in OWN_KEYS)}.")
-        own[key] = a.split("=", 1)[1]
-    for key in ("run", "support", "query"):
-        if not own.get(key):
-            raise UserError("metafsl predict needs run=<run dir> support=<dir of class folders> "
-                            "query=<dir or files>.")
-    run = Path(own["run"])
-    device = resolve_device(own.get("device", "cpu"))
-    algo, pixels, cfg, channels, size = load_learner(run, own.get("checkpoint", "best"), device)
-    invert_opt = own.get("invert", "auto")
-    invert = cfg["dataset"]["name"] in INVERTED if invert_opt == "auto" else _bool("invert", invert_opt)
-    convert = _bool("convert", own.get("convert", "false"))
-    names, support_files = read_support(Path(own["support"]))
-    queries = read_queries(own["query"])
+    names: List[str]
+    queries: List[Path]
+    probs: torch.Tensor
+    support_files: List[List[Path]]
+    algo: str
+
+    @property
+    def best(self) -> Tuple[List[float], List[int]]:
+        best_p, best = self.probs.max(-1)
+        return best_p.tolist(), best.tolist()
+
+    def rows(self) -> List[List[Any]]:
+        best_p, best = self.best
+        return [[str(q), self.names[k], round(p, 6)] + [round(x, 6) for x in row]
+                for q, k, p, row in zip(self.queries, best, best_p, self.probs.tolist())]
+
+
+def predict(run: Path, support: Path, query: str, which: str = "best", device_name: str = "cpu",
+            invert: Optional[bool] = None, convert: bool = False) -> Predictions:
+    """Adapt the run's learner to ``support`` and classify ``query`` (invert=None: auto)."""
+    from metafsl.engine.components import resolve_device
+
+    device = resolve_device(device_name)
+    algo, pixels, cfg, channels, size = load_learner(run, which, device)
+    if invert is None:
+        invert = cfg["dataset"]["name"] in INVERTED
+    names, support_files = read_support(support)
+    queries = read_queries(query)
 
     def tensor(paths: List[Path]) -> torch.Tensor:
         arr = np.stack([load_image(p, size, channels, invert, convert) for p in paths])
@@ -149,19 +156,66 @@ def predict_command(args: List[str]) -> int:
     flat = [p for files in support_files for p in files]
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
     probs = algo.predict_proba(tensor(flat), labels, tensor(queries), len(names)).float().cpu()
-    best_p, best = probs.max(-1)
-    target = Path(own["out"]) if own.get("out") else \
-        run / "predictions" / f"{_dt.datetime.now():%Y-%m-%d_%H-%M-%S}.csv"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "predicted", "probability"] + [f"p_{n}" for n in names])
-        for q, k, p, row in zip(queries, best.tolist(), best_p.tolist(), probs.tolist()):
-            w.writerow([str(q), names[k], round(p, 6)] + [round(x, 6) for x in row])
-    shots = ", ".join(f"{n} ({len(fs)})" for n, fs in zip(names, support_files))
-    out.info(f"[bold]metafsl predict[/] {cfg['algo']['name']} from {run}; support classes: {shots}")
-    out.table(f"Predictions for {len(queries)} images", ["file", "predicted class", "probability"],
-              [[str(q), names[k], f"{p:.3f}"] for q, k, p in zip(queries, best.tolist(), best_p.tolist())],
+    return Predictions(names, queries, probs, support_files, cfg["algo"]["name"])
+
+
+def output_path(run: Path, out: Optional[str], overwrite: bool) -> Path:
+    """Where the CSV goes: a new unique file under <run>/predictions/, or ``out`` (an existing file
+    only with overwrite=true; never a directory)."""
+    from metafsl.engine.run_dir import unique_file
+
+    if not out:
+        try:
+            return unique_file(run / "predictions", ".csv")
+        except OSError as exc:
+            raise UserError(f"Cannot write under {run / 'predictions'} ({exc.strerror}); the predictions "
+                            "above were not saved; pass out=<a writable file>.") from None
+    target = Path(out)
+    if target.is_dir():
+        raise UserError(f"out={target} is a directory; give a file name such as out={target / 'predictions.csv'}.")
+    if target.exists() and not overwrite:
+        raise UserError(f"out={target} already exists; pass overwrite=true to replace it, or another out=.")
+    return target
+
+
+def write_csv(target: Path, result: Predictions) -> None:
+    from metafsl.engine.run_dir import write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", "predicted", "probability"] + [f"p_{n}" for n in result.names])
+    w.writerows(result.rows())
+    write_text(target, buf.getvalue(), what=f"the predictions to {target}")
+
+
+def predict_command(args: List[str]) -> int:
+    from metafsl.reporting import console as out
+
+    own, _ = parse(args, OWN_KEYS, "predict", overrides=False)
+    for key in ("run", "support", "query"):
+        if not own.get(key):
+            raise UserError("metafsl predict needs run=<run dir> support=<dir of class folders> "
+                            "query=<dir or files>.")
+    run = Path(own["run"])
+    invert_opt = own.get("invert", "auto")
+    invert = None if invert_opt == "auto" else boolean("invert", invert_opt)
+    overwrite = boolean("overwrite", own.get("overwrite"))
+    if own.get("out"):  # refuse a bad out= before the work, not after
+        output_path(run, own["out"], overwrite)
+    result = predict(run, Path(own["support"]), own["query"], own.get("checkpoint", "best"),
+                     own.get("device", "cpu"), invert, boolean("convert", own.get("convert")))
+    shots = ", ".join(f"{n} ({len(fs)})" for n, fs in zip(result.names, result.support_files))
+    out.info(f"[bold]metafsl predict[/] {result.algo} from {run}; support classes: {shots}")
+    best_p, best = result.best
+    out.table(f"Predictions for {len(result.queries)} images", ["file", "predicted class", "probability"],
+              [[str(q), result.names[k], f"{p:.3f}"] for q, k, p in zip(result.queries, best, best_p)],
               justify_right=["probability"])
+    target = output_path(run, own.get("out"), overwrite)
+    try:
+        write_csv(target, result)
+    except UserError:
+        if not own.get("out") and target.exists() and target.stat().st_size == 0:
+            target.unlink()
+        raise
     out.info(f"Wrote {target}.")
     return 0

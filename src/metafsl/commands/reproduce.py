@@ -22,8 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
+from metafsl.arguments import last_value, parse
 from metafsl.cli import CONF_DIR, group_options
-from metafsl.engine.run_dir import LAST, RESULT, SUMMARY, read_json, write_json
+from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json
+from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
 
 TABLE_DIR = CONF_DIR / "table"
@@ -84,13 +86,7 @@ def load_table(name: str) -> TableSpec:
 
 # ----------------------------------------------------------------------------- arguments
 def parse_args(args: List[str]) -> Tuple[Dict[str, str], List[str]]:
-    own, rest = {}, []
-    for a in args:
-        key = a.split("=", 1)[0]
-        if "=" in a and key in OWN_KEYS:
-            own[key] = a.split("=", 1)[1]
-        else:
-            rest.append(a)
+    own, rest = parse(args, OWN_KEYS, "reproduce")
     if not own.get("table"):
         raise UserError(f"metafsl reproduce needs a table: metafsl reproduce table=<name> "
                         f"(one of: {', '.join(table_names())}).")
@@ -110,10 +106,7 @@ def parse_budget(text: Optional[str]) -> float:
 
 
 def output_root(overrides: List[str]) -> Path:
-    for a in reversed(overrides):
-        if a.startswith("paths.output_dir="):
-            return Path(a.split("=", 1)[1])
-    return Path(os.environ.get("METAFSL_OUTPUT_DIR", "outputs"))
+    return Path(last_value(overrides, "paths.output_dir") or os.environ.get("METAFSL_OUTPUT_DIR", "outputs"))
 
 
 def relevant(overrides: List[str]) -> List[str]:
@@ -143,9 +136,9 @@ TEST_ONLY_KEYS = ("name", "published", "eval", "test")
 def row_config(row: TableRow, budget: float, overrides: List[str]) -> Optional[Dict[str, Any]]:
     """The row's composed train config, unresolved (None if it does not compose: the train run
     then reports the problem itself)."""
-    from hydra import compose, initialize_config_module  # noqa: PLC0415
+    from hydra import compose, initialize_config_module
 
-    from metafsl.config import register_configs  # noqa: PLC0415
+    from metafsl.config import register_configs
 
     register_configs()
     argv = [f"experiment={row.experiment}", *row.overrides, *overrides, f"budget={budget}"]
@@ -180,24 +173,26 @@ def trainers(rows: List[TableRow], configs: List[Optional[Dict[str, Any]]]) -> D
 def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], overrides: List[str]) -> int:
     """Evaluate the model trained in ``source_dir`` with this row's test episodes and eval settings,
     then write the row's own summary.json (so the row reads and resumes like a trained one)."""
-    from metafsl.cli import run_hydra  # noqa: PLC0415
+    from metafsl import api
 
     test_spec = cfg["episode"]["test"]
-    argv = [f"run='{source_dir}'", *[f"episode.test.{k}={v}" for k, v in test_spec.items()],
+    argv = [*[f"episode.test.{k}={v}" for k, v in test_spec.items()],
             *[f"eval.{k}={v}" for k, v in cfg["eval"].items() if not isinstance(v, (dict, list))],
-            *[o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")],
-            f"hydra.run.dir='{row_dir}'"]
-    rc = run_hydra("test", argv)
-    if rc != 0:
-        return rc
-    record = read_json(row_dir / RESULT)
-    summary = read_json(source_dir / SUMMARY)
-    summary.pop("tests", None)
-    summary.update(name=cfg.get("name") or "", published=cfg.get("published") or {}, trained_by=source,
-                   episode={**summary.get("episode", {}), "test": dict(test_spec)},
-                   test={k: record[k] for k in ("acc", "ci95", "episodes", "seconds", "checkpoint", "iteration")
-                         if k in record})
-    write_json(row_dir / SUMMARY, summary)
+            *[o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")]]
+    try:
+        record = api.evaluate(source_dir, argv, out_dir=row_dir).tests[-1]
+    except UserError as exc:
+        from metafsl.reporting.console import error
+
+        error(str(exc))
+        return 2
+    summary = RunSummary.read(source_dir)
+    summary.tests = []
+    summary.name, summary.published, summary.trained_by = cfg.get("name") or "", cfg.get("published") or {}, source
+    summary.episode = {**summary.episode, "test": dict(test_spec)}
+    summary.test = {k: record[k] for k in ("acc", "ci95", "episodes", "seconds", "checkpoint", "iteration")
+                    if k in record}
+    summary.write(row_dir)
     return 0
 
 
@@ -211,14 +206,34 @@ def row_state(row_dir: Path) -> str:
 
 
 def run_row(row: TableRow, row_dir: Path, budget: float, overrides: List[str]) -> int:
-    from metafsl.cli import run_hydra  # noqa: PLC0415
+    """Train (or resume) one row in its run dir; a problem is reported and gives exit code 2."""
+    from metafsl import api
+    from metafsl.errors import exit_code
+    from metafsl.reporting.console import error
 
-    state = row_state(row_dir)
-    argv = [f"experiment={row.experiment}", *row.overrides, *overrides, f"budget={budget}",
-            f"hydra.run.dir='{row_dir}'"]
-    if state == "interrupted":
+    argv = [f"experiment={row.experiment}", *row.overrides, *overrides, f"budget={budget}"]
+    if row_state(row_dir) == "interrupted":
         argv.append("resume=true")
-    return run_hydra("train", argv)
+    try:
+        api.train(api.compose("train", argv), row_dir, overrides=argv)
+    except UserError as exc:
+        error(str(exc))
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def row_summary(row_dir: Path) -> Optional[Dict[str, Any]]:
+    """The row's summary.json as a dict; None (with a warning when it is unreadable) otherwise."""
+    from metafsl.reporting import console as out
+
+    try:
+        summary = RunSummary.read_or_none(row_dir)
+    except UserError as exc:
+        out.info(f"[yellow]warning:[/] {exc}")
+        return None
+    return None if summary is None else summary.to_dict()
 
 
 def fmt(x: Optional[float], ci: Optional[float] = None) -> str:
@@ -297,7 +312,7 @@ def write_outputs(table_dir: Path, spec: TableSpec, rows: List[Dict[str, Any]], 
 
 
 def reproduce_command(args: List[str]) -> int:
-    from metafsl.reporting import console as out  # noqa: PLC0415
+    from metafsl.reporting import console as out
 
     own, overrides = parse_args(args)
     name = own["table"]
@@ -339,12 +354,12 @@ def reproduce_command(args: List[str]) -> int:
             verb = "resuming" if state == "interrupted" else "training"
             out.info(f"[{i}/{len(spec.rows)}] {row.label}: {verb} ({row.experiment}).")
             rc = run_row(row, row_dir, budget, overrides)
-            if rc == 130:  # interrupted by the user: stop here, the row resumes next time
+            if rc in (130, 143):  # interrupted (user, preemption): stop here; the row resumes next time
                 out.info("Reproduction interrupted; rerun the same command to resume it.")
                 return rc
             if rc != 0:
                 code = rc
-        summary = read_json(row_dir / SUMMARY) if (row_dir / SUMMARY).is_file() else None
+        summary = row_summary(row_dir)
         results.append(compare(row.label, row.experiment, summary, row_dir))
     write_outputs(table_dir, spec, results, budget)
     title = spec.title + (f"  [APPROXIMATE, budget={budget:g}]" if budget != 1.0 else "")

@@ -1,32 +1,94 @@
-"""Self-describing checkpoints, written atomically (temp file + fsync + rename)."""
+"""Self-describing checkpoints, written atomically (temp file + fsync + rename).
+
+A checkpoint holds everything needed to rebuild and use its learner without the dataset: the
+resolved config, the weights, and the preprocessing (image size, channels, normalisation
+mean/std).  A training checkpoint adds the ``TrainState`` (iteration, best, running sums) and
+the optimiser, scheduler, sampler and RNG states.  Version 1 checkpoints (no preprocessing;
+state as a plain dict) still load.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 
+from metafsl.engine import hooks
 from metafsl.errors import UserError
 
 FORMAT = "metafsl-checkpoint"
-VERSION = 1
+VERSION = 2
+
+
+@dataclass
+class TrainState:
+    """Where a training stands; saved in every checkpoint and restored on resume."""
+
+    iteration: int = 0
+    best_acc: Optional[float] = None
+    best_iteration: int = 0
+    last_val: Optional[float] = None
+    #: the last iteration whose validation (and checkpoints) completed
+    val_iteration: int = 0
+    #: training seconds before this process (resumed runs)
+    seconds: float = 0.0
+    #: running sums since the last logged training record
+    loss_sum: float = 0.0
+    acc_sum: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainState":
+        known = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in data.items() if k in known})
+        if "val_iteration" not in data:  # version 1: checkpoints were written only after a validation
+            state.val_iteration = state.iteration
+        return state
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Preprocessing:
+    """How images reach the learner: size, channels and the normalisation statistics."""
+
+    image_size: int
+    channels: int
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+
+    @classmethod
+    def from_checkpoint(cls, ck: Dict[str, Any]) -> Optional["Preprocessing"]:
+        data = ck.get("preprocessing")
+        return cls(**data) if data else None
 
 
 def save(path: Path, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically; a failed write keeps the previous file and is a
+    UserError (no temp file left)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise UserError(f"Cannot write the checkpoint {path} ({exc.strerror or exc.__class__.__name__}); "
+                        "the previous one is intact.") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+    hooks.emit("checkpoint_written", int(payload.get("iteration", 0)))
 
 
 def load(path: Path, map_location="cpu") -> Dict[str, Any]:
@@ -40,6 +102,10 @@ def load(path: Path, map_location="cpu") -> Dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a metafsl checkpoint.")
     return payload
+
+
+def train_state(ck: Dict[str, Any]) -> TrainState:
+    return TrainState.from_dict(ck.get("state") or {"iteration": ck.get("iteration", 0)})
 
 
 def load_weights(module: torch.nn.Module, state: Dict[str, Any], path: Path) -> None:
@@ -56,3 +122,14 @@ def load_weights(module: torch.nn.Module, state: Dict[str, Any], path: Path) -> 
         raise UserError(f"Checkpoint {path} does not fit the model built from its config: weights "
                         f"{', '.join(parts) or 'differ'}; it was probably written by another version of "
                         f"metafsl or with other algo/backbone settings.") from None
+
+
+def non_finite(named: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The name of the first floating-point tensor holding inf or NaN (None if all are finite)."""
+    floats = [(n, t) for n, t in named.items() if t is not None and t.is_floating_point()]
+    if not floats:
+        return None
+    flags = torch.stack([torch.isfinite(t).all() for _, t in floats])
+    if bool(flags.all()):
+        return None
+    return floats[int((~flags).nonzero()[0])][0]

@@ -44,20 +44,24 @@ class Components:
     runtime: Any = None  # metafsl.engine.runtime.Runtime (autocast, memory format, compile)
 
 
-def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Components:
-    """cfg is a plain (resolved) dict of the run config."""
+def build_learner(cfg: Dict[str, Any], channels: int, image_size: int):
+    """The learner a config describes, for images of ``channels`` x ``image_size`` (on the CPU)."""
     from metafsl.algorithms import build_algorithm  # noqa: PLC0415
     from metafsl.models import build_backbone  # noqa: PLC0415
 
+    b = dict(cfg["backbone"])
+    name = b.pop("name")
+    backbone = build_backbone(name, channels=channels, image_size=image_size, **b)
+    return build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
+
+
+def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Components:
+    """cfg is a plain (resolved) dict of the run config."""
     device = resolve_device(cfg["device"])
     rt = runtime.from_config(cfg, device)
     ds = dataset if dataset is not None else load_dataset(cfg["dataset"], cfg["paths"])
     if "train" not in ds.splits or "test" not in ds.splits:
         raise UserError(f"Dataset '{ds.name}' needs at least a train and a test split.")
-    b = dict(cfg["backbone"])
-    name = b.pop("name")
-    backbone = build_backbone(name, channels=ds.channels, image_size=ds.image_size, **b)
-    algorithm = build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
-    algorithm = algorithm.to(device)
+    algorithm = build_learner(cfg, ds.channels, ds.image_size).to(device)
     rt.prepare(algorithm)
     return Components(device, ds, make_pixels(cfg["dataset"], ds), algorithm, rt)

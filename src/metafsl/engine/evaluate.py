@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -22,13 +23,41 @@ def mean_ci95(accs: torch.Tensor) -> Dict[str, float]:
     return {"acc": mean, "ci95": 1.96 * std / math.sqrt(n), "episodes": n}
 
 
-def evaluate(algorithm, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, episodes: int,
-             seed: int, device, pixels: Optional[Pixels] = None, batch_episodes: int = 16,
-             within_group: bool = False, split_name: str = "test", progress=None,
-             runtime=None) -> Dict[str, float]:
-    """Accuracy (percent) of ``algorithm`` over ``episodes`` episodes drawn with ``seed``.
+@dataclass(frozen=True)
+class EvalSpec:
+    """What an evaluation measures: the episode shape, how many episodes, and their seed."""
+
+    n_way: int
+    n_shot: int
+    n_query: int
+    episodes: int
+    seed: int
+    batch_episodes: int = 16
+    #: all classes of an episode from one alphabet / group
+    within_group: bool = False
+    #: the split's name (messages, progress bars)
+    split: str = "test"
+
+    @classmethod
+    def from_config(cls, cfg: Dict[str, Any], validation: bool = False) -> "EvalSpec":
+        """A run's validation spec, or its test spec (on ``eval.split``)."""
+        ep, ev = cfg["episode"], cfg["eval"]
+        test = ep["test"]
+        return cls(test["n_way"], test["n_shot"], test["n_query"],
+                   episodes=cfg["trainer"]["val_episodes"] if validation else ev["episodes"],
+                   seed=ev["seed"] + 1 if validation else ev["seed"], batch_episodes=ev["batch_episodes"],
+                   within_group=bool(ep.get("within_alphabet", False)),
+                   split="val" if validation else ev.get("split", "test"))
+
+
+def evaluate(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", pixels: Optional[Pixels] = None,
+             progress=None, runtime=None) -> Dict[str, float]:
+    """Accuracy (percent) of ``algorithm`` on ``split`` over the episodes ``spec`` describes.
 
     ``runtime`` (``metafsl.engine.runtime.Runtime``) supplies the autocast context (GPU bf16)."""
+    n_way, n_shot, n_query = spec.n_way, spec.n_shot, spec.n_query
+    episodes, batch_episodes, split_name = spec.episodes, spec.batch_episodes, spec.split
+    seed, within_group = spec.seed, spec.within_group
     sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed, pixels=pixels,
                              within_group=within_group, split_name=split_name)
     algorithm.check_episode(n_way, train=False)

@@ -1,0 +1,297 @@
+"""metafsl as a library: compose a config, train, evaluate, predict.
+
+    from metafsl import api
+    cfg = api.compose("train", ["algo=maml", "episode=5w1s"])
+    summary = api.train(cfg, "runs/maml")                 # -> RunSummary (summary.json)
+    summary = api.evaluate("runs/maml", ["episode=20w1s"]) # a test record appended to summary.tests
+    result = api.predict("runs/maml", "support/", "query/")
+
+The CLI's Hydra apps, ``reproduce``, ``demo`` and the tests call these; nothing here re-enters
+the command line.  Each function returns when its record is written; problems a user can fix
+raise ``metafsl.errors.UserError`` (one sentence).
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from metafsl.engine.run_dir import RESULT, RunLock, find, unique_dir, write_json, write_snapshot
+from metafsl.engine.summary import RunSummary
+from metafsl.errors import UserError
+
+PathLike = Union[str, Path]
+#: config groups whose option a tested run keeps unless the user picks another
+GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval")
+#: scheduler arguments counted in iterations, scaled with ``budget``
+_SCHEDULE_KEYS = ("step_size", "T_max", "total_iters", "total_steps", "milestones", "T_0")
+
+
+# ----------------------------------------------------------------------------- configs
+def compose(command: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``metafsl <command> <overrides>`` would run with (without its ``hydra`` node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from metafsl.cli import check_group_overrides, config_error
+    from metafsl.config import register_configs
+
+    register_configs()
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    problem = check_group_overrides(overrides)
+    if problem:
+        raise UserError(problem)
+    try:
+        with initialize_config_module(config_module="metafsl.conf", version_base=None):
+            return hydra_compose(config_name=command, overrides=overrides)
+    except Exception as exc:
+        sentence = config_error(exc)
+        if sentence is None:
+            raise
+        raise UserError(sentence) from None
+
+
+def resolved(cfg: Union[DictConfig, Dict[str, Any]]) -> Dict[str, Any]:
+    """A config as a plain dict with every interpolation resolved."""
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.create(cfg)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:  # a missing value or a broken interpolation in the user's config
+        raise UserError(f"The configuration is incomplete: {exc}".splitlines()[0]) from None
+
+
+def _scale(value, budget: float):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return max(1, int(math.ceil(value * budget)))
+    if isinstance(value, list):
+        return [_scale(v, budget) for v in value]
+    return value
+
+
+def _scale_schedule(node, budget: float):
+    if isinstance(node, dict):
+        return {k: (_scale(v, budget) if k in _SCHEDULE_KEYS else _scale_schedule(v, budget))
+                for k, v in node.items()}
+    return node
+
+
+def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``budget=<fraction>``: scale iterations, the validation and log cadence and the LR-schedule
+    steps, for a quick approximate run of a preset (recorded in summary.json)."""
+    budget = float(cfg.get("budget", 1.0))
+    if not budget > 0:
+        raise UserError(f"budget must be a positive fraction of the preset's iterations (got {budget}).")
+    if budget == 1.0:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    tr = cfg["trainer"]
+    tr["iterations"] = _scale(int(tr["iterations"]), budget)
+    for key in ("val_every", "log_every"):
+        tr[key] = min(_scale(int(tr[key]), budget), tr["iterations"])
+    if tr.get("scheduler"):
+        tr["scheduler"] = _scale_schedule(tr["scheduler"], budget)
+    return cfg
+
+
+def check_logger(cfg: Dict[str, Any]) -> None:
+    logger = cfg.get("logger", "none")
+    if logger not in ("none", "tensorboard"):
+        raise UserError(f"Unknown logger '{logger}'; choose one of: none, tensorboard.")
+    if logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("logger=tensorboard needs the tensorboard package (pip install tensorboard); "
+                            "metrics.jsonl is written either way.") from None
+
+
+# ----------------------------------------------------------------------------- train
+def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = None,
+          overrides: Sequence[str] = (), hydra_cfg: Any = None) -> RunSummary:
+    """Train (or, with ``resume=true``, continue) the run ``cfg`` describes in ``run_dir`` (default:
+    a new unique dir under ``<paths.output_dir>/train``).  Everything is checked, under the run
+    dir's lock, before anything is written into it."""
+    from metafsl.engine.recipe import TrainRecipe
+    from metafsl.engine.resume import plan
+    from metafsl.reporting import console as out
+    from metafsl.reporting import run_report
+
+    plain = resolved(cfg)
+    check_logger(plain)
+    plain = apply_budget(plain)
+    run_dir = Path(run_dir) if run_dir is not None else \
+        unique_dir(Path(plain["paths"]["output_dir"]) / "train")
+    with RunLock(run_dir):
+        start = plan(plain, run_dir)
+        if start.mode == "finished":
+            done = (start.previous.train or {}).get("iterations")
+            out.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "
+                     "pass a larger trainer.iterations to continue it.")
+            return start.previous
+        write_snapshot(run_dir, cfg, overrides, hydra_cfg)
+        run_report.train_header(plain, run_dir)
+        recipe = TrainRecipe(plain, run_dir)
+        recipe.setup(start)
+        summary = recipe.run(start.previous)
+        run_report.print_train_summary(summary, run_dir)
+        summary.write(run_dir)
+        run_report.write_artifacts(plain, run_dir)
+    return summary
+
+
+# ----------------------------------------------------------------------------- evaluate
+def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str = "best",
+             out_dir: Optional[PathLike] = None) -> RunSummary:
+    """Test a run's checkpoint with its own config plus ``overrides`` (``episode=20w1s``,
+    ``eval.episodes=...``, ``protocol=lake20``); the result is printed, then appended to the run's
+    ``summary.json`` history and written to ``out_dir`` (default: a new ``<run>/tests/<stamp>/``)."""
+    from metafsl.engine import checkpoint as ckpt
+    from metafsl.reporting import run_report
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"Run dir {run} does not exist.")
+    path = find(run, checkpoint)
+    ck = ckpt.load(path)
+    verify_checkpoint(run, ck, path)
+    fresh = compose("test", [*_group_choices(ck["config"], overrides), *overrides])
+    cfg = effective_config(ck["config"], fresh, overrides)
+    record = _score(run, ck, path, checkpoint, cfg, fresh.get("protocol"))
+    record["overrides"] = list(overrides)
+    run_report.print_test(run, record)  # before anything is written: a failed write loses nothing shown
+    out = Path(out_dir) if out_dir is not None else _new_dir(run / "tests")
+    write_snapshot(out, cfg, [f"run={run}", *overrides])
+    write_json(out / RESULT, record)
+    summary = RunSummary.read_or_none(run) or RunSummary.from_config(ck["config"])
+    summary.add_test(record)
+    summary.write(run)
+    return summary
+
+
+def _new_dir(parent: Path) -> Path:
+    try:
+        return unique_dir(parent)
+    except OSError as exc:
+        raise UserError(f"Cannot write the result under {parent} ({exc.strerror}); "
+                        "the result above was not saved.") from None
+
+
+def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str, Any],
+           protocol: Any) -> Dict[str, Any]:
+    """Evaluate the checkpoint on episodes (or a protocol); the test record."""
+    from metafsl.data.sampler import Pixels
+    from metafsl.engine import checkpoint as ckpt
+    from metafsl.engine.components import build
+    from metafsl.engine.evaluate import EvalSpec
+    from metafsl.engine.evaluate import evaluate as run_episodes
+    from metafsl.reporting import console as out
+    from metafsl.reporting import run_report
+
+    comp = build(cfg)
+    ckpt.load_weights(comp.algorithm, ck["model"], path)
+    pre = ckpt.Preprocessing.from_checkpoint(ck)
+    if pre is not None:  # the normalisation the model was trained with
+        comp.pixels = Pixels(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
+    proto = OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None
+    run_report.test_header(run, which, ck["iteration"], cfg, (proto or {}).get("name", ""))
+    t0 = time.perf_counter()
+    if proto is not None:  # e.g. protocol=lake20: not sampled episodes
+        from metafsl.engine.protocols import run_protocol
+
+        result = run_protocol(proto, comp, cfg)
+    else:
+        spec = EvalSpec.from_config(cfg)
+        if spec.split not in comp.dataset.splits:
+            raise UserError(f"Dataset '{comp.dataset.name}' has no '{spec.split}' split.")
+        with out.simple_progress() as progress:
+            result = run_episodes(comp.algorithm, comp.dataset[spec.split], spec, comp.device, comp.pixels,
+                                  progress, comp.runtime)
+        result.update(episode=cfg["episode"]["test"], eval_seed=cfg["eval"]["seed"])
+    return {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
+            "iteration": ck["iteration"], "dataset": cfg["dataset"]["name"],
+            "time": _dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def _group_choices(saved: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
+    """``group=option`` for the run's own options (typed composition of the user's overrides)."""
+    from metafsl.arguments import split
+    from metafsl.cli import group_options
+
+    given = {p[0].lstrip("+~") for p in map(split, overrides) if p}
+    choices = []
+    for g in GROUPS:
+        name = (saved.get(g) or {}).get("name")
+        if g not in given and name in group_options(g):
+            choices.append(f"{g}={name}")
+    return choices
+
+
+#: keys that steer the test command itself, never copied into the run's config
+_OWN_KEYS = {"run", "checkpoint", "verbose", "protocol"}
+
+
+def effective_config(saved: Dict[str, Any], fresh: DictConfig, overrides: Sequence[str]) -> Dict[str, Any]:
+    """The saved run config with every key the user overrode replaced by its fresh value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.create(saved)
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        key = ov.key_or_group
+        if ov.is_delete() or key.split(".")[0] in _OWN_KEYS or key.startswith("hydra"):
+            continue
+        OmegaConf.update(cfg, key, OmegaConf.select(fresh, key), merge=False, force_add=True)
+    return resolved(cfg)
+
+
+def verify_checkpoint(run: Path, ck: Dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint whose algorithm or backbone is not the run's (e.g. copied from another run)."""
+    from metafsl.engine.resume import flatten
+    from metafsl.engine.run_dir import BEST, LAST, saved_config
+
+    reference = saved_config(run)
+    if reference is None:
+        other = run / (LAST if path.name == BEST.name else BEST)
+        reference = _checkpoint_config(other)
+    if reference is None:
+        return
+    mine = flatten({k: ck["config"].get(k) for k in ("algo", "backbone")})
+    theirs = flatten({k: reference.get(k) for k in ("algo", "backbone")})
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
+                    and not k.endswith("description"))
+    if differ:
+        shown = "; ".join(f"{k}: {mine.get(k)} in the checkpoint, {theirs.get(k)} in the run"
+                          for k in differ[:4])
+        raise UserError(f"{path} does not belong to the run in {run} ({shown}); "
+                        "test the run that wrote it.")
+
+
+def _checkpoint_config(path: Path) -> Optional[Dict[str, Any]]:
+    from metafsl.engine import checkpoint as ckpt
+
+    if not path.is_file():
+        return None
+    try:
+        return ckpt.load(path)["config"]
+    except UserError:
+        return None
+
+
+# ----------------------------------------------------------------------------- predict
+def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequence[PathLike]],
+            checkpoint: str = "best", device: str = "cpu", invert: Optional[bool] = None,
+            convert: bool = False):
+    """Classify ``query`` images with the run's learner adapted to ``support`` (one sub-folder of
+    images per class); returns ``metafsl.commands.predict.Predictions`` (nothing is written)."""
+    from metafsl.commands.predict import predict as run_predict
+
+    if not isinstance(query, (str, Path)):
+        query = ",".join(str(q) for q in query)
+    return run_predict(Path(run_dir), Path(support), str(query), checkpoint, device, invert, convert)

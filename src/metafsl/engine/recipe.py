@@ -1,0 +1,317 @@
+"""The training recipe: ``setup -> train -> validate/save_checkpoint -> test``.
+
+Meta-batches of tasks, validation every ``val_every`` iterations, best/last checkpoints (last
+also every ``checkpoint_every_minutes`` and on SIGINT/SIGTERM), resume, divergence guard, final
+test.  Knows nothing about any specific algorithm or dataset.  Where a run stands is a
+``TrainState`` saved in every checkpoint; evaluations are described by an ``EvalSpec``.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from hydra.utils import instantiate
+
+from metafsl.data.sampler import EpisodeSampler
+from metafsl.engine import checkpoint, hooks
+from metafsl.engine.checkpoint import TrainState
+from metafsl.engine.components import build
+from metafsl.engine.evaluate import EvalSpec, evaluate
+from metafsl.engine.resume import Start
+from metafsl.engine.run_dir import BEST, LAST, metrics_log
+from metafsl.engine.summary import RunSummary
+from metafsl.errors import Interrupted, UserError
+from metafsl.reporting import console as out
+
+#: default cadence of last.pt between validations (trainer.checkpoint_every_minutes)
+CHECKPOINT_EVERY_MINUTES = 5.0
+_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+def _fmt(x: Optional[float], digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+class TrainRecipe:
+    """Train (or resume) the run described by the resolved config ``cfg`` in ``run_dir``."""
+
+    def __init__(self, cfg: Dict[str, Any], run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.tr, self.ep = cfg["trainer"], cfg["episode"]
+        self.state = TrainState()
+        self.log = metrics_log(self.run_dir)
+        self.untrained: Optional[Dict[str, float]] = None
+        self.progress = self.bar = None
+        self.stop_signal: Optional[int] = None
+        self.seconds = 0.0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, start: Start) -> None:
+        torch.manual_seed(self.cfg["seed"])
+        self.comp = build(self.cfg)
+        self.algo, self.ds, self.device = self.comp.algorithm, self.comp.dataset, self.comp.device
+        self._check_episodes()
+        train = self.ep["train"]
+        self.sampler = self.algo.train_source(
+            self.ds["train"], train["n_way"], train["n_shot"], train["n_query"], self.device,
+            seed=self.cfg["seed"], pixels=self.comp.pixels, within_group=self.ep.get("within_alphabet", False))
+        params = [p for p in self.algo.parameters() if p.requires_grad]
+        self.optimizer = instantiate(self.tr["optimizer"])(params=params)
+        self.scheduler = instantiate(self.tr["scheduler"])(optimizer=self.optimizer) \
+            if self.tr.get("scheduler") else None
+        if start.checkpoint is not None:
+            self._restore(start)
+        else:
+            self.log.clear()  # a rerun of a run stopped before its first checkpoint starts clean
+            if self.cfg.get("extra", {}).get("eval_untrained"):
+                self.untrained = self.test()
+
+    def _check_episodes(self) -> None:
+        """Fail now, not at the first validation or the final test, if episodes are impossible."""
+        self.algo.check_episode(self.ep["train"]["n_way"], train=True)
+        self.algo.check_episode(self.ep["test"]["n_way"], train=False)
+        self.has_val = "val" in self.ds.splits and self.tr["val_episodes"] > 0
+        test = self.ep["test"]
+        for split in ("val", "test") if self.has_val else ("test",):
+            EpisodeSampler(self.ds[split], test["n_way"], test["n_shot"], test["n_query"], "cpu",
+                           within_group=self.ep.get("within_alphabet", False), split_name=split)
+
+    def _restore(self, start: Start) -> None:
+        ck, path = start.checkpoint, self.run_dir / LAST
+        checkpoint.load_weights(self.algo, ck["model"], path)
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scheduler is not None and ck.get("scheduler"):
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.sampler.load_state_dict(ck["sampler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        if self.device.type == "cuda" and ck["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        self.state = checkpoint.train_state(ck)
+        self.log.truncate_after(self.state.iteration)
+        self._apply_changes(start.changes)
+        out.info(f"Resuming {self.run_dir} from iteration {self.state.iteration}.")
+
+    def _apply_changes(self, changes: Dict[str, Any]) -> None:
+        """Settings changed on resume: the learning rate goes into the optimiser (and scheduler);
+        the others are read from the config; all of them are recorded in metrics.jsonl."""
+        if not changes:
+            return
+        if "trainer.optimizer.lr" in changes:
+            old, new = changes["trainer.optimizer.lr"]
+            ratio = float(new) / float(old)
+            for group in self.optimizer.param_groups:
+                group["lr"] *= ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] *= ratio
+            if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+                self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+        self.log.write({"iteration": self.state.iteration, "split": "resume",
+                        "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+        shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
+        out.info(f"Resuming with changed settings: {shown}.")
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> None:
+        iterations = int(self.tr["iterations"])
+        max_seconds = 60 * float(self.tr["max_minutes"]) if self.tr.get("max_minutes") else None
+        self.t_start = time.perf_counter() - self.state.seconds
+        self.last_save = time.perf_counter()
+        # a resumed run whose wall-clock budget is already spent trains no further
+        spent = max_seconds is not None and self.state.seconds >= max_seconds
+        first = iterations + 1 if spent else self.state.iteration + 1
+        self.progress = out.training_progress()
+        with self.progress, self._stop_on_signals():
+            self.bar = self.progress.add_task(
+                f"train {self.cfg['algo']['name']}", total=iterations, completed=self.state.iteration,
+                loss="-", acc="-", val=_fmt(self.state.last_val, 2))
+            for it in range(first, iterations + 1):
+                out_of_time = self._iteration(it, iterations, max_seconds)
+                if out_of_time:
+                    out.info(f"Time budget of {self.tr['max_minutes']} min reached at iteration {it}.")
+                    break
+            if self.state.val_iteration != self.state.iteration or iterations == 0:
+                # resumed after a kill during the final validation (or nothing to train): validate now
+                self.validate(self.state.iteration)
+        self.seconds = time.perf_counter() - self.t_start
+
+    def _iteration(self, it: int, iterations: int, max_seconds: Optional[float]) -> bool:
+        """One training step with its logging and checkpoints; True when the time budget is spent."""
+        self._step(it)
+        self._log_train(it, iterations)
+        out_of_time = max_seconds is not None and time.perf_counter() - self.t_start >= max_seconds
+        final = it == iterations or out_of_time
+        if it % self.tr["val_every"] == 0 or final:
+            if final:  # training is over: keep it even if the final validation is killed
+                self.save_checkpoint(LAST)
+                hooks.emit("final_validation_start", it)
+            self.validate(it)
+        elif self.stop_signal is not None or self._checkpoint_due():
+            self.save_checkpoint(LAST)
+        self.progress.update(self.bar, completed=it)
+        hooks.emit("iteration_end", it)
+        if self.stop_signal is not None:
+            self._stop(it)
+        return out_of_time
+
+    def _step(self, it: int) -> None:
+        self.algo.train()
+        batch = self.sampler.sample(self.tr["meta_batch_size"], train=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        # forward passes under runtime.amp (bf16 on GPU; no-op otherwise), gradients into .grad
+        loss, acc = self.algo.meta_backward(batch, self.comp.runtime.autocast)
+        if not torch.isfinite(loss):
+            self._diverged(it, f"the training loss ({float(loss)})")
+        self._check_finite(it, {n: p.grad for n, p in self.algo.named_parameters()}, "the gradient of")
+        if self.tr.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.tr["grad_clip"])
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._check_finite(it, dict(self.algo.named_parameters()), "parameter")
+        self._check_finite(it, dict(self.algo.named_buffers()), "buffer")
+        self.state.iteration = it
+        self.state.loss_sum += float(loss)
+        self.state.acc_sum += float(acc)
+        self.state.count += 1
+
+    def _check_finite(self, it: int, tensors: Dict[str, Any], what: str) -> None:
+        name = checkpoint.non_finite(tensors)
+        if name is not None:
+            self._diverged(it, f"{what} {name}")
+
+    def _diverged(self, it: int, what: str) -> None:
+        """Stop a diverged training without saving it: the checkpoints keep the last good model."""
+        self.log.write({"iteration": it, "split": "diverged", "what": what})
+        kept = (f"checkpoints/ keep the model of iteration {self.state.val_iteration}"
+                if self.state.val_iteration or (self.run_dir / LAST).is_file() else "no checkpoint was written")
+        raise UserError(f"Training diverged at iteration {it}: {what} became inf or NaN; stopped without "
+                        f"saving it ({kept}); lower the learning rate (trainer.optimizer.lr or "
+                        "algo.inner_lr) or set trainer.grad_clip.")
+
+    def _log_train(self, it: int, iterations: int) -> None:
+        if it % self.tr["log_every"] != 0 and it != iterations:
+            return
+        s = self.state
+        rec = {"iteration": it, "split": "train", "loss": s.loss_sum / s.count,
+               "acc": 100 * s.acc_sum / s.count, "lr": self.optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - self.t_start, 3)}
+        self.log.write(rec)
+        self.progress.update(self.bar, loss=_fmt(rec["loss"]), acc=_fmt(rec["acc"], 1))
+        s.loss_sum, s.acc_sum, s.count = 0.0, 0.0, 0
+
+    # ------------------------------------------------------------------ checkpoints and signals
+    def _checkpoint_due(self) -> bool:
+        minutes = self.tr.get("checkpoint_every_minutes", CHECKPOINT_EVERY_MINUTES)
+        return minutes is not None and time.perf_counter() - self.last_save >= 60 * float(minutes)
+
+    def save_checkpoint(self, which: Path) -> None:
+        self.state.seconds = time.perf_counter() - self.t_start
+        checkpoint.save(self.run_dir / which, self.snapshot())
+        if which == LAST:
+            self.last_save = time.perf_counter()
+
+    def snapshot(self) -> Dict[str, Any]:
+        s = self.state
+        return {
+            "config": self.cfg,
+            "iteration": s.iteration,
+            "best": {"acc": s.best_acc, "iteration": s.best_iteration},
+            "model": self.algo.state_dict(),
+            "preprocessing": self.preprocessing(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "sampler": self.sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "state": s.to_dict(),
+        }
+
+    def preprocessing(self) -> Dict[str, Any]:
+        normalised = self.cfg["dataset"].get("normalize", "none") == "dataset"
+        return {"image_size": int(self.ds.image_size), "channels": int(self.ds.channels),
+                "mean": list(self.ds.mean) if normalised else None,
+                "std": list(self.ds.std) if normalised else None}
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM during training: finish the step, save last.pt, then stop (``_stop``)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note(signum, frame):
+            self.stop_signal = signum
+
+        previous = {s: signal.signal(s, note) for s in _SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop(self, it: int) -> None:
+        name = _SIGNALS.get(self.stop_signal, str(self.stop_signal))
+        raise Interrupted(f"Stopped by {name} after iteration {it}; its state is saved in "
+                          f"{self.run_dir / LAST}: resume with resume=true hydra.run.dir={self.run_dir}.",
+                          128 + int(self.stop_signal))
+
+    # ------------------------------------------------------------------ evaluation
+    def validate(self, it: int) -> None:
+        """Validate at iteration ``it``; write best.pt if it improved, then last.pt."""
+        improved = True
+        if self.has_val:
+            res = evaluate(self.algo, self.ds["val"], EvalSpec.from_config(self.cfg, validation=True),
+                           self.device, self.comp.pixels, runtime=self.comp.runtime)
+            self.log.write({"iteration": it, "split": "val", **res})
+            self.state.last_val = res["acc"]
+            if self.progress is not None:
+                self.progress.update(self.bar, val=_fmt(res["acc"], 2))
+            improved = self.state.best_acc is None or res["acc"] > self.state.best_acc
+        self.state.val_iteration = it
+        if improved:
+            self.state.best_acc, self.state.best_iteration = self.state.last_val, it
+            self.save_checkpoint(BEST)
+        self.save_checkpoint(LAST)
+
+    def test(self, progress=None) -> Dict[str, float]:
+        """Accuracy of the learner as it is now on the run's test episodes (``eval.*``)."""
+        spec = EvalSpec.from_config(self.cfg)
+        if spec.split not in self.ds.splits:
+            raise UserError(f"Dataset '{self.ds.name}' has no '{spec.split}' split.")
+        return evaluate(self.algo, self.ds[spec.split], spec, self.device, self.comp.pixels, progress,
+                        self.comp.runtime)
+
+    def final_test(self) -> Dict[str, Any]:
+        """Test the best checkpoint (the last one without a validation split)."""
+        best = checkpoint.load(self.run_dir / BEST, map_location=self.device)
+        checkpoint.load_weights(self.algo, best["model"], self.run_dir / BEST)
+        hooks.emit("test_start", int(best["iteration"]))
+        t0 = time.perf_counter()
+        res = self.test()
+        return {**res, "seconds": round(time.perf_counter() - t0, 2),
+                "checkpoint": "best" if self.has_val else "last", "iteration": best["iteration"]}
+
+    # ------------------------------------------------------------------ the whole run
+    def run(self, previous: Optional[RunSummary] = None) -> RunSummary:
+        """Train, test, and return the run's summary (not yet written: the caller prints it first).
+        ``previous``: the summary of a finished run being continued; its records are kept."""
+        self.train()
+        summary = RunSummary.from_config(self.cfg)
+        if previous is not None:
+            summary.tests = list(previous.tests)
+            if previous.test:
+                summary.add_test({**previous.test, "superseded_at_iteration": self.state.iteration})
+            summary.untrained = previous.untrained
+        summary.train = {"iterations": self.state.iteration, "seconds": round(self.seconds, 2),
+                         "planned_iterations": int(self.tr["iterations"])}
+        summary.val = {"best_acc": self.state.best_acc, "best_iteration": self.state.best_iteration}
+        if self.untrained is not None:
+            summary.untrained = self.untrained
+        if self.cfg["test"]:
+            summary.test = self.final_test()
+        return summary

@@ -1,0 +1,140 @@
+"""``summary.json``, a run's record, typed: the one place that reads and writes it.
+
+Versioned and backward compatible: files written before the version field existed read as
+version 1; keys this version does not know are kept on rewrite.  ``tests`` is the history of
+test records (``metafsl test`` calls, and a training-time test superseded by a continued run):
+records are only ever appended.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from metafsl.engine.run_dir import SUMMARY, write_json
+from metafsl.errors import UserError
+
+VERSION = 2
+
+
+@dataclass
+class RunSummary:
+    algo: str = ""
+    dataset: str = ""
+    backbone: str = ""
+    episode: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    name: str = ""
+    published: Dict[str, Any] = field(default_factory=dict)
+    #: iterations, seconds, planned_iterations
+    train: Optional[Dict[str, Any]] = None
+    #: best_acc, best_iteration
+    val: Optional[Dict[str, Any]] = None
+    #: the training-time test of the best (or, without validation, last) checkpoint
+    test: Optional[Dict[str, Any]] = None
+    untrained: Optional[Dict[str, Any]] = None
+    #: every later test record, oldest first; never dropped
+    tests: List[Dict[str, Any]] = field(default_factory=list)
+    budget: float = 1.0
+    #: reproduce rows that test another row's model: that row's label
+    trained_by: Optional[str] = None
+    #: CPU threads torch used, and the code that produced the run (git commit or package version)
+    threads: Optional[int] = None
+    code_version: Optional[str] = None
+    version: int = VERSION
+    #: keys of a newer (or older) format, kept as they are
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: Dict[str, Any]) -> "RunSummary":
+        return cls(algo=cfg["algo"]["name"], dataset=cfg["dataset"]["name"],
+                   backbone=cfg["backbone"]["name"], episode=dict(cfg["episode"]),
+                   seed=cfg.get("seed", 0), name=cfg.get("name") or "",
+                   published=dict(cfg.get("published") or {}), budget=float(cfg.get("budget", 1.0)),
+                   threads=_threads(), code_version=code_version())
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "RunSummary":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        args = {k: v for k, v in data.items() if k in known and v is not None}
+        args["version"] = int(data.get("version", 1))
+        return cls(**args, extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data = {k: v for k, v in data.items() if v is not None}
+        data["version"] = VERSION
+        return {**self.extra, **data}
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def read(cls, run_dir: Path) -> "RunSummary":
+        path = Path(run_dir) / SUMMARY
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path} does not exist: the run has not finished.") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is unreadable or corrupt ({exc.__class__.__name__}).") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a metafsl summary.")
+        return cls.from_dict(data)
+
+    @classmethod
+    def read_or_none(cls, run_dir: Path) -> Optional["RunSummary"]:
+        return cls.read(run_dir) if (Path(run_dir) / SUMMARY).is_file() else None
+
+    def write(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / SUMMARY
+        write_json(path, self.to_dict())
+        return path
+
+    # ------------------------------------------------------------------ records
+    def add_test(self, record: Dict[str, Any]) -> None:
+        self.tests.append(dict(record))
+
+    @property
+    def best_acc(self) -> Optional[float]:
+        return (self.val or {}).get("best_acc")
+
+    @property
+    def objective(self) -> float:
+        """What sweepers maximise: validation accuracy, else test accuracy."""
+        best = self.best_acc
+        return float(best if best is not None else (self.test or {}).get("acc", 0.0))
+
+
+def _threads() -> Optional[int]:
+    try:
+        import torch
+
+        return int(torch.get_num_threads())
+    except ImportError:  # pragma: no cover
+        return None
+
+
+_CODE_VERSION: Optional[str] = None
+
+
+def code_version() -> str:
+    """``git:<commit>[+dirty]`` when the package runs from a git checkout, else ``metafsl <version>``."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        from metafsl import __version__
+
+        _CODE_VERSION = f"metafsl {__version__}"
+        here = Path(__file__).resolve().parent
+        try:
+            commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, timeout=5)
+            if commit.returncode == 0 and commit.stdout.strip():
+                dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                       capture_output=True, text=True, timeout=5).stdout.strip()
+                _CODE_VERSION = f"git:{commit.stdout.strip()[:12]}{'+dirty' if dirty else ''}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return _CODE_VERSION
