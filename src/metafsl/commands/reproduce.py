@@ -220,6 +220,7 @@ def run_row(row: TableRow, row_dir: Path, budget: float, overrides: List[str]) -
         error(str(exc))
         return exit_code(exc)
     except KeyboardInterrupt:
+        error("Interrupted; rerun the same command to resume this row.")
         return 130
     return 0
 

@@ -67,6 +67,8 @@ class RunSummary:
     def to_dict(self) -> Dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         data = {k: v for k, v in data.items() if v is not None}
+        if self.budget == 1.0:  # as before: only an approximate (budget) run records its budget
+            data.pop("budget")
         data["version"] = VERSION
         return {**self.extra, **data}
 
