@@ -48,6 +48,7 @@ class TrainRecipe:
         self.untrained: Optional[Dict[str, float]] = None
         self.progress = self.bar = None
         self.stop_signal: Optional[int] = None
+        self.saved_iteration = -1  # the iteration last.pt holds
         self.seconds = 0.0
 
     # ------------------------------------------------------------------ setup
@@ -150,7 +151,7 @@ class TrainRecipe:
                 self.save_checkpoint(LAST)
                 hooks.emit("final_validation_start", it)
             self.validate(it)
-        elif self.stop_signal is not None or self._checkpoint_due():
+        elif self._checkpoint_due():
             self.save_checkpoint(LAST)
         self.progress.update(self.bar, completed=it)
         hooks.emit("iteration_end", it)
@@ -213,7 +214,7 @@ class TrainRecipe:
         self.state.seconds = time.perf_counter() - self.t_start
         checkpoint.save(self.run_dir / which, self.snapshot())
         if which == LAST:
-            self.last_save = time.perf_counter()
+            self.last_save, self.saved_iteration = time.perf_counter(), self.state.iteration
 
     def snapshot(self) -> Dict[str, Any]:
         s = self.state
@@ -255,6 +256,8 @@ class TrainRecipe:
                 signal.signal(s, handler)
 
     def _stop(self, it: int) -> None:
+        if self.saved_iteration != it:
+            self.save_checkpoint(LAST)
         name = _SIGNALS.get(self.stop_signal, str(self.stop_signal))
         raise Interrupted(f"Stopped by {name} after iteration {it}; its state is saved in "
                           f"{self.run_dir / LAST}: resume with resume=true hydra.run.dir={self.run_dir}.",

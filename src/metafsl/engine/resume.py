@@ -77,10 +77,8 @@ def plan(cfg: Dict[str, Any], run_dir: Path) -> Start:
     ck = checkpoint.load(run_dir / LAST)
     fixed, applied = compare(ck["config"], cfg)
     if fixed:
-        shown = "; ".join(f"{k}: {_show(flatten(ck['config']).get(k))} -> {_show(flatten(cfg).get(k))}"
-                          for k in fixed[:6])
-        more = f" and {len(fixed) - 6} more" if len(fixed) > 6 else ""
-        raise UserError(f"Cannot resume {run_dir} with settings that change the model ({shown}{more}); "
+        shown = _describe(fixed, flatten(ck["config"]), flatten(cfg))
+        raise UserError(f"Cannot resume {run_dir} with settings that change the model ({shown}); "
                         "resume with the run's own settings, or train in a new run dir.")
     previous = RunSummary.read_or_none(run_dir) if finished else None
     if previous is not None and not _can_continue(ck, cfg):
@@ -106,6 +104,16 @@ def _can_continue(ck: Dict[str, Any], cfg: Dict[str, Any]) -> bool:
     if int(tr["iterations"]) <= state.iteration:
         return False
     return not tr.get("max_minutes") or state.seconds < 60 * float(tr["max_minutes"])
+
+
+def _describe(keys: List[str], old: Dict[str, Any], new: Dict[str, Any], limit: int = 6) -> str:
+    """``key: old -> new; ...``; a section whose option changed (``algo.name``) is one entry."""
+    replaced = [k.split(".")[0] for k in keys if k.count(".") == 1 and k.endswith(".name")
+                and k.split(".")[0] in ("algo", "backbone", "dataset")]
+    keys = [k for k in keys if k.split(".")[0] not in replaced or k.endswith(".name")]
+    parts = [f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more
 
 
 def _show(value: Any) -> str:
