@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +26,30 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _train(run_dir: Path, *extra: str, fault: tuple = ()) -> subprocess.CompletedProcess:
-    """A real training process; ``fault=(event, iteration[, action])`` through tests/fault_runner.py."""
-    cmd = [*FAULT, *map(str, fault), "--"] if fault else METAFSL
-    return subprocess.run([*cmd, "train", f"hydra.run.dir={run_dir}", *SHORT, *extra],
-                          capture_output=True, text=True, env=_env())
+class Killed(BaseException):
+    """Raised by a fault listener: the training stops dead, as with ``kill -9`` (no handler runs)."""
+
+
+def _train(run_dir: Path, *extra: str, fault: tuple = ()):
+    """A training in this process (the result of ``run_cli``); ``fault=(event, iteration, action)``
+    acts at that hook event: ``kill`` (raises Killed) or a signal name sent to this process."""
+    from metafsl.cli import main
+    from metafsl.engine import hooks
+
+    def listener(name: str, it: int) -> None:
+        if fault and name == fault[0] and it == fault[1]:
+            hooks.LISTENERS.remove(listener)
+            if fault[2] == "kill":
+                raise Killed()
+            os.kill(os.getpid(), getattr(signal, fault[2]))
+
+    hooks.LISTENERS.append(listener)
+    try:
+        code = main(["train", f"hydra.run.dir={run_dir}", *SHORT, *extra])
+    finally:
+        if listener in hooks.LISTENERS:
+            hooks.LISTENERS.remove(listener)
+    return code
 
 
 def _metrics(run: Path):
@@ -43,11 +63,9 @@ def _digest(run: Path) -> dict:
             for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-def _one_sentence(proc_or_result) -> str:
-    if isinstance(proc_or_result, subprocess.CompletedProcess):
-        text = proc_or_result.stdout + proc_or_result.stderr
-    else:
-        text = proc_or_result[1] + proc_or_result[2]
+def _one_sentence(result) -> str:
+    """The words of a command's output (a run_cli result or captured output), with no traceback."""
+    text = result.out + result.err if hasattr(result, "out") else result[1] + result[2]
     assert "Traceback" not in text, text
     return " ".join(text.split())
 
@@ -56,8 +74,7 @@ def _one_sentence(proc_or_result) -> str:
 def full(tmp_path_factory):
     """The uninterrupted reference run every resumed run must match."""
     run = tmp_path_factory.mktemp("full") / "run"
-    proc = _train(run)
-    assert proc.returncode == 0, proc.stderr
+    assert _train(run) == 0
     return run
 
 
@@ -71,35 +88,34 @@ def _same_as_full(run: Path, full: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- 18.1 lock
-def test_a_second_training_in_a_locked_run_dir_refuses(tmp_path, full):
-    """A holds the run dir (hangs after iteration 1, before any checkpoint); B refuses in one
-    sentence.  A dies (kill -9): its lock goes with it, and a rerun starts clean (no duplicate rows)."""
+def test_a_second_training_in_a_locked_run_dir_refuses(tmp_path, full, capsys):
+    """A (another process) holds the run dir, hanging after iteration 1 before any checkpoint; B
+    refuses in one sentence.  A dies (kill -9): its lock goes with it, and a rerun starts clean
+    (no duplicate metrics rows)."""
     run = tmp_path / "run"
     holder = subprocess.Popen([*FAULT, "iteration_end", "1", "hang", "--", "train", f"hydra.run.dir={run}",
                                *SHORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         assert any("HANG" in line for line in holder.stdout)  # A is inside its training
-        second = _train(run)
-        assert second.returncode == 2
-        assert "is in use by another metafsl training" in _one_sentence(second)
+        capsys.readouterr()
+        assert _train(run) == 2
+        assert "is in use by another metafsl training" in _one_sentence(capsys.readouterr())
         assert not (run / "checkpoints").exists()
     finally:
         holder.kill()
         holder.wait()
     assert (run / "metrics.jsonl").is_file() and not (run / "checkpoints").exists()
-    rerun = _train(run, "resume=true")
-    assert rerun.returncode == 0, rerun.stderr
-    assert "starting it again from iteration 0" in rerun.stdout
+    assert _train(run, "resume=true") == 0
+    assert "starting it again from iteration 0" in capsys.readouterr().out
     _same_as_full(run, full)
 
 
 # ----------------------------------------------------------------------------- 18.2 divergence
-def test_divergence_stops_with_one_sentence_and_keeps_good_checkpoints(tmp_path):
+def test_divergence_stops_with_one_sentence_and_keeps_good_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
-    proc = _train(run, "trainer.val_every=1", "trainer.optimizer._target_=torch.optim.SGD",
-                  "trainer.optimizer.lr=1e6")
-    assert proc.returncode == 2
-    msg = _one_sentence(proc)
+    assert _train(run, "trainer.val_every=1", "trainer.optimizer._target_=torch.optim.SGD",
+                  "trainer.optimizer.lr=1e6") == 2
+    msg = _one_sentence(capsys.readouterr())
     assert "Training diverged at iteration" in msg and "became inf or NaN" in msg
     assert any(w in msg for w in ("buffer backbone.", "parameter backbone.", "gradient of backbone."))
     assert not (run / "summary.json").exists()
@@ -111,25 +127,22 @@ def test_divergence_stops_with_one_sentence_and_keeps_good_checkpoints(tmp_path)
 
 # ----------------------------------------------------------------------------- 18.4 preemption
 @pytest.mark.parametrize("action,code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_signal_saves_the_step_and_the_run_resumes_identically(tmp_path, full, action, code):
+def test_a_signal_saves_the_step_and_the_run_resumes_identically(tmp_path, full, action, code, capsys):
     run = tmp_path / "run"
-    stopped = _train(run, "trainer.checkpoint_every_minutes=null", fault=("iteration_end", 3, action))
-    assert stopped.returncode == code, stopped.stderr
-    assert f"Stopped by {action} after iteration 3" in _one_sentence(stopped)
+    assert _train(run, "trainer.checkpoint_every_minutes=null", fault=("iteration_end", 3, action)) == code
+    assert f"Stopped by {action} after iteration 3" in _one_sentence(capsys.readouterr())
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 3
-    resumed = _train(run, "resume=true", "trainer.checkpoint_every_minutes=null")
-    assert resumed.returncode == 0, resumed.stderr
+    assert _train(run, "resume=true", "trainer.checkpoint_every_minutes=null") == 0
     _same_as_full(run, full)
 
 
 def test_time_based_checkpoints_let_a_run_killed_before_validation_resume(tmp_path, full):
     run = tmp_path / "run"
-    killed = _train(run, "trainer.checkpoint_every_minutes=1e-9", fault=("iteration_end", 3))
-    assert killed.returncode == 75
+    with pytest.raises(Killed):
+        _train(run, "trainer.checkpoint_every_minutes=1e-9", fault=("iteration_end", 3, "kill"))
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["iteration"] == 3 and ck["state"]["val_iteration"] == 0  # no validation yet
-    resumed = _train(run, "resume=true", "trainer.checkpoint_every_minutes=1e-9")
-    assert resumed.returncode == 0, resumed.stderr
+    assert _train(run, "resume=true", "trainer.checkpoint_every_minutes=1e-9") == 0
     _same_as_full(run, full)
 
 
