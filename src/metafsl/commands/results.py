@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
-from metafsl.engine.run_dir import SUMMARY, read_json
+from metafsl.engine.run_dir import SUMMARY
+from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
 
 COLUMNS = ["run", "algo", "dataset", "backbone", "episode", "overrides", "val", "test", "ci95", "seconds",
@@ -56,7 +57,13 @@ def _overrides(run: Path) -> str:
 def rows_of(summary_path: Path) -> List[Dict[str, Any]]:
     """One row for the run's own test, plus one per later `metafsl test` record."""
     run = summary_path.parent
-    s = read_json(summary_path)
+    try:
+        s = RunSummary.read(run).to_dict()
+    except UserError as exc:  # one unreadable summary must not hide the others
+        from metafsl.reporting import console as out
+
+        out.info(f"[yellow]warning:[/] skipped: {exc}")
+        return []
     ep = (s.get("episode") or {}).get("test") or {}
     base = {"run": str(run), "algo": s.get("algo"), "dataset": s.get("dataset"), "backbone": s.get("backbone"),
             "overrides": _overrides(run), "val": (s.get("val") or {}).get("best_acc"),

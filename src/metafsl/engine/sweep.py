@@ -9,7 +9,9 @@ from typing import Any, Dict, List
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from metafsl.engine.run_dir import SUMMARY, read_json
+from metafsl.engine.run_dir import SUMMARY
+from metafsl.engine.summary import RunSummary
+from metafsl.errors import UserError
 
 COLUMNS = ["job", "overrides", "val_acc", "test_acc", "ci95", "seconds", "untrained_acc", "run_dir"]
 
@@ -18,7 +20,13 @@ def collect(sweep_dir: Path) -> List[Dict[str, Any]]:
     rows = []
     for summary_path in sorted(Path(sweep_dir).glob(f"*/{SUMMARY}")):
         job = summary_path.parent
-        s = read_json(summary_path)
+        try:
+            s = RunSummary.read(job).to_dict()
+        except UserError as exc:  # one unreadable summary must not hide the others
+            from metafsl.reporting import console as out
+
+            out.info(f"[yellow]warning:[/] skipped: {exc}")
+            continue
         ov_file = job / ".hydra" / "overrides.yaml"
         overrides = list(OmegaConf.load(ov_file)) if ov_file.exists() else []
         test = s.get("test", {})
