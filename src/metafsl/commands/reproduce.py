@@ -312,6 +312,50 @@ def write_outputs(table_dir: Path, spec: TableSpec, rows: List[Dict[str, Any]], 
     (table_dir / "table.md").write_text("\n".join(lines) + "\n")
 
 
+def select_rows(spec: TableSpec, name: str, wanted: Optional[str]) -> None:
+    """``rows=a,b``: keep only those rows of the table (in place)."""
+    if not wanted:
+        return
+    labels = wanted.split(",")
+    unknown = [w for w in labels if w not in {r.label for r in spec.rows}]
+    if unknown:
+        raise UserError(f"Table '{name}' has no row '{unknown[0]}'; its rows are: "
+                        f"{', '.join(r.label for r in spec.rows)}.")
+    spec.rows = [r for r in spec.rows if r.label in labels]
+
+
+def run_rows(spec: TableSpec, table_dir: Path, budget: float, overrides: List[str]):
+    """Train, resume, test or skip each row; (exit code, comparison rows), or None when interrupted."""
+    from metafsl.reporting import console as out
+
+    configs = [row_config(row, budget, overrides) for row in spec.rows]
+    owner = trainers(spec.rows, configs)
+    code, results, n = 0, [], len(spec.rows)
+    for i, (row, cfg) in enumerate(zip(spec.rows, configs), 1):
+        row_dir, source = table_dir / row.label, owner[row.label]
+        state = row_state(row_dir)
+        if state == "done":
+            out.info(f"[{i}/{n}] {row.label}: done, skipped ({row_dir / SUMMARY}).")
+        elif source != row.label:
+            source_dir = table_dir / source
+            if row_state(source_dir) != "done":
+                out.info(f"[{i}/{n}] {row.label}: skipped, the model of {source} is not trained.")
+                code = code or 1
+            else:
+                out.info(f"[{i}/{n}] {row.label}: same training as {source}; testing its model.")
+                code = code or test_row(row_dir, source_dir, source, cfg, overrides)
+        else:
+            verb = "resuming" if state == "interrupted" else "training"
+            out.info(f"[{i}/{n}] {row.label}: {verb} ({row.experiment}).")
+            rc = run_row(row, row_dir, budget, overrides)
+            if rc in (130, 143):  # interrupted (user, preemption): stop here; the row resumes next time
+                out.info("Reproduction interrupted; rerun the same command to resume it.")
+                return rc, None
+            code = rc or code
+        results.append(compare(row.label, row.experiment, row_summary(row_dir), row_dir))
+    return code, results
+
+
 def reproduce_command(args: List[str]) -> int:
     from metafsl.reporting import console as out
 
@@ -319,49 +363,16 @@ def reproduce_command(args: List[str]) -> int:
     name = own["table"]
     spec = load_table(name)
     budget = parse_budget(own.get("budget"))
-    if own.get("rows"):
-        wanted = own["rows"].split(",")
-        unknown = [w for w in wanted if w not in {r.label for r in spec.rows}]
-        if unknown:
-            raise UserError(f"Table '{name}' has no row '{unknown[0]}'; its rows are: "
-                            f"{', '.join(r.label for r in spec.rows)}.")
-        spec.rows = [r for r in spec.rows if r.label in wanted]
+    select_rows(spec, name, own.get("rows"))
     suffix = "" if budget == 1.0 else f"_budget{budget:g}"
     table_dir = Path(own["out"]) if own.get("out") else output_root(overrides) / "reproduce" / f"{name}{suffix}"
     check_manifest(table_dir, name, budget, overrides)
     if budget != 1.0:
         out.info(f"[bold yellow]{approximate_note(budget)}[/]")
     out.info(f"[bold]metafsl reproduce[/] {spec.title}: {len(spec.rows)} rows  →  {table_dir}")
-    configs = [row_config(row, budget, overrides) for row in spec.rows]
-    owner = trainers(spec.rows, configs)
-    code = 0
-    results = []
-    for i, (row, cfg) in enumerate(zip(spec.rows, configs), 1):
-        row_dir = table_dir / row.label
-        state = row_state(row_dir)
-        source = owner[row.label]
-        if state == "done":
-            out.info(f"[{i}/{len(spec.rows)}] {row.label}: done, skipped ({row_dir / SUMMARY}).")
-        elif source != row.label:
-            source_dir = table_dir / source
-            if row_state(source_dir) != "done":
-                out.info(f"[{i}/{len(spec.rows)}] {row.label}: skipped, the model of {source} is not trained.")
-                code = code or 1
-            else:
-                out.info(f"[{i}/{len(spec.rows)}] {row.label}: same training as {source}; testing its model.")
-                rc = test_row(row_dir, source_dir, source, cfg, overrides)
-                code = code or rc
-        else:
-            verb = "resuming" if state == "interrupted" else "training"
-            out.info(f"[{i}/{len(spec.rows)}] {row.label}: {verb} ({row.experiment}).")
-            rc = run_row(row, row_dir, budget, overrides)
-            if rc in (130, 143):  # interrupted (user, preemption): stop here; the row resumes next time
-                out.info("Reproduction interrupted; rerun the same command to resume it.")
-                return rc
-            if rc != 0:
-                code = rc
-        summary = row_summary(row_dir)
-        results.append(compare(row.label, row.experiment, summary, row_dir))
+    code, results = run_rows(spec, table_dir, budget, overrides)
+    if results is None:
+        return code
     write_outputs(table_dir, spec, results, budget)
     title = spec.title + (f"  [APPROXIMATE, budget={budget:g}]" if budget != 1.0 else "")
     out.table(title, SHOWN, [shown(r) for r in results], justify_right=SHOWN[2:])
