@@ -206,6 +206,15 @@ def test_a_failed_result_write_is_one_sentence_after_the_result(tmp_path, full, 
     code, out, err = run_cli("test", f"run={full}", "eval.episodes=4", f"out={blocker / 'sub'}")
     assert code == 2 and "test acc" in out and "Traceback" not in out + err
     assert "Cannot write" in " ".join(err.split())
+    support = tmp_path / "support"
+    from PIL import Image
+    for k in range(2):
+        (support / f"c{k}").mkdir(parents=True)
+        Image.new("L", (28, 28), 255 * k).save(support / f"c{k}" / "a.png")
+    code, out, err = run_cli("predict", f"run={full}", f"support={support}", f"query={support}",
+                             f"out={blocker / 'p.csv'}")
+    assert code == 2 and "Predictions for 2 images" in " ".join(out.split()) and "Traceback" not in out + err
+    assert "Cannot write the predictions" in " ".join(err.split())
     assert not list(tmp_path.glob("**/*.tmp")) and not list(full.glob("**/.*.tmp"))
 
 
