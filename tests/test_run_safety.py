@@ -255,6 +255,12 @@ def test_test_and_predict_outputs_are_unique_and_never_overwritten(tmp_path, ful
         assert run_cli("test", f"run={run}", "eval.episodes=4")[0] == 0
     assert len(list((run / "tests").glob("*/result.json"))) == 2
     assert len(json.loads((run / "summary.json").read_text())["tests"]) == 2
+    mine = tmp_path / "mine"
+    assert run_cli("test", f"run={run}", "eval.episodes=4", f"out={mine}")[0] == 0
+    kept = (mine / "result.json").read_bytes()
+    assert "already holds a test result" in _one_sentence(run_cli("test", f"run={run}", f"out={mine}"))
+    assert (mine / "result.json").read_bytes() == kept
+    assert run_cli("test", f"run={run}", "eval.episodes=4", f"out={mine}", "overwrite=true")[0] == 0
     support = tmp_path / "support"
     from PIL import Image
     for k in range(2):

@@ -149,16 +149,19 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str = "best",
-             out_dir: Optional[PathLike] = None) -> RunSummary:
+             out_dir: Optional[PathLike] = None, overwrite: bool = False) -> RunSummary:
     """Test a run's checkpoint with its own config plus ``overrides`` (``episode=20w1s``,
     ``eval.episodes=...``, ``protocol=lake20``); the result is printed, then appended to the run's
-    ``summary.json`` history and written to ``out_dir`` (default: a new ``<run>/tests/<stamp>/``)."""
+    ``summary.json`` history and written to ``out_dir`` (default: a new ``<run>/tests/<stamp>/``; an
+    ``out_dir`` that already holds a result only with ``overwrite``)."""
     from metafsl.engine import checkpoint as ckpt
     from metafsl.reporting import run_report
 
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"Run dir {run} does not exist.")
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir), overwrite)
     path = find(run, checkpoint)
     ck = ckpt.load(path)
     verify_checkpoint(run, ck, path)
@@ -174,6 +177,14 @@ def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str =
     summary.add_test(record)
     summary.write(run)
     return summary
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out={out} is a file; give a directory for the test's record.")
+    if (out / RESULT).exists() and not overwrite:
+        raise UserError(f"out={out} already holds a test result; pass overwrite=true to replace it, "
+                        "or another out=.")
 
 
 def _new_dir(parent: Path) -> Path:

@@ -180,7 +180,7 @@ def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], 
             *[f"eval.{k}={v}" for k, v in cfg["eval"].items() if not isinstance(v, (dict, list))],
             *[o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")]]
     try:
-        record = api.evaluate(source_dir, argv, out_dir=row_dir).tests[-1]
+        record = api.evaluate(source_dir, argv, out_dir=row_dir, overwrite=True).tests[-1]
     except UserError as exc:
         from metafsl.reporting.console import error
 

@@ -3,17 +3,18 @@
 Evaluates a run's checkpoint with the run's own config; overrides (episode=20w1s, dataset=...,
 eval.episodes=..., protocol=lake20 protocol.root=<all_runs.zip>) apply on top.  The result is
 printed, then added to <run dir>/summary.json under "tests" (earlier records are kept) and
-written to its own dir (default: a new <run dir>/tests/<time>_<suffix>/; out=<dir> to choose).
+written to its own dir (default: a new <run dir>/tests/<time>_<suffix>/; out=<dir> to choose,
+overwrite=true to replace the result an existing out=<dir> holds).
 A checkpoint whose algorithm or backbone differs from the run's config is refused.
 """
 from __future__ import annotations
 
 from typing import List
 
-from metafsl.arguments import parse
+from metafsl.arguments import boolean, parse
 from metafsl.errors import UserError
 
-OWN_KEYS = ("run", "checkpoint", "out", "hydra.run.dir")
+OWN_KEYS = ("run", "checkpoint", "out", "overwrite", "hydra.run.dir")
 
 
 def test_command(args: List[str]) -> int:
@@ -23,5 +24,6 @@ def test_command(args: List[str]) -> int:
     if not own.get("run"):
         raise UserError("metafsl test needs the run to evaluate: metafsl test run=<run dir>.")
     out_dir = own.get("out") or own.get("hydra.run.dir")
-    api.evaluate(own["run"], overrides, own.get("checkpoint", "best"), out_dir)
+    api.evaluate(own["run"], overrides, own.get("checkpoint", "best"), out_dir,
+                 boolean("overwrite", own.get("overwrite")))
     return 0

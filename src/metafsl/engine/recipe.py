@@ -93,6 +93,7 @@ class TrainRecipe:
         if self.device.type == "cuda" and ck["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         self.state = checkpoint.train_state(ck)
+        self.saved_iteration = self.state.iteration
         self.log.truncate_after(self.state.iteration)
         self._apply_changes(start.changes)
         out.info(f"Resuming {self.run_dir} from iteration {self.state.iteration}.")
@@ -188,8 +189,8 @@ class TrainRecipe:
     def _diverged(self, it: int, what: str) -> None:
         """Stop a diverged training without saving it: the checkpoints keep the last good model."""
         self.log.write({"iteration": it, "split": "diverged", "what": what})
-        kept = (f"checkpoints/ keep the model of iteration {self.state.val_iteration}"
-                if self.state.val_iteration or (self.run_dir / LAST).is_file() else "no checkpoint was written")
+        kept = f"checkpoints/last.pt keeps iteration {self.saved_iteration}" if self.saved_iteration >= 0 \
+            else "no checkpoint was written"
         raise UserError(f"Training diverged at iteration {it}: {what} became inf or NaN; stopped without "
                         f"saving it ({kept}); lower the learning rate (trainer.optimizer.lr or "
                         "algo.inner_lr) or set trainer.grad_clip.")

@@ -207,6 +207,10 @@ def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:
     from omegaconf import OmegaConf
 
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        conf = OmegaConf.load(path)
     except Exception:  # a hand-edited snapshot: nothing to compare against
         return None
+    try:
+        return OmegaConf.to_container(conf, resolve=True)
+    except Exception:  # an interpolation that no longer resolves here: compare the raw values
+        return OmegaConf.to_container(conf, resolve=False)

@@ -130,6 +130,8 @@ def code_version() -> str:
 
         _CODE_VERSION = f"metafsl {__version__}"
         here = Path(__file__).resolve().parent
+        if "site-packages" in here.parts:  # an installed copy: a surrounding repo is not its source
+            return _CODE_VERSION
         try:
             commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                                     text=True, timeout=5)
