@@ -46,11 +46,17 @@ def arguments(group: str, node: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def instantiate(group: str, node: Mapping[str, Any], **supplied: Any) -> Any:
+    from hydra.errors import InstantiationException  # noqa: PLC0415
     from hydra.utils import instantiate as hydra_instantiate  # noqa: PLC0415
 
     node = with_target(group, node)
     check_target_arguments(group, node)
-    return hydra_instantiate(arguments(group, node), **supplied, _convert_="all")
+    try:
+        return hydra_instantiate(arguments(group, node), **supplied, _convert_="all")
+    except InstantiationException as exc:  # Hydra wraps what the target raised: pass it on as is
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise
 
 
 def build_option(group: str, name: str, overrides: Mapping[str, Any], **supplied: Any) -> Any:
