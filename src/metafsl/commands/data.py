@@ -25,4 +25,6 @@ def data_command(cfg: Dict[str, Any]) -> int:
             out.info(f"  ... and {len(ds.skipped) - 50} more")
     else:
         out.info("0 unreadable files.")
+    for entry in ds.ignored:
+        out.info(f"[yellow]not used:[/] {entry}")
     return 0

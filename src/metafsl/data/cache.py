@@ -54,6 +54,7 @@ def pack(ds: FewShotDataset) -> dict:
         "mean": ds.mean,
         "std": ds.std,
         "skipped": ds.skipped,
+        "ignored": ds.ignored,
         "splits": {
             k: {
                 "images": s.images,
@@ -69,7 +70,7 @@ def pack(ds: FewShotDataset) -> dict:
 
 def unpack(d: dict) -> FewShotDataset:
     splits = {k: FewShotSplit(**v) for k, v in d["splits"].items()}
-    return FewShotDataset(d["name"], splits, d["mean"], d["std"], d.get("skipped", []))
+    return FewShotDataset(d["name"], splits, d["mean"], d["std"], d.get("skipped", []), d.get("ignored", []))
 
 
 def cached(path: Optional[Path], build: Callable[[], dict]) -> dict:
