@@ -36,3 +36,9 @@ def check_each_once(items: Mapping[str, Iterable[str]], what: str = "Image") -> 
                 again = f"twice in {place}" if first == place else f"in both {first} and {place}"
                 raise UserError(f"{what} {name} is listed {again}; remove the duplicate.")
             seen[str(name)] = place
+
+
+def check_split_spec(spec: Mapping[str, Iterable[str]], path: object) -> None:
+    """A split file {split: [class names]}: each class listed once, in one split."""
+    splits = {s: list(spec[s]) for s in ("train", "val", "test") if s in spec}
+    check_each_once({f"the {s} list of {path}": names for s, names in splits.items()}, what="Class")

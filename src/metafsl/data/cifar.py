@@ -26,6 +26,7 @@ import torch
 from metafsl.data.assemble import check_shape, fingerprint, resize_array
 from metafsl.data.base import FewShotDataset, FewShotSplit, channel_stats
 from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.checks import check_split_spec
 from metafsl.data.download import fetch
 from metafsl.data.pickles import load_pickle
 from metafsl.errors import UserError
@@ -86,6 +87,7 @@ def read_cifar100(source: Path) -> Dict[str, Any]:
 def split_table(variant: str, data: Dict[str, Any]) -> Dict[str, List[int]]:
     """{split: [fine class ids]} for cifarfs (listed fine classes) or fc100 (listed superclasses)."""
     spec = json.loads((SPLIT_DIR / f"{variant}.json").read_text())
+    check_split_spec(spec, SPLIT_DIR / f"{variant}.json")
     names = data["coarse_names"] if variant == "fc100" else data["fine_names"]
     index = {n: i for i, n in enumerate(names)}
     table = {}

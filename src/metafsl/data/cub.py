@@ -17,6 +17,7 @@ from typing import Any, Dict
 from metafsl.data.assemble import check_shape, fingerprint, finish_dataset, split_from_files
 from metafsl.data.base import FewShotDataset
 from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.checks import check_split_spec
 from metafsl.data.download import fetch
 from metafsl.data.images import is_image
 from metafsl.errors import UserError
@@ -58,6 +59,7 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
     check_shape(image_size, channels)
     images = locate(root, download)
     spec = json.loads(SPLIT_FILE.read_text())
+    check_split_spec(spec, SPLIT_FILE)
     wanted = [c for s in ("train", "val", "test") for c in spec[s]]
     missing = [c for c in wanted if not (images / c).is_dir()]
     if missing:

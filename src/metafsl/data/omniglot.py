@@ -23,6 +23,7 @@ import torch
 
 from metafsl.data.base import FewShotDataset, channel_stats, from_class_lists
 from metafsl.data.cache import cache_path, cached
+from metafsl.data.checks import check_disjoint
 from metafsl.data.images import Archive, decode_many, iter_images
 from metafsl.errors import UserError
 
@@ -159,6 +160,7 @@ def load(root: Path, image_size: int = 28, split: str = "vinyals", background: s
     else:
         raise UserError(f"Unknown Omniglot split '{split}'; choose one of: vinyals, lake.")
     splits = {k: _make_split(v, rotations) for k, v in parts.items() if v}
+    check_disjoint({k: v.class_names for k, v in splits.items()}, source=str(root))
     skipped = [b for s in sets.values() for b in s["skipped"]]
     mean, std = channel_stats(splits["train"].images)
     return FewShotDataset("omniglot", splits, mean, std, skipped)
