@@ -50,13 +50,12 @@ def _load(cfg: Dict[str, Any], paths: Dict[str, Any]):
     cache_dir = str(paths.get("cache_dir") or "~/.cache/metafsl")
     if name == "glyphs":
         from metafsl.data import glyphs  # noqa: PLC0415
-        from metafsl.data.cache import cache_path, cached_dataset  # noqa: PLC0415
+        from metafsl.data.cache import CacheSpec, cached_dataset  # noqa: PLC0415
 
         keys = ("n_classes", "examples_per_class", "image_size", "seed", "train_fraction", "val_fraction")
         kwargs = {k: cfg[k] for k in keys}
-        folder = Path(os.path.expanduser(cache_dir))
-        return cached_dataset(cache_path(folder, cache_dir, {"name": "glyphs", **kwargs}),
-                              lambda: glyphs.generate(**kwargs))
+        spec = CacheSpec("glyphs", Path(os.path.expanduser(cache_dir)), cache_dir, kwargs, version=glyphs.VERSION)
+        return cached_dataset(spec, lambda: glyphs.generate(**kwargs))
     if name == "omniglot":
         from metafsl.data import omniglot  # noqa: PLC0415
 

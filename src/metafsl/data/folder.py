@@ -18,13 +18,14 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from metafsl.data.assemble import check_shape, fingerprint, finish_dataset, split_from_files
+from metafsl.data.assemble import check_shape, finish_dataset, split_from_files
 from metafsl.data.base import FewShotDataset
-from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.cache import CacheSpec, cached_dataset
 from metafsl.data.checks import check_disjoint
 from metafsl.data.images import Archive, is_image
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 SPLITS = ("train", "val", "test")
 LAYOUTS = "<root>/<class>/<image> or <root>/<split>/<class>/<image> with split train, val or test"
 Groups = Dict[str, Dict[str, List[str]]]
@@ -133,33 +134,28 @@ def load(root: Path, image_size: int = 84, channels: int = 3, train_fraction: fl
     try:
         names = archive.names()
         layout, groups, ignored = scan(names, look_through=archive.is_zip, root=str(root))
-        ignored = archive.ignored + ignored
         parts = _parts(layout, groups, root, train_fraction, val_fraction, seed)
         if not archive.is_zip:
             check_same_files(parts, root)
-    except BaseException:
-        archive.close()
-        raise
-    stat = [root] if archive.is_zip else [root / n for n in names if is_image(n)]
-
-    def build():
-        splits, skipped = {}, []
-        try:
-            for split in SPLITS:
-                classes = sorted(parts.get(split, {}))
-                rows = [(f, c) for c in classes for f in sorted(parts[split][c])]
-                splits[split], bad = split_from_files(archive.read, rows, classes, image_size, channels, str(root))
-                skipped += bad
-        finally:
-            archive.close()
-        return finish_dataset(splits, skipped, "folder", ignored)
-
-    key = {"name": "folder", "size": image_size, "channels": channels, "src": str(root.resolve()),
-           "layout": layout, "split": [train_fraction, val_fraction, seed], "files": fingerprint(stat)}
-    try:
-        return cached_dataset(cache_path(root if root.is_dir() else root.parent, cache_dir, key), build)
+        files = [root] if archive.is_zip else [root / n for n in names if is_image(n)]
+        options = {"size": image_size, "channels": channels, "src": str(root.resolve()), "layout": layout,
+                   "split": [train_fraction, val_fraction, seed]}
+        spec = CacheSpec("folder", root if root.is_dir() else root.parent, cache_dir, options, files, VERSION)
+        ds = cached_dataset(spec, lambda: _decode(archive, parts, image_size, channels, root))
     finally:
         archive.close()
+    ds.ignored = archive.ignored + ignored  # as found now, whether decoded now or cached
+    return ds
+
+
+def _decode(archive: Archive, parts: Groups, image_size: int, channels: int, root: Path) -> FewShotDataset:
+    splits, skipped = {}, []
+    for split in SPLITS:
+        classes = sorted(parts.get(split, {}))
+        rows = [(f, c) for c in classes for f in sorted(parts[split][c])]
+        splits[split], bad = split_from_files(archive.read, rows, classes, image_size, channels, str(root))
+        skipped += bad
+    return finish_dataset(splits, skipped, "folder")
 
 
 def _parts(layout: str, groups: Groups, root: Path, train_fraction: float, val_fraction: float,

@@ -20,6 +20,7 @@ import torch
 
 from metafsl.data.base import FewShotDataset, channel_stats, from_class_lists
 
+VERSION = 1  # of the generator: a change rebuilds cached datasets
 MAX_STROKES = 4
 POINTS = 64  # points per stroke when rasterising (< 0.5 px apart at 28 px)
 

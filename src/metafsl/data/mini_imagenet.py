@@ -15,23 +15,23 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from metafsl.data.assemble import (
     check_shape,
-    fingerprint,
     finish_dataset,
     resize_array,
     split_from_files,
 )
 from metafsl.data.base import FewShotDataset, FewShotSplit
-from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.cache import CacheSpec, cached_dataset
 from metafsl.data.checks import check_disjoint, check_each_once
 from metafsl.data.pickles import load_pickle
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 CSV_FILES = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
 PICKLES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl",
            "test": "mini-imagenet-cache-test.pkl"}
@@ -86,15 +86,16 @@ def read_csvs(root: Path) -> Dict[str, List[Tuple[str, str]]]:
     return rows
 
 
-def load_csv(root: Path, image_size: int, channels: int) -> FewShotDataset:
+def load_csv(root: Path, image_size: int, channels: int,
+             rows: Optional[Dict[str, List[Tuple[str, str]]]] = None) -> FewShotDataset:
     images_dir = root / "images"
     if not images_dir.is_dir():
         raise UserError(f"Folder {images_dir} does not exist; the miniImageNet CSV release keeps its images there.")
     splits: Dict[str, FewShotSplit] = {}
     skipped: List[str] = []
-    for split, rows in read_csvs(root).items():
-        classes = sorted({label for _, label in rows})
-        splits[split], bad = split_from_files(lambda f: (images_dir / f).read_bytes(), rows, classes,
+    for split, listed in (rows or read_csvs(root)).items():
+        classes = sorted({label for _, label in listed})
+        splits[split], bad = split_from_files(lambda f: (images_dir / f).read_bytes(), listed, classes,
                                               image_size, channels, str(images_dir))
         skipped += bad
     return finish_dataset(splits, skipped, "mini_imagenet")
@@ -145,14 +146,14 @@ def load(root: Path, image_size: int = 84, channels: int = 3, fmt: str = "auto",
                         f"(the CSV release or {', '.join(PICKLES.values())}).")
     fmt = detect_format(root, fmt)  # download=true changes nothing: there is no checksummed source
     if fmt == "csv":
-        sources = [root / n for n in CSV_FILES.values()] + [root / "images"]
-        build = functools.partial(load_csv, root, image_size, channels)
+        rows = read_csvs(root)  # checked on every load: a changed CSV is also a changed source
+        sources = [root / n for n in CSV_FILES.values()] + [root / "images" / f for r in rows.values() for f, _ in r]
+        build = functools.partial(load_csv, root, image_size, channels, rows)
     else:
         sources = [root / n for n in PICKLES.values()]
         build = functools.partial(load_pickles, root, image_size, channels)
-    key = {"name": "mini_imagenet", "format": fmt, "size": image_size, "channels": channels,
-           "src": str(root.resolve()), "files": fingerprint(sources)}
-    return cached_dataset(cache_path(root, cache_dir, key), build)
+    options = {"format": fmt, "size": image_size, "channels": channels, "src": str(root.resolve())}
+    return cached_dataset(CacheSpec("mini_imagenet", root, cache_dir, options, sources, VERSION), build)
 
 
 def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:

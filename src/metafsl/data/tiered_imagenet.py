@@ -20,14 +20,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from metafsl.data.assemble import check_shape, fingerprint, finish_dataset
+from metafsl.data.assemble import check_shape, finish_dataset
 from metafsl.data.base import FewShotDataset, FewShotSplit
-from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.cache import CacheSpec, cached_dataset
 from metafsl.data.checks import check_disjoint
 from metafsl.data.images import decode
 from metafsl.data.pickles import load_pickle
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 FILES = [f"{s}_{kind}.pkl" for s in SPLITS.values() for kind in ("images_png", "labels")]
 WHERE_TO_GET = ("learn2learn publishes them at https://zenodo.org/record/7978538 as tiered-imagenet-<file> "
@@ -122,9 +123,10 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
             skipped += bad
         return finish_dataset(splits, skipped, "tiered_imagenet")
 
-    key = {"name": "tiered_imagenet", "size": image_size, "channels": channels, "src": str(folder.resolve()),
-           "files": fingerprint(folder / f for f in FILES)}
-    return cached_dataset(cache_path(folder, cache_dir, key), build)
+    spec = CacheSpec("tiered_imagenet", folder, cache_dir,
+                     {"size": image_size, "channels": channels, "src": str(folder.resolve())},
+                     [folder / f for f in FILES], VERSION)
+    return cached_dataset(spec, build)
 
 
 def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str):
