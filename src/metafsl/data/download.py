@@ -34,7 +34,8 @@ def fetch(url: str, target: Path, md5: Optional[str] = None, timeout: float = 30
                 digest.update(chunk)
                 f.write(chunk)
     except Exception as exc:  # no network, DNS failure, timeout, HTTP error, read-only or full disk ...
-        part.unlink(missing_ok=True)
+        if part.is_file():
+            part.unlink()
         raise UserError(f"Could not download {url} ({_reason(exc)}); place {target.name} in {target.parent} "
                         "by hand.") from None
     if md5 is not None and digest.hexdigest() != md5:
