@@ -144,3 +144,14 @@ def test_data_command_lists_entries_not_used(tmp_path, run_cli):
                              "dataset.channels=1")
     assert code == 0, err
     assert "notused:" in fx.flat(out) and "symboliclinkloop" in fx.flat(out)
+
+
+def test_data_command_names_classes_too_small_for_the_episode(tmp_path, run_cli):
+    root = fx.folder_report_case(tmp_path / "imgs")
+    base = ("data", "dataset=folder", f"dataset.root={root}", "dataset.image_size=8", "dataset.channels=1")
+    small = [f"episode.{p}.{k}=1" for p in ("train", "test") for k in ("n_shot", "n_query")]
+    code, out, err = run_cli(*base, *small)
+    assert code == 0, err
+    assert "1 class dropped for having fewer images than an episode needs (train: lonely has 1 of 2)." in out
+    code, out, err = run_cli(*base, "episode=5w1s")  # 16 images per class: every class is too small
+    assert code == 0 and "8 classes dropped" in out

@@ -154,18 +154,23 @@ def stale_reason(old: Optional[dict], new: Dict[str, Any]) -> str:
     return ", ".join(parts) + f": {', '.join(first)}" + (" ..." if len(changed + added + removed) > SHOW else "")
 
 
-def _load(path: Path) -> Optional[dict]:
+def _load(path: Path, content: Dict[str, Any]) -> Optional[dict]:
+    """The payload saved at ``path`` if it records ``content`` (its record travels inside it
+    too, so a payload and a record written by two processes at once cannot be mixed up)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # a truncated or foreign cache is rebuilt, never fatal
         return None
+    if not isinstance(saved, dict) or saved.get("content") != content:
+        return None
+    return saved.get("payload")
 
 
 def _save(path: Path, payload: dict, content: Dict[str, Any]) -> None:
     """Write the payload, then its record, each atomically; a failure is a warning."""
     tmp = None
     try:
-        for target, write in ((path, lambda f: torch.save(payload, f)),
+        for target, write in ((path, lambda f: torch.save({"content": content, "payload": payload}, f)),
                               (_meta_path(path), lambda f: f.write(json.dumps(content).encode()))):
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
@@ -191,7 +196,7 @@ def cached(spec: Optional[CacheSpec], build: Callable[[], dict]) -> dict:
         return build()
     if path.exists():
         old = _read_meta(path)
-        payload = _load(path) if old == content else None
+        payload = _load(path, content) if old == content else None
         if payload is not None:
             return payload
         reason = stale_reason(old, content) if old != content else "the cache file is unreadable"
