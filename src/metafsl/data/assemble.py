@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from metafsl.data.base import FewShotDataset, FewShotSplit, channel_stats
+from metafsl.data.checks import check_disjoint
 from metafsl.data.images import decode_many
 from metafsl.errors import UserError
 
@@ -66,10 +67,13 @@ def fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str) -> FewShotDataset:
-    """Drop empty splits, require a training split, add the training images' channel stats."""
+def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str,
+                   ignored: Optional[List[str]] = None) -> FewShotDataset:
+    """Drop empty splits, require a training split and classes in one split only, add the
+    training images' channel stats."""
     splits = {k: v for k, v in splits.items() if v.n_classes > 0}  # e.g. no val folder
     if "train" not in splits:
         raise UserError(f"The {name} training split holds no readable images.")
+    check_disjoint({k: v.class_names for k, v in splits.items()}, source=name)
     mean, std = channel_stats(splits["train"].images)
-    return FewShotDataset(name, splits, mean, std, skipped)
+    return FewShotDataset(name, splits, mean, std, skipped, list(ignored or []))

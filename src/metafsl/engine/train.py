@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import torch
 from hydra.utils import instantiate
 
+from metafsl.data.report import episode_need
 from metafsl.data.sampler import EpisodeSampler
 from metafsl.engine import checkpoint, hooks
 from metafsl.engine.components import Components, build
@@ -16,7 +17,6 @@ from metafsl.engine.evaluate import evaluate
 from metafsl.engine.run_dir import BEST, LAST, METRICS, SUMMARY, MetricsLog, write_json
 from metafsl.errors import UserError
 from metafsl.reporting import console as out
-
 
 
 def _fmt(x: Optional[float], digits: int = 3) -> str:
@@ -53,6 +53,9 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     torch.manual_seed(cfg["seed"])
     comp = build(cfg)
     algo, ds, device = comp.algorithm, comp.dataset, comp.device
+    data_report = ds.report(episode_need(ep))
+    if data_report:  # one line, never wrapped; paths are not markup
+        out.console.print(data_report.line(), soft_wrap=True, highlight=False, markup=False)
     algo.check_episode(ep["train"]["n_way"], train=True)
     algo.check_episode(ep["test"]["n_way"], train=False)
     within = ep.get("within_alphabet", False)
@@ -182,6 +185,7 @@ def train(cfg: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
     seconds = time.perf_counter() - t_start
 
     summary = summary_base(cfg)
+    summary["data"] = data_report.to_dict()
     summary["train"] = {"iterations": state["iteration"], "seconds": round(seconds, 2),
                         "planned_iterations": iterations}
     summary["val"] = {"best_acc": state["best_acc"], "best_iteration": state["best_iteration"]}
