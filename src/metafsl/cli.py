@@ -94,7 +94,7 @@ def run_hydra(command: str, args: List[str]) -> int:
         if flag:
             return _fail(f"'{flag}' does not combine with a sweep; inspect one job's config with "
                          "'metafsl train <overrides> --cfg job' instead.")
-    if command == "test":
+    if command == "test" and not any(a in ("-h", "--help", "--hydra-help") for a in args):
         try:
             args = apps.prepare_test_args(args)
         except apps.UserError as exc:
@@ -200,6 +200,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         from metafsl import __version__  # noqa: PLC0415
 
         print(f"metafsl {__version__}")
+        return 0
+    if command in ("list", "demo") and any(a in ("-h", "--help") for a in rest):
+        import importlib  # noqa: PLC0415
+
+        print(importlib.import_module(f"metafsl.commands.{'listing' if command == 'list' else command}").__doc__)
         return 0
     if command == "list":
         from metafsl.commands.listing import list_command  # noqa: PLC0415
