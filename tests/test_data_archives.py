@@ -7,7 +7,7 @@ import time
 import pytest
 
 import data_fixtures as fx
-from metafsl.data import download, lake_runs, omniglot
+from metafsl.data import download, folder, lake_runs, omniglot
 from metafsl.errors import UserError
 
 #: nothing listens on port 9 locally: a download attempt fails at once, with or without internet
@@ -32,7 +32,6 @@ def test_truncated_zip_cut_from_a_real_one(tmp_path):
     z = fx.zip_folder(src, tmp_path / "mine.zip")
     z.write_bytes(z.read_bytes()[: z.stat().st_size // 2])  # an interrupted download
     with pytest.raises(UserError, match="is not a readable zip archive"):
-        from metafsl.data import folder
         folder.load(z, image_size=8, cache_dir=str(tmp_path / "c"))
 
 
