@@ -19,7 +19,6 @@ from metafsl.errors import UserError
 from metafsl.reporting import console as out
 
 
-
 def _fmt(x: Optional[float], digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
