@@ -69,3 +69,13 @@ def test_download_into_a_location_that_cannot_be_created(tmp_path):
 def test_fetch_without_a_published_checksum(tmp_path):
     src = fx.write(tmp_path / "src.bin", b"payload")
     assert download.fetch(src.as_uri(), tmp_path / "out" / "a.bin").read_bytes() == b"payload"
+
+
+def test_damaged_member_of_a_zip(tmp_path, run_cli):
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=1)
+    data = bytearray(z.read_bytes())
+    at = data.find(b"run01/class_labels.txt") + len("run01/class_labels.txt")  # first (local) header
+    data[at + 5] ^= 0xFF  # flip a byte of the compressed (stored) labels: the CRC no longer matches
+    z.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"run01/class_labels.txt in .*all_runs.zip cannot be read \(BadZipFile"):
+        lake_runs.read_runs(z, image_size=28)
