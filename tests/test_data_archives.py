@@ -7,7 +7,7 @@ import time
 import pytest
 
 import data_fixtures as fx
-from metafsl.data import download, lake_runs, omniglot
+from metafsl.data import download, folder, lake_runs, omniglot
 from metafsl.errors import UserError
 
 #: nothing listens on port 9 locally: a download attempt fails at once, with or without internet
@@ -32,7 +32,6 @@ def test_truncated_zip_cut_from_a_real_one(tmp_path):
     z = fx.zip_folder(src, tmp_path / "mine.zip")
     z.write_bytes(z.read_bytes()[: z.stat().st_size // 2])  # an interrupted download
     with pytest.raises(UserError, match="is not a readable zip archive"):
-        from metafsl.data import folder
         folder.load(z, image_size=8, cache_dir=str(tmp_path / "c"))
 
 
@@ -70,3 +69,13 @@ def test_download_into_a_location_that_cannot_be_created(tmp_path):
 def test_fetch_without_a_published_checksum(tmp_path):
     src = fx.write(tmp_path / "src.bin", b"payload")
     assert download.fetch(src.as_uri(), tmp_path / "out" / "a.bin").read_bytes() == b"payload"
+
+
+def test_damaged_member_of_a_zip(tmp_path, run_cli):
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=1)
+    data = bytearray(z.read_bytes())
+    at = data.find(b"run01/class_labels.txt") + len("run01/class_labels.txt")  # first (local) header
+    data[at + 5] ^= 0xFF  # flip a byte of the compressed (stored) labels: the CRC no longer matches
+    z.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"run01/class_labels.txt in .*all_runs.zip cannot be read \(BadZipFile"):
+        lake_runs.read_runs(z, image_size=28)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -155,3 +156,25 @@ def test_data_command_names_classes_too_small_for_the_episode(tmp_path, run_cli)
     assert "1 class dropped for having fewer images than an episode needs (train: lonely has 1 of 2)." in out
     code, out, err = run_cli(*base, "episode=5w1s")  # 16 images per class: every class is too small
     assert code == 0 and "8 classes dropped" in out
+
+
+def test_layout_sentences_through_the_cli(tmp_path, run_cli):
+    def data(root):
+        code, _out, err = run_cli("data", "dataset=folder", f"dataset.root={root}", "dataset.image_size=8")
+        assert code == 2 and "Traceback" not in err and err.startswith("error:")
+        return " ".join(err.split())
+
+    no_test = fx.split_folders(tmp_path / "no-test", {"train": 3, "val": 2}, per_class=2)
+    assert f"{no_test} has train/ and val/ but no test/ with class folders of images;" in data(no_test)
+    mixed = fx.split_folders(tmp_path / "mixed", {"train": 3, "test": 2}, per_class=2)
+    fx.write(mixed / "dogs" / "0.png", fx.png(2))
+    assert ("mixes split folders (test, train) with class folders (dogs), so its layout is ambiguous; use either "
+            "<root>/<class>/<image> or <root>/<split>/<class>/<image> with split train, val or test.") in data(mixed)
+
+
+def test_symlinked_classes_counted_by_the_data_command(tmp_path, run_cli):
+    root = fx.linked_class_folders(tmp_path / "imgs", tmp_path / "store", n_linked=4, n_plain=1)
+    code, out, err = run_cli("data", "dataset=folder", f"dataset.root={root}", "dataset.image_size=8",
+                             "dataset.train_fraction=0.6", "dataset.val_fraction=0.2")
+    assert code == 0, err
+    assert sum(int(n) for n in re.findall(r"(?:train|val|test)\s*│\s*(\d+)", out)) == 5

@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 import data_fixtures as fx
-from metafsl.data import cifar, cub, lake_runs, mini_imagenet, tiered_imagenet
+from metafsl.data import cifar, cub, lake_runs, mini_imagenet, omniglot, tiered_imagenet
 from metafsl.data.checks import check_split_spec
 from metafsl.errors import UserError
 
@@ -107,3 +107,10 @@ def test_packaged_split_files_list_each_class_once():
         check_split_spec({"train": ["a", "b"], "val": ["c"], "test": ["b"]}, "x.json")
     with pytest.raises(UserError, match=r"Class a is listed twice in the val list of x.json"):
         check_split_spec({"train": ["b"], "val": ["a", "a"], "test": ["c"]}, "x.json")
+
+
+def test_omniglot_split_file_lists_each_character_once(tmp_path):
+    assert len(omniglot.vinyals_split()) == 1028 + 172 + 423
+    bad = fx.write(tmp_path / "split.txt", b"train\tGreek\t1-3\ntest\tGreek\t3\n")
+    with pytest.raises(UserError, match=r"lists Greek/character03 twice \(train and test\)"):
+        omniglot.vinyals_split(bad)

@@ -1,10 +1,8 @@
 """Shared steps of the file-based loaders: decode listed files into a split, resize arrays,
-fingerprint source files for the decode cache, and check a loader's settings."""
+and check a loader's settings (source files are tracked for the decode cache in ``cache``)."""
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,18 +51,6 @@ def resize_array(images: np.ndarray, image_size: int, channels: int) -> torch.Te
             out.append(chunk.round().clamp(0, 255).to(torch.uint8))
         x = torch.cat(out) if out else x.new_zeros(0, x.shape[1], image_size, image_size)
     return x.contiguous()
-
-
-def fingerprint(paths: Iterable[Path]) -> str:
-    """A short digest of the names, sizes and modification times of ``paths`` (cache key)."""
-    h = hashlib.sha1()
-    for p in sorted(str(x) for x in paths):
-        try:
-            st = Path(p).stat()
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}\0missing\n".encode())
-    return h.hexdigest()[:16]
 
 
 def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
@@ -82,9 +83,13 @@ class Archive:
         return names
 
     def read(self, name: str) -> bytes:
-        if self._zip is not None:
+        if self._zip is None:
+            return (self.path / name).read_bytes()
+        try:
             return self._zip.read(name)
-        return (self.path / name).read_bytes()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+            raise UserError(f"{name} in {self.path} cannot be read ({exc.__class__.__name__}: {exc}); "
+                            "the archive is damaged: download or create it again.") from None
 
     def close(self) -> None:
         if self._zip is not None:

@@ -81,17 +81,21 @@ def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, down
     return out
 
 
-def vinyals_split() -> Dict[str, str]:
-    """{'Alphabet/characterNN': split} from the packaged split file."""
-    table = {}
-    for line in SPLIT_FILE.read_text().splitlines():
+def vinyals_split(path: Path = SPLIT_FILE) -> Dict[str, str]:
+    """{'Alphabet/characterNN': split} from the packaged split file (each character once)."""
+    table: Dict[str, str] = {}
+    for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         split, alphabet, ranges = line.split("\t")
         for part in ranges.split(","):
             lo, _, hi = part.partition("-")
             for k in range(int(lo), int(hi or lo) + 1):
-                table[f"{alphabet}/character{k:02d}"] = split
+                char = f"{alphabet}/character{k:02d}"
+                if char in table:
+                    raise UserError(f"{path} lists {char} twice ({table[char]} and {split}); each character "
+                                    "belongs to one split.")
+                table[char] = split
     return table
 
 
