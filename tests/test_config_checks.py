@@ -105,6 +105,7 @@ def test_an_unknown_key_in_any_group_is_one_sentence_naming_the_valid_ones(capsy
     ("backbone.hidden=0", "backbone.hidden must be >= 1"),
     ("backbone.layers=0", "backbone.layers must be >= 1"),
     ("dataset.image_size=2", "dataset.image_size must be >= 8"),
+    ("dataset.image_size=12", "This backbone cannot take 12x12 images"),
     ("algo=maml algo.inner_steps=0", "algo.inner_steps must be >= 1"),
     ("algo=maml algo.backend=jax", "algo.backend must be one of l2l, vmap"),
     ("algo=mann algo.gamma=abc", "algo.gamma must be a number (got 'abc')"),

@@ -16,7 +16,14 @@ def with_out_features(model: nn.Module, channels: int, image_size: int) -> nn.Mo
     with torch.no_grad():
         was_training = model.training
         model.eval()
-        out = model(torch.zeros(2, channels, image_size, image_size))
+        try:
+            out = model(torch.zeros(2, channels, image_size, image_size))
+        except RuntimeError:  # e.g. a feature map pooled below 1x1
+            from metafsl.errors import UserError  # noqa: PLC0415
+
+            raise UserError(f"This backbone cannot take {image_size}x{image_size} images "
+                            f"({type(model).__name__}: too small for its layers); use a larger "
+                            "dataset.image_size or fewer backbone.layers.") from None
         model.train(was_training)
     model.out_features = int(out.shape[-1])
     return model
