@@ -6,7 +6,6 @@ user mistakes become one clear sentence and exit code 2.
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -118,9 +117,3 @@ def prepare_test_args(args: List[str]) -> List[str]:
     choices = [f"{g}={conf[g].name}" for g in groups if g not in given and g in conf and "name" in conf[g]]
     _USER_TEST_ARGS[:] = [a for a in args if not a.startswith("hydra")]
     return choices + args
-
-
-def main() -> None:  # pragma: no cover - python -m metafsl.apps
-    from metafsl.cli import main as cli_main
-
-    sys.exit(cli_main())

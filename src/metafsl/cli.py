@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import List, Optional
 
-CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval", "experiment", "protocol",
-          "hparams_search")
+from metafsl.conf import CONF_DIR, GROUPS, group_options  # noqa: F401 - re-exported
 
 COMMANDS = {
     "train": "meta-train a learner on a composed config, then test it",
@@ -52,11 +49,6 @@ examples:
 def usage() -> str:
     cmds = "\n".join(f"  {name:<9} {desc}" for name, desc in COMMANDS.items())
     return USAGE.format(commands=cmds)
-
-
-def group_options(group: str) -> List[str]:
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -8,12 +8,10 @@ with what the run supplies (``backbone=``, ``n_way=``, ``channels=`` ...).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Mapping
 
+from metafsl.conf import CONF_DIR
 from metafsl.config import DATASET_RUN_KEYS, check_target_arguments
-
-CONF_DIR = Path(__file__).parent / "conf"
 
 
 def shipped_option(group: str, name: str) -> Dict[str, Any]:

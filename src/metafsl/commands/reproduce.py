@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from metafsl.cli import CONF_DIR, group_options
+from metafsl.conf import CONF_DIR, group_options
 from metafsl.engine.run_dir import LAST, RESULT, SUMMARY, read_json, write_json
 from metafsl.errors import UserError
 
