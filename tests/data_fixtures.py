@@ -215,3 +215,26 @@ def lake_runs(target: Path, n_runs: int = 2, ways: int = 20, same_images: bool =
                 lines.append(f"{run}/test/item{k + 1:02d}.png {run}/training/class{c + 1:02d}.png")
             z.writestr(f"{run}/class_labels.txt", "\n".join(lines) + "\n")
     return target
+
+
+# ----------------------------------------------------------------------------- integrity
+def linked_class_folders(root: Path, store: Path, n_linked: int, n_plain: int, per_class: int = 3) -> Path:
+    """``root/linkNN -> store/linkNN`` (symbolic links to class folders kept elsewhere) beside
+    ``root/plainNN`` real folders."""
+    class_folders(store, n_linked, per_class, corrupt=False)
+    root.mkdir(parents=True, exist_ok=True)
+    for c in range(n_linked):
+        (root / f"link{c:02d}").symlink_to(store / f"class{c:02d}", target_is_directory=True)
+    for c in range(n_plain):
+        for i in range(per_class):
+            write(root / f"plain{c:02d}" / f"{i}.png", png(5000 + c * 100 + i))
+    return root
+
+
+def folder_report_case(root: Path) -> Path:
+    """Split layout for 2-way 1-shot 1-query episodes: train/ has 3 classes of 3 images, one
+    more class of a single image (too few) and one unreadable file; val/ and test/ 2 classes."""
+    split_folders(root, {"train": 3, "val": 2, "test": 2}, per_class=3)
+    write(root / "train" / "lonely" / "0.jpg", png(777, fmt="JPEG"))
+    write(root / "train" / "train0" / "broken.jpg", CORRUPT)
+    return root

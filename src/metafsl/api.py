@@ -38,7 +38,7 @@ def compose(command: str = "train", overrides: Sequence[str] = ()) -> DictConfig
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from metafsl.cli import check_group_overrides, config_error
+    from metafsl.cli import check_group_overrides, config_error, unknown_key_error
     from metafsl.config import register_configs
 
     register_configs()
@@ -50,20 +50,26 @@ def compose(command: str = "train", overrides: Sequence[str] = ()) -> DictConfig
         with initialize_config_module(config_module="metafsl.conf", version_base=None):
             return hydra_compose(config_name=command, overrides=overrides)
     except Exception as exc:
-        sentence = config_error(exc)
+        sentence = unknown_key_error(exc, overrides) or config_error(exc)
         if sentence is None:
             raise
         raise UserError(sentence) from None
 
 
-def resolved(cfg: Union[DictConfig, Dict[str, Any]]) -> Dict[str, Any]:
-    """A config as a plain dict with every interpolation resolved."""
+def resolved(cfg: Union[DictConfig, Dict[str, Any]], check: bool = True) -> Dict[str, Any]:
+    """A config as a plain dict with every interpolation resolved, checked (ranges, types,
+    ``_target_`` arguments) before any work."""
+    from metafsl.config import check_run_config
+
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:  # a missing value or a broken interpolation in the user's config
         raise UserError(f"The configuration is incomplete: {exc}".splitlines()[0]) from None
+    if check:
+        check_run_config(plain)
+    return plain
 
 
 def _scale(value, budget: float):
@@ -234,7 +240,7 @@ def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str,
 def _group_choices(saved: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
     """``group=option`` for the run's own options (typed composition of the user's overrides)."""
     from metafsl.arguments import split
-    from metafsl.cli import group_options
+    from metafsl.conf import group_options
 
     given = {p[0].lstrip("+~") for p in map(split, overrides) if p}
     choices = []

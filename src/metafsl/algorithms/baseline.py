@@ -73,14 +73,13 @@ class Baseline(Algorithm):
 
     def __init__(self, backbone: nn.Module, batch_size: int = 16, finetune_epochs: int = 100,
                  finetune_batch: int = 4, finetune_lr: float = 0.01, finetune_momentum: float = 0.9,
-                 finetune_dampening: float = 0.9, finetune_weight_decay: float = 0.001,
-                 scale: Optional[float] = None):
+                 finetune_dampening: float = 0.9, finetune_weight_decay: float = 0.001):
         super().__init__(backbone)
         self.batch_size = int(batch_size)
         self.finetune = dict(epochs=int(finetune_epochs), batch=int(finetune_batch), lr=float(finetune_lr),
                              momentum=float(finetune_momentum), dampening=float(finetune_dampening),
                              weight_decay=float(finetune_weight_decay))
-        self.scale = None if scale is None else float(scale)
+        self.scale: Optional[float] = None  # Baseline++: the cosine classifier's scale
         self.classifier: Optional[nn.Module] = None
 
     # -- pre-training ------------------------------------------------------------------
@@ -143,3 +142,12 @@ class Baseline(Algorithm):
 
 class BaselinePP(Baseline):
     cosine = True
+
+    def __init__(self, backbone: nn.Module, batch_size: int = 16, finetune_epochs: int = 100,
+                 finetune_batch: int = 4, finetune_lr: float = 0.01, finetune_momentum: float = 0.9,
+                 finetune_dampening: float = 0.9, finetune_weight_decay: float = 0.001,
+                 scale: Optional[float] = None):
+        """scale: the cosine classifier's scale; None: Chen et al.'s (2 up to 200 classes, else 10)."""
+        super().__init__(backbone, batch_size, finetune_epochs, finetune_batch, finetune_lr,
+                         finetune_momentum, finetune_dampening, finetune_weight_decay)
+        self.scale = None if scale is None else float(scale)

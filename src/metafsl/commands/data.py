@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from rich.markup import escape
+
 from metafsl.data import load_dataset
+from metafsl.data.report import episode_need
 from metafsl.reporting import console as out
 
 
@@ -25,4 +28,9 @@ def data_command(cfg: Dict[str, Any]) -> int:
             out.info(f"  ... and {len(ds.skipped) - 50} more")
     else:
         out.info("0 unreadable files.")
+    for entry in ds.ignored:
+        out.info(f"[yellow]not used:[/] {escape(entry)}")
+    report = ds.report(episode_need(cfg["episode"]))
+    if report.dropped:  # named for the configured episodes (n_shot + n_query per class)
+        out.console.print(report.line(), soft_wrap=True, highlight=False, markup=False)
     return 0

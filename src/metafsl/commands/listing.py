@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import List
 
-from metafsl.cli import CONF_DIR, GROUPS, group_options
+from metafsl.conf import CONF_DIR, GROUPS, group_options
 
 MAX_DESCRIPTION = 160
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from metafsl.arguments import last_value, parse
-from metafsl.cli import CONF_DIR, group_options
+from metafsl.conf import CONF_DIR, group_options
 from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError

@@ -1,15 +1,14 @@
 """Shared steps of the file-based loaders: decode listed files into a split, resize arrays,
-fingerprint source files for the decode cache, and check a loader's settings."""
+and check a loader's settings (source files are tracked for the decode cache in ``cache``)."""
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from metafsl.data.base import FewShotDataset, FewShotSplit, channel_stats
+from metafsl.data.checks import check_disjoint
 from metafsl.data.images import decode_many
 from metafsl.errors import UserError
 
@@ -54,22 +53,13 @@ def resize_array(images: np.ndarray, image_size: int, channels: int) -> torch.Te
     return x.contiguous()
 
 
-def fingerprint(paths: Iterable[Path]) -> str:
-    """A short digest of the names, sizes and modification times of ``paths`` (cache key)."""
-    h = hashlib.sha1()
-    for p in sorted(str(x) for x in paths):
-        try:
-            st = Path(p).stat()
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}\0missing\n".encode())
-    return h.hexdigest()[:16]
-
-
-def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str) -> FewShotDataset:
-    """Drop empty splits, require a training split, add the training images' channel stats."""
+def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str,
+                   ignored: Optional[List[str]] = None) -> FewShotDataset:
+    """Drop empty splits, require a training split and classes in one split only, add the
+    training images' channel stats."""
     splits = {k: v for k, v in splits.items() if v.n_classes > 0}  # e.g. no val folder
     if "train" not in splits:
         raise UserError(f"The {name} training split holds no readable images.")
+    check_disjoint({k: v.class_names for k, v in splits.items()}, source=name)
     mean, std = channel_stats(splits["train"].images)
-    return FewShotDataset(name, splits, mean, std, skipped)
+    return FewShotDataset(name, splits, mean, std, skipped, list(ignored or []))

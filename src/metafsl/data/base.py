@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
+
+from metafsl.data.report import DataReport, dropped_classes
 
 SPLITS = ("train", "val", "test")
 
@@ -54,6 +56,16 @@ class FewShotDataset:
     std: List[float] = field(default_factory=list)
     # Files that could not be read, reported by path and skipped.
     skipped: List[str] = field(default_factory=list)
+    # Entries found but not used, each "<path> (<reason>)": stray files, symbolic-link loops.
+    ignored: List[str] = field(default_factory=list)
+
+    def report(self, need: Optional[Mapping[str, int]] = None) -> DataReport:
+        """What loading left out; with ``need`` ({split: images per class}, see
+        ``report.episode_need``) also the classes too small for an episode."""
+        need = dict(need or {})
+        dropped = {k: dropped_classes(s.counts().tolist(), s.class_names, need.get(k))
+                   for k, s in self.splits.items()}
+        return DataReport(list(self.skipped), list(self.ignored), {k: v for k, v in dropped.items() if v}, need)
 
     def __getitem__(self, split: str) -> FewShotSplit:
         return self.splits[split]
@@ -86,7 +98,7 @@ def with_val_in_train(ds: FewShotDataset) -> FewShotDataset:
     splits = {k: v for k, v in ds.splits.items() if k != "val"}
     splits["train"] = merge_splits(ds.splits["train"], ds.splits["val"])
     mean, std = channel_stats(splits["train"].images)
-    return FewShotDataset(ds.name, splits, mean, std, list(ds.skipped))
+    return FewShotDataset(ds.name, splits, mean, std, list(ds.skipped), list(ds.ignored))
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 20000):

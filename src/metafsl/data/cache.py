@@ -1,4 +1,11 @@
-"""On-disk cache of decoded datasets: decode and resize once, start in seconds after."""
+"""On-disk cache of decoded datasets: decode and resize once, start in seconds after.
+
+A cache file is named by what it is (dataset, source, options such as the image size) and
+records what its content depends on: the size and modification time of every source file,
+and the version of the loader that built it.  When any of these changed it is rebuilt, and
+one line says why.  The cache is optional: when it cannot be written (read-only folder, full
+disk) a warning says so and the data is used as decoded.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,14 +13,48 @@ import json
 import os
 import stat
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 
 from metafsl.data.base import FewShotDataset, FewShotSplit
+from metafsl.reporting import console as out
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+SHOW = 3  # changed files named in the rebuild line
+
+
+@dataclass
+class CacheSpec:
+    """What a cached payload is (``name`` and ``options``: they name the file) and what its
+    content depends on (``files`` and the loader's ``version``)."""
+
+    name: str
+    data_root: Path  # the cache goes in <data_root>/.metafsl-cache when writable
+    cache_dir: str  # ... else here
+    options: Dict[str, Any]
+    files: Iterable[Path] = field(default_factory=list)
+    version: int = 1
+
+    def path(self) -> Optional[Path]:
+        return cache_path(Path(self.data_root), self.cache_dir, {"name": self.name, **self.options})
+
+    def content(self) -> Dict[str, Any]:
+        return {"cache": CACHE_VERSION, "loader": self.version, "files": file_table(self.files)}
+
+
+def file_table(paths: Iterable[Path]) -> Dict[str, List[int]]:
+    """{path: [size, mtime in ns]} of each file (following links); [-1, -1] when missing."""
+    table = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+            table[str(p)] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            table[str(p)] = [-1, -1]
+    return dict(sorted(table.items()))
 
 
 def _writable(folder: Path) -> bool:
@@ -36,16 +77,30 @@ def _writable(folder: Path) -> bool:
     return True
 
 
-def cache_path(data_root: Path, fallback_dir: str, key: dict) -> Path:
-    """Beside the data (``<root>/.metafsl-cache``) when writable, else in ``fallback_dir``."""
-    digest = hashlib.sha1(json.dumps({**key, "v": CACHE_VERSION}, sort_keys=True).encode())
+def cache_path(data_root: Path, fallback_dir: str, key: dict) -> Optional[Path]:
+    """Beside the data (``<root>/.metafsl-cache``) when writable, else in ``fallback_dir``;
+    None (no cache, with a warning) when neither can be created."""
+    digest = hashlib.sha1(json.dumps({**key, "v": CACHE_VERSION}, sort_keys=True, default=str).encode())
     name = f"{key.get('name', 'dataset')}-{digest.hexdigest()[:12]}.pt"
     beside = Path(data_root) / ".metafsl-cache"
     if _writable(beside):
         return beside / name
     folder = Path(os.path.expanduser(fallback_dir))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _warn(f"cannot create the dataset cache folder {folder} ({_why(exc)})")
+        return None
     return folder / name
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or exc.__class__.__name__
+
+
+def _warn(problem: str) -> None:
+    out.err_console.print(f"warning: {problem}; continuing without the cache (it only saves time).",
+                          highlight=False, markup=False, soft_wrap=True)
 
 
 def pack(ds: FewShotDataset) -> dict:
@@ -54,6 +109,7 @@ def pack(ds: FewShotDataset) -> dict:
         "mean": ds.mean,
         "std": ds.std,
         "skipped": ds.skipped,
+        "ignored": ds.ignored,
         "splits": {
             k: {
                 "images": s.images,
@@ -69,31 +125,87 @@ def pack(ds: FewShotDataset) -> dict:
 
 def unpack(d: dict) -> FewShotDataset:
     splits = {k: FewShotSplit(**v) for k, v in d["splits"].items()}
-    return FewShotDataset(d["name"], splits, d["mean"], d["std"], d.get("skipped", []))
+    return FewShotDataset(d["name"], splits, d["mean"], d["std"], d.get("skipped", []), d.get("ignored", []))
 
 
-def cached(path: Optional[Path], build: Callable[[], dict]) -> dict:
-    """Load the dict saved at ``path`` if readable; else build it, save atomically, return it.
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _read_meta(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(_meta_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def stale_reason(old: Optional[dict], new: Dict[str, Any]) -> str:
+    """Why a cache recorded as ``old`` does not hold what ``new`` describes."""
+    if old is None:
+        return "it has no record of its sources"
+    if old.get("cache") != new["cache"] or old.get("loader") != new["loader"]:
+        return "metafsl reads this dataset differently since it was built"
+    before, now = old.get("files", {}), new["files"]
+    changed = [p for p in now if p in before and before[p] != now[p]]
+    added = [p for p in now if p not in before]
+    removed = [p for p in before if p not in now]
+    parts = [f"{len(v)} file(s) {k}" for k, v in (("changed", changed), ("added", added), ("removed", removed)) if v]
+    first = (changed + added + removed)[:SHOW]
+    return ", ".join(parts) + f": {', '.join(first)}" + (" ..." if len(changed + added + removed) > SHOW else "")
+
+
+def _load(path: Path, content: Dict[str, Any]) -> Optional[dict]:
+    """The payload saved at ``path`` if it records ``content`` (its record travels inside it
+    too, so a payload and a record written by two processes at once cannot be mixed up)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated or foreign cache is rebuilt, never fatal
+        return None
+    if not isinstance(saved, dict) or saved.get("content") != content:
+        return None
+    return saved.get("payload")
+
+
+def _save(path: Path, payload: dict, content: Dict[str, Any]) -> None:
+    """Write the payload, then its record, each atomically; a failure is a warning."""
+    tmp = None
+    try:
+        for target, write in ((path, lambda f: torch.save({"content": content, "payload": payload}, f)),
+                              (_meta_path(path), lambda f: f.write(json.dumps(content).encode()))):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, target)
+            tmp = None
+    except Exception as exc:  # read-only folder, full disk, quota ...
+        _warn(f"cannot write the dataset cache {path} ({_why(exc)})")
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached(spec: Optional[CacheSpec], build: Callable[[], dict]) -> dict:
+    """The payload cached for ``spec`` if it is current; else build it, save it, return it.
 
     Payloads hold only tensors, numbers, strings and lists (safe ``weights_only`` loading).
     """
-    if path is not None and path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a stale or truncated cache is rebuilt, never fatal
-            pass
+    if spec is None:
+        return build()
+    path, content = spec.path(), spec.content()
+    if path is None:
+        return build()
+    if path.exists():
+        old = _read_meta(path)
+        payload = _load(path, content) if old == content else None
+        if payload is not None:
+            return payload
+        reason = stale_reason(old, content) if old != content else "the cache file is unreadable"
+        out.console.print(f"Rebuilding the {spec.name} cache ({reason}).", highlight=False, markup=False,
+                          soft_wrap=True)
     payload = build()
-    if path is not None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    _save(path, payload, content)
     return payload
 
 
-def cached_dataset(path: Optional[Path], build: Callable[[], FewShotDataset]) -> FewShotDataset:
-    return unpack(cached(path, lambda: pack(build())))
+def cached_dataset(spec: Optional[CacheSpec], build: Callable[[], FewShotDataset]) -> FewShotDataset:
+    return unpack(cached(spec, lambda: pack(build())))

@@ -23,13 +23,15 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from metafsl.data.assemble import check_shape, fingerprint, resize_array
+from metafsl.data.assemble import check_shape, resize_array
 from metafsl.data.base import FewShotDataset, FewShotSplit, channel_stats
-from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.cache import CacheSpec, cached_dataset
+from metafsl.data.checks import check_split_spec
 from metafsl.data.download import fetch
 from metafsl.data.pickles import load_pickle
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 ARCHIVE = "cifar-100-python.tar.gz"
@@ -86,6 +88,7 @@ def read_cifar100(source: Path) -> Dict[str, Any]:
 def split_table(variant: str, data: Dict[str, Any]) -> Dict[str, List[int]]:
     """{split: [fine class ids]} for cifarfs (listed fine classes) or fc100 (listed superclasses)."""
     spec = json.loads((SPLIT_DIR / f"{variant}.json").read_text())
+    check_split_spec(spec, SPLIT_DIR / f"{variant}.json")
     names = data["coarse_names"] if variant == "fc100" else data["fine_names"]
     index = {n: i for i, n in enumerate(names)}
     table = {}
@@ -129,10 +132,18 @@ def load(variant: str, root: Path, image_size: int = 32, channels: int = 3, cach
     check_shape(image_size, channels)
     source = locate(root, download)
     files = [source / p for p in PARTS] if source.is_dir() else [source]
-    key = {"name": variant, "size": image_size, "channels": channels, "src": str(source.resolve()),
-           "files": fingerprint(files)}
-    return cached_dataset(cache_path(root, cache_dir, key), lambda: build(variant, source, image_size, channels))
+    spec = CacheSpec(variant, root, cache_dir, {"size": image_size, "channels": channels, "src": str(source.resolve())},
+                     files, VERSION)
+    return cached_dataset(spec, lambda: build(variant, source, image_size, channels))
 
 
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:
-    return load(cfg["name"], root, cfg["image_size"], cfg["channels"], cache_dir, cfg["download"])
+def cifarfs(root: Path, image_size: int = 32, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
+            download: bool = False) -> FewShotDataset:
+    """CIFAR-FS (Bertinetto et al. 2019): 64/16/20 CIFAR-100 classes."""
+    return load("cifarfs", root, image_size, channels, cache_dir, download)
+
+
+def fc100(root: Path, image_size: int = 32, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
+          download: bool = False) -> FewShotDataset:
+    """FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass, 60/20/20 classes."""
+    return load("fc100", root, image_size, channels, cache_dir, download)

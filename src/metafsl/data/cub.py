@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
-from typing import Any, Dict
 
-from metafsl.data.assemble import check_shape, fingerprint, finish_dataset, split_from_files
+from metafsl.data.assemble import check_shape, finish_dataset, split_from_files
 from metafsl.data.base import FewShotDataset
-from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.cache import CacheSpec, cached_dataset
+from metafsl.data.checks import check_split_spec
 from metafsl.data.download import fetch
 from metafsl.data.images import is_image
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 MD5 = "97eceeb196236b17998738112f37df78"
 ARCHIVE = "CUB_200_2011.tgz"
@@ -58,6 +59,7 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
     check_shape(image_size, channels)
     images = locate(root, download)
     spec = json.loads(SPLIT_FILE.read_text())
+    check_split_spec(spec, SPLIT_FILE)
     wanted = [c for s in ("train", "val", "test") for c in spec[s]]
     missing = [c for c in wanted if not (images / c).is_dir()]
     if missing:
@@ -74,10 +76,6 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
             skipped += bad
         return finish_dataset(splits, skipped, "cub")
 
-    key = {"name": "cub", "size": image_size, "channels": channels, "src": str(images.resolve()),
-           "files": fingerprint(images / c / f for c in wanted for f in files[c])}
-    return cached_dataset(cache_path(root, cache_dir, key), build)
-
-
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:
-    return load(root, cfg["image_size"], cfg["channels"], cache_dir, cfg["download"])
+    cache = CacheSpec("cub", root, cache_dir, {"size": image_size, "channels": channels, "src": str(images.resolve())},
+                      [images / c / f for c in wanted for f in files[c]], VERSION)
+    return cached_dataset(cache, build)

@@ -20,6 +20,7 @@ import torch
 
 from metafsl.data.base import FewShotDataset, channel_stats, from_class_lists
 
+VERSION = 1  # of the generator: a change rebuilds cached datasets
 MAX_STROKES = 4
 POINTS = 64  # points per stroke when rasterising (< 0.5 px apart at 28 px)
 
@@ -145,3 +146,17 @@ def generate(n_classes: int = 1200, examples_per_class: int = 20, image_size: in
     }
     mean, std = channel_stats(splits["train"].images)
     return FewShotDataset("glyphs", splits, mean, std)
+
+
+def load(n_classes: int = 1200, examples_per_class: int = 20, image_size: int = 28, seed: int = 0,
+         train_fraction: float = 0.64, val_fraction: float = 0.16,
+         cache_dir: str = "~/.cache/metafsl") -> FewShotDataset:
+    """``generate`` through the on-disk cache (rendering 1200 classes takes a few seconds)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from metafsl.data.cache import CacheSpec, cached_dataset  # noqa: PLC0415
+
+    options = dict(n_classes=n_classes, examples_per_class=examples_per_class, image_size=image_size,
+                   seed=seed, train_fraction=train_fraction, val_fraction=val_fraction)
+    spec = CacheSpec("glyphs", Path(cache_dir).expanduser(), cache_dir, options, version=VERSION)
+    return cached_dataset(spec, lambda: generate(**options))

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import io
+import os
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from metafsl.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -58,29 +62,88 @@ def decode_many(read: Callable[[str], bytes], names: Sequence[str], size: int, c
 class Archive:
     """A folder or a zip file, read the same way: ``names()`` and ``read(name)``.
 
-    Names are POSIX paths relative to the folder (or zip root).
+    Names are POSIX paths relative to the folder (or zip root).  Folders are walked following
+    symbolic links (a class folder may be a link to where its images really are); a link back
+    to a folder already on the current path (a loop) is not followed and is listed in
+    ``ignored`` with the reason, as are sub-folders that cannot be listed.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.is_zip = self.path.suffix == ".zip"
+        self.ignored: List[str] = []
         self._zip: Optional[zipfile.ZipFile] = None
         if self.is_zip:
-            self._zip = zipfile.ZipFile(self.path)
+            self._zip = open_zip(self.path)
 
     def names(self) -> List[str]:
         if self._zip is not None:
             return [n for n in self._zip.namelist() if not n.endswith("/")]
-        return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+        names, self.ignored = walk(self.path)
+        return names
 
     def read(self, name: str) -> bytes:
-        if self._zip is not None:
+        if self._zip is None:
+            return (self.path / name).read_bytes()
+        try:
             return self._zip.read(name)
-        return (self.path / name).read_bytes()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+            raise UserError(f"{name} in {self.path} cannot be read ({exc.__class__.__name__}: {exc}); "
+                            "the archive is damaged: download or create it again.") from None
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+
+
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """Open a zip archive; a truncated, empty or unreadable one is one sentence."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable zip archive ({exc.__class__.__name__}: {exc}); "
+                        "it may be truncated or empty: download or create it again.") from None
+
+
+def walk(root: Path) -> Tuple[List[str], List[str]]:
+    """(sorted relative POSIX paths of the files under ``root``, ignored entries with a reason).
+
+    Symbolic links to folders are followed; a link to a folder that is already on the path
+    from ``root`` (a loop) is not.  Hidden entries (``.name``) are left out.
+    """
+    files: List[str] = []
+    ignored: List[str] = []
+
+    def visit(folder: Path, rel: str, ancestors: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            ignored.append(f"{folder}/ (cannot be listed: {exc.strerror or exc.__class__.__name__})")
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            sub = f"{rel}{e.name}"
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if e.is_file(follow_symlinks=True):
+                    files.append(sub)
+                elif e.is_symlink():
+                    ignored.append(f"{folder / e.name} (broken symbolic link)")
+                continue
+            st = os.stat(e.path)
+            ident = (st.st_dev, st.st_ino)
+            if ident in ancestors:
+                ignored.append(f"{folder / e.name}/ (symbolic link loop, not followed)")
+                continue
+            visit(Path(e.path), sub + "/", ancestors | {ident})
+
+    st = os.stat(root)
+    visit(Path(root), "", frozenset({(st.st_dev, st.st_ino)}))
+    return sorted(files), ignored
 
 
 def is_image(name: str) -> bool:

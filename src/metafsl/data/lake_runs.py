@@ -17,6 +17,7 @@ from typing import List
 
 import torch
 
+from metafsl.data.checks import check_each_once
 from metafsl.data.images import Archive, decode
 from metafsl.data.sampler import Pixels, TaskBatch
 from metafsl.errors import UserError
@@ -82,6 +83,7 @@ def _read_run(archive: Archive, names, label_file: str, image_size: int, channel
         if len(parts) != 2:
             raise UserError(f"Line {line!r} of {where} is not '<test image> <training image>'.")
         pairs.append((prefix + parts[0], prefix + parts[1]))
+    check_each_once({where: [q for q, _ in pairs]}, what="Test item")
     numbers = {t: _class_number(t, "class", where) for _, t in pairs}
     classes = sorted(numbers, key=numbers.__getitem__)
     cid = {c: i for i, c in enumerate(classes)}

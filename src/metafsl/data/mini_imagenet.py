@@ -15,22 +15,23 @@ from __future__ import annotations
 import csv
 import functools
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from metafsl.data.assemble import (
     check_shape,
-    fingerprint,
     finish_dataset,
     resize_array,
     split_from_files,
 )
 from metafsl.data.base import FewShotDataset, FewShotSplit
-from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.cache import CacheSpec, cached_dataset
+from metafsl.data.checks import check_disjoint, check_each_once
 from metafsl.data.pickles import load_pickle
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 CSV_FILES = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
 PICKLES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl",
            "test": "mini-imagenet-cache-test.pkl"}
@@ -61,26 +62,40 @@ def read_csv(path: Path) -> List[Tuple[str, str]]:
         rows = list(csv.reader(f))
     if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
         raise UserError(f"{path} does not start with the header 'filename,label'.")
-    out = []
+    out, first = [], {}
     for n, row in enumerate(rows[1:], start=2):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2:
             raise UserError(f"Line {n} of {path} is not 'filename,label': {','.join(row)!r}.")
-        out.append((row[0].strip(), row[1].strip()))
+        name = row[0].strip()
+        if name in first:
+            raise UserError(f"Line {n} of {path} repeats {name} (first on line {first[name]}); "
+                            "each image must be listed once.")
+        first[name] = n
+        out.append((name, row[1].strip()))
     return out
 
 
-def load_csv(root: Path, image_size: int, channels: int) -> FewShotDataset:
+def read_csvs(root: Path) -> Dict[str, List[Tuple[str, str]]]:
+    """The rows of train.csv, val.csv and test.csv; no image in two files, no class in two splits."""
+    rows = {split: read_csv(root / name) for split, name in CSV_FILES.items()}
+    where = {split: str(root / name) for split, name in CSV_FILES.items()}
+    check_each_once({where[s]: [f for f, _ in r] for s, r in rows.items()})
+    check_disjoint({s: sorted({label for _, label in r}) for s, r in rows.items()}, where)
+    return rows
+
+
+def load_csv(root: Path, image_size: int, channels: int,
+             rows: Optional[Dict[str, List[Tuple[str, str]]]] = None) -> FewShotDataset:
     images_dir = root / "images"
     if not images_dir.is_dir():
         raise UserError(f"Folder {images_dir} does not exist; the miniImageNet CSV release keeps its images there.")
     splits: Dict[str, FewShotSplit] = {}
     skipped: List[str] = []
-    for split, name in CSV_FILES.items():
-        rows = read_csv(root / name)
-        classes = sorted({label for _, label in rows})
-        splits[split], bad = split_from_files(lambda f: (images_dir / f).read_bytes(), rows, classes,
+    for split, listed in (rows or read_csvs(root)).items():
+        classes = sorted({label for _, label in listed})
+        splits[split], bad = split_from_files(lambda f: (images_dir / f).read_bytes(), listed, classes,
                                               image_size, channels, str(images_dir))
         skipped += bad
     return finish_dataset(splits, skipped, "mini_imagenet")
@@ -105,6 +120,8 @@ def split_from_arrays(images, class_dict: Dict[str, Any], image_size: int, chann
         if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(images)):
             raise UserError(f"class_dict in {where} indexes image {int(idx.max())} but image_data holds {len(images)}.")
         per_class.append(idx)
+    check_each_once({f"class {c} of {where}": [int(i) for i in idx] for c, idx in zip(classes, per_class, strict=True)},
+                    what="Image index")
     x = resize_array(images, image_size, channels)
     labels = torch.cat([torch.full((len(i),), k, dtype=torch.long) for k, i in enumerate(per_class)])
     order = torch.cat(per_class) if per_class else torch.zeros(0, dtype=torch.long)
@@ -116,27 +133,24 @@ def load_pickles(root: Path, image_size: int, channels: int) -> FewShotDataset:
     if missing:
         raise UserError(f"Missing {', '.join(missing)} in {root}; {WHERE_TO_GET}.")
     splits = {s: read_pickle_split(root / n, image_size, channels) for s, n in PICKLES.items()}
+    check_disjoint({s: v.class_names for s, v in splits.items()}, {s: str(root / n) for s, n in PICKLES.items()})
     return finish_dataset(splits, [], "mini_imagenet")
 
 
-def load(root: Path, image_size: int = 84, channels: int = 3, fmt: str = "auto",
+def load(root: Path, image_size: int = 84, channels: int = 3, format: str = "auto",
          cache_dir: str = "~/.cache/metafsl", download: bool = False) -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     if not root.exists():
         raise UserError(f"Folder {root} does not exist; point dataset.root at the miniImageNet files "
                         f"(the CSV release or {', '.join(PICKLES.values())}).")
-    fmt = detect_format(root, fmt)  # download=true changes nothing: there is no checksummed source
+    fmt = detect_format(root, format)  # download=true changes nothing: there is no checksummed source
     if fmt == "csv":
-        sources = [root / n for n in CSV_FILES.values()] + [root / "images"]
-        build = functools.partial(load_csv, root, image_size, channels)
+        rows = read_csvs(root)  # checked on every load: a changed CSV is also a changed source
+        sources = [root / n for n in CSV_FILES.values()] + [root / "images" / f for r in rows.values() for f, _ in r]
+        build = functools.partial(load_csv, root, image_size, channels, rows)
     else:
         sources = [root / n for n in PICKLES.values()]
         build = functools.partial(load_pickles, root, image_size, channels)
-    key = {"name": "mini_imagenet", "format": fmt, "size": image_size, "channels": channels,
-           "src": str(root.resolve()), "files": fingerprint(sources)}
-    return cached_dataset(cache_path(root, cache_dir, key), build)
-
-
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:
-    return load(root, cfg["image_size"], cfg["channels"], cfg.get("format", "auto"), cache_dir, cfg["download"])
+    options = {"format": fmt, "size": image_size, "channels": channels, "src": str(root.resolve())}
+    return cached_dataset(CacheSpec("mini_imagenet", root, cache_dir, options, sources, VERSION), build)

@@ -14,18 +14,19 @@ Splits
 """
 from __future__ import annotations
 
-import hashlib
-import urllib.request
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import torch
 
 from metafsl.data.base import FewShotDataset, channel_stats, from_class_lists
-from metafsl.data.cache import cache_path, cached
-from metafsl.data.images import Archive, decode_many, iter_images
+from metafsl.data.cache import CacheSpec, cached
+from metafsl.data.checks import check_disjoint
+from metafsl.data.download import fetch
+from metafsl.data.images import Archive, decode_many, iter_images, walk
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 SETS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{}.zip"
 # MD5 of the official archives; checked only for files metafsl downloads itself.
@@ -48,24 +49,8 @@ def _locate(root: Path, name: str, download: bool) -> Path:
     )
 
 
-def _download(root: Path, name: str, timeout: float = 30.0) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{name}.zip"
-    url = URL.format(name)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            data = r.read()
-    except Exception as exc:
-        raise UserError(
-            f"Could not download {url} ({exc.__class__.__name__}); place the official {name}.zip "
-            f"in {root} by hand."
-        ) from None
-    if name in MD5 and hashlib.md5(data).hexdigest() != MD5[name]:
-        raise UserError(f"Downloaded {name}.zip does not match its published MD5 checksum; try again.")
-    tmp = target.with_suffix(".part")
-    tmp.write_bytes(data)
-    tmp.replace(target)
-    return target
+def _download(root: Path, name: str) -> Path:
+    return fetch(URL.format(name), root / f"{name}.zip", MD5.get(name))
 
 
 def _read_set(path: Path, image_size: int) -> Dict:
@@ -82,30 +67,35 @@ def _read_set(path: Path, image_size: int) -> Dict:
         if len(parts) < 3:
             raise UserError(f"Unexpected file {names[i]} in {path}: expected <Alphabet>/<character>/<file>.png.")
         chars.append(f"{parts[-3]}/{parts[-2]}")
-    return {"images": images, "chars": chars, "skipped": [f"{path}:{b}" for b in bad]}
+    return {"images": images, "chars": chars, "skipped": [f"{path}:{b}" for b in bad], "ignored": archive.ignored}
 
 
 def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, download: bool):
     out = {}
     for name in sets:
         path = _locate(root, name, download)
-        key = {"name": f"omniglot-{name}", "size": image_size, "src": str(path.resolve()),
-               "mtime": int(path.stat().st_mtime)}
-        out[name] = cached(cache_path(root, cache_dir, key), lambda p=path: _read_set(p, image_size))
+        files = [path] if path.is_file() else [path / n for n in walk(path)[0]]
+        spec = CacheSpec(f"omniglot-{name}", root, cache_dir, {"size": image_size, "src": str(path.resolve())},
+                         files, VERSION)
+        out[name] = cached(spec, lambda p=path: _read_set(p, image_size))
     return out
 
 
-def vinyals_split() -> Dict[str, str]:
-    """{'Alphabet/characterNN': split} from the packaged split file."""
-    table = {}
-    for line in SPLIT_FILE.read_text().splitlines():
+def vinyals_split(path: Path = SPLIT_FILE) -> Dict[str, str]:
+    """{'Alphabet/characterNN': split} from the packaged split file (each character once)."""
+    table: Dict[str, str] = {}
+    for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         split, alphabet, ranges = line.split("\t")
         for part in ranges.split(","):
             lo, _, hi = part.partition("-")
             for k in range(int(lo), int(hi or lo) + 1):
-                table[f"{alphabet}/character{k:02d}"] = split
+                char = f"{alphabet}/character{k:02d}"
+                if char in table:
+                    raise UserError(f"{path} lists {char} twice ({table[char]} and {split}); each character "
+                                    "belongs to one split.")
+                table[char] = split
     return table
 
 
@@ -130,7 +120,7 @@ def _make_split(chars: List[Tuple[str, torch.Tensor]], rotations: bool):
 
 
 def load(root: Path, image_size: int = 28, split: str = "vinyals", background: str = "images_background",
-         rotations: bool = True, lake_val_fraction: float = 0.0, cache_dir: str = "~/.cache/metafsl",
+         rotations: bool = True, lake_val_fraction: float = 0.1, cache_dir: str = "~/.cache/metafsl",
          download: bool = False, seed: int = 0) -> FewShotDataset:
     root = Path(root)
     if split == "vinyals":
@@ -159,6 +149,8 @@ def load(root: Path, image_size: int = 28, split: str = "vinyals", background: s
     else:
         raise UserError(f"Unknown Omniglot split '{split}'; choose one of: vinyals, lake.")
     splits = {k: _make_split(v, rotations) for k, v in parts.items() if v}
+    check_disjoint({k: v.class_names for k, v in splits.items()}, source=str(root))
     skipped = [b for s in sets.values() for b in s["skipped"]]
+    ignored = [b for s in sets.values() for b in s.get("ignored", [])]
     mean, std = channel_stats(splits["train"].images)
-    return FewShotDataset("omniglot", splits, mean, std, skipped)
+    return FewShotDataset("omniglot", splits, mean, std, skipped, ignored)

@@ -15,18 +15,20 @@ all classes of a task from one category.  Unreadable PNGs are reported and skipp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from metafsl.data.assemble import check_shape, fingerprint, finish_dataset
+from metafsl.data.assemble import check_shape, finish_dataset
 from metafsl.data.base import FewShotDataset, FewShotSplit
-from metafsl.data.cache import cache_path, cached_dataset
+from metafsl.data.cache import CacheSpec, cached_dataset
+from metafsl.data.checks import check_disjoint
 from metafsl.data.images import decode
 from metafsl.data.pickles import load_pickle
 from metafsl.errors import UserError
 
+VERSION = 2  # of this loader: a change rebuilds cached datasets
 SPLITS = {"train": "train", "val": "val", "test": "test"}
 FILES = [f"{s}_{kind}.pkl" for s in SPLITS.values() for kind in ("images_png", "labels")]
 WHERE_TO_GET = ("learn2learn publishes them at https://zenodo.org/record/7978538 as tiered-imagenet-<file> "
@@ -44,16 +46,19 @@ def locate(root: Path) -> Path:
                     f"{root / 'tiered-imagenet'}; {WHERE_TO_GET}.")
 
 
-def _labels(path: Path, n: int) -> Tuple[np.ndarray, List[str], np.ndarray, List[str]]:
+def _labels(path: Path, n: Optional[int] = None) -> Tuple[np.ndarray, List[str], np.ndarray, List[str]]:
+    """(class id per image, class names, category id per image, category names); ``n``: the
+    number of images the labels must cover.  Without names, classes are '<split>-classNNN'."""
     data = load_pickle(path, str(path))
     if not isinstance(data, dict) or "label_specific" not in data:
         raise UserError(f"{path} is not a tieredImageNet labels file (a dict with label_specific).")
     specific = np.asarray(data["label_specific"], dtype=np.int64).reshape(-1)
-    if len(specific) != n:
+    if n is not None and len(specific) != n:
         raise UserError(f"{path} labels {len(specific)} images but its images file holds {n}.")
     k = int(specific.max()) + 1 if len(specific) else 0
-    names = [str(x) for x in data.get("label_specific_str", [])] or [f"class{i:03d}" for i in range(k)]
-    general = np.asarray(data.get("label_general", np.zeros(n)), dtype=np.int64).reshape(-1)
+    split = path.name.split("_")[0]
+    names = [str(x) for x in data.get("label_specific_str", [])] or [f"{split}-class{i:03d}" for i in range(k)]
+    general = np.asarray(data.get("label_general", np.zeros(len(specific))), dtype=np.int64).reshape(-1)
     gnames = [str(x) for x in data.get("label_general_str", [])]
     return specific, names, general, gnames
 
@@ -88,10 +93,21 @@ def read_split(folder: Path, split: str, image_size: int, channels: int) -> Tupl
     gids = sorted(set(cls_general))
     groups = [gids.index(g) for g in cls_general]
     group_names = [gnames[g] if g < len(gnames) else f"category{g:02d}" for g in gids]
-    class_names = [names[c] if c < len(names) else f"class{c:03d}" for c in used]
+    class_names = [names[c] if c < len(names) else f"{split}-class{c:03d}" for c in used]
     split_obj = FewShotSplit(images[order].contiguous(), labels[order], class_names,
                              torch.tensor(groups, dtype=torch.long), group_names)
     return split_obj, bad
+
+
+def check_classes(folder: Path) -> None:
+    """No class in two splits (read from the labels files, before any image is decoded)."""
+    used, where = {}, {}
+    for split in SPLITS.values():
+        path = folder / f"{split}_labels.pkl"
+        specific, names, _, _ = _labels(path)
+        used[split] = [names[c] if c < len(names) else f"{split}-class{c:03d}" for c in sorted(set(specific.tolist()))]
+        where[split] = str(path)
+    check_disjoint(used, where)
 
 
 def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "~/.cache/metafsl") -> FewShotDataset:
@@ -100,16 +116,14 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
     folder = locate(root)
 
     def build():
+        check_classes(folder)
         splits, skipped = {}, []
         for split, stem in SPLITS.items():
             splits[split], bad = read_split(folder, stem, image_size, channels)
             skipped += bad
         return finish_dataset(splits, skipped, "tiered_imagenet")
 
-    key = {"name": "tiered_imagenet", "size": image_size, "channels": channels, "src": str(folder.resolve()),
-           "files": fingerprint(folder / f for f in FILES)}
-    return cached_dataset(cache_path(folder, cache_dir, key), build)
-
-
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str):
-    return load(root, cfg["image_size"], cfg["channels"], cache_dir)
+    spec = CacheSpec("tiered_imagenet", folder, cache_dir,
+                     {"size": image_size, "channels": channels, "src": str(folder.resolve())},
+                     [folder / f for f in FILES], VERSION)
+    return cached_dataset(spec, build)

@@ -6,6 +6,8 @@ from typing import Any, Dict
 
 import torch
 
+from metafsl import options
+from metafsl.config import target_parameters
 from metafsl.data import load_dataset
 from metafsl.data.base import FewShotDataset
 from metafsl.data.sampler import Pixels
@@ -45,14 +47,13 @@ class Components:
 
 
 def build_learner(cfg: Dict[str, Any], channels: int, image_size: int):
-    """The learner a config describes, for images of ``channels`` x ``image_size`` (on the CPU)."""
-    from metafsl.algorithms import build_algorithm  # noqa: PLC0415
-    from metafsl.models import build_backbone  # noqa: PLC0415
-
-    b = dict(cfg["backbone"])
-    name = b.pop("name")
-    backbone = build_backbone(name, channels=channels, image_size=image_size, **b)
-    return build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
+    """The run's learner (``cfg.algo``) on its backbone (``cfg.backbone``), on the CPU."""
+    backbone = options.instantiate("backbone", cfg["backbone"], channels=channels, image_size=image_size)
+    supplied = {"backbone": backbone}
+    target = options.with_target("algo", cfg["algo"])["_target_"]
+    if "n_way" in target_parameters(target):
+        supplied["n_way"] = cfg["episode"]["train"]["n_way"]
+    return options.instantiate("algo", cfg["algo"], **supplied)
 
 
 def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Components:

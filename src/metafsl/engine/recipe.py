@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 import torch
 from hydra.utils import instantiate
 
+from metafsl.data.report import episode_need
 from metafsl.data.sampler import EpisodeSampler
 from metafsl.engine import checkpoint, hooks
 from metafsl.engine.checkpoint import TrainState
@@ -56,6 +57,9 @@ class TrainRecipe:
         torch.manual_seed(self.cfg["seed"])
         self.comp = build(self.cfg)
         self.algo, self.ds, self.device = self.comp.algorithm, self.comp.dataset, self.comp.device
+        self.data_report = self.ds.report(episode_need(self.ep))
+        if self.data_report:  # one line, never wrapped; paths are not markup
+            out.console.print(self.data_report.line(), soft_wrap=True, highlight=False, markup=False)
         self._check_episodes()
         train = self.ep["train"]
         self.sampler = self.algo.train_source(
@@ -306,6 +310,7 @@ class TrainRecipe:
         ``previous``: the summary of a finished run being continued; its records are kept."""
         self.train()
         summary = RunSummary.from_config(self.cfg)
+        summary.data = self.data_report.to_dict()
         if previous is not None:
             summary.tests = list(previous.tests)
             if previous.test:

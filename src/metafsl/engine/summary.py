@@ -36,6 +36,8 @@ class RunSummary:
     #: the training-time test of the best (or, without validation, last) checkpoint
     test: Optional[Dict[str, Any]] = None
     untrained: Optional[Dict[str, Any]] = None
+    #: what the data loader skipped or did not use (metafsl.data.report.DataReport)
+    data: Optional[Dict[str, Any]] = None
     #: every later test record, oldest first; never dropped
     tests: List[Dict[str, Any]] = field(default_factory=list)
     budget: float = 1.0
