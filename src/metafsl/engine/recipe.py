@@ -172,23 +172,26 @@ class TrainRecipe:
         loss, acc = self.algo.meta_backward(batch, self.comp.runtime.autocast)
         if not torch.isfinite(loss):
             self._diverged(it, f"the training loss ({float(loss)})")
-        self._check_finite(it, {n: p.grad for n, p in self.algo.named_parameters()}, "the gradient of")
         if self.tr.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.tr["grad_clip"])
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self._check_finite(it, dict(self.algo.named_parameters()), "parameter")
-        self._check_finite(it, dict(self.algo.named_buffers()), "buffer")
+        self._check_finite(it)
         self.state.iteration = it
         self.state.loss_sum += float(loss)
         self.state.acc_sum += float(acc)
         self.state.count += 1
 
-    def _check_finite(self, it: int, tensors: Dict[str, Any], what: str) -> None:
-        name = checkpoint.non_finite(tensors)
-        if name is not None:
-            self._diverged(it, f"{what} {name}")
+    def _check_finite(self, it: int) -> None:
+        """Gradients, parameters and buffers (batch-norm statistics) after the step, in one pass."""
+        params = list(self.algo.named_parameters())
+        tensors = {**{f"the gradient of {n}": p.grad for n, p in params},
+                   **{f"parameter {n}": p.detach() for n, p in params},
+                   **{f"buffer {n}": b for n, b in self.algo.named_buffers()}}
+        what = checkpoint.non_finite(tensors)
+        if what is not None:
+            self._diverged(it, what)
 
     def _diverged(self, it: int, what: str) -> None:
         """Stop a diverged training without saving it: the checkpoints keep the last good model."""
