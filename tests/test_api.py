@@ -126,3 +126,27 @@ def test_an_unreadable_summary_is_skipped_by_results(run, tmp_path, run_cli):
     code, out, err = run_cli("results", str(tmp_path))
     assert code == 0, err
     assert "skipped" in out and "bad" in " ".join(out.split())
+
+
+def test_non_finite_names_the_first_bad_tensor():
+    from metafsl.engine.checkpoint import non_finite
+
+    ok = {"w": torch.ones(3), "grad": None, "steps": torch.tensor(3)}
+    assert non_finite(ok) is None
+    assert non_finite({**ok, "b": torch.tensor([1.0, float("nan")])}) == "b"
+    assert non_finite({**ok, "c": torch.tensor([float("-inf")])}) == "c"
+    assert non_finite({"huge": torch.full((4,), 3e38)}) is None  # an overflowing sum is not a NaN
+
+
+def test_one_key_value_parser():
+    from metafsl.arguments import boolean, last_value, parse
+    from metafsl.errors import UserError
+
+    own, rest = parse(["run='a b'", "episode=5w5s", "out=x", "out=y", "--cfg"], ("run", "out"), "test")
+    assert own == {"run": "a b", "out": "y"} and rest == ["episode=5w5s", "--cfg"]
+    with pytest.raises(UserError, match="Unknown argument 'bogus=1' for metafsl predict"):
+        parse(["bogus=1"], ("run",), "predict", overrides=False)
+    assert last_value(["paths.output_dir=a", "+paths.output_dir=b"], "paths.output_dir") == "b"
+    assert boolean("overwrite", "yes") and not boolean("overwrite", None)
+    with pytest.raises(UserError, match="overwrite must be true or false"):
+        boolean("overwrite", "maybe")
