@@ -248,6 +248,20 @@ def test_two_trainings_started_together_get_their_own_run_dirs(tmp_path):
     assert all((r / ".hydra" / "config.yaml").is_file() for r in runs)
 
 
+def test_two_tests_at_once_keep_both_records(tmp_path, full):
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    args = [*METAFSL, "test", f"run={run}", "eval.episodes=2"]
+    procs = [subprocess.Popen([*args, f"eval.seed={seed}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=_env()) for seed in (1, 2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    tests = json.loads((run / "summary.json").read_text())["tests"]
+    assert sorted(t["eval_seed"] for t in tests) == [1, 2]
+    assert len(list((run / "tests").glob("*/result.json"))) == 2
+
+
 def test_test_and_predict_outputs_are_unique_and_never_overwritten(tmp_path, full, run_cli):
     run = tmp_path / "run"
     shutil.copytree(full, run)

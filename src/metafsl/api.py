@@ -146,9 +146,12 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
         run_report.train_header(plain, run_dir)
         recipe = TrainRecipe(plain, run_dir)
         recipe.setup(start)
-        summary = recipe.run(start.previous)
+        summary = recipe.run()
         run_report.print_train_summary(summary, run_dir)
-        summary.write(run_dir)
+        with RunSummary.locked(run_dir):
+            if start.previous is not None:  # re-read: a `metafsl test` may have added a record since
+                summary.continue_from(RunSummary.read_or_none(run_dir) or start.previous)
+            summary.write(run_dir)
         run_report.write_artifacts(plain, run_dir)
     return summary
 
@@ -179,10 +182,7 @@ def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str =
     out = Path(out_dir) if out_dir is not None else _new_dir(run / "tests")
     write_snapshot(out, cfg, [f"run={run}", *overrides])
     write_json(out / RESULT, record)
-    summary = RunSummary.read_or_none(run) or RunSummary.from_config(ck["config"])
-    summary.add_test(record)
-    summary.write(run)
-    return summary
+    return RunSummary.append_test(run, record, default=RunSummary.from_config(ck["config"]))
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:

@@ -308,17 +308,11 @@ class TrainRecipe:
                 "checkpoint": "best" if self.has_val else "last", "iteration": best["iteration"]}
 
     # ------------------------------------------------------------------ the whole run
-    def run(self, previous: Optional[RunSummary] = None) -> RunSummary:
-        """Train, test, and return the run's summary (not yet written: the caller prints it first).
-        ``previous``: the summary of a finished run being continued; its records are kept."""
+    def run(self) -> RunSummary:
+        """Train, test, and return the run's summary (not yet written: the caller prints it first)."""
         self.train()
         summary = RunSummary.from_config(self.cfg)
         summary.data = self.data_report.to_dict()
-        if previous is not None:
-            summary.tests = list(previous.tests)
-            if previous.test:
-                summary.add_test({**previous.test, "superseded_at_iteration": self.state.iteration})
-            summary.untrained = previous.untrained
         summary.train = {"iterations": self.state.iteration, "seconds": round(self.seconds, 2),
                          "planned_iterations": int(self.tr["iterations"])}
         summary.val = {"best_acc": self.state.best_acc, "best_iteration": self.state.best_iteration}

@@ -7,17 +7,20 @@ records are only ever appended.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from metafsl.engine.run_dir import SUMMARY, write_json
 from metafsl.errors import UserError
 
 VERSION = 2
+SUMMARY_LOCK = ".summary.lock"
 
 
 @dataclass
@@ -100,6 +103,46 @@ class RunSummary:
     # ------------------------------------------------------------------ records
     def add_test(self, record: Dict[str, Any]) -> None:
         self.tests.append(dict(record))
+
+    def continue_from(self, previous: "RunSummary") -> None:
+        """A continued run keeps every earlier record: the tests, and its superseded final test."""
+        self.tests = list(previous.tests)
+        if previous.test:
+            self.add_test({**previous.test, "superseded_at_iteration": (self.train or {}).get("iterations")})
+        if self.untrained is None:
+            self.untrained = previous.untrained
+
+    @staticmethod
+    @contextlib.contextmanager
+    def locked(run_dir: Path) -> Iterator[None]:
+        """Serialise read-modify-write of a run's summary.json between processes (`metafsl test`
+        twice at once, a test during a continued training)."""
+        from filelock import FileLock, Timeout
+
+        lock: Optional[FileLock] = FileLock(str(Path(run_dir) / SUMMARY_LOCK), timeout=120)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"{Path(run_dir) / SUMMARY} stayed locked for 2 minutes; "
+                            "is another metafsl command stuck on it?") from None
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOENT):
+                raise
+            lock = None  # a read-only run dir: the write that follows says so in one sentence
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @classmethod
+    def append_test(cls, run_dir: Path, record: Dict[str, Any], default: "RunSummary") -> "RunSummary":
+        """Add ``record`` to the run's summary.json (``default`` when it has none yet)."""
+        with cls.locked(run_dir):
+            summary = cls.read_or_none(run_dir) or default
+            summary.add_test(record)
+            summary.write(run_dir)
+        return summary
 
     @property
     def best_acc(self) -> Optional[float]:
