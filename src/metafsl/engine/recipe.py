@@ -108,18 +108,23 @@ class TrainRecipe:
         if not changes:
             return
         if "trainer.optimizer.lr" in changes:
-            old, new = changes["trainer.optimizer.lr"]
-            ratio = float(new) / float(old)
-            for group in self.optimizer.param_groups:
-                group["lr"] *= ratio
-                if "initial_lr" in group:
-                    group["initial_lr"] *= ratio
-            if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
-                self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+            self._set_learning_rate(*changes["trainer.optimizer.lr"])
         self.log.write({"iteration": self.state.iteration, "split": "resume",
                         "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
         shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
         out.info(f"Resuming with changed settings: {shown}.")
+
+    def _set_learning_rate(self, old: float, new: float) -> None:
+        """Scale the current rate (and a scheduler's base rates) by new/old, so that a schedule
+        continues from where it was with the new peak."""
+        ratio = float(new) / float(old) if old else None
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * ratio if ratio is not None else float(new)
+            if "initial_lr" in group:
+                group["initial_lr"] = group["initial_lr"] * ratio if ratio is not None else float(new)
+        if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * ratio if ratio is not None else float(new)
+                                       for lr in self.scheduler.base_lrs]
 
     # ------------------------------------------------------------------ training
     def train(self) -> None:
