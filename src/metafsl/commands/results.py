@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
+from metafsl.arguments import parse
 from metafsl.engine.run_dir import SUMMARY
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
@@ -141,16 +142,13 @@ def render_md(rows: List[Dict[str, Any]]) -> str:
 def results_command(args: List[str]) -> int:
     from metafsl.reporting import console as out  # noqa: PLC0415
 
-    own: Dict[str, str] = {}
+    own, rest = parse(args, OWN_KEYS, "results")
     dirs: List[Path] = []
-    for a in args:
-        key = a.split("=", 1)[0]
-        if "=" in a and key in OWN_KEYS:
-            own[key] = a.split("=", 1)[1]
-        elif "=" in a and not Path(a).exists():
-            raise UserError(f"Unknown option '{key}' for metafsl results; use {', '.join(OWN_KEYS)}.")
-        else:
-            dirs.append(Path(a))
+    for a in rest:
+        if "=" in a and not Path(a).exists():
+            raise UserError(f"Unknown option '{a.split('=', 1)[0]}' for metafsl results; use "
+                            f"{', '.join(OWN_KEYS)}.")
+        dirs.append(Path(a))
     if not dirs:
         raise UserError("metafsl results needs run or sweep dirs: metafsl results <dir>... [sort=test].")
     fmt = own.get("format")
