@@ -262,6 +262,12 @@ def test_two_tests_at_once_keep_both_records(tmp_path, full):
     assert len(list((run / "tests").glob("*/result.json"))) == 2
 
 
+def test_a_refused_config_leaves_no_empty_run_dir(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("METAFSL_OUTPUT_DIR", str(tmp_path))
+    assert run_cli("train", *TINY, "trainer.val_every=0")[0] == 2
+    assert not list((tmp_path / "train").iterdir())
+
+
 def test_test_and_predict_outputs_are_unique_and_never_overwritten(tmp_path, full, run_cli):
     run = tmp_path / "run"
     shutil.copytree(full, run)

@@ -21,7 +21,15 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from metafsl.engine.run_dir import RESULT, RunLock, find, unique_dir, write_json, write_snapshot
+from metafsl.engine.run_dir import (
+    RESULT,
+    RunLock,
+    discard_if_unused,
+    find,
+    unique_dir,
+    write_json,
+    write_snapshot,
+)
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
 
@@ -130,9 +138,14 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
     from metafsl.reporting import console as out
     from metafsl.reporting import run_report
 
-    plain = resolved(cfg)
-    check_logger(plain)
-    plain = apply_budget(plain)
+    try:
+        plain = resolved(cfg)
+        check_logger(plain)
+        plain = apply_budget(plain)
+    except UserError:
+        if run_dir is not None:  # the new default dir Hydra made for this run stays unused
+            discard_if_unused(Path(run_dir))
+        raise
     run_dir = Path(run_dir) if run_dir is not None else \
         unique_dir(Path(plain["paths"]["output_dir"]) / "train")
     with RunLock(run_dir):

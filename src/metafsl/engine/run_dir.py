@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -90,6 +91,19 @@ def unique_file(parent: Path, suffix: str) -> Path:
                 return path
         except FileExistsError:  # pragma: no cover
             continue
+
+
+_STAMP = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}_[0-9a-f]{4}")
+
+
+def discard_if_unused(path: Path) -> None:
+    """Remove a default (stamped) run dir that is still empty: a refused command leaves no trace."""
+    path = Path(path)
+    if _STAMP.fullmatch(path.name):
+        try:
+            path.rmdir()  # only ever succeeds on an empty directory
+        except OSError:
+            pass
 
 
 def hydra_unique_dir(parent: str) -> str:
