@@ -150,3 +150,18 @@ def test_one_key_value_parser():
     assert boolean("overwrite", "yes") and not boolean("overwrite", None)
     with pytest.raises(UserError, match="overwrite must be true or false"):
         boolean("overwrite", "maybe")
+
+
+def test_a_test_protocol_loads_no_dataset(run, tmp_path, run_cli, monkeypatch):
+    """protocol=lake20 brings its own images: the learner comes from the checkpoint alone."""
+    import data_fixtures as fx
+    import metafsl.engine.components as components
+
+    def no_data(*a, **k):
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr(components, "load_dataset", no_data)
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=1, same_images=True)
+    code, out, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={z}")
+    assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["tests"][-1]["protocol"] == "lake20"

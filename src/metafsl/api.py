@@ -225,12 +225,12 @@ def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str,
     from metafsl.reporting import console as out
     from metafsl.reporting import run_report
 
-    comp = build(cfg)
-    ckpt.load_weights(comp.algorithm, ck["model"], path)
+    proto = OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None
     pre = ckpt.Preprocessing.from_checkpoint(ck)
+    comp = _without_dataset(cfg, pre) if proto is not None and pre is not None else build(cfg)
+    ckpt.load_weights(comp.algorithm, ck["model"], path)
     if pre is not None:  # the normalisation the model was trained with
         comp.pixels = Pixels(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
-    proto = OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None
     run_report.test_header(run, which, ck["iteration"], cfg, (proto or {}).get("name", ""))
     t0 = time.perf_counter()
     if proto is not None:  # e.g. protocol=lake20: not sampled episodes
@@ -248,6 +248,22 @@ def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str,
     return {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
             "iteration": ck["iteration"], "dataset": cfg["dataset"]["name"],
             "time": _dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def _without_dataset(cfg: Dict[str, Any], pre):
+    """The learner alone, for a test protocol that brings its own images (no dataset is loaded)."""
+    from types import SimpleNamespace
+
+    from metafsl.data.sampler import Pixels
+    from metafsl.engine import runtime
+    from metafsl.engine.components import Components, build_learner, resolve_device
+
+    device = resolve_device(cfg["device"])
+    rt = runtime.from_config(cfg, device)
+    algorithm = build_learner(cfg, pre.channels, pre.image_size).to(device)
+    rt.prepare(algorithm)
+    shape = SimpleNamespace(name=cfg["dataset"]["name"], image_size=pre.image_size, channels=pre.channels)
+    return Components(device, shape, Pixels(pre.mean, pre.std), algorithm, rt)
 
 
 def _group_choices(saved: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
