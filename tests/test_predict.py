@@ -1,4 +1,4 @@
-"""`metafsl predict` on a fixture folder of glyph images, and Algorithm.predict_proba."""
+"""`metafsl predict` on a fixture folder of glyph images (for every method), and ``adapt``."""
 from __future__ import annotations
 
 import csv
@@ -87,7 +87,7 @@ def test_predict_errors(run_cli, protonet_run, images, tmp_path):
     assert code == 2 and "needs run=" in err
 
 
-def test_protonet_predict_proba_recovers_its_own_support():
+def test_protonet_adapt_recovers_its_own_support():
     """1-shot support images used as queries sit exactly on their prototype."""
     from metafsl.algorithms.protonet import ProtoNet
     from metafsl.models import build_backbone
@@ -95,14 +95,14 @@ def test_protonet_predict_proba_recovers_its_own_support():
     torch.manual_seed(0)
     algo = ProtoNet(build_backbone("conv4", channels=1, image_size=28, hidden=8)).eval()
     x = torch.rand(4, 1, 28, 28)
-    y = torch.tensor([2, 0, 3, 1])  # unsorted labels: predict_proba must keep images and labels paired
-    probs = algo.predict_proba(x, y, x, n_way=4)
+    y = torch.tensor([2, 0, 3, 1])  # unsorted labels: adapt must keep images and labels paired
+    probs = algo.adapt(x, y)(x).softmax(-1)
     assert probs.shape == (4, 4)
     assert torch.allclose(probs.sum(-1), torch.ones(4), atol=1e-5)
     assert probs.argmax(-1).tolist() == y.tolist()
 
 
-def test_maml_predict_proba_adapts_and_checks_way():
+def test_maml_adapt_takes_test_steps_and_checks_way():
     from metafsl.algorithms.maml import MAML
     from metafsl.errors import UserError
     from metafsl.models import build_backbone
@@ -112,8 +112,8 @@ def test_maml_predict_proba_adapts_and_checks_way():
                 test_inner_steps=20)
     x = torch.rand(3, 1, 28, 28)
     y = torch.arange(3)
-    probs = algo.predict_proba(x, y, x, n_way=3)
+    probs = algo.adapt(x, y)(x).softmax(-1)
     assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
     assert probs.argmax(-1).tolist() == [0, 1, 2]  # 20 steps fit 3 support images
     with pytest.raises(UserError, match="3-way output head"):
-        algo.predict_proba(x[:2], y[:2], x, n_way=2)
+        algo.adapt(x[:2], y[:2])

@@ -20,10 +20,9 @@ BACKBONES = {
 
 def build_backbone(name: str, channels: int, image_size: int, **kwargs) -> nn.Module:
     """Instantiate a backbone and record its embedding size in ``.out_features``."""
-    l2l = learn2learn()
     if name in ("conv4", "conv4_32"):
         layers = int(kwargs.get("layers", 4))
-        model = l2l.vision.models.CNN4Backbone(
+        model = learn2learn().vision.models.CNN4Backbone(
             hidden_size=int(kwargs.get("hidden", 64)),
             layers=layers,
             channels=channels,
@@ -40,7 +39,7 @@ def build_backbone(name: str, channels: int, image_size: int, **kwargs) -> nn.Mo
         model = WideResNet(depth=int(kwargs.get("depth", 28)), widen=int(kwargs.get("widen", 10)),
                            dropout=float(kwargs.get("dropout", 0.0)), channels=channels)
     elif name == "resnet12":
-        model = l2l.vision.models.ResNet12Backbone(
+        model = learn2learn().vision.models.ResNet12Backbone(
             avg_pool=True,
             wider=bool(kwargs.get("wider", True)),
             embedding_dropout=float(kwargs.get("dropout", 0.0)),
