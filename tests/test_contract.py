@@ -11,7 +11,6 @@ from metafsl.algorithms.metric import MetricLearner
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, TaskBatch
 from metafsl.engine import fast_eval
-from metafsl.engine.evaluate import evaluate
 from metafsl.errors import UserError
 from metafsl.models import build_backbone
 
@@ -147,7 +146,3 @@ def test_mann_classifies_up_to_its_label_slots():
     with pytest.raises(UserError, match="got 8"):
         algo.adapt(torch.rand(8, 1, 12, 12), torch.arange(8))
 
-
-def test_evaluate_through_the_engine_checks_the_episode():
-    with pytest.raises(UserError, match="3-way output head"):
-        evaluate(learner("anil"), random_split(), 4, 1, 1, episodes=2, seed=0, device="cpu")

@@ -11,6 +11,8 @@ from PIL import Image
 
 from conftest import TINY
 from metafsl.algorithms import ALGORITHMS
+from metafsl.cli import main
+from test_algorithms_cli import FAST
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,6 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def protonet_run(tmp_path_factory):
-    from metafsl.cli import main
-
     run = tmp_path_factory.mktemp("run") / "protonet"
     assert main(["train", *TINY, "backbone.hidden=16", "test=false", f"hydra.run.dir={run}"]) == 0
     return run
@@ -135,10 +135,6 @@ def _class_folders(root: Path, n_classes: int, per_class: int = 2) -> Path:
 
 
 def _tiny_run(tmp_path_factory, name: str, n_way: int) -> Path:
-    from test_algorithms_cli import FAST
-
-    from metafsl.cli import main
-
     run = tmp_path_factory.mktemp("runs") / name
     code = main(["train", *TINY, f"algo={name}", "backbone.hidden=8", "trainer.iterations=2",
                  "trainer.val_every=2", "trainer.val_episodes=2", "test=false",
@@ -189,7 +185,7 @@ def test_predict_with_mann_says_how_many_classes_it_holds(run_cli, tmp_path_fact
 def test_testing_a_fixed_head_on_more_classes_names_the_head(run_cli, tmp_path_factory, tmp_path):
     """`metafsl test` of a 3-way MAML run on 20-way episodes: the head's size, in one sentence."""
     run = _tiny_run(tmp_path_factory, "maml", n_way=3)
-    code, out, err = run_cli("test", f"run={run}", "episode=20w1s", "eval.episodes=2",
+    code, out, err = run_cli("test", f"run={run}", "episode=20w1s", "eval.episodes=2", "dataset.n_classes=120",
                              f"hydra.run.dir={tmp_path / 'test'}")
     assert code == 2
     assert "This MAML learner has a 3-way output head: it classifies exactly 3 classes, got 20" in err

@@ -29,9 +29,9 @@ def evaluate(algorithm, split: FewShotSplit, n_way: int, n_shot: int, n_query: i
     """Accuracy (percent) of ``algorithm`` over ``episodes`` episodes drawn with ``seed``.
 
     ``runtime`` (``metafsl.engine.runtime.Runtime``) supplies the autocast context (GPU bf16)."""
-    algorithm.check_episode(n_way, train=False)
     sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed, pixels=pixels,
                              within_group=within_group, split_name=split_name)
+    algorithm.check_episode(n_way, train=False)
     per_episode = n_way * (n_shot + n_query)
     step = max(1, min(batch_episodes, MAX_IMAGES_PER_BATCH // per_episode))
     was_training = algorithm.training
