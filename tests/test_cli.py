@@ -161,14 +161,16 @@ def test_user_errors_are_one_clear_sentence(tmp_path, run_cli, trained):
     assert "Unknown algo 'nope'; choose one of: anil, baseline" in _err(run_cli("train", "algo=nope"))
     assert "Unknown dataset 'imagenet9'" in _err(run_cli("train", "dataset=imagenet9"))
     assert "Unknown command 'trian'" in _err(run_cli("trian"))
-    assert "Key 'iteratons' not in 'TrainerConfig'" in _err(run_cli("train", "trainer.iteratons=3"))
-    assert "could not be converted to Integer" in _err(run_cli("train", "trainer.iterations=abc"))
+    assert "Unknown option 'trainer.iteratons'; 'trainer' has: grad_clip, iterations," in _err(
+        run_cli("train", "trainer.iteratons=3"))
+    assert "trainer.iterations must be an integer (got 'abc')" in _err(run_cli("train", "trainer.iterations=abc"))
     # Hydra's multi-line configuration errors become one line, exit code 2
     for bad in (["trainer.iteratons=3"], ["algo.backend=vmap"], ["algo.inner_lr=[1"]):
         code, out, err = run_cli("train", *bad)
         text = (out + err).strip()
         assert code == 2 and "HYDRA_FULL_ERROR" not in text and len(text.splitlines()) <= 3, text
-    assert "Key 'backend' not in 'ProtoNetConfig'" in _err(run_cli("train", "algo.backend=vmap"))
+    assert "Unknown option 'algo.backend'; 'algo' has: distance, name, temperature" in _err(
+        run_cli("train", "algo.backend=vmap"))
     assert "Cannot parse the override 'algo.inner_lr=[1'" in _err(run_cli("train", "algo.inner_lr=[1"))
     msg = _err(run_cli("train", f"hydra.run.dir={tmp_path / 'a'}", *TINY, "episode.train.n_way=80"))
     assert "Impossible episode: n_way=80" in msg

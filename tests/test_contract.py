@@ -6,17 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metafsl.algorithms import ALGORITHMS, build_algorithm
 from metafsl.algorithms.metric import MetricLearner
+from metafsl.cli import group_options
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, TaskBatch
 from metafsl.engine import fast_eval
+from metafsl.engine.components import build_learner
 from metafsl.errors import UserError
 from metafsl.models import build_backbone
+from metafsl.options import shipped_option
 
 #: small settings so that every method adapts in a fraction of a second
 OPTIONS = {
-    "fomaml": {"first_order": True},
     "reptile": {"test_inner_steps": 5},
     "baseline": {"finetune_epochs": 3},
     "baselinepp": {"finetune_epochs": 3},
@@ -24,7 +25,7 @@ OPTIONS = {
     "mann": {"controller_size": 16, "memory_slots": 8, "memory_size": 4},
     "metalstm": {"steps": 2},
 }
-METHODS = sorted(ALGORITHMS)
+METHODS = group_options("algo")
 VARIANTS = METHODS + ["maml-vmap", "matchingnet-fce", "metaoptnet-ridge"]
 EXTRA = {"maml-vmap": {"backend": "vmap"}, "matchingnet-fce": {"fce": True, "fce_steps": 2},
          "metaoptnet-ridge": {"head": "ridge"}}
@@ -35,8 +36,10 @@ def learner(variant: str, n_way: int = 3, size: int = 12):
     statistics that are not the identity."""
     name = variant.split("-")[0]
     torch.manual_seed(0)
-    backbone = build_backbone("conv4", 1, size, hidden=6, layers=2)
-    algo = build_algorithm({"name": name, **OPTIONS.get(name, {}), **EXTRA.get(variant, {})}, backbone, n_way)
+    cfg = {"backbone": {**shipped_option("backbone", "conv4"), "hidden": 6, "layers": 2},
+           "algo": {**shipped_option("algo", name), **OPTIONS.get(name, {}), **EXTRA.get(variant, {})},
+           "episode": {"train": {"n_way": n_way}}}
+    algo = build_learner(cfg, channels=1, image_size=size)  # as a run builds it
     with torch.no_grad():  # non-trivial running statistics where the method keeps them
         algo.train()
         algo.backbone(torch.rand(24, 1, size, size) * 2)

@@ -64,7 +64,7 @@ def test_auto_format_prefers_csv_and_format_pickle_overrides(tmp_path):
     root = fx.mini_csv(tmp_path / "mini", SPLITS, per_class=2, corrupt=False)
     fx.mini_pickles(root, SPLITS, per_class=3)
     assert mini_imagenet.load(root, 8, cache_dir=str(tmp_path / "c"))["train"].images.shape[0] == 6
-    assert mini_imagenet.load(root, 8, fmt="pickle", cache_dir=str(tmp_path / "c"))["train"].images.shape[0] == 9
+    assert mini_imagenet.load(root, 8, format="pickle", cache_dir=str(tmp_path / "c"))["train"].images.shape[0] == 9
 
 
 def test_missing_files_name_the_paths(tmp_path):
@@ -80,7 +80,7 @@ def test_missing_files_name_the_paths(tmp_path):
     pk = fx.mini_pickles(tmp_path / "pk", SPLITS, per_class=1)
     (pk / "mini-imagenet-cache-test.pkl").unlink()
     with pytest.raises(UserError, match="Missing mini-imagenet-cache-test.pkl"):
-        mini_imagenet.load(pk, fmt="pickle", cache_dir=str(tmp_path / "c"))
+        mini_imagenet.load(pk, format="pickle", cache_dir=str(tmp_path / "c"))
 
 
 def test_bad_pickle_and_bad_format(tmp_path):
@@ -90,7 +90,7 @@ def test_bad_pickle_and_bad_format(tmp_path):
     with pytest.raises(UserError, match="mini-imagenet-cache-validation.pkl"):
         mini_imagenet.load(root, cache_dir=str(tmp_path / "c"))
     with pytest.raises(UserError, match="dataset.format"):
-        mini_imagenet.load(root, fmt="hdf5", cache_dir=str(tmp_path / "c"))
+        mini_imagenet.load(root, format="hdf5", cache_dir=str(tmp_path / "c"))
 
 
 def test_pickles_refuse_code(tmp_path):

@@ -10,8 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY
-from metafsl.algorithms import ALGORITHMS
-from metafsl.cli import main
+from metafsl.cli import group_options, main
 from test_algorithms_cli import FAST
 
 
@@ -144,7 +143,7 @@ def _tiny_run(tmp_path_factory, name: str, n_way: int) -> Path:
     return run
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", group_options("algo"))
 def test_predict_works_for_every_method(run_cli, tmp_path_factory, images, tmp_path, name):
     """A tiny 3-way run of each of the 14 methods predicts the fixture's 3 classes."""
     root, truth = images

@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from metafsl.config import register_configs
+from metafsl.config import check_run_config, register_configs
 from metafsl.errors import UserError
 
 register_configs()
@@ -45,10 +45,13 @@ def _guarded(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
 
 
 def _resolved(cfg: DictConfig) -> Dict[str, Any]:
+    """The plain, resolved config, checked (ranges, types, _target_ arguments) before any work."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:  # a missing value or a broken interpolation in the user's config
         raise UserError(f"The configuration is incomplete: {exc}".splitlines()[0]) from None
+    check_run_config(resolved)
+    return resolved
 
 
 def _run_dir() -> Path:

@@ -69,6 +69,8 @@ def _fail(message: str, code: int = 2) -> int:
 def check_group_overrides(args: List[str]) -> Optional[str]:
     """A one-sentence error for `group=option` naming an option that does not exist."""
     for arg in args:
+        if "=" in arg and not arg.lstrip("+~").split("=", 1)[0].strip():
+            return f"Cannot parse the override '{arg}': it needs a key (key=value, e.g. seed=5)."
         if arg.startswith(("-", "~", "+")) or "=" not in arg:
             continue
         key, value = arg.split("=", 1)
@@ -107,7 +109,7 @@ def run_hydra(command: str, args: List[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:
-        sentence = config_error(exc)
+        sentence = unknown_key_error(exc, args) or config_error(exc)
         if sentence is None or full_error:
             raise
         return _fail(sentence)
@@ -118,6 +120,38 @@ def run_hydra(command: str, args: List[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
     return 0
+
+
+def unknown_key_error(exc: Exception, args: List[str]) -> Optional[str]:
+    """'Could not override a.b.c' (a key the composed config does not have): one sentence that
+    names the key and the keys that ``a.b`` has."""
+    import re  # noqa: PLC0415
+
+    match = re.search(r"Could not override '([^']+)'", str(exc))
+    if not match:
+        return None
+    path = match.group(1)
+    parent, _, key = path.rpartition(".")
+    valid = sibling_keys(parent, [a for a in args if "=" in a and a.split("=", 1)[0] in GROUPS])
+    where = f"'{parent}'" if parent else "the config"
+    known = f"; {where} has: {', '.join(valid)}" if valid else ""
+    return f"Unknown option '{path}'{known} (metafsl list shows the options)."
+
+
+def sibling_keys(parent: str, group_args: List[str]) -> List[str]:
+    """The keys of ``parent`` in the config composed with the user's group choices only."""
+    from hydra import compose, initialize_config_module  # noqa: PLC0415
+    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="metafsl.conf", version_base=None):
+            node = compose(config_name="train", overrides=group_args)
+        for part in [p for p in parent.split(".") if p]:
+            node = node[part]
+        return sorted(k for k in node.keys() if not str(k).startswith("_"))
+    except Exception:  # the listing is a courtesy: never let it hide the first error
+        return []
 
 
 def config_error(exc: Exception) -> Optional[str]:

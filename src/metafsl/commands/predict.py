@@ -90,11 +90,9 @@ def read_queries(spec: str) -> List[Path]:
 
 def load_learner(run: Path, which: str, device: torch.device):
     """The trained algorithm and the pixel pipeline of a run dir."""
-    from metafsl.algorithms import build_algorithm  # noqa: PLC0415
     from metafsl.engine import checkpoint  # noqa: PLC0415
-    from metafsl.engine.components import make_pixels  # noqa: PLC0415
+    from metafsl.engine.components import build_learner, make_pixels  # noqa: PLC0415
     from metafsl.engine.run_dir import BEST, LAST  # noqa: PLC0415
-    from metafsl.models import build_backbone  # noqa: PLC0415
 
     if not run.is_dir():
         raise UserError(f"Run dir {run} does not exist.")
@@ -112,9 +110,7 @@ def load_learner(run: Path, which: str, device: torch.device):
     else:
         stats = None
     pixels = make_pixels(ds_cfg, stats)
-    b = dict(cfg["backbone"])
-    backbone = build_backbone(b.pop("name"), channels=channels, image_size=size, **b)
-    algo = build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
+    algo = build_learner(cfg, channels, size)
     checkpoint.load_weights(algo, ck["model"], path)
     return algo.to(device).eval(), pixels, cfg, channels, size
 

@@ -134,5 +134,13 @@ def load(variant: str, root: Path, image_size: int = 32, channels: int = 3, cach
     return cached_dataset(cache_path(root, cache_dir, key), lambda: build(variant, source, image_size, channels))
 
 
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:
-    return load(cfg["name"], root, cfg["image_size"], cfg["channels"], cache_dir, cfg["download"])
+def cifarfs(root: Path, image_size: int = 32, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
+            download: bool = False) -> FewShotDataset:
+    """CIFAR-FS (Bertinetto et al. 2019): 64/16/20 CIFAR-100 classes."""
+    return load("cifarfs", root, image_size, channels, cache_dir, download)
+
+
+def fc100(root: Path, image_size: int = 32, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
+          download: bool = False) -> FewShotDataset:
+    """FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass, 60/20/20 classes."""
+    return load("fc100", root, image_size, channels, cache_dir, download)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
-from typing import Any, Dict
 
 from metafsl.data.assemble import check_shape, fingerprint, finish_dataset, split_from_files
 from metafsl.data.base import FewShotDataset
@@ -77,7 +76,3 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
     key = {"name": "cub", "size": image_size, "channels": channels, "src": str(images.resolve()),
            "files": fingerprint(images / c / f for c in wanted for f in files[c])}
     return cached_dataset(cache_path(root, cache_dir, key), build)
-
-
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:
-    return load(root, cfg["image_size"], cfg["channels"], cache_dir, cfg["download"])

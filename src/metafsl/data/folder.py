@@ -13,7 +13,7 @@ unreadable files are reported by path and skipped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -113,8 +113,3 @@ def load(root: Path, image_size: int = 84, channels: int = 3, train_fraction: fl
         return cached_dataset(cache_path(root if root.is_dir() else root.parent, cache_dir, key), build)
     finally:
         archive.close()
-
-
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:
-    return load(root, cfg["image_size"], cfg["channels"], cfg["train_fraction"], cfg["val_fraction"],
-                cfg["seed"], cache_dir)

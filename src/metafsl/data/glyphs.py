@@ -145,3 +145,18 @@ def generate(n_classes: int = 1200, examples_per_class: int = 20, image_size: in
     }
     mean, std = channel_stats(splits["train"].images)
     return FewShotDataset("glyphs", splits, mean, std)
+
+
+def load(n_classes: int = 1200, examples_per_class: int = 20, image_size: int = 28, seed: int = 0,
+         train_fraction: float = 0.64, val_fraction: float = 0.16,
+         cache_dir: str = "~/.cache/metafsl") -> FewShotDataset:
+    """``generate`` through the on-disk cache (rendering 1200 classes takes a few seconds)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from metafsl.data.cache import cache_path, cached_dataset  # noqa: PLC0415
+
+    options = dict(n_classes=n_classes, examples_per_class=examples_per_class, image_size=image_size,
+                   seed=seed, train_fraction=train_fraction, val_fraction=val_fraction)
+    folder = Path(cache_dir).expanduser()
+    return cached_dataset(cache_path(folder, cache_dir, {"name": "glyphs", **options}),
+                          lambda: generate(**options))

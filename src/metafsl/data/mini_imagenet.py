@@ -119,14 +119,14 @@ def load_pickles(root: Path, image_size: int, channels: int) -> FewShotDataset:
     return finish_dataset(splits, [], "mini_imagenet")
 
 
-def load(root: Path, image_size: int = 84, channels: int = 3, fmt: str = "auto",
+def load(root: Path, image_size: int = 84, channels: int = 3, format: str = "auto",
          cache_dir: str = "~/.cache/metafsl", download: bool = False) -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     if not root.exists():
         raise UserError(f"Folder {root} does not exist; point dataset.root at the miniImageNet files "
                         f"(the CSV release or {', '.join(PICKLES.values())}).")
-    fmt = detect_format(root, fmt)  # download=true changes nothing: there is no checksummed source
+    fmt = detect_format(root, format)  # download=true changes nothing: there is no checksummed source
     if fmt == "csv":
         sources = [root / n for n in CSV_FILES.values()] + [root / "images"]
         build = functools.partial(load_csv, root, image_size, channels)
@@ -136,7 +136,3 @@ def load(root: Path, image_size: int = 84, channels: int = 3, fmt: str = "auto",
     key = {"name": "mini_imagenet", "format": fmt, "size": image_size, "channels": channels,
            "src": str(root.resolve()), "files": fingerprint(sources)}
     return cached_dataset(cache_path(root, cache_dir, key), build)
-
-
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str) -> FewShotDataset:
-    return load(root, cfg["image_size"], cfg["channels"], cfg.get("format", "auto"), cache_dir, cfg["download"])

@@ -130,7 +130,7 @@ def _make_split(chars: List[Tuple[str, torch.Tensor]], rotations: bool):
 
 
 def load(root: Path, image_size: int = 28, split: str = "vinyals", background: str = "images_background",
-         rotations: bool = True, lake_val_fraction: float = 0.0, cache_dir: str = "~/.cache/metafsl",
+         rotations: bool = True, lake_val_fraction: float = 0.1, cache_dir: str = "~/.cache/metafsl",
          download: bool = False, seed: int = 0) -> FewShotDataset:
     root = Path(root)
     if split == "vinyals":

@@ -15,7 +15,7 @@ all classes of a task from one category.  Unreadable PNGs are reported and skipp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -109,7 +109,3 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
     key = {"name": "tiered_imagenet", "size": image_size, "channels": channels, "src": str(folder.resolve()),
            "files": fingerprint(folder / f for f in FILES)}
     return cached_dataset(cache_path(folder, cache_dir, key), build)
-
-
-def from_config(cfg: Dict[str, Any], root: Path, cache_dir: str):
-    return load(root, cfg["image_size"], cfg["channels"], cache_dir)

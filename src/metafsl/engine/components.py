@@ -6,6 +6,8 @@ from typing import Any, Dict
 
 import torch
 
+from metafsl import options
+from metafsl.config import target_parameters
 from metafsl.data import load_dataset
 from metafsl.data.base import FewShotDataset
 from metafsl.data.sampler import Pixels
@@ -44,20 +46,23 @@ class Components:
     runtime: Any = None  # metafsl.engine.runtime.Runtime (autocast, memory format, compile)
 
 
+def build_learner(cfg: Dict[str, Any], channels: int, image_size: int):
+    """The run's learner (``cfg.algo``) on its backbone (``cfg.backbone``), on the CPU."""
+    backbone = options.instantiate("backbone", cfg["backbone"], channels=channels, image_size=image_size)
+    supplied = {"backbone": backbone}
+    target = options.with_target("algo", cfg["algo"])["_target_"]
+    if "n_way" in target_parameters(target):
+        supplied["n_way"] = cfg["episode"]["train"]["n_way"]
+    return options.instantiate("algo", cfg["algo"], **supplied)
+
+
 def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Components:
     """cfg is a plain (resolved) dict of the run config."""
-    from metafsl.algorithms import build_algorithm  # noqa: PLC0415
-    from metafsl.models import build_backbone  # noqa: PLC0415
-
     device = resolve_device(cfg["device"])
     rt = runtime.from_config(cfg, device)
     ds = dataset if dataset is not None else load_dataset(cfg["dataset"], cfg["paths"])
     if "train" not in ds.splits or "test" not in ds.splits:
         raise UserError(f"Dataset '{ds.name}' needs at least a train and a test split.")
-    b = dict(cfg["backbone"])
-    name = b.pop("name")
-    backbone = build_backbone(name, channels=ds.channels, image_size=ds.image_size, **b)
-    algorithm = build_algorithm(cfg["algo"], backbone, n_way=cfg["episode"]["train"]["n_way"])
-    algorithm = algorithm.to(device)
+    algorithm = build_learner(cfg, ds.channels, ds.image_size).to(device)
     rt.prepare(algorithm)
     return Components(device, ds, make_pixels(cfg["dataset"], ds), algorithm, rt)

@@ -37,3 +37,17 @@ def pool_before_relu(model: nn.Module) -> nn.Module:
         if type(m) is base and isinstance(m.max_pool, nn.MaxPool2d) and isinstance(m.relu, nn.ReLU):
             m.__class__ = fast
     return model
+
+
+def conv4(channels: int, image_size: int, hidden: int = 64, layers: int = 4,
+          pool_first: bool = True) -> nn.Module:
+    """``layers`` blocks of [3x3 conv (``hidden`` filters), batch norm, ReLU, 2x2 max-pool]."""
+    from metafsl._l2l import learn2learn  # noqa: PLC0415
+    from metafsl.models import with_out_features  # noqa: PLC0415
+
+    model = learn2learn().vision.models.CNN4Backbone(
+        hidden_size=int(hidden), layers=int(layers), channels=channels, max_pool=True,
+        max_pool_factor=1.0)
+    if pool_first:
+        pool_before_relu(model)
+    return with_out_features(model, channels, image_size)

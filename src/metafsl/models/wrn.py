@@ -59,3 +59,11 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.blocks(self.conv1(x))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+def wrn(channels: int, image_size: int, depth: int = 28, widen: int = 10, dropout: float = 0.0) -> nn.Module:
+    """WRN-``depth``-``widen`` with global average pooling (any image size)."""
+    from metafsl.models import with_out_features  # noqa: PLC0415
+
+    return with_out_features(WideResNet(depth=int(depth), widen=int(widen), dropout=float(dropout),
+                                        channels=channels), channels, image_size)

@@ -1,0 +1,16 @@
+"""ResNet-12 (MetaOptNet, Lee et al. 2019): learn2learn's ``ResNet12Backbone``, average-pooled."""
+from __future__ import annotations
+
+from torch import nn
+
+from metafsl._l2l import learn2learn
+from metafsl.models import with_out_features
+
+
+def resnet12(channels: int, image_size: int, wider: bool = True, dropblock: float = 0.0,
+             dropout: float = 0.0) -> nn.Module:
+    """wider: channels 64-160-320-640 (MetaOptNet) instead of 64-128-256-512."""
+    model = learn2learn().vision.models.ResNet12Backbone(
+        avg_pool=True, wider=bool(wider), embedding_dropout=float(dropout),
+        dropblock_dropout=float(dropblock), channels=channels)
+    return with_out_features(model, channels, image_size)

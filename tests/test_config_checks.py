@@ -1,0 +1,129 @@
+"""The option files are the single declaration of every option; checks refuse bad values early.
+
+- every dataset / backbone / algo option names its ``_target_`` and exactly the target's
+  arguments, with the target's own defaults;
+- an unknown key in any group, a value of the wrong type and an out-of-range value end in one
+  sentence (exit code 2) before any training starts.
+"""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from metafsl import cli, options
+from metafsl.config import DATASET_RUN_KEYS, INJECTED, RULES, check_run_config, target_parameters
+from metafsl.errors import UserError
+
+TARGET_GROUPS = ("dataset", "backbone", "algo")
+OPTIONS = [(g, o) for g in TARGET_GROUPS for o in cli.group_options(g)]
+#: options that are another option's class with a different setting: what differs on purpose
+VARIANTS = {"fomaml": {"first_order"}, "conv4_32": {"hidden"}}
+
+
+def _compose(overrides=()):
+    with initialize_config_module(config_module="metafsl.conf", version_base=None):
+        return OmegaConf.to_container(compose(config_name="train", overrides=list(overrides)), resolve=True)
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_file_declares_its_targets_arguments_with_their_defaults(group, option):
+    node = options.shipped_option(group, option)
+    params = target_parameters(node["_target_"])
+    not_arguments = set(DATASET_RUN_KEYS) if group == "dataset" else {"name"}
+    declared = {k for k in node if not k.startswith("_") and k not in not_arguments}
+    wanted = {k for k, p in params.items() if k not in INJECTED[group]
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    assert declared == wanted, f"{option}.yaml keys differ from {node['_target_']}'s arguments"
+    for key in declared:
+        default = params[key].default
+        if default is inspect.Parameter.empty or key == "root":
+            continue  # the option file supplies what the function cannot know (e.g. a location)
+        if key in VARIANTS.get(node["name"], ()):
+            continue
+        assert node[key] == default or OmegaConf.is_interpolation(OmegaConf.create(node), key), (
+            f"{option}.yaml {key}={node[key]!r} but {node['_target_']} defaults to {default!r}")
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_passes_the_checks(group, option):
+    check_run_config(_compose([f"{group}={option}"]))
+
+
+def test_every_rule_names_a_field_that_some_option_has():
+    paths = set()
+    configs = [_compose([f"{g}={o}"]) for g, o in OPTIONS]
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            paths.add(prefix + key)
+            if isinstance(value, dict):
+                walk(value, prefix + key + ".")
+
+    for cfg in configs:
+        walk(cfg)
+    assert not [p for p in RULES if p not in paths], "a rule for a field no config has is dead"
+
+
+def _cli_error(capsys, *args):
+    code = cli.main(["train", *args])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    text = (out + err).strip()
+    assert "Traceback" not in text and len(text.splitlines()) <= 3, text
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("override,key", [
+    ("dataset.n_clases=3", "dataset.n_clases"), ("backbone.hiden=3", "backbone.hiden"),
+    ("algo.distanse=cosine", "algo.distanse"), ("trainer.iteratons=3", "trainer.iteratons"),
+    ("eval.episode=3", "eval.episode"), ("episode.train.n_wya=3", "episode.train.n_wya"),
+    ("runtime.amp2=bf16", "runtime.amp2"), ("sed=3", "sed"), ("paths.dta_dir=x", "paths.dta_dir"),
+])
+def test_an_unknown_key_in_any_group_is_one_sentence_naming_the_valid_ones(capsys, override, key):
+    msg = _cli_error(capsys, override)
+    assert f"Unknown option '{key}'" in msg
+    parent = key.rpartition(".")[0]
+    valid = sorted(_compose()[parent] if parent and "." not in parent else
+                   (_compose()["episode"]["train"] if parent else _compose()))
+    assert ", ".join(k for k in valid if not k.startswith("_")) in msg
+
+
+@pytest.mark.parametrize("override,sentence", [
+    ("eval.episodes=0", "eval.episodes must be >= 1 (got 0)"),
+    ("eval.split=bogus", "eval.split must be one of train, val, test (got 'bogus')"),
+    ("trainer.meta_batch_size=0", "trainer.meta_batch_size must be >= 1"),
+    ("trainer.val_every=0", "trainer.val_every must be >= 1"),
+    ("trainer.log_every=0", "trainer.log_every must be >= 1"),
+    ("trainer.optimizer.lr=-0.1", "trainer.optimizer.lr must be > 0 (got -0.1)"),
+    ("trainer.iterations=-5", "trainer.iterations must be >= 0"),
+    ("trainer.max_minutes=-1", "trainer.max_minutes must be >= 0"),
+    ("trainer.val_episodes=-1", "trainer.val_episodes must be >= 0"),
+    ("trainer.iterations=abc", "trainer.iterations must be an integer (got 'abc')"),
+    ("backbone.hidden=0", "backbone.hidden must be >= 1"),
+    ("backbone.layers=0", "backbone.layers must be >= 1"),
+    ("dataset.image_size=2", "dataset.image_size must be >= 8"),
+    ("algo=maml algo.inner_steps=0", "algo.inner_steps must be >= 1"),
+    ("algo=maml algo.backend=jax", "algo.backend must be one of l2l, vmap"),
+    ("algo=mann algo.gamma=abc", "algo.gamma must be a number (got 'abc')"),
+    ("+algo.tau=1", "algo 'protonet' has no option 'tau'; its options are: distance, temperature"),
+    ("+trainer.optimizer.bogus=1", "trainer.optimizer 'torch.optim.Adam' has no option 'bogus'"),
+    ("=5", "Cannot parse the override '=5': it needs a key"),
+    ("dataset=folder dataset.channels=2", "dataset.channels must be one of 1, 3 (got 2)"),
+    ("budget=0", "budget must be > 0"),
+])
+def test_out_of_range_or_wrong_type_is_one_sentence(capsys, tmp_path, override, sentence):
+    run = tmp_path / "run"
+    msg = _cli_error(capsys, *override.split(), f"hydra.run.dir={run}", f"dataset.root={tmp_path}"
+                     if "folder" in override else "seed=0")
+    assert sentence in msg
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_checks_are_plain_functions_too():
+    cfg = _compose()
+    cfg["trainer"]["meta_batch_size"] = 0
+    with pytest.raises(UserError, match="meta_batch_size"):
+        check_run_config(cfg)
