@@ -3,9 +3,13 @@
 and gets the fast evaluation path without any change to the engine."""
 from __future__ import annotations
 
+import json
+
 import torch
+from PIL import Image
 from torch import nn
 
+from conftest import TINY
 from metafsl.algorithms.base import Algorithm, Classifier, accuracy
 from metafsl.algorithms.metric import MetricLearner
 from metafsl.data import glyphs
@@ -78,3 +82,28 @@ def test_a_new_metric_learner_gets_the_fast_evaluation_path():
     batch = EpisodeSampler(split, 3, 2, 2, seed=2, pixels=Pixels()).sample(20)
     torch.testing.assert_close(fast, plain.evaluate(batch))  # same rule, same episodes, same accuracies
     torch.testing.assert_close(fast, metric.evaluate(batch))
+
+
+def test_a_new_method_named_only_in_its_config_runs_through_the_cli(run_cli, tmp_path):
+    """No registry: the config node's ``_target_`` is the method. Train, validate, test and
+    predict run the toy learner through the real commands."""
+    run = tmp_path / "run"
+    code, out, err = run_cli("train", *TINY, "algo=protonet", "algo.name=nearest_centroid",
+                             f"algo._target_={__name__}.NearestCentroid", "~algo.distance", "~algo.temperature",
+                             "backbone.hidden=8", f"hydra.run.dir={run}")
+    assert code == 0, err + out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["acc"] > 40  # nearest centroid of pixels on 5-way glyphs: far above chance
+    split = glyphs.generate(n_classes=20, examples_per_class=3, image_size=28, seed=5)["test"]
+    for k in range(3):
+        idx = torch.nonzero(split.labels == k).flatten().tolist()
+        (tmp_path / "support" / f"c{k}").mkdir(parents=True)
+        (tmp_path / "query").mkdir(exist_ok=True)
+        for j in idx[:2]:
+            Image.fromarray(split.images[j, 0].numpy()).save(tmp_path / "support" / f"c{k}" / f"{j}.png")
+        Image.fromarray(split.images[idx[2], 0].numpy()).save(tmp_path / "query" / f"q{k}.png")
+    code, out, err = run_cli("predict", f"run={run}", f"support={tmp_path / 'support'}",
+                             f"query={tmp_path / 'query'}", f"out={tmp_path / 'pred.csv'}")
+    assert code == 0, err
+    rows = (tmp_path / "pred.csv").read_text().splitlines()
+    assert rows[0] == "file,predicted,probability,p_c0,p_c1,p_c2" and len(rows) == 4
