@@ -149,3 +149,22 @@ def test_mann_classifies_up_to_its_label_slots():
     with pytest.raises(UserError, match="got 8"):
         algo.adapt(torch.rand(8, 1, 12, 12), torch.arange(8))
 
+
+
+def test_learn2learn_is_imported_only_by_the_modules_that_use_it():
+    """Metric learners other than ProtoNet's single-task classifier, the engine's evaluation and
+    the WRN backbone never import learn2learn (its import pulls in gym and friends)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch; from metafsl.models import build_backbone; "
+            "import metafsl.algorithms.protonet, metafsl.algorithms.matchingnet, metafsl.engine.fast_eval; "
+            "from metafsl.algorithms.matchingnet import MatchingNet; "
+            "net = MatchingNet(build_backbone('wrn28_10', 1, 16, depth=10, widen=1)).eval(); "
+            "net.adapt(torch.rand(2, 1, 16, 16), torch.arange(2))(torch.rand(3, 1, 16, 16)); "
+            "assert 'learn2learn' not in sys.modules, 'imported'")
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -116,8 +116,9 @@ class Algorithm(nn.Module):
             loss.backward()
         return loss.detach(), acc.detach()
 
-    def check_episode(self, n_way: int, train: bool) -> None:
-        """Raise ``UserError`` (one sentence) when this learner cannot classify ``n_way`` classes."""
+    def check_episode(self, n_way: int, train: bool = False) -> None:
+        """Raise ``UserError`` (one sentence) when this learner cannot classify ``n_way`` classes
+        (``train``: training episodes; the rule is the same for both today)."""
         if self.n_way is None or n_way == self.n_way or (self.fewer_classes_ok and 2 <= n_way < self.n_way):
             return
         bound = "up to" if self.fewer_classes_ok else "exactly"
