@@ -80,12 +80,13 @@ class Algorithm(nn.Module):
         raise NotImplementedError
 
     # -- derived --------------------------------------------------------------------------
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: Optional[int] = None) -> Classifier:
         """A classifier for the task given by a labelled support set (shots may differ per class).
 
         The classifier maps query images to logits without building a graph.  Test-time use:
-        put the learner in ``eval()`` mode first."""
-        n_way = class_count(support_y)
+        put the learner in ``eval()`` mode first.  ``n_way`` (default: counted from the labels,
+        which must then be 0..n-1) spares a device synchronisation when the caller knows it."""
+        n_way = class_count(support_y) if n_way is None else n_way
         self.check_episode(n_way, train=False)
         with torch.set_grad_enabled(self.adapts_with_gradients):
             classifier = self.fit(support_x, support_y, n_way)
@@ -98,7 +99,7 @@ class Algorithm(nn.Module):
 
     def episode_logits(self, batch: TaskBatch) -> torch.Tensor:
         """Test-time query logits (B, Nq, n_way) of every task of ``batch`` (no graph kept)."""
-        return torch.stack([self.adapt(batch.support_x[i], batch.support_y[i])(batch.query_x[i])
+        return torch.stack([self.adapt(batch.support_x[i], batch.support_y[i], batch.n_way)(batch.query_x[i])
                             for i in range(len(batch))])
 
     def evaluate(self, batch: TaskBatch) -> torch.Tensor:
