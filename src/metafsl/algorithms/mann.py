@@ -81,7 +81,9 @@ class MANN(SequenceLearner):
         self.out = nn.Linear(controller_size + self.heads * self.size, n_way)
 
     def initial_state(self, n: int, device, dtype) -> MemoryState:
-        z = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
+        def z(*shape):
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
         hsize = self.controller.hidden_size
         return MemoryState(z(n, hsize), z(n, hsize), z(n, self.slots, self.size) + 1e-6, z(n, self.slots),
                            z(n, self.heads, self.slots), z(n, self.heads * self.size))

@@ -16,12 +16,14 @@ too.  A backbone whose batch norm has no running statistics falls back to the ep
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from metafsl.algorithms.metric import MetricLearner
+from metafsl.engine.runtime import keep_channels_last
 
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
 #: to recycle activations (see metafsl.engine.runtime.tune_cpu_allocator)
@@ -68,8 +70,6 @@ def supported(algorithm) -> bool:
 def channels_last_weights(module: nn.Module) -> Iterator[None]:
     """Temporarily store 4-D weights channels-last (faster convolutions on CPU and GPU); the
     original tensors are put back afterwards, untouched."""
-    from metafsl.engine.runtime import keep_channels_last  # noqa: PLC0415
-
     saved = []
     for p in module.parameters():
         if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
@@ -89,8 +89,6 @@ def frozen_for_inference(backbone: nn.Module, example: torch.Tensor):
     """A TorchScript copy of ``backbone`` frozen and optimised for CPU inference (batch norm
     folded into the convolutions, fused conv+ReLU kernels): the same function up to float
     rounding, about 1.3x faster here.  Falls back to ``backbone`` if it cannot be traced."""
-    import warnings  # noqa: PLC0415
-
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
