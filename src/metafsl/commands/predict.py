@@ -144,7 +144,7 @@ def predict_command(args: List[str]) -> int:
 
     flat = [p for files in support_files for p in files]
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
-    probs = algo.predict_proba(tensor(flat), labels, tensor(queries), len(names)).float().cpu()
+    probs = algo.adapt(tensor(flat), labels)(tensor(queries)).float().softmax(-1).cpu()
     best_p, best = probs.max(-1)
     target = Path(own["out"]) if own.get("out") else \
         run / "predictions" / f"{_dt.datetime.now():%Y-%m-%d_%H-%M-%S}.csv"

@@ -41,6 +41,9 @@ def test_command(fresh: DictConfig, overrides: List[str], out_dir: Path) -> Dict
     path = run / (BEST if which == "best" else LAST)
     ck = checkpoint.load(path)
     cfg = effective_config(ck["config"], fresh, overrides)
+    # the learner is built as trained (a fixed head's size comes from the training episodes);
+    # test episodes it cannot classify are then refused by its check_episode, in one sentence
+    cfg["episode"]["train"] = ck["config"]["episode"]["train"]
     comp = build(cfg)
     checkpoint.load_weights(comp.algorithm, ck["model"], path)
     if fresh.get("protocol") is not None:  # e.g. protocol=lake20: not sampled episodes
