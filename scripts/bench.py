@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from metafsl._l2l import learn2learn
-from metafsl.algorithms.maml import MAML, use_batch_statistics
+from metafsl.algorithms.gradient import use_batch_statistics
+from metafsl.algorithms.maml import MAML
 from metafsl.algorithms.protonet import ProtoNet
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler

@@ -47,7 +47,7 @@ def test_protonet_logits_use_the_backbone_embeddings():
     net = Flatten(4, 3)
     algo = ProtoNet(net)
     batch = tiny_batch()
-    logits = algo.task_logits(batch, train=False)
+    logits = algo.batch_logits(batch)
     with torch.no_grad():
         s = net(batch.support_x[0])
         q = net(batch.query_x[0])
@@ -69,7 +69,7 @@ def test_maml_adaptation_equals_a_manual_gradient_step():
     with torch.no_grad():
         for p, g in zip(model.parameters(), grads):
             p -= 0.3 * g
-    learner = algo.adapt(sx, sy, steps=1, lr=0.3, first_order=False)
+    learner = algo.inner_loop(sx, sy, steps=1, lr=0.3, first_order=False)
     qx = batch.query_x[0]
     assert torch.allclose(learner(qx), model(qx), atol=1e-5)
 
@@ -135,7 +135,7 @@ def test_maml_plus_plus_per_step_rates_match_maml_and_are_learned():
     with torch.no_grad():
         lslr.step_lrs.zero_()
     sx, sy = batch.support_x[0], batch.support_y[0]
-    learner = lslr.adapt(sx, sy, steps=2, lr=0.3, first_order=True)
+    learner = lslr.inner_loop(sx, sy, steps=2, lr=0.3, first_order=True)
     for p, q in zip(learner.parameters(), lslr.learner.parameters()):
         assert torch.equal(p, q)
 
@@ -156,7 +156,7 @@ def test_maml_plus_plus_multi_step_loss_weights_and_loss():
     algo.msl_iteration.fill_(50)
     batch = tiny_batch(b=1, seed=7)
     sx, sy, qx, qy = batch.support_x[0], batch.support_y[0], batch.query_x[0], batch.query_y[0]
-    want = sum(w * nn.functional.cross_entropy(algo.adapt(sx, sy, s, 0.3, False)(qx), qy)
+    want = sum(w * nn.functional.cross_entropy(algo.inner_loop(sx, sy, s, 0.3, False)(qx), qy)
                for s, w in zip(range(1, 5), w5.tolist()))
     algo.train()
     loss, _ = algo.meta_loss(batch)
@@ -164,5 +164,5 @@ def test_maml_plus_plus_multi_step_loss_weights_and_loss():
     algo.meta_backward(batch)
     assert int(algo.msl_iteration) == 51  # one training iteration advances the schedule
     algo.eval()
-    plain = nn.functional.cross_entropy(algo.adapt(sx, sy, 4, 0.3, False)(qx), qy)
+    plain = nn.functional.cross_entropy(algo.inner_loop(sx, sy, 4, 0.3, False)(qx), qy)
     assert torch.allclose(algo.meta_loss(batch)[0], plain, atol=1e-5)  # not training: last step only

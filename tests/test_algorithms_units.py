@@ -42,7 +42,7 @@ def test_matchingnet_attention_sums_to_one(fce):
     torch.manual_seed(0)
     algo = MatchingNet(TinyBody(), fce=fce, fce_steps=2)
     batch = make_batch()
-    att = algo.attention(batch)
+    att = algo.attention(*algo.embed_episodes(batch))
     assert att.shape == (2, 6, 6)
     assert torch.allclose(att.sum(-1), torch.ones(2, 6), atol=1e-6)
     assert (att >= 0).all()
@@ -50,7 +50,7 @@ def test_matchingnet_attention_sums_to_one(fce):
     # class probability = attention mass on that class's support examples
     manual = torch.stack([att[..., batch.support_y[0] == k].sum(-1) for k in range(3)], -1)
     assert torch.allclose(logp.exp(), manual, atol=1e-6)
-    assert torch.allclose(algo.task_logits(batch, True).exp().sum(-1), torch.ones(2, 6), atol=1e-5)
+    assert torch.allclose(algo.batch_logits(batch).exp().sum(-1), torch.ones(2, 6), atol=1e-5)
 
 
 def test_cosine_attention_prefers_the_most_similar_support_example():
@@ -71,13 +71,13 @@ def test_relation_scores_in_unit_interval_and_mse_loss():
     torch.manual_seed(0)
     algo = RelationNet(TinyBody(), width=16, hidden=8)
     batch = make_batch(shot=3)
-    scores = algo.task_logits(batch, train=True)
+    scores = algo.batch_logits(batch)
     assert scores.shape == (2, 6, 3)
     assert ((scores >= 0) & (scores <= 1)).all()
     loss, acc = algo.meta_loss(batch)
     # meta_loss recomputes the scores (batch norm in train mode): same inputs, same scores
     target = nn.functional.one_hot(batch.query_y, 3).float()
-    assert torch.allclose(loss, ((algo.task_logits(batch, True) - target) ** 2).mean(), atol=1e-6)
+    assert torch.allclose(loss, ((algo.batch_logits(batch) - target) ** 2).mean(), atol=1e-6)
     loss.backward()
     assert algo.relation.net[0].weight.grad is not None and algo.backbone.net[1].weight.grad is not None
 
@@ -96,7 +96,8 @@ def test_siamese_pairs_and_nearest_support_example():
     algo = Siamese(TinyBody(), balance=True)
     batch = make_batch()
     loss, _ = algo.meta_loss(batch)
-    logits = algo.scores(batch)
+    support, query = algo.embed_episodes(batch)
+    logits = algo.pair_logits(query, support)
     same = pair_labels(batch.query_y, batch.support_y)
     bce = nn.functional.binary_cross_entropy_with_logits(logits, same, reduction="none")
     balanced = 0.5 * bce[same == 1].mean() + 0.5 * bce[same == 0].mean()
@@ -202,7 +203,7 @@ def test_metasgd_inner_step_uses_per_parameter_rates():
     params = list(algo.learner.module.parameters())
     loss = nn.functional.cross_entropy(algo.learner(batch.support_x[0]), batch.support_y[0])
     grads = torch.autograd.grad(loss, params)
-    adapted = algo.adapt(batch.support_x[0], batch.support_y[0], steps=1, first_order=False)
+    adapted = algo.inner_loop(batch.support_x[0], batch.support_y[0], steps=1, first_order=False)
     for p, r, g, new in zip(params, lrs, grads, adapted.module.parameters()):
         assert torch.allclose(new, p - r * g, atol=1e-6)
     # the rates are meta-learned: the query loss reaches them
@@ -220,7 +221,7 @@ def test_reptile_outer_step_is_interpolation_towards_adapted_weights(inner):
     algo = Reptile(TinyBody(), n_way=3, inner_lr=0.05, inner_steps=3, inner_batch=100, inner_optimizer=inner)
     batch = make_batch(b=3)
     theta = {k: p.detach().clone() for k, p in algo.net.named_parameters()}
-    phis = [algo.adapt(batch.support_x[i], batch.support_y[i], 3, 100) for i in range(3)]
+    phis = [algo.task_weights(batch.support_x[i], batch.support_y[i], 3, 100) for i in range(3)]
     for phi in phis:  # adaptation starts at theta and does not modify it
         assert any(not torch.allclose(phi[k], theta[k]) for k in theta)
     eps = 0.3
@@ -243,15 +244,15 @@ def test_reptile_first_adam_step_and_non_transductive_prediction():
     sx, sy = batch.support_x[0], batch.support_y[0]
     params = dict(algo.net.named_parameters())
     grads = torch.autograd.grad(nn.functional.cross_entropy(algo.net(sx), sy), list(params.values()))
-    phi = algo.adapt(sx, sy, 1, 100)
+    phi = algo.task_weights(sx, sy, 1, 100)
     for (k, p), g in zip(params.items(), grads):  # Adam, beta1 = 0, first step: lr * g / (|g| + eps)
         assert torch.allclose(phi[k], p - 0.01 * g / (g.abs() + 1e-8), atol=1e-6)
     qx = batch.query_x[0]
-    logits = algo.predict(phi, sx, qx)
+    logits = algo.query_logits(phi, sx, qx)
     one = algo.forward_with(phi, torch.cat([sx, qx[2:3]]))[-1]
     assert torch.allclose(logits[2], one)
     algo.transductive = True
-    assert torch.allclose(algo.predict(phi, sx, qx), algo.forward_with(phi, qx))
+    assert torch.allclose(algo.query_logits(phi, sx, qx), algo.forward_with(phi, qx))
 
 
 # ----------------------------------------------------------------------------- MANN
@@ -315,10 +316,10 @@ def test_mann_input_norm_makes_the_controller_blind_to_a_shared_offset_and_scale
         algo = MANN(TinyBody(), n_way=3, controller_size=16, memory_slots=8, memory_size=5, read_heads=2,
                     input_norm=norm)
         torch.manual_seed(1)
-        plain = algo.task_logits(batch, train=False)
+        plain = algo.run(batch)[2]
         algo.backbone = Shifted(algo.backbone, 3.0, 5.0)
         torch.manual_seed(1)
-        shifted = algo.task_logits(batch, train=False)
+        shifted = algo.run(batch)[2]
         assert torch.allclose(plain, shifted, atol=1e-4) is same
 
 

@@ -50,6 +50,6 @@ def test_maml_clones_use_their_own_weights():
     algo = MAML(build_backbone("conv4", 1, 12, hidden=4, layers=2), 3, inner_lr=0.5, inner_steps=1)
     x, y = torch.randn(6, 1, 12, 12), torch.arange(3).repeat(2)
     before = algo.learner(x).detach()
-    adapted = algo.adapt(x, y, steps=1, lr=0.5, first_order=False)
+    adapted = algo.inner_loop(x, y, steps=1, lr=0.5, first_order=False)
     assert not torch.allclose(adapted(x), before)
     assert torch.equal(algo.learner(x).detach(), before)  # the original is untouched

@@ -49,7 +49,7 @@ def test_inversion_and_task(tmp_path):
 class Nearest(torch.nn.Module):
     """Nearest training image in pixel space; stands in for a learner (fraction correct per task)."""
 
-    needs_grad_at_test = False
+    adapts_with_gradients = False
 
     def check_episode(self, n_way, train):
         pass

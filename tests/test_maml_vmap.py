@@ -77,7 +77,7 @@ def test_same_evaluation_as_learn2learn():
     model = algo.learner.module
     logits = maml_vmap.query_logits_no_grad(model, batch, steps=3, lr=0.2)
     for i in range(TASKS):
-        learner = ref_algo.adapt(batch.support_x[i], batch.support_y[i], 3, 0.2, first_order=True)
+        learner = ref_algo.inner_loop(batch.support_x[i], batch.support_y[i], 3, 0.2, first_order=True)
         torch.testing.assert_close(logits[i], learner(batch.query_x[i]).detach(), rtol=1e-9, atol=1e-12)
 
 

@@ -1,4 +1,4 @@
-"""`metafsl predict` on a fixture folder of glyph images, and Algorithm.predict_proba."""
+"""`metafsl predict` on a fixture folder of glyph images (for every method), and ``adapt``."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import TINY
+from metafsl.cli import group_options, main
+from test_algorithms_cli import FAST
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,6 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def protonet_run(tmp_path_factory):
-    from metafsl.cli import main
-
     run = tmp_path_factory.mktemp("run") / "protonet"
     assert main(["train", *TINY, "backbone.hidden=16", "test=false", f"hydra.run.dir={run}"]) == 0
     return run
@@ -87,7 +87,7 @@ def test_predict_errors(run_cli, protonet_run, images, tmp_path):
     assert code == 2 and "needs run=" in err
 
 
-def test_protonet_predict_proba_recovers_its_own_support():
+def test_protonet_adapt_recovers_its_own_support():
     """1-shot support images used as queries sit exactly on their prototype."""
     from metafsl.algorithms.protonet import ProtoNet
     from metafsl.models import build_backbone
@@ -95,14 +95,14 @@ def test_protonet_predict_proba_recovers_its_own_support():
     torch.manual_seed(0)
     algo = ProtoNet(build_backbone("conv4", channels=1, image_size=28, hidden=8)).eval()
     x = torch.rand(4, 1, 28, 28)
-    y = torch.tensor([2, 0, 3, 1])  # unsorted labels: predict_proba must keep images and labels paired
-    probs = algo.predict_proba(x, y, x, n_way=4)
+    y = torch.tensor([2, 0, 3, 1])  # unsorted labels: adapt must keep images and labels paired
+    probs = algo.adapt(x, y)(x).softmax(-1)
     assert probs.shape == (4, 4)
     assert torch.allclose(probs.sum(-1), torch.ones(4), atol=1e-5)
     assert probs.argmax(-1).tolist() == y.tolist()
 
 
-def test_maml_predict_proba_adapts_and_checks_way():
+def test_maml_adapt_takes_test_steps_and_checks_way():
     from metafsl.algorithms.maml import MAML
     from metafsl.errors import UserError
     from metafsl.models import build_backbone
@@ -112,8 +112,80 @@ def test_maml_predict_proba_adapts_and_checks_way():
                 test_inner_steps=20)
     x = torch.rand(3, 1, 28, 28)
     y = torch.arange(3)
-    probs = algo.predict_proba(x, y, x, n_way=3)
+    probs = algo.adapt(x, y)(x).softmax(-1)
     assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
     assert probs.argmax(-1).tolist() == [0, 1, 2]  # 20 steps fit 3 support images
     with pytest.raises(UserError, match="3-way output head"):
-        algo.predict_proba(x[:2], y[:2], x, n_way=2)
+        algo.adapt(x[:2], y[:2])
+
+
+# ----------------------------------------------------------------------------- every method
+def _class_folders(root: Path, n_classes: int, per_class: int = 2) -> Path:
+    """support/<class>/*.png with ``n_classes`` glyph classes, as a user would lay them out."""
+    from metafsl.data import glyphs
+
+    split = glyphs.generate(n_classes=40, examples_per_class=4, image_size=28, seed=11)["test"]
+    support = root / f"support{n_classes}"
+    for k in range(n_classes):
+        (support / f"c{k}").mkdir(parents=True)
+        for j, i in enumerate(torch.nonzero(split.labels == k).flatten()[:per_class].tolist()):
+            Image.fromarray(split.images[i, 0].numpy()).save(support / f"c{k}" / f"{j}.png")
+    return support
+
+
+def _tiny_run(tmp_path_factory, name: str, n_way: int) -> Path:
+    run = tmp_path_factory.mktemp("runs") / name
+    code = main(["train", *TINY, f"algo={name}", "backbone.hidden=8", "trainer.iterations=2",
+                 "trainer.val_every=2", "trainer.val_episodes=2", "test=false",
+                 f"episode.train.n_way={n_way}", f"episode.test.n_way={n_way}", f"hydra.run.dir={run}",
+                 *FAST.get(name, [])])
+    assert code == 0, name
+    return run
+
+
+@pytest.mark.parametrize("name", group_options("algo"))
+def test_predict_works_for_every_method(run_cli, tmp_path_factory, images, tmp_path, name):
+    """A tiny 3-way run of each of the 14 methods predicts the fixture's 3 classes."""
+    root, truth = images
+    run = _tiny_run(tmp_path_factory, name, n_way=3)
+    out = tmp_path / "pred.csv"
+    code, text, err = run_cli("predict", f"run={run}", f"support={root / 'support'}",
+                              f"query={root / 'query'}", f"out={out}")
+    assert code == 0, err
+    rows = _rows(out)
+    assert sorted(Path(r["file"]).name for r in rows) == sorted(truth)
+    for r in rows:
+        probs = [float(r[f"p_class{k}"]) for k in range(3)]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-3)
+        assert float(r[f"p_{r['predicted']}"]) == pytest.approx(max(probs), abs=1e-6)
+
+
+def test_predict_with_mann_says_how_many_classes_it_holds(run_cli, tmp_path_factory, images, tmp_path):
+    """A 5-way MANN classifies 3 classes (3 probabilities each) and refuses 8 in one sentence."""
+    root, _ = images
+    run = _tiny_run(tmp_path_factory, "mann", n_way=5)
+    code, _, err = run_cli("predict", f"run={run}", f"support={_class_folders(tmp_path, 8)}",
+                           f"query={root / 'query'}", f"out={tmp_path / 'eight.csv'}")
+    assert code == 2
+    assert err.strip().endswith("MANN learner has 5 label slots: it classifies up to 5 classes, got 8.")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "eight.csv").exists()
+    out = tmp_path / "three.csv"
+    code, _, err = run_cli("predict", f"run={run}", f"support={_class_folders(tmp_path, 3)}",
+                           f"query={root / 'query'}", f"out={out}")
+    assert code == 0, err
+    with open(out) as f:
+        header, *rows = list(csv.reader(f))
+    assert header == ["file", "predicted", "probability", "p_c0", "p_c1", "p_c2"]
+    assert rows and all(len(r) == len(header) for r in rows)
+    assert all(sum(float(x) for x in r[3:]) == pytest.approx(1.0, abs=1e-3) for r in rows)
+
+
+def test_testing_a_fixed_head_on_more_classes_names_the_head(run_cli, tmp_path_factory, tmp_path):
+    """`metafsl test` of a 3-way MAML run on 20-way episodes: the head's size, in one sentence."""
+    run = _tiny_run(tmp_path_factory, "maml", n_way=3)
+    code, out, err = run_cli("test", f"run={run}", "episode=20w1s", "eval.episodes=2", "dataset.n_classes=120",
+                             f"hydra.run.dir={tmp_path / 'test'}")
+    assert code == 2
+    assert "This MAML learner has a 3-way output head: it classifies exactly 3 classes, got 20" in err
+    assert "another version" not in err + out and "Traceback" not in err

@@ -8,8 +8,10 @@ import torch
 
 from conftest import TINY
 from metafsl.algorithms.maml import MAML
-from metafsl.algorithms.protonet import ProtoNet
+from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.protonet import ProtoNet, prototypes, sq_euclidean_logits
 from metafsl.data.base import FewShotSplit
+from metafsl.data.sampler import EpisodeSampler
 from metafsl.engine import fast_eval, runtime
 from metafsl.engine.evaluate import EvalSpec, evaluate
 from metafsl.errors import UserError
@@ -45,11 +47,9 @@ def test_embedding_shortcut_gives_the_same_accuracies(monkeypatch):
     assert 0 < slow["acc"] < 100 and slow["ci95"] > 0  # a meaningful comparison
 
 
-def test_embedding_shortcut_per_episode_matches_task_logits():
+def test_embedding_shortcut_per_episode_matches_the_episode_loop():
     split, algo = random_split(), protonet()
     algo.eval()
-    from metafsl.data.sampler import EpisodeSampler
-
     fast = fast_eval.episode_accuracies(algo, EpisodeSampler(split, 3, 2, 2, seed=3), split.images,
                                         episodes=10, max_images=7, episodes_per_step=4)
     with torch.no_grad():
@@ -64,11 +64,15 @@ def test_shortcut_applies_only_where_faithful():
     maml = MAML(build_backbone("conv4", 1, 16, hidden=4, layers=2), 3)
     assert not fast_eval.supported(maml)  # needs gradients at test, batch statistics
 
-    class Rescored(ProtoNet):
-        def task_logits(self, batch, train):
-            return 2 * super().task_logits(batch, train)
+    class Farthest(MetricLearner):  # any metric learner's own rule is what the shortcut applies
+        def logits_from_embeddings(self, support, support_y, query, n_way):
+            return -sq_euclidean_logits(query, prototypes(support, support_y, n_way))
 
-    assert not fast_eval.supported(Rescored(build_backbone("conv4", 1, 16, hidden=4, layers=2)))
+    farthest, split = Farthest(protonet().backbone).eval(), random_split()
+    assert fast_eval.supported(farthest)
+    fast = fast_eval.episode_accuracies(farthest, EpisodeSampler(split, 3, 2, 2, seed=3), split.images,
+                                        episodes=10, max_images=7, episodes_per_step=4)
+    torch.testing.assert_close(fast, farthest.evaluate(EpisodeSampler(split, 3, 2, 2, seed=3).sample(10)))
     batch_stats = protonet()
     for m in batch_stats.backbone.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -26,7 +26,7 @@ def learn2learn(verbose: bool = False):
         redirect = contextlib.nullcontext() if verbose else contextlib.redirect_stderr(sink)
         with redirect:
             try:
-                import learn2learn as l2l  # noqa: PLC0415
+                import learn2learn as l2l
             except ImportError as exc:  # pragma: no cover - depends on the environment
                 from metafsl.errors import UserError
 

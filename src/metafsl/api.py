@@ -189,6 +189,9 @@ def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str =
     verify_checkpoint(run, ck, path)
     fresh = compose("test", [*_group_choices(ck["config"], overrides), *overrides])
     cfg = effective_config(ck["config"], fresh, overrides)
+    # the learner is built as trained (a fixed head's size comes from the training episodes);
+    # test episodes it cannot classify are then refused by its check_episode, in one sentence
+    cfg["episode"]["train"] = ck["config"]["episode"]["train"]
     record = _score(run, ck, path, checkpoint, cfg, fresh.get("protocol"))
     record["overrides"] = list(overrides)
     run_report.print_test(run, record)  # before anything is written: a failed write loses nothing shown

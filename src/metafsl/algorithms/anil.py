@@ -15,32 +15,21 @@ import torch
 from torch import nn
 
 from metafsl._l2l import learn2learn
-from metafsl.algorithms.base import PerTaskAlgorithm, accuracy
-from metafsl.algorithms.maml import use_batch_statistics
-from metafsl.data.sampler import TaskBatch
-from metafsl.errors import UserError
+from metafsl.algorithms.base import Classifier
+from metafsl.algorithms.gradient import GradientLearner
 
 
-class ANIL(PerTaskAlgorithm):
-    needs_grad_at_test = True
-
+class ANIL(GradientLearner):
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False):
-        super().__init__(backbone)
-        use_batch_statistics(backbone)
-        self.n_way = n_way
+        super().__init__(backbone, n_way)
         self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
         self.test_inner_lr = float(inner_lr if test_inner_lr is None else test_inner_lr)
         self.test_inner_steps = int(test_inner_steps)
         self.first_order = bool(first_order)
         self.head = learn2learn().algorithms.MAML(nn.Linear(backbone.out_features, n_way),
                                                   lr=self.inner_lr, first_order=self.first_order)
-
-    def check_episode(self, n_way: int, train: bool) -> None:
-        if n_way != self.n_way:
-            raise UserError(f"This ANIL learner has a {self.n_way}-way output head; it cannot run "
-                            f"{n_way}-way episodes (train and test with the same n_way).")
 
     def adapt_head(self, support: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
                    first_order: bool):
@@ -51,20 +40,13 @@ class ANIL(PerTaskAlgorithm):
             head.adapt(nn.functional.cross_entropy(head(support), labels), first_order=first_order)
         return head
 
-    def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
-        support, query = self.backbone(batch.support_x[i]), self.backbone(batch.query_x[i])
-        head = self.adapt_head(support, batch.support_y[i], self.inner_steps, self.inner_lr,
-                               self.first_order)
-        return head(query)
-
-    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
-        accs = []
-        for i in range(len(batch)):
-            with torch.no_grad():
-                support, query = self.backbone(batch.support_x[i]), self.backbone(batch.query_x[i])
-            with torch.enable_grad():
-                head = self.adapt_head(support, batch.support_y[i], self.test_inner_steps,
-                                       self.test_inner_lr, first_order=True)
-            with torch.no_grad():
-                accs.append(accuracy(head(query), batch.query_y[i]))
-        return torch.stack(accs)
+    def task_learner(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+        """The body embeds, the adapted head classifies; at test time the body runs without a graph."""
+        if training:
+            head = self.adapt_head(self.backbone(support_x), support_y, self.inner_steps, self.inner_lr,
+                                   self.first_order)
+            return lambda query_x: head(self.backbone(query_x))
+        with torch.no_grad():
+            support = self.backbone(support_x)
+        head = self.adapt_head(support, support_y, self.test_inner_steps, self.test_inner_lr, first_order=True)
+        return lambda query_x: head(self.backbone(query_x))

@@ -1,27 +1,46 @@
-"""The common interface every few-shot method implements.
+"""The contract every few-shot method keeps.
 
-An ``Algorithm`` is an ``nn.Module`` holding all trainable state.  The training loop
-only ever calls ``meta_backward(batch)`` (accumulates the meta-gradient into ``.grad`` and
-returns the loss and the mean query accuracy over the batch of tasks; by default it is
-``meta_loss(batch)`` followed by ``backward()``) and ``evaluate(batch)`` (returns the query
-accuracy of each task).  Algorithms know nothing about files, configs or the CLI.
+An ``Algorithm`` is an ``nn.Module`` holding all trainable state, with two verbs:
 
-Methods that adapt to each task separately (MAML and its relatives) derive from
-``PerTaskAlgorithm``: they implement ``task_query_logits(batch, i)`` and get a
-``meta_backward`` that backpropagates task by task, so only one task's inner-loop graph is
-alive at a time (the same gradient as the batch mean, with lower peak memory; about 6%
-faster on the 2-core CPU for miniImageNet-shaped MAML).
+- training: ``meta_loss(batch)`` -> (loss, mean query accuracy) on a meta-batch of tasks, and
+  ``meta_backward(batch)``, which adds the meta-gradient to ``.grad`` (by default
+  ``meta_loss`` followed by ``backward()``); the training loop only calls ``meta_backward``;
+- test time: ``adapt(support_x, support_y)`` returns a classifier for that one task, a callable
+  from query images to logits (``n_query, n_way``).  Evaluation (``evaluate``), ``metafsl
+  predict`` and the fast batched evaluation of metric learners all derive from it.
+
+A method implements ``fit(support_x, support_y, n_way)`` (the classifier for one task) and
+``meta_loss``; ``adapt`` wraps ``fit`` with the episode check and the right autograd mode.
+``episode_logits(batch)`` is the test-time logits of a whole batch of tasks: by default
+``fit`` task by task; a family may compute it batched, as long as it equals adapting task by
+task (tests/test_contract.py checks this for every method, same seed, same numbers).
+
+What a method can do is declared by class attributes, read by the engine and by the one
+``check_episode``: ``n_way`` (set by methods with a fixed number of outputs),
+``fewer_classes_ok`` (such a method also takes fewer classes), ``head_noun`` (how its
+outputs are named in errors), ``adapts_with_gradients`` (it takes gradient steps at test
+time; also keeps it off the channels-last memory format, see ``engine/runtime.py``).
+
+Family bases carry the shared parts: ``metric.MetricLearner`` (an embedding and a rule on
+embeddings; batched evaluation embeds each distinct image once), ``gradient.GradientLearner``
+(an inner loop per task: MAML, FOMAML, MAML++, Meta-SGD, ANIL, Reptile),
+``transfer.TransferBaseline`` (Baseline, Baseline++) and ``sequence.SequenceLearner`` (MANN,
+the meta-learner LSTM).  Algorithms know nothing about files, configs or the CLI.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Tuple
+from typing import Callable, ContextManager, Optional, Tuple
 
 import torch
 from torch import nn
 
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Pixels, TaskBatch
+from metafsl.errors import UserError
+
+#: a classifier for one task: query images (Nq, C, H, W) -> logits (Nq, n_way)
+Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -29,24 +48,63 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).float().mean(-1)
 
 
+def class_count(support_y: torch.Tensor) -> int:
+    """Number of classes of a support set labelled 0..n-1 (each label present at least once)."""
+    n_way = int(support_y.max()) + 1
+    if torch.unique(support_y).numel() != n_way or int(support_y.min()) != 0:
+        raise ValueError("support labels must be 0..n_way-1, every class with at least one example")
+    return n_way
+
+
 class Algorithm(nn.Module):
-    #: Whether ``evaluate`` needs autograd (optimisation-based methods adapt at test time).
-    needs_grad_at_test: bool = False
+    #: the number of classes this learner was built for, when fixed (an output head); None: any
+    n_way: Optional[int] = None
+    #: whether a learner with a fixed ``n_way`` also classifies fewer classes
+    fewer_classes_ok: bool = False
+    #: how the fixed outputs are named in errors; ``{n}`` is ``n_way``
+    head_noun: str = "a {n}-way output head"
+    #: whether adaptation takes gradient steps at test time (autograd on in ``adapt``)
+    adapts_with_gradients: bool = False
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
 
-    # -- to implement ----------------------------------------------------------------------
-    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
-        """Query logits (B, n_query_total, n_way) for a batch of tasks."""
+    # -- the method implements ----------------------------------------------------------
+    def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
+        """The classifier for one task: support (Ns, C, H, W), labels 0..n_way-1 (Ns,)."""
         raise NotImplementedError
 
-    # -- defaults built on task_logits ----------------------------------------------------
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = self.task_logits(batch, train=True)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
-        return loss, accuracy(logits, batch.query_y).mean()
+        """(loss, mean query accuracy) of a meta-batch, differentiable w.r.t. the parameters."""
+        raise NotImplementedError
+
+    # -- derived --------------------------------------------------------------------------
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: Optional[int] = None) -> Classifier:
+        """A classifier for the task given by a labelled support set (shots may differ per class).
+
+        The classifier maps query images to logits without building a graph.  Test-time use:
+        put the learner in ``eval()`` mode first.  ``n_way`` (default: counted from the labels,
+        which must then be 0..n-1) spares a device synchronisation when the caller knows it."""
+        n_way = class_count(support_y) if n_way is None else n_way
+        self.check_episode(n_way, train=False)
+        with torch.set_grad_enabled(self.adapts_with_gradients):
+            classifier = self.fit(support_x, support_y, n_way)
+
+        def classify(query_x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return classifier(query_x).detach()
+
+        return classify
+
+    def episode_logits(self, batch: TaskBatch) -> torch.Tensor:
+        """Test-time query logits (B, Nq, n_way) of every task of ``batch`` (no graph kept)."""
+        return torch.stack([self.adapt(batch.support_x[i], batch.support_y[i], batch.n_way)(batch.query_x[i])
+                            for i in range(len(batch))])
+
+    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
+        """Query accuracy (fraction) of each task of ``batch`` after adapting to its support set."""
+        return accuracy(self.episode_logits(batch), batch.query_y)
 
     def meta_backward(self, batch: TaskBatch,
                       autocast: Callable[[], ContextManager] = contextlib.nullcontext
@@ -59,70 +117,27 @@ class Algorithm(nn.Module):
             loss.backward()
         return loss.detach(), acc.detach()
 
-    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
-        with torch.set_grad_enabled(self.needs_grad_at_test):
-            logits = self.task_logits(batch, train=False)
-        return accuracy(logits.detach(), batch.query_y)
+    def check_episode(self, n_way: int, train: bool = False) -> None:
+        """Raise ``UserError`` (one sentence) when this learner cannot classify ``n_way`` classes
+        (``train``: training episodes; the rule is the same for both today)."""
+        if self.n_way is None or n_way == self.n_way or (self.fewer_classes_ok and 2 <= n_way < self.n_way):
+            return
+        bound = "up to" if self.fewer_classes_ok else "exactly"
+        advice = "" if self.fewer_classes_ok else " (train and test with the same n_way)"
+        raise UserError(f"This {type(self).__name__} learner has {self.head_noun.format(n=self.n_way)}: it "
+                        f"classifies {bound} {self.n_way} classes, got {n_way}{advice}.")
+
+    def embed_episodes(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One backbone pass over all support and query images: (B, Ns, D), (B, Nq, D)."""
+        b, ns = batch.support_x.shape[:2]
+        nq = batch.query_x.shape[1]
+        z = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+        return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, nq, -1)
 
     def train_source(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, device,
                      seed: int, pixels: Pixels, within_group: bool = False):
         """What the training loop draws batches from: anything with ``sample(n, train=True)``
         and ``state_dict()/load_state_dict()``.  Episodic methods use the episode sampler;
-        transfer baselines may return a sampler of plain labelled mini-batches instead."""
+        transfer baselines return a sampler of plain labelled mini-batches instead."""
         return EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed,
                               pixels=pixels, within_group=within_group, split_name="train")
-
-    def predict_proba(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
-                      n_way: int) -> torch.Tensor:
-        """Class probabilities (n_query, n_way) for one task: support (Ns, C, H, W) with labels
-        0..n_way-1 (shots may differ per class), queries (Nq, C, H, W).  Default: softmax of
-        ``task_logits`` on a one-task batch; methods without ``task_logits`` override this."""
-        order = torch.argsort(support_y, stable=True)
-        support_x, support_y = support_x[order], support_y[order]
-        n_shot = max(1, len(support_y) // n_way)
-        n_query = max(1, len(query_x) // n_way)
-        batch = TaskBatch(support_x[None], support_y[None], query_x[None],
-                          torch.zeros(1, len(query_x), dtype=torch.long, device=query_x.device),
-                          n_way, n_shot, n_query)
-        with torch.set_grad_enabled(self.needs_grad_at_test):
-            logits = self.task_logits(batch, train=False)
-        return logits.detach()[0].softmax(-1)
-
-    def check_episode(self, n_way: int, train: bool) -> None:
-        """Raise ``UserError`` when this learner cannot handle ``n_way`` (e.g. a fixed head)."""
-
-
-class PerTaskAlgorithm(Algorithm):
-    """A method that adapts to each task of a meta-batch on its own (an inner loop per task)."""
-
-    #: False when ``meta_loss`` builds one graph for the whole batch (MAML's vmap backend)
-    backprop_per_task: bool = True
-
-    def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
-        """Differentiable query logits (n_query_total, n_way) of task ``i`` after adaptation."""
-        raise NotImplementedError
-
-    def _task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = self.task_query_logits(batch, i)
-        return nn.functional.cross_entropy(logits, batch.query_y[i]), accuracy(logits.detach(), batch.query_y[i])
-
-    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        losses, accs = zip(*(self._task_loss(batch, i) for i in range(len(batch))))
-        return torch.stack(losses).mean(), torch.stack(accs).mean()
-
-    def meta_backward(self, batch: TaskBatch,
-                      autocast: Callable[[], ContextManager] = contextlib.nullcontext
-                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Backpropagate each task's share of the mean loss as soon as it is computed."""
-        if not self.backprop_per_task:
-            return super().meta_backward(batch, autocast)
-        losses, accs = [], []
-        for i in range(len(batch)):
-            with autocast():
-                loss, acc = self._task_loss(batch, i)
-            if not torch.isfinite(loss):
-                return loss.detach(), acc
-            (loss / len(batch)).backward()
-            losses.append(loss.detach())
-            accs.append(acc)
-        return torch.stack(losses).mean(), torch.stack(accs).mean()

@@ -13,7 +13,9 @@ backend only:
 
 - ``per_step_lr`` (LSLR): a learned inner learning rate per parameter tensor and per inner
   step, initialised at ``inner_lr`` and meta-learned with the weights; test-time steps use the
-  rates of the same step index (``test_inner_lr`` is then not used).
+  rates of the same step index (``test_inner_lr`` is then not used).  The update is
+  learn2learn's ``maml_update`` with the rate-scaled gradients: its ``GBML`` transforms hold one
+  transform per parameter for every step, which cannot express a rate per step.
 - ``multi_step_loss`` (MSL): the outer loss is a weighted sum of the query losses after every
   inner step.  The weights start uniform (1/S each) and move linearly towards the last step
   over the first ``msl_iterations`` training iterations (non-final weights floor at 0.03/S, as
@@ -29,43 +31,29 @@ from torch import nn
 
 from metafsl._l2l import learn2learn
 from metafsl.algorithms import maml_vmap
-from metafsl.algorithms.base import PerTaskAlgorithm, accuracy
+from metafsl.algorithms.base import Classifier, accuracy
+from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
-
-
-def use_batch_statistics(module: nn.Module) -> None:
-    """Make every batch-norm layer normalise with the current batch's statistics."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-            m.running_mean = None
-            m.running_var = None
-            m.num_batches_tracked = None
-
 
 #: l2l: learn2learn's per-task clone/adapt loop (reference); vmap: all tasks at once (torch.func)
 BACKENDS = ("l2l", "vmap")
 
 
-class MAML(PerTaskAlgorithm):
-    needs_grad_at_test = True
-
+class MAML(GradientLearner):
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False, backend: str = "l2l", per_step_lr: bool = False,
                  multi_step_loss: bool = False, msl_iterations: int = 7500):
-        super().__init__(backbone)
         if backend not in BACKENDS:
             raise UserError(f"Unknown MAML backend '{backend}'; choose one of: {', '.join(BACKENDS)}.")
         if backend == "vmap" and (per_step_lr or multi_step_loss):
             raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
         if multi_step_loss and int(msl_iterations) < 1:
             raise UserError(f"msl_iterations must be at least 1 (got {msl_iterations}).")
+        super().__init__(backbone, n_way)
         self.backend = backend
         self.backprop_per_task = backend == "l2l"  # vmap: all tasks in one graph, one backward
-        use_batch_statistics(backbone)
-        self.n_way = n_way
         self.head = nn.Linear(backbone.out_features, n_way)
         self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
         self.test_inner_lr = float(inner_lr if test_inner_lr is None else test_inner_lr)
@@ -86,15 +74,8 @@ class MAML(PerTaskAlgorithm):
         if self.multi_step_loss:
             self.register_buffer("msl_iteration", torch.zeros((), dtype=torch.long))
 
-    def check_episode(self, n_way: int, train: bool) -> None:
-        if n_way != self.n_way:
-            raise UserError(
-                f"This MAML learner has a {self.n_way}-way output head; it cannot run {n_way}-way "
-                f"episodes (train and test with the same n_way)."
-            )
-
-    def adapt(self, support_x, support_y, steps: int, lr: float, first_order: bool,
-              after_step: Optional[Callable[[nn.Module], None]] = None):
+    def inner_loop(self, support_x, support_y, steps: int, lr: float, first_order: bool,
+                   after_step: Optional[Callable[[nn.Module], None]] = None):
         """A clone of the model after ``steps`` inner steps (``after_step(learner)`` after each)."""
         learner = self.learner.clone(first_order=first_order)
         learner.lr = lr
@@ -121,13 +102,18 @@ class MAML(PerTaskAlgorithm):
         w[-1] = 1.0 - w[:-1].sum()
         return w
 
-    def _task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def task_learner(self, support_x, support_y, training: bool) -> Classifier:
+        if training:
+            return self.inner_loop(support_x, support_y, self.inner_steps, self.inner_lr, self.first_order)
+        return self.inner_loop(support_x, support_y, self.test_inner_steps, self.test_inner_lr, first_order=True)
+
+    def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         # after the MSL phase (or one inner step) only the last step counts: plain MAML
         if not (self.multi_step_loss and self.training) or int(self.msl_iteration) >= self.msl_iterations:
-            return super()._task_loss(batch, i)
+            return super().task_loss(batch, i)
         logits: List[torch.Tensor] = []
-        self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_lr,
-                   self.first_order, after_step=lambda learner: logits.append(learner(batch.query_x[i])))
+        self.inner_loop(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_lr,
+                        self.first_order, after_step=lambda learner: logits.append(learner(batch.query_x[i])))
         weights = self.msl_weights(self.inner_steps).tolist()  # all > 0 during the MSL phase
         loss = sum(w * nn.functional.cross_entropy(z, batch.query_y[i]) for w, z in zip(weights, logits))
         return loss, accuracy(logits[-1].detach(), batch.query_y[i])
@@ -140,11 +126,6 @@ class MAML(PerTaskAlgorithm):
             self.msl_iteration += 1  # one training iteration: advances the MSL schedule
         return result
 
-    def task_query_logits(self, batch: TaskBatch, i: int) -> torch.Tensor:
-        learner = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps,
-                             self.inner_lr, self.first_order)
-        return learner(batch.query_x[i])
-
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "vmap":
             loss, logits = maml_vmap.meta_loss(self.learner.module, batch, self.inner_steps,
@@ -152,25 +133,9 @@ class MAML(PerTaskAlgorithm):
             return loss, accuracy(logits.detach(), batch.query_y).mean()
         return super().meta_loss(batch)
 
-    def predict_proba(self, support_x, support_y, query_x, n_way: int) -> torch.Tensor:
-        """Adapt to one labelled support set (test-time steps and rate), then softmax on the queries."""
-        self.check_episode(n_way, train=False)
-        with torch.enable_grad():
-            learner = self.adapt(support_x, support_y, self.test_inner_steps, self.test_inner_lr,
-                                 first_order=True)
-        with torch.no_grad():
-            return learner(query_x).softmax(-1)
-
-    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
-        if self.backend == "vmap":
-            logits = maml_vmap.query_logits_no_grad(self.learner.module, batch, self.test_inner_steps,
-                                                    self.test_inner_lr)
-            return accuracy(logits, batch.query_y)
-        accs = []
-        for i in range(len(batch)):
-            with torch.enable_grad():
-                learner = self.adapt(batch.support_x[i], batch.support_y[i], self.test_inner_steps,
-                                     self.test_inner_lr, first_order=True)
-            with torch.no_grad():
-                accs.append(accuracy(learner(batch.query_x[i]), batch.query_y[i]))
-        return torch.stack(accs)
+    def episode_logits(self, batch: TaskBatch) -> torch.Tensor:
+        if self.backend == "l2l":
+            return super().episode_logits(batch)
+        self.check_episode(batch.n_way, train=False)
+        return maml_vmap.query_logits_no_grad(self.learner.module, batch, self.test_inner_steps,
+                                              self.test_inner_lr)

@@ -10,7 +10,7 @@ The meta-gradient is the same as the per-task loop's: ``torch.func.grad`` builds
 inner gradient, so ``loss.backward()`` on the mean query loss differentiates through the inner
 loop (second order).  With ``first_order=True`` the inner gradients are detached (FOMAML).
 Batch norm normalises with each task's own batch statistics, as in Finn et al. (the backbone's
-batch-norm layers carry no running statistics, see ``maml.use_batch_statistics``): inside
+batch-norm layers carry no running statistics, see ``gradient.use_batch_statistics``): inside
 ``vmap`` each task is its own batch.  While the batched functions run, batch-norm layers compute
 their statistics with plain tensor ops (``_explicit_batch_norm``): torch 2.x's batching rule for
 the fused batch-norm kernel gives wrong second derivatives under ``vmap`` + ``grad`` (first
@@ -48,7 +48,7 @@ def _explicit_batch_norm(model: nn.Module) -> Iterator[None]:
     for m in layers:
         if m.running_mean is not None:
             raise ValueError("batched MAML expects batch norm without running statistics "
-                             "(see metafsl.algorithms.maml.use_batch_statistics)")
+                             "(see metafsl.algorithms.gradient.use_batch_statistics)")
         m.forward = types.MethodType(_batch_norm_with_batch_stats, m)
     try:
         yield

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Algorithm, accuracy
-from metafsl.algorithms.common import embed_episodes
+from metafsl.algorithms.base import Classifier, accuracy
+from metafsl.algorithms.sequence import SequenceLearner
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
@@ -60,13 +60,17 @@ class MemoryState:
                              (self.h, self.c, self.memory, self.usage, self.read_w, self.reads)))
 
 
-class MANN(Algorithm):
+class MANN(SequenceLearner):
+    #: labels enter as one-hot inputs of n_way slots; a task may use fewer of them
+    fewer_classes_ok = True
+    head_noun = "{n} label slots"
+
     def __init__(self, backbone: nn.Module, n_way: int, controller_size: int = 200, memory_slots: int = 128,
                  memory_size: int = 40, read_heads: int = 4, gamma: float = 0.95, input_norm: bool = True):
-        super().__init__(backbone)
         if read_heads > memory_slots:
             raise UserError(f"MANN needs read_heads <= memory_slots (got {read_heads} > {memory_slots}).")
-        self.n_way, self.heads, self.slots, self.size = n_way, int(read_heads), int(memory_slots), int(memory_size)
+        super().__init__(backbone, n_way)
+        self.heads, self.slots, self.size = int(read_heads), int(memory_slots), int(memory_size)
         self.gamma = float(gamma)
         d = backbone.out_features
         self.norm = nn.LayerNorm(d) if input_norm else nn.Identity()
@@ -76,13 +80,10 @@ class MANN(Algorithm):
         self.strength = nn.Linear(controller_size, self.heads)
         self.out = nn.Linear(controller_size + self.heads * self.size, n_way)
 
-    def check_episode(self, n_way: int, train: bool) -> None:
-        if n_way != self.n_way:
-            raise UserError(f"This MANN has {self.n_way}-way label inputs and outputs; it cannot run "
-                            f"{n_way}-way episodes (train and test with the same n_way).")
-
     def initial_state(self, n: int, device, dtype) -> MemoryState:
-        z = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
+        def z(*shape):
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
         hsize = self.controller.hidden_size
         return MemoryState(z(n, hsize), z(n, hsize), z(n, self.slots, self.size) + 1e-6, z(n, self.slots),
                            z(n, self.heads, self.slots), z(n, self.heads * self.size))
@@ -107,26 +108,48 @@ class MANN(Algorithm):
         logits = self.out(torch.cat([h, reads], -1))
         return logits, MemoryState(h, c, memory, usage, read_w, reads)
 
-    def run(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Support-step logits (B, S, K), their labels (B, S), query logits (B, Q, K)."""
-        support, query = (self.norm(z) for z in embed_episodes(self.backbone, batch))
+    def read_support(self, support: torch.Tensor, labels: torch.Tensor
+                     ) -> Tuple[torch.Tensor, torch.Tensor, MemoryState, torch.Tensor]:
+        """Present (B, S, D) embeddings in a random order per task, each with the previous label.
+
+        Returns the step logits (B, S, n_way slots), their labels (B, S), the final state and the
+        one-hot of the last label shown (B, n_way slots)."""
         b, ns, _ = support.shape
         order = torch.stack([torch.randperm(ns, device=support.device) for _ in range(b)])
         seq_x = support.gather(1, order.unsqueeze(-1).expand_as(support))
-        seq_y = batch.support_y.gather(1, order)
+        seq_y = labels.gather(1, order)
         prev = offset_labels(seq_y, self.n_way)
         state = self.initial_state(b, support.device, support.dtype)
-        support_logits = []
+        step_logits = []
         for t in range(ns):
             logits, state = self.step(seq_x[:, t], prev[:, t], state)
-            support_logits.append(logits)
-        nq = query.shape[1]
-        last = F.one_hot(seq_y[:, -1], self.n_way).to(query.dtype).repeat_interleave(nq, dim=0)
-        query_logits, _ = self.step(query.reshape(b * nq, -1), last, state.repeat(nq))
-        return torch.stack(support_logits, 1), seq_y, query_logits.view(b, nq, -1)
+            step_logits.append(logits)
+        last = F.one_hot(seq_y[:, -1], self.n_way).to(support.dtype)
+        return torch.stack(step_logits, 1), seq_y, state, last
 
-    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
-        return self.run(batch)[2]
+    def answer(self, state: MemoryState, last: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Query logits (B, Q, n_way slots): each query continues the support sequence on its own."""
+        b, nq, _ = query.shape
+        logits, _ = self.step(query.reshape(b * nq, -1), last.repeat_interleave(nq, dim=0), state.repeat(nq))
+        return logits.view(b, nq, -1)
+
+    def run(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Support-step logits (B, S, K), their labels (B, S), query logits (B, Q, K), K = batch.n_way."""
+        support, query = (self.norm(z) for z in self.embed_episodes(batch))
+        s_logits, seq_y, state, last = self.read_support(support, batch.support_y)
+        q_logits = self.answer(state, last, query)
+        return s_logits[..., :batch.n_way], seq_y, q_logits[..., :batch.n_way]
+
+    def read(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int, training: bool) -> Classifier:
+        """One task's memory after its support sequence; logits of its ``n_way`` classes only."""
+        _, _, state, last = self.read_support(self.norm(self.backbone(support_x))[None], support_y[None])
+        return lambda query_x: self.answer(state, last, self.norm(self.backbone(query_x))[None])[0, :, :n_way]
+
+    def episode_logits(self, batch: TaskBatch) -> torch.Tensor:
+        """All tasks at once (the same random orders as task by task)."""
+        self.check_episode(batch.n_way, train=False)
+        with torch.no_grad():
+            return self.run(batch)[2]
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy over every step of the sequence (support and query), as Santoro et al."""

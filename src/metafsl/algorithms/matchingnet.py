@@ -13,9 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Algorithm
-from metafsl.algorithms.common import embed_episodes
-from metafsl.data.sampler import TaskBatch
+from metafsl.algorithms.metric import MetricLearner
 
 #: floor for probabilities before the log (the attention can put ~0 mass on a class)
 _EPS = 1e-8
@@ -69,7 +67,7 @@ class QueryEncoder(nn.Module):
         return h.reshape(b, q, d)
 
 
-class MatchingNet(Algorithm):
+class MatchingNet(MetricLearner):
     def __init__(self, backbone: nn.Module, fce: bool = False, fce_steps: int = 5, temperature: float = 1.0):
         super().__init__(backbone)
         self.fce = bool(fce)
@@ -78,13 +76,14 @@ class MatchingNet(Algorithm):
             self.g = SupportEncoder(backbone.out_features)
             self.f = QueryEncoder(backbone.out_features, int(fce_steps))
 
-    def attention(self, batch: TaskBatch) -> torch.Tensor:
-        support, query = embed_episodes(self.backbone, batch)
+    def attention(self, support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Attention (B, Q, S) of each query over the support set, from backbone embeddings."""
         if self.fce:
             support = self.g(support)
             query = self.f(query, support)
         return cosine_attention(query, support, self.temperature)
 
-    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
+    def logits_from_embeddings(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                               n_way: int) -> torch.Tensor:
         """Log-probabilities (B, Q, n_way): cross-entropy on them is the paper's NLL."""
-        return attention_log_probs(self.attention(batch), batch.support_y, batch.n_way)
+        return attention_log_probs(self.attention(support, query), support_y, n_way)

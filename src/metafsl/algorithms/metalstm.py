@@ -16,17 +16,16 @@ forget-gate bias starts high (f ~ 1) and the input-gate bias low (small initial 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Algorithm, accuracy
-from metafsl.algorithms.maml import use_batch_statistics
-from metafsl.data.sampler import TaskBatch
-from metafsl.errors import UserError
+from metafsl.algorithms.base import Classifier
+from metafsl.algorithms.gradient import use_batch_statistics
+from metafsl.algorithms.sequence import SequenceLearner
 
 
 def preprocess(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -53,15 +52,15 @@ class UpdateCell(nn.Module):
         return f * theta - i * grad, f, i
 
 
-class MetaLSTM(Algorithm):
-    needs_grad_at_test = True
+class MetaLSTM(SequenceLearner):
+    #: the learner's loss gradient is an input at test time too
+    adapts_with_gradients = True
 
     def __init__(self, backbone: nn.Module, n_way: int, steps: int = 5, test_steps: Optional[int] = None,
                  hidden: int = 20, preprocess_p: float = 10.0, forget_bias: float = 5.0,
                  input_bias: float = -5.0):
-        super().__init__(backbone)
+        super().__init__(backbone, n_way)
         use_batch_statistics(backbone)
-        self.n_way = n_way
         self.head = nn.Linear(backbone.out_features, n_way)
         self.learner = nn.Sequential(self.backbone, self.head)
         self.steps = int(steps)
@@ -72,11 +71,6 @@ class MetaLSTM(Algorithm):
         self._names = [n for n, _ in self.learner.named_parameters()]
         self._shapes = [p.shape for _, p in self.learner.named_parameters()]
 
-    def check_episode(self, n_way: int, train: bool) -> None:
-        if n_way != self.n_way:
-            raise UserError(f"This meta-learner LSTM's learner has a {self.n_way}-way output head; it "
-                            f"cannot run {n_way}-way episodes (train and test with the same n_way).")
-
     def unflatten(self, theta: torch.Tensor):
         chunks = theta.split([s.numel() for s in self._shapes])
         return {n: c.view(s) for n, c, s in zip(self._names, chunks, self._shapes)}
@@ -84,7 +78,7 @@ class MetaLSTM(Algorithm):
     def learner_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.learner, self.unflatten(theta), (x,))
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+    def learner_params(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         """Learner parameters after ``steps`` meta-learner updates on (x, y)."""
         theta = torch.cat([p.flatten() for p in self.learner.parameters()])
         n = theta.numel()
@@ -100,19 +94,11 @@ class MetaLSTM(Algorithm):
             theta, f, i = self.update(h, theta, grad, f, i)
         return theta
 
-    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        losses, accs = [], []
-        for k in range(len(batch)):
-            theta = self.adapt(batch.support_x[k], batch.support_y[k], self.steps)
-            logits = self.learner_logits(theta, batch.query_x[k])
-            losses.append(F.cross_entropy(logits, batch.query_y[k]))
-            accs.append(accuracy(logits.detach(), batch.query_y[k]))
-        return torch.stack(losses).mean(), torch.stack(accs).mean()
-
-    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
-        accs = []
-        for k in range(len(batch)):
+    def read(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int, training: bool) -> Classifier:
+        """The learner after the meta-learner's updates (test time: no graph through them)."""
+        if training:
+            theta = self.learner_params(support_x, support_y, self.steps)
+        else:
             with torch.no_grad():
-                theta = self.adapt(batch.support_x[k], batch.support_y[k], self.test_steps)
-                accs.append(accuracy(self.learner_logits(theta, batch.query_x[k]), batch.query_y[k]))
-        return torch.stack(accs)
+                theta = self.learner_params(support_x, support_y, self.test_steps)
+        return lambda query_x: self.learner_logits(theta, query_x)

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Algorithm, accuracy
-from metafsl.algorithms.common import embed_episodes
+from metafsl.algorithms.base import accuracy
+from metafsl.algorithms.metric import MetricLearner
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
@@ -84,7 +84,7 @@ def svm_head(query: torch.Tensor, support: torch.Tensor, onehot: torch.Tensor, c
     return (query @ support.transpose(1, 2)) @ alpha
 
 
-class MetaOptNet(Algorithm):
+class MetaOptNet(MetricLearner):
     def __init__(self, backbone: nn.Module, head: str = "svm", svm_c: float = 0.1, svm_steps: int = 50,
                  test_svm_steps: int = 200, ridge_lambda: float = 50.0, scale: float = 1.0,
                  label_smoothing: float = 0.1):
@@ -97,18 +97,20 @@ class MetaOptNet(Algorithm):
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.label_smoothing = float(label_smoothing)
 
-    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
-        support, query = embed_episodes(self.backbone, batch)
-        onehot = F.one_hot(batch.support_y, batch.n_way).to(support.dtype)
+    def logits_from_embeddings(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                               n_way: int) -> torch.Tensor:
+        """The solved head's query logits; the SVM takes ``svm_steps`` in training mode,
+        ``test_svm_steps`` in eval mode."""
+        onehot = F.one_hot(support_y, n_way).to(support.dtype)
         if self.head == "ridge":
             logits = ridge_head(query, support, onehot, self.ridge_lambda)
         else:
-            steps = self.svm_steps if train else self.test_svm_steps
+            steps = self.svm_steps if self.training else self.test_svm_steps
             logits = svm_head(query, support, onehot, self.svm_c, steps)
         return self.scale * logits
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = self.task_logits(batch, train=True)
+        logits = self.batch_logits(batch)
         # MetaOptNet's smoothing: 1 - eps on the true class, eps / (K - 1) on each other class.
         onehot = F.one_hot(batch.query_y, batch.n_way).to(logits.dtype)
         eps = self.label_smoothing

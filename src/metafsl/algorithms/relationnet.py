@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Algorithm, accuracy
-from metafsl.algorithms.common import class_sums, embed_episodes
+from metafsl.algorithms.base import accuracy
+from metafsl.algorithms.metric import MetricLearner
 from metafsl.data.sampler import TaskBatch
 
 
@@ -39,17 +39,23 @@ class RelationModule(nn.Module):
         return torch.sigmoid(self.net(pairs.reshape(-1, 2 * d))).view(b, q, n)
 
 
-class RelationNet(Algorithm):
+def class_sums(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Per-class sums of support embeddings: (B, S, D), (B, S) -> (B, n_way, D)."""
+    onehot = F.one_hot(labels, n_way).to(support.dtype)
+    return onehot.transpose(1, 2) @ support
+
+
+class RelationNet(MetricLearner):
     def __init__(self, backbone: nn.Module, width: int = 64, hidden: int = 8):
         super().__init__(backbone)
         self.relation = RelationModule(backbone.out_features, int(width), int(hidden))
 
-    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
+    def logits_from_embeddings(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                               n_way: int) -> torch.Tensor:
         """Relation scores (B, Q, n_way) in [0, 1]; the arg-max is the prediction."""
-        support, query = embed_episodes(self.backbone, batch)
-        return self.relation(query, class_sums(support, batch.support_y, batch.n_way))
+        return self.relation(query, class_sums(support, support_y, n_way))
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        scores = self.task_logits(batch, train=True)
+        scores = self.batch_logits(batch)
         target = F.one_hot(batch.query_y, batch.n_way).to(scores.dtype)
         return F.mse_loss(scores, target), accuracy(scores.detach(), batch.query_y).mean()

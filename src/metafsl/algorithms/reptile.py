@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metafsl.algorithms.base import Algorithm, accuracy
-from metafsl.algorithms.maml import use_batch_statistics
+from metafsl.algorithms.base import Classifier, accuracy
+from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
@@ -49,17 +49,15 @@ def interpolation_surrogate(theta: Params, target: Params) -> torch.Tensor:
     return sum(0.5 * (theta[k] - target[k].detach()).pow(2).sum() for k in theta)
 
 
-class Reptile(Algorithm):
-    needs_grad_at_test = True
+class Reptile(GradientLearner):
+    backprop_per_task = False  # one surrogate loss for the whole batch
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.001, inner_steps: int = 5,
                  inner_batch: int = 10, inner_optimizer: str = "adam", test_inner_steps: int = 50,
                  test_inner_batch: int = 5, transductive: bool = True):
-        super().__init__(backbone)
         if inner_optimizer not in ("adam", "sgd"):
             raise UserError(f"Unknown Reptile inner_optimizer '{inner_optimizer}'; choose one of: adam, sgd.")
-        use_batch_statistics(backbone)
-        self.n_way = n_way
+        super().__init__(backbone, n_way)
         self.head = nn.Linear(backbone.out_features, n_way)
         self.net = nn.Sequential(self.backbone, self.head)
         self.inner_lr, self.inner_steps, self.inner_batch = float(inner_lr), int(inner_steps), int(inner_batch)
@@ -67,15 +65,10 @@ class Reptile(Algorithm):
         self.test_inner_steps, self.test_inner_batch = int(test_inner_steps), int(test_inner_batch)
         self.transductive = bool(transductive)
 
-    def check_episode(self, n_way: int, train: bool) -> None:
-        if n_way != self.n_way:
-            raise UserError(f"This Reptile learner has a {self.n_way}-way output head; it cannot run "
-                            f"{n_way}-way episodes (train and test with the same n_way).")
-
     def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.net, params, (x,))
 
-    def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> Params:
+    def task_weights(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> Params:
         """Task weights phi after ``steps`` inner optimiser steps from the current theta (no graph)."""
         params = {k: p.detach().clone().requires_grad_() for k, p in self.net.named_parameters()}
         sq = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -97,7 +90,7 @@ class Reptile(Algorithm):
         theta = dict(self.net.named_parameters())
         phis, losses, accs = [], [], []
         for i in range(len(batch)):
-            phi = self.adapt(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_batch)
+            phi = self.task_weights(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_batch)
             phis.append(phi)
             with torch.no_grad():
                 logits = self.forward_with(phi, batch.query_x[i])
@@ -108,18 +101,14 @@ class Reptile(Algorithm):
         query_loss = torch.stack(losses).mean()
         return surrogate - surrogate.detach() + query_loss, torch.stack(accs).mean()
 
-    def predict(self, phi: Params, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    def query_logits(self, phi: Params, support_x: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
         """Query logits with the task weights, transductively or one query at a time."""
         if self.transductive:
             return self.forward_with(phi, query_x)
         return torch.stack([self.forward_with(phi, torch.cat([support_x, q[None]]))[-1] for q in query_x])
 
-    def evaluate(self, batch: TaskBatch) -> torch.Tensor:
-        accs = []
-        for i in range(len(batch)):
-            phi = self.adapt(batch.support_x[i], batch.support_y[i], self.test_inner_steps,
-                             self.test_inner_batch)
-            with torch.no_grad():
-                logits = self.predict(phi, batch.support_x[i], batch.query_x[i])
-            accs.append(accuracy(logits, batch.query_y[i]))
-        return torch.stack(accs)
+    def task_learner(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+        steps, batch = (self.inner_steps, self.inner_batch) if training else \
+            (self.test_inner_steps, self.test_inner_batch)
+        phi = self.task_weights(support_x, support_y, steps, batch)
+        return lambda query_x: self.query_logits(phi, support_x, query_x)

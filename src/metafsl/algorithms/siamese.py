@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Algorithm, accuracy
-from metafsl.algorithms.common import embed_episodes
+from metafsl.algorithms.base import accuracy
+from metafsl.algorithms.metric import MetricLearner
 from metafsl.data.sampler import TaskBatch
 
 
@@ -36,7 +36,7 @@ def nearest_support_scores(pair_logits: torch.Tensor, support_y: torch.Tensor, n
     return masked.amax(dim=2)
 
 
-class Siamese(Algorithm):
+class Siamese(MetricLearner):
     def __init__(self, backbone: nn.Module, balance: bool = True):
         super().__init__(backbone)
         self.balance = bool(balance)
@@ -49,15 +49,13 @@ class Siamese(Algorithm):
         """Logit of p(same) for every pair: (B, Q, D), (B, S, D) -> (B, Q, S)."""
         return self.distance((a.unsqueeze(2) - b.unsqueeze(1)).abs()).squeeze(-1)
 
-    def scores(self, batch: TaskBatch) -> torch.Tensor:
-        support, query = embed_episodes(self.backbone, batch)
-        return self.pair_logits(query, support)
-
-    def task_logits(self, batch: TaskBatch, train: bool) -> torch.Tensor:
-        return nearest_support_scores(self.scores(batch), batch.support_y, batch.n_way)
+    def logits_from_embeddings(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                               n_way: int) -> torch.Tensor:
+        return nearest_support_scores(self.pair_logits(query, support), support_y, n_way)
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = self.scores(batch)
+        support, query = self.embed_episodes(batch)
+        logits = self.pair_logits(query, support)
         same = pair_labels(batch.query_y, batch.support_y)
         if self.balance:
             n_same = same.sum().clamp_min(1)

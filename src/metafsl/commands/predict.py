@@ -155,7 +155,7 @@ def predict(run: Path, support: Path, query: str, which: str = "best", device_na
 
     flat = [p for files in support_files for p in files]
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
-    probs = algo.predict_proba(tensor(flat), labels, tensor(queries), len(names)).float().cpu()
+    probs = algo.adapt(tensor(flat), labels)(tensor(queries)).float().softmax(-1).cpu()
     return Predictions(names, queries, probs, support_files, cfg["algo"]["name"])
 
 

@@ -7,19 +7,23 @@ embeddings.  So instead of embedding the ``n_way * (n_shot + n_query)`` images o
 of those episodes once (about 31 000 on Omniglot's test split) and gather.  Same episodes, same
 order, same per-episode accuracies up to float rounding of the embeddings.
 
-An algorithm opts in by defining ``logits_from_embeddings(support, support_y, query, n_way)``
-(support (B, Ns, D), query (B, Nq, D) -> logits (B, Nq, n_way)) consistent with its
-``task_logits``; ProtoNet does.  A subclass that overrides ``task_logits``/``evaluate``/
-``embed_task`` falls back to the generic episode loop, as does any backbone whose batch norm
-has no running statistics (embeddings would depend on the batch).
+A learner opts in by being a ``metafsl.algorithms.metric.MetricLearner``: it declares ``embed``
+(its backbone) and ``logits_from_embeddings(support, support_y, query, n_way)`` (support
+(B, Ns, D), query (B, Nq, D) -> logits (B, Nq, n_way)), from which its own evaluation derives
+too.  A backbone whose batch norm has no running statistics falls back to the episode loop
+(embeddings would depend on the batch).
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+from metafsl.algorithms.metric import MetricLearner
+from metafsl.engine.runtime import keep_channels_last
 
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
 #: to recycle activations (see metafsl.engine.runtime.tune_cpu_allocator)
@@ -48,13 +52,6 @@ def images_per_pass(backbone: nn.Module, one: torch.Tensor, budget: int = CPU_PA
             h.remove()
     return int(max(1, min(cap, budget // (total[0] * one.element_size()))))
 
-#: methods whose override by a subclass means the embedding shortcut may no longer be faithful
-_SCORING = ("task_logits", "evaluate", "embed_task")
-
-
-def _owner(cls: type, name: str) -> type:
-    return next(c for c in cls.__mro__ if name in c.__dict__)
-
 
 def per_image(module: nn.Module) -> bool:
     """True when ``module`` in eval mode maps each image independently of the rest of the batch."""
@@ -65,25 +62,14 @@ def per_image(module: nn.Module) -> bool:
 
 
 def supported(algorithm) -> bool:
-    cls = type(algorithm)
-    if getattr(cls, "logits_from_embeddings", None) is None or getattr(cls, "needs_grad_at_test", False):
-        return False
-    owner = _owner(cls, "logits_from_embeddings")
-    for name in _SCORING:
-        if hasattr(cls, name):
-            defining = _owner(cls, name)
-            if defining is not owner and issubclass(defining, owner):
-                return False
-    backbone = getattr(algorithm, "backbone", None)
-    return isinstance(backbone, nn.Module) and per_image(backbone)
+    """Metric learners (a declared capability) whose backbone embeds each image on its own."""
+    return isinstance(algorithm, MetricLearner) and per_image(algorithm.backbone)
 
 
 @contextlib.contextmanager
 def channels_last_weights(module: nn.Module) -> Iterator[None]:
     """Temporarily store 4-D weights channels-last (faster convolutions on CPU and GPU); the
     original tensors are put back afterwards, untouched."""
-    from metafsl.engine.runtime import keep_channels_last  # noqa: PLC0415
-
     saved = []
     for p in module.parameters():
         if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
@@ -103,8 +89,6 @@ def frozen_for_inference(backbone: nn.Module, example: torch.Tensor):
     """A TorchScript copy of ``backbone`` frozen and optimised for CPU inference (batch norm
     folded into the convolutions, fused conv+ReLU kernels): the same function up to float
     rounding, about 1.3x faster here.  Falls back to ``backbone`` if it cannot be traced."""
-    import warnings  # noqa: PLC0415
-
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

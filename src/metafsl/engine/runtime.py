@@ -95,7 +95,7 @@ class Runtime:
         """Apply the memory-format and compile options to ``algorithm`` (in place)."""
         # Methods that differentiate through an inner loop (MAML family) keep NCHW: on this
         # CPU their double backward ran ~10% slower channels-last (docs/benchmarks.md).
-        if self.channels_last and not getattr(algorithm, "needs_grad_at_test", False):
+        if self.channels_last and not algorithm.adapts_with_gradients:
             algorithm.to(memory_format=torch.channels_last)
             keep_channels_last(algorithm)
         if not self.on_gpu:

@@ -1,0 +1,81 @@
+"""Gradient-based learners: a copy of the model is adapted to each task by gradient steps.
+
+A ``GradientLearner`` has an output head of ``n_way`` classes and implements one hook,
+``task_learner(support_x, support_y, training)``: the model adapted to one task's support
+set, a callable on query images.  ``training=True`` is the meta-training inner loop (its
+result stays differentiable w.r.t. the meta-parameters where the method asks for it);
+``training=False`` is test-time adaptation (the method's test steps and rates).  From it:
+
+- ``meta_loss``/``meta_backward``: the query loss of each adapted model; ``meta_backward``
+  backpropagates task by task, so only one task's inner-loop graph is alive at a time (the
+  same gradient as the batch mean, lower peak memory);
+- ``fit`` (and so ``adapt``, evaluation and ``metafsl predict``): test-time adaptation;
+- ``check_episode``: the head has ``n_way`` outputs, episodes must have as many classes.
+
+MAML, FOMAML and MAML++ (``maml``), Meta-SGD, ANIL and Reptile derive from it; the first four
+adapt through learn2learn's ``MAML``/``MetaSGD`` wrappers (``clone()`` + ``adapt()``).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Tuple
+
+import torch
+from torch import nn
+
+from metafsl.algorithms.base import Algorithm, Classifier, accuracy
+from metafsl.data.sampler import TaskBatch
+
+
+def use_batch_statistics(module: nn.Module) -> None:
+    """Make every batch-norm layer normalise with the current batch's statistics."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+            m.num_batches_tracked = None
+
+
+class GradientLearner(Algorithm):
+    adapts_with_gradients = True
+    #: False when ``meta_loss`` builds one graph for the whole batch (MAML's vmap backend, Reptile)
+    backprop_per_task: bool = True
+
+    def __init__(self, backbone: nn.Module, n_way: int):
+        super().__init__(backbone)
+        self.n_way = int(n_way)
+        use_batch_statistics(backbone)  # as in Finn et al.'s code: no running averages
+
+    def task_learner(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+        """The model adapted to one task (see the module docstring)."""
+        raise NotImplementedError
+
+    def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
+        return self.task_learner(support_x, support_y, training=False)
+
+    def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Query loss and accuracy of task ``i`` after the training inner loop."""
+        logits = self.task_learner(batch.support_x[i], batch.support_y[i], training=True)(batch.query_x[i])
+        return nn.functional.cross_entropy(logits, batch.query_y[i]), accuracy(logits.detach(), batch.query_y[i])
+
+    def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        losses, accs = zip(*(self.task_loss(batch, i) for i in range(len(batch))))
+        return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+    def meta_backward(self, batch: TaskBatch,
+                      autocast: Callable[[], ContextManager] = contextlib.nullcontext
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Backpropagate each task's share of the mean loss as soon as it is computed."""
+        if not self.backprop_per_task:
+            return super().meta_backward(batch, autocast)
+        losses, accs = [], []
+        for i in range(len(batch)):
+            with autocast():
+                loss, acc = self.task_loss(batch, i)
+            if not torch.isfinite(loss):
+                return loss.detach(), acc
+            (loss / len(batch)).backward()
+            losses.append(loss.detach())
+            accs.append(acc)
+        return torch.stack(losses).mean(), torch.stack(accs).mean()

@@ -1,0 +1,170 @@
+"""The learner contract (metafsl.algorithms.base) holds for every method: ``adapt`` gives a
+classifier, evaluation agrees with it, the fast path of metric learners agrees with the slow
+one, and one ``check_episode`` says in one sentence what a learner cannot do."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metafsl.algorithms.metric import MetricLearner
+from metafsl.cli import group_options
+from metafsl.data.base import FewShotSplit
+from metafsl.data.sampler import EpisodeSampler, TaskBatch
+from metafsl.engine import fast_eval
+from metafsl.engine.components import build_learner
+from metafsl.errors import UserError
+from metafsl.models import build_backbone
+from metafsl.options import shipped_option
+
+#: small settings so that every method adapts in a fraction of a second
+OPTIONS = {
+    "reptile": {"test_inner_steps": 5},
+    "baseline": {"finetune_epochs": 3},
+    "baselinepp": {"finetune_epochs": 3},
+    "metaoptnet": {"test_svm_steps": 10},
+    "mann": {"controller_size": 16, "memory_slots": 8, "memory_size": 4},
+    "metalstm": {"steps": 2},
+}
+METHODS = group_options("algo")
+VARIANTS = METHODS + ["maml-vmap", "matchingnet-fce", "metaoptnet-ridge"]
+EXTRA = {"maml-vmap": {"backend": "vmap"}, "matchingnet-fce": {"fce": True, "fce_steps": 2},
+         "metaoptnet-ridge": {"head": "ridge"}}
+
+
+def learner(variant: str, n_way: int = 3, size: int = 12):
+    """A method (``name`` or ``name-variant``) on a tiny conv4, in eval mode, with batch norm
+    statistics that are not the identity."""
+    name = variant.split("-")[0]
+    torch.manual_seed(0)
+    cfg = {"backbone": {**shipped_option("backbone", "conv4"), "hidden": 6, "layers": 2},
+           "algo": {**shipped_option("algo", name), **OPTIONS.get(name, {}), **EXTRA.get(variant, {})},
+           "episode": {"train": {"n_way": n_way}}}
+    algo = build_learner(cfg, channels=1, image_size=size)  # as a run builds it
+    with torch.no_grad():  # non-trivial running statistics where the method keeps them
+        algo.train()
+        algo.backbone(torch.rand(24, 1, size, size) * 2)
+    return algo.eval()
+
+
+def tasks(b=3, n_way=3, shot=2, query=2, size=12, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    sy = torch.arange(n_way).repeat_interleave(shot).expand(b, -1)
+    qy = torch.arange(n_way).repeat_interleave(query).expand(b, -1)
+    centres = torch.rand(b, n_way, 1, size, size, generator=g)
+    sx = centres[:, sy[0]] + 0.2 * torch.rand(b, n_way * shot, 1, size, size, generator=g)
+    qx = centres[:, qy[0]] + 0.2 * torch.rand(b, n_way * query, 1, size, size, generator=g)
+    return TaskBatch(sx, sy, qx, qy, n_way, shot, query)
+
+
+def test_every_method_is_covered():
+    assert len(METHODS) == 14
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_adapt_returns_a_classifier_of_the_task(variant):
+    algo, batch = learner(variant), tasks()
+    classify = algo.adapt(batch.support_x[0], batch.support_y[0])
+    logits = classify(batch.query_x[0])
+    assert logits.shape == (6, 3) and torch.isfinite(logits).all()
+    assert not logits.requires_grad
+    assert all(p.grad is None for p in algo.parameters())  # adapting trains nothing
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_evaluation_agrees_with_adapting_task_by_task(variant):
+    algo, batch = learner(variant), tasks()
+    torch.manual_seed(5)  # the same random draws (MANN's orders, fine-tuned heads' init) both ways
+    batched = algo.episode_logits(batch)
+    torch.manual_seed(5)
+    one_by_one = torch.stack([algo.adapt(batch.support_x[i], batch.support_y[i])(batch.query_x[i])
+                              for i in range(len(batch))])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-4, atol=1e-4)
+    torch.manual_seed(5)
+    acc = algo.evaluate(batch)
+    torch.testing.assert_close(acc, (one_by_one.argmax(-1) == batch.query_y).float().mean(-1))
+
+
+def random_split(classes=10, per_class=6, size=12) -> FewShotSplit:
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randint(0, 128, (classes, 1, 1, size, size), generator=g)
+    noise = torch.randint(0, 128, (classes, per_class, 1, size, size), generator=g)
+    images = (centres + noise).to(torch.uint8).flatten(0, 1)
+    return FewShotSplit(images, torch.arange(classes).repeat_interleave(per_class), [str(i) for i in range(classes)])
+
+
+METRIC = [v for v in VARIANTS if isinstance(learner(v), MetricLearner)]
+
+
+def test_the_metric_learners_are_the_five_metric_methods():
+    assert sorted({v.split("-")[0] for v in METRIC}) == ["matchingnet", "metaoptnet", "protonet", "relationnet",
+                                                          "siamese"]
+
+
+@pytest.mark.parametrize("variant", METRIC)
+def test_fast_evaluation_equals_the_episode_loop(variant):
+    """Embedding each distinct image once gives the very logits of adapting episode by episode."""
+    algo, split = learner(variant), random_split()
+    assert fast_eval.supported(algo)
+    fast = fast_eval.episode_accuracies(algo, EpisodeSampler(split, 3, 2, 3, seed=4), split.images,
+                                        episodes=12, max_images=10, episodes_per_step=5)
+    batch = EpisodeSampler(split, 3, 2, 3, seed=4).sample(12)
+    slow = torch.stack([(algo.adapt(batch.support_x[i], batch.support_y[i])(batch.query_x[i]).argmax(-1)
+                         == batch.query_y[i]).float().mean() for i in range(12)])
+    torch.testing.assert_close(fast, slow)
+    assert 0 < slow.mean() < 1  # a meaningful comparison
+
+
+def test_fast_path_is_a_declared_capability():
+    """A learner that happens to have ``logits_from_embeddings`` is not a metric learner."""
+    from metafsl.algorithms.base import Algorithm
+
+    class LooksMetric(Algorithm):
+        def logits_from_embeddings(self, support, support_y, query, n_way):
+            return query[..., :n_way]
+
+    assert not fast_eval.supported(LooksMetric(build_backbone("conv4", 1, 12, hidden=4, layers=2)))
+    assert not fast_eval.supported(learner("maml"))
+
+
+def test_a_fixed_head_names_its_size():
+    algo = learner("maml", n_way=5)
+    with pytest.raises(UserError) as err:
+        algo.check_episode(20, train=False)
+    assert str(err.value) == ("This MAML learner has a 5-way output head: it classifies exactly 5 classes, "
+                              "got 20 (train and test with the same n_way).")
+    algo.check_episode(5, train=False)
+    learner("protonet").check_episode(20, train=False)  # metric learners take any number of classes
+
+
+def test_mann_classifies_up_to_its_label_slots():
+    algo = learner("mann", n_way=5)
+    with pytest.raises(UserError) as err:
+        algo.check_episode(8, train=False)
+    assert str(err.value) == "This MANN learner has 5 label slots: it classifies up to 5 classes, got 8."
+    batch = tasks(b=2, n_way=3)
+    probs = algo.adapt(batch.support_x[0], batch.support_y[0])(batch.query_x[0]).softmax(-1)
+    assert probs.shape == (6, 3)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(6))
+    assert algo.evaluate(batch).shape == (2,)  # 3-way episodes on a 5-slot MANN
+    with pytest.raises(UserError, match="got 8"):
+        algo.adapt(torch.rand(8, 1, 12, 12), torch.arange(8))
+
+
+
+def test_learn2learn_is_imported_only_by_the_modules_that_use_it():
+    """Metric learners other than ProtoNet's single-task classifier, the engine's evaluation and
+    the WRN backbone never import learn2learn (its import pulls in gym and friends)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch; from metafsl.models import build_backbone; "
+            "import metafsl.algorithms.protonet, metafsl.algorithms.matchingnet, metafsl.engine.fast_eval; "
+            "from metafsl.algorithms.matchingnet import MatchingNet; "
+            "net = MatchingNet(build_backbone('wrn28_10', 1, 16, depth=10, widen=1)).eval(); "
+            "net.adapt(torch.rand(2, 1, 16, 16), torch.arange(2))(torch.rand(3, 1, 16, 16)); "
+            "assert 'learn2learn' not in sys.modules, 'imported'")
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
