@@ -268,6 +268,13 @@ def test_a_refused_config_leaves_no_empty_run_dir(tmp_path, run_cli, monkeypatch
     assert not list((tmp_path / "train").iterdir())
 
 
+def test_an_uncreatable_output_dir_is_one_sentence(tmp_path, run_cli, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("METAFSL_OUTPUT_DIR", str(tmp_path / "file" / "outputs"))
+    msg = _one_sentence(run_cli("train", *TINY))
+    assert msg.startswith("error: Cannot create a run dir under") and "paths.output_dir" in msg
+
+
 def test_test_and_predict_outputs_are_unique_and_never_overwritten(tmp_path, full, run_cli):
     run = tmp_path / "run"
     shutil.copytree(full, run)

@@ -101,7 +101,7 @@ def run_hydra(command: str, args: List[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:
-        sentence = unknown_key_error(exc, args) or config_error(exc)
+        sentence = user_error_inside(exc) or unknown_key_error(exc, args) or config_error(exc)
         if sentence is None or full_error:
             raise
         return _fail(sentence)
@@ -112,6 +112,19 @@ def run_hydra(command: str, args: List[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
     return 0
+
+
+def user_error_inside(exc: BaseException) -> Optional[str]:
+    """The sentence of a UserError that Hydra or OmegaConf wrapped (e.g. raised by a resolver)."""
+    from metafsl.errors import UserError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return str(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def unknown_key_error(exc: Exception, args: List[str]) -> Optional[str]:
