@@ -6,6 +6,7 @@ two backends, MAML++'s multi-step-loss annealing, the Baseline's mini-batch samp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,13 +36,27 @@ CASES = {
 }
 
 
-def train(run_dir: Path, *extra: str, fault: tuple[str, int] | None = None):
-    """A real training process; ``fault=(event, iteration)`` kills it there."""
-    args = ["train", f"hydra.run.dir={run_dir}", *TINY, "backbone.hidden=8", "trainer.iterations=8",
+def args(run_dir: Path, *extra: str) -> list[str]:
+    return ["train", f"hydra.run.dir={run_dir}", *TINY, "backbone.hidden=8", "trainer.iterations=8",
             "trainer.val_every=2", "trainer.log_every=1", "eval.episodes=4", *extra]
-    cmd = METAFSL if fault is None else [sys.executable, str(REPO / "tests" / "fault_runner.py"),
-                                         fault[0], str(fault[1]), "--"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True)
+
+
+def train(run_cli, run_dir: Path, *extra: str) -> str:
+    """An uninterrupted (or resumed) run, in this process (one thread, as conftest sets)."""
+    code, out, err = run_cli(*args(run_dir, *extra))
+    assert code == 0, err + out
+    return out
+
+
+def killed(run_dir: Path, *extra: str, iteration: int = 5) -> None:
+    """A training process killed (hard exit) when ``iteration`` ends (tests/fault_runner.py).
+    One thread, as in this process, so that its arithmetic is the same bit for bit."""
+    cmd = [sys.executable, str(REPO / "tests" / "fault_runner.py"), "iteration_end", str(iteration), "--"]
+    proc = subprocess.run([*cmd, *args(run_dir, *extra)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 75, proc.stderr  # the fault fired
+    ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["iteration"] == iteration - 1 and not (run_dir / "summary.json").exists()
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -66,16 +81,11 @@ def assert_same_state(a, b, where: str = "") -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, case):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(run_cli, tmp_path, case):
     extra = CASES[case]
-    full = train(tmp_path / "full", *extra)
-    assert full.returncode == 0, full.stderr
-    crashed = train(tmp_path / "crash", *extra, fault=("iteration_end", 5))
-    assert crashed.returncode == 75, crashed.stderr  # the fault fired
-    assert torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 4
-    resumed = train(tmp_path / "crash", *extra, "resume=true")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming" in resumed.stdout
+    train(run_cli, tmp_path / "full", *extra)
+    killed(tmp_path / "crash", *extra)
+    assert "Resuming" in train(run_cli, tmp_path / "crash", *extra, "resume=true")
     assert metrics(tmp_path / "full") == metrics(tmp_path / "crash")
     a = json.loads((tmp_path / "full" / "summary.json").read_text())
     b = json.loads((tmp_path / "crash" / "summary.json").read_text())
@@ -86,18 +96,15 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, case):
         assert_same_state(ca[key], cb[key], key)
 
 
-def test_the_resumed_state_is_really_there(tmp_path):
+def test_the_resumed_state_is_really_there(run_cli, tmp_path):
     """The cases above compare state that changes during training: StepLR halves the rate every
     3 iterations, Reptile's rate falls linearly, MAML++'s annealing counter advances."""
-    run = train(tmp_path / "steplr", *CASES["steplr"])
-    assert run.returncode == 0, run.stderr
+    train(run_cli, tmp_path / "steplr", *CASES["steplr"])
     lrs = [r["lr"] for r in metrics(tmp_path / "steplr") if r["split"] == "train"]
     assert lrs == [1e-3] * 2 + [5e-4] * 3 + [2.5e-4] * 3
-    run = train(tmp_path / "reptile", *CASES["reptile_schedule"])
-    assert run.returncode == 0, run.stderr
+    train(run_cli, tmp_path / "reptile", *CASES["reptile_schedule"])
     lrs = [r["lr"] for r in metrics(tmp_path / "reptile") if r["split"] == "train"]
     assert lrs == pytest.approx([1 - i / 8 for i in range(1, 9)])
-    run = train(tmp_path / "msl", *CASES["maml_plus_plus"], "trainer.iterations=4")
-    assert run.returncode == 0, run.stderr
+    train(run_cli, tmp_path / "msl", *CASES["maml_plus_plus"], "trainer.iterations=4")
     model = torch.load(tmp_path / "msl" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert int(model["msl_iteration"]) == 4
