@@ -81,7 +81,6 @@ CASES = {
 
 #: methods whose predict crashed when these tests were written: NotImplementedError from
 #: Algorithm.task_logits (they implement only the per-task path); another change fixes them
-PREDICT_BROKEN = {"anil", "metalstm", "metasgd", "reptile"}
 
 def methods():
     return sorted(CASES)
@@ -160,7 +159,7 @@ def easy_case(root: Path, n_way: int) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.mark.parametrize("algo", methods())
-def test_predict_names_the_right_classes(run_cli, tmp_path, tmp_path_factory, request, algo):
+def test_predict_names_the_right_classes(run_cli, tmp_path, tmp_path_factory, algo):
     """On an easy case, support and queries from well-separated classes (n_way as the run was
     trained: 5, MANN 2), the trained learner names the right class of most queries: a copy of
     each support image and three other images per class.  A wrong label order or class naming
@@ -169,9 +168,6 @@ def test_predict_names_the_right_classes(run_cli, tmp_path, tmp_path_factory, re
     Measured on the other images (15, MANN 6): baseline 9 right, baselinepp 11, fomaml 11,
     maml 14, matchingnet 13, metaoptnet 12, MANN 5 of 6; fomaml and relationnet each named one
     support copy wrong (a learned relation or three inner steps need not fit the support)."""
-    if algo in PREDICT_BROKEN:
-        request.applymarker(pytest.mark.xfail(raises=NotImplementedError, strict=False,
-                                              reason=f"metafsl predict crashes for {algo} today"))
     run = trained_run(algo, run_cli, tmp_path_factory)
     n_way = 2 if algo == "mann" else 5
     root, truth = easy_case(tmp_path, n_way)
