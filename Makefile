@@ -7,10 +7,10 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test bench lint clean
+.PHONY: help setup demo test check-noop bench lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml scripts/build_learn2learn.sh scripts/setup_env.sh
 demo: setup  ## meta-train + test ProtoNet and MAML on the built-in glyphs dataset
 	@$(VENV)/bin/metafsl demo
 
-test: setup  ## run the test suite
-	@$(PY) -m pytest -q $(PYTEST_ARGS)
+test: setup  ## run the test suite (two pytest-xdist workers)
+	@$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+check-noop: setup  ## with every optimiser step a no-op, each learning test must fail
+	@$(PY) tests/check_noop.py -n 2 $(PYTEST_ARGS)
 
 bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 	@$(PY) scripts/bench.py $(BENCH_ARGS)

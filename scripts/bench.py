@@ -2,6 +2,7 @@
 
     make bench                          # full run (about 6 minutes on a 2-core CPU)
     python scripts/bench.py --quick     # a few iterations of each, for a smoke test
+    python scripts/bench.py --smoke     # --quick on tiny shapes: every code path in seconds (tests)
     python scripts/bench.py --device cuda
 
 The reference follows learn2learn's documented pipeline: ``MetaDataset`` + ``TaskDataset`` with
@@ -57,18 +58,19 @@ def machine(device: torch.device) -> str:
             f"torch {torch.__version__}, device {device}{gpu}")
 
 
-def omniglot_or_glyphs():
-    """(train split, test split, description)."""
+def omniglot_or_glyphs(glyph_classes: int = 1200):
+    """(train split, test split, description); the glyphs stand-in has ``glyph_classes`` classes
+    (0: the glyphs even where Omniglot is present)."""
     from metafsl.data import load_dataset
 
     paths = {"data_dir": str(OMNIGLOT.parent), "cache_dir": os.environ.get("METAFSL_CACHE_DIR", "~/.cache/metafsl")}
-    if OMNIGLOT.exists():
+    if OMNIGLOT.exists() and glyph_classes == 1200:
         cfg = {"name": "omniglot", "root": str(OMNIGLOT), "image_size": 28, "split": "vinyals",
                "background": "images_background", "rotations": True, "lake_val_fraction": 0.1,
                "download": False}
         ds = load_dataset(cfg, paths)
         return ds["train"], ds["test"], f"real Omniglot ({OMNIGLOT})"
-    cfg = {"name": "glyphs", "n_classes": 1200, "examples_per_class": 20, "image_size": 28, "seed": 0,
+    cfg = {"name": "glyphs", "n_classes": glyph_classes, "examples_per_class": 20, "image_size": 28, "seed": 0,
            "train_fraction": 0.64, "val_fraction": 0.16}
     ds = load_dataset(cfg, paths)
     return ds["train"], ds["test"], "built-in glyphs as a stand-in (no Omniglot under ../shared/data)"
@@ -186,8 +188,8 @@ def conv4(channels, size, hidden, device, reference=False):
 
 
 # ----------------------------------------------------------------------------- benchmarks
-def bench_protonet_train(train, device, it, warm):
-    ways, shots, queries = 60, 5, 5
+def bench_protonet_train(train, device, it, warm, ways=60):
+    shots, queries = 5, 5
     algo = ProtoNet(conv4(1, 28, 64, device)).to(device)
     ref_model = conv4(1, 28, 64, device, reference=True)
     ref_model.load_state_dict(algo.backbone.state_dict())
@@ -209,15 +211,15 @@ def bench_protonet_train(train, device, it, warm):
         ref_opt.step()
 
     step_ours, step_ref = timed(ours, 3 * it, warm, device), timed(ref, 3 * it, warm, device)
-    report("ProtoNet Omniglot 60w5s5q training step", 1, step_ours, step_ref, device)
+    report(f"ProtoNet Omniglot {ways}w5s5q training step", 1, step_ours, step_ref, device)
     # sampling alone, as a fraction of each side's training step
     n = max(5, it)
     s_ours = timed(lambda: sampler.sample(1, train=True), n, 1, device)
     s_ref = timed(lambda: [t.to(device) for t in taskset.sample()], n, 1, device)
-    print(f"  episode sampling (60w5s5q): metafsl {1000 * s_ours:.1f} ms = {100 * s_ours / step_ours:.1f}% "
+    print(f"  episode sampling ({ways}w5s5q): metafsl {1000 * s_ours:.1f} ms = {100 * s_ours / step_ours:.1f}% "
           f"of its step; learn2learn TaskDataset {1000 * s_ref:.1f} ms = {100 * s_ref / step_ref:.1f}% of its step",
           flush=True)
-    ROWS.append(("episode sampling 60w5s5q (ms/task)", 1000 * s_ours, 1000 * s_ref, s_ref / s_ours,
+    ROWS.append((f"episode sampling {ways}w5s5q (ms/task)", 1000 * s_ours, 1000 * s_ref, s_ref / s_ours,
                  f"{100 * s_ours / step_ours:.1f}% vs {100 * s_ref / step_ref:.1f}% of a step"))
 
 
@@ -282,6 +284,8 @@ def bench_protonet_test(test, device, episodes):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few iterations of each (smoke test)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="--quick on tiny shapes (glyphs, 20-way, meta-batch 2, 32x32 rows): seconds")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--maml-backends", default="l2l,vmap",
@@ -291,22 +295,28 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # what every metafsl command does (runtime.cpu_allocator_cache)
+    args.quick = args.quick or args.smoke
     it, warm = (2, 1) if args.quick else (8, 2)
     maml_it = (1, 1) if args.quick else (4, 1)
-    test_episodes = 50 if args.quick else 1000
+    test_episodes = 5 if args.smoke else 50 if args.quick else 1000
+    # shapes: (glyph classes, ProtoNet ways, Omniglot meta-batch, mini classes, mini size, mini steps, mini batch)
+    glyphs, ways, omni_mb, mini_classes, mini_size, mini_steps, mini_mb = \
+        (100, 20, 2, 6, 32, 1, 2) if args.smoke else (1200, 60, 32, 64, 84, 5, 4)
 
     print(f"Machine: {machine(device)}")
-    train, test, source = omniglot_or_glyphs()
+    train, test, source = omniglot_or_glyphs(glyphs)
     print(f"Data: {source}; miniImageNet-shaped row: random 84x84 RGB images.")
-    print("Mode: quick (smoke test; figures not meaningful)" if args.quick else "Mode: full", flush=True)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    print("Mode: full" if mode == "full" else f"Mode: {mode} (smoke test; figures not meaningful)", flush=True)
     t0 = time.perf_counter()
-    bench_protonet_train(train, device, it, warm)
-    mini = random_split(64, 30, 3, 84)
+    bench_protonet_train(train, device, it, warm, ways)
+    mini = random_split(mini_classes, 30, 3, mini_size)
+    shape = "miniImageNet-shaped" if mini_size == 84 else f"{mini_size}x{mini_size} RGB"
     for backend in args.maml_backends.split(","):
-        bench_maml("MAML Omniglot 5w1s, meta-batch 32, 2nd order", train, 1, 28, 64, 5, 1, 1, 32, 1, device,
-                   *maml_it, backend=backend)
-        bench_maml("MAML miniImageNet-shaped 5w1s, conv4-32, 5 steps, mb 4", mini,
-                   3, 84, 32, 5, 1, 15, 4, 5, device, *maml_it, backend=backend)
+        bench_maml(f"MAML Omniglot 5w1s, meta-batch {omni_mb}, 2nd order", train, 1, 28, 64, 5, 1, 1, omni_mb, 1,
+                   device, *maml_it, backend=backend)
+        bench_maml(f"MAML {shape} 5w1s, conv4-32, {mini_steps} steps, mb {mini_mb}", mini,
+                   3, mini_size, 32, 5, 1, 15, mini_mb, mini_steps, device, *maml_it, backend=backend)
     bench_protonet_test(test, device, test_episodes)
 
     print(f"\n{'benchmark':<84} {'metafsl':>10} {'learn2learn':>12} {'ratio':>7}  peak memory MiB / note")

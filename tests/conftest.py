@@ -51,3 +51,14 @@ def shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} not present")
     return path
+
+
+def split_table(out: str) -> dict:
+    """{split: {"classes": int, "images": int}} from the table `metafsl data` prints (a class
+    count is read from its own cell, not found anywhere in the output)."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) >= 3 and cells[0] in ("train", "val", "test"):
+            rows[cells[0]] = {"classes": int(cells[1]), "images": int(cells[2])}
+    return rows

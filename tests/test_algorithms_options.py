@@ -1,7 +1,10 @@
 """End to end: metric and transfer methods, method options, `metafsl list algo`, errors."""
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from test_algorithms_cli import FAST, METRIC_AND_TRANSFER, ZOO, train
 
@@ -13,18 +16,57 @@ def test_metric_or_transfer_method_trains_and_tests_on_glyphs(run_cli, tmp_path,
     assert 0 <= summary["test"]["acc"] <= 100 and summary["test"]["episodes"] == 4
 
 
-@pytest.mark.parametrize("overrides", [
-    ["algo=metaoptnet", "algo.head=ridge"],
-    ["algo=reptile", "algo.transductive=false", "trainer=reptile", *FAST["reptile"]],
-    ["algo=matchingnet", "algo.fce=true", "algo.fce_steps=2"],
-    ["algo=protonet", "backbone=conv4_32", "backbone.layers=2"],
-    # MAML++ options (Antoniou et al. 2019): learned per-step rates, multi-step loss
-    ["algo=maml", "algo.per_step_lr=true", "algo.multi_step_loss=true", "algo.inner_steps=2",
-     "algo.test_inner_steps=2", "algo.msl_iterations=2"],
-])
-def test_method_options(run_cli, tmp_path, overrides):
-    summary = train(run_cli, tmp_path, *overrides)
+def _run(run_cli, tmp_path, name, *overrides):
+    """A 4-iteration run, the train loss logged at every iteration; (losses, final weights)."""
+    summary = train(run_cli, tmp_path / name, "trainer.log_every=1", *overrides)
     assert summary["test"]["episodes"] == 4
+    records = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    weights = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["model"]
+    return [r["loss"] for r in records if r["split"] == "train"], weights
+
+
+#: option -> (the reference run's overrides, the option's extra overrides, weights it must add)
+OPTIONS = {
+    "metaoptnet_ridge": (["algo=metaoptnet", *FAST["metaoptnet"]], ["algo.head=ridge"], []),
+    "matchingnet_fce": (["algo=matchingnet"], ["algo.fce=true", "algo.fce_steps=2"], ["g", "f"]),
+    "maml_multi_step_loss": (["algo=maml", "algo.inner_steps=2", "algo.test_inner_steps=2"],
+                             ["algo.multi_step_loss=true", "algo.msl_iterations=100"], ["msl_iteration"]),
+    "maml_per_step_lr": (["algo=maml", "algo.inner_steps=2", "algo.test_inner_steps=2"],
+                         ["algo.per_step_lr=true"], ["step_lrs"]),
+    "reptile_not_transductive": (["algo=reptile", "trainer=reptile", *FAST["reptile"]],
+                                 ["algo.transductive=false"], []),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_method_options_change_the_run(run_cli, tmp_path, option):
+    """Each option changes what is computed (the same seed, the same first episode, a different
+    training loss or test accuracy) and adds the weights it is made of."""
+    base, extra, added = OPTIONS[option]
+    ref_loss, ref_w = _run(run_cli, tmp_path, "ref", *base)
+    opt_loss, opt_w = _run(run_cli, tmp_path, "opt", *base, *extra)
+    ref_test = json.loads((tmp_path / "ref" / "summary.json").read_text())["test"]["acc"]
+    opt_test = json.loads((tmp_path / "opt" / "summary.json").read_text())["test"]["acc"]
+    if option == "reptile_not_transductive":  # only the test-time adaptation differs
+        assert ref_loss == opt_loss and ref_test != opt_test
+    elif option == "maml_per_step_lr":  # the rates start at inner_lr: the same first step
+        assert ref_loss[0] == opt_loss[0] and ref_loss[1:] != opt_loss[1:]
+    else:
+        assert ref_loss[0] != opt_loss[0]
+    for name in added:
+        assert any(k.split(".")[0] == name for k in opt_w) and not any(k.split(".")[0] == name for k in ref_w)
+    if option == "maml_per_step_lr":  # the per-step rates are learned: they moved from inner_lr
+        assert not torch.allclose(opt_w["step_lrs"], torch.full_like(opt_w["step_lrs"], 0.4))
+    if option == "maml_multi_step_loss":  # the annealing counter advanced once per iteration
+        assert int(opt_w["msl_iteration"]) == 4
+
+
+def test_conv4_layers_option_shapes_the_backbone(run_cli, tmp_path):
+    summary = train(run_cli, tmp_path, "algo=protonet", "backbone=conv4_32", "backbone.layers=2")
+    assert summary["backbone"] == "conv4_32"
+    w = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
+    convs = [k for k in w if k.endswith("conv.weight")]
+    assert len(convs) == 2  # backbone.layers=2 (the width is train()'s backbone.hidden=8)
 
 
 def test_baseline_checkpoint_reloads_in_test_command(run_cli, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, TINY_DATA
+from conftest import REPO, TINY, TINY_DATA, split_table
 
 METAFSL = [sys.executable, "-m", "metafsl.cli"]
 
@@ -68,25 +69,29 @@ def test_test_command_reuses_saved_config_with_overrides(trained, run_cli):
     assert s["test"]["episodes"] == 8  # the training-time result is kept
 
 
-def _subprocess_train(run_dir: Path, *extra: str, fault: tuple[str, int] | None = None):
-    """A real training process; ``fault=(event, iteration)`` kills it there (tests/fault_runner.py)."""
-    args = ["train", f"hydra.run.dir={run_dir}", *TINY, "trainer.iterations=8", "trainer.val_every=2",
+def _train_args(run_dir: Path, *extra: str) -> list[str]:
+    return ["train", f"hydra.run.dir={run_dir}", *TINY, "trainer.iterations=8", "trainer.val_every=2",
             "trainer.log_every=1", *extra]
-    cmd = METAFSL if fault is None else [sys.executable, str(REPO / "tests" / "fault_runner.py"),
-                                         fault[0], str(fault[1]), "--"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True)
 
 
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
-    full = _subprocess_train(tmp_path / "full")
-    assert full.returncode == 0, full.stderr
-    crashed = _subprocess_train(tmp_path / "crash", fault=("iteration_end", 5))
-    assert crashed.returncode != 0
+def _killed_train(run_dir: Path, *extra: str, fault: tuple[str, int]):
+    """A real training process killed at ``fault=(event, iteration)`` (tests/fault_runner.py); one
+    thread, like the in-process runs it is compared with (conftest), so the arithmetic matches."""
+    cmd = [sys.executable, str(REPO / "tests" / "fault_runner.py"), fault[0], str(fault[1]), "--"]
+    return subprocess.run([*cmd, *_train_args(run_dir, *extra)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, run_cli):
+    code, _, err = run_cli(*_train_args(tmp_path / "full"))
+    assert code == 0, err
+    crashed = _killed_train(tmp_path / "crash", fault=("iteration_end", 5))
+    assert crashed.returncode == 75, crashed.stderr
     assert not (tmp_path / "crash" / "summary.json").exists()
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 4
-    resumed = _subprocess_train(tmp_path / "crash", "resume=true")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming" in resumed.stdout
+    code, out, err = run_cli(*_train_args(tmp_path / "crash", "resume=true"))
+    assert code == 0, err
+    assert "Resuming" in out
     a = json.loads((tmp_path / "full" / "summary.json").read_text())
     b = json.loads((tmp_path / "crash" / "summary.json").read_text())
     assert a["test"]["acc"] == b["test"]["acc"] and a["val"] == b["val"]
@@ -98,21 +103,21 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_kill_during_the_final_validation_keeps_the_training(tmp_path):
+def test_a_kill_during_the_final_validation_keeps_the_training(tmp_path, run_cli):
     """The final iteration's weights are on disk before the final validation starts; resuming
     validates them and finishes the run (here the only validation: val_every > iterations)."""
     run_dir = tmp_path / "run"
-    crashed = _subprocess_train(run_dir, "trainer.val_every=100", fault=("final_validation_start", -1))
-    assert crashed.returncode != 0
+    crashed = _killed_train(run_dir, "trainer.val_every=100", fault=("final_validation_start", -1))
+    assert crashed.returncode == 75, crashed.stderr
     assert not (run_dir / "checkpoints" / "best.pt").exists()
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 8
-    resumed = _subprocess_train(run_dir, "trainer.val_every=100", "resume=true")
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = run_cli(*_train_args(run_dir, "trainer.val_every=100", "resume=true"))
+    assert code == 0, err
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["train"]["iterations"] == 8 and s["val"]["best_iteration"] == 8
     assert s["test"]["iteration"] == 8
-    full = _subprocess_train(tmp_path / "full", "trainer.val_every=100")
-    assert full.returncode == 0, full.stderr
+    code, _, err = run_cli(*_train_args(tmp_path / "full", "trainer.val_every=100"))
+    assert code == 0, err
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["test"]["acc"] == s["test"]["acc"]
 
 
@@ -147,7 +152,9 @@ def test_list_and_data(run_cli):
     code, out, _ = run_cli("list", "table")  # the tables of metafsl reproduce, with what they hold
     assert code == 0 and "snell2017_omniglot" in out and "Prototypical" in out and "dataset" not in out
     code, out, _ = run_cli("data", *TINY_DATA)
-    assert code == 0 and "train" in out and "38" in out and "1x28x28" in out
+    assert code == 0 and "1x28x28" in out
+    assert split_table(out) == {"train": {"classes": 38, "images": 760}, "val": {"classes": 10, "images": 200},
+                                "test": {"classes": 12, "images": 240}}
 
 
 def _err(result):

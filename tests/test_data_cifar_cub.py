@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import data_fixtures as fx
+from conftest import split_table
 from metafsl.data import cifar, cub
 from metafsl.data.download import fetch, md5_of
 from metafsl.errors import UserError
@@ -138,11 +139,11 @@ def test_cifarfs_through_the_cli(tmp_path, run_cli, monkeypatch):
     data = tmp_path / "data"
     fx.cifar100(data / "cifar100", FINE, COARSE, per_class=(1, 1), archive=True)
     # cifarfs and fc100 share <data_dir>/cifar100 by default
-    for name, counts in (("cifarfs", ("64", "16", "20")), ("fc100", ("60", "20", "20"))):
+    for name, counts in (("cifarfs", (64, 16, 20)), ("fc100", (60, 20, 20))):
         code, out, err = run_cli("data", f"dataset={name}", f"paths.data_dir={data}")
         assert code == 0, err
-        for c in counts:
-            assert c in out
+        table = split_table(out)
+        assert tuple(table[s]["classes"] for s in ("train", "val", "test")) == counts
     monkeypatch.setattr(cifar, "URL", UNREACHABLE)
     code, out, err = run_cli("data", "dataset=cifarfs", f"paths.data_dir={tmp_path / 'nodata'}",
                              "dataset.download=true")

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import REPO, TINY
 from metafsl.algorithms.maml import MAML
 from metafsl.algorithms.metric import MetricLearner
 from metafsl.algorithms.protonet import ProtoNet, prototypes, sq_euclidean_logits
@@ -80,17 +82,28 @@ def test_shortcut_applies_only_where_faithful():
     assert not fast_eval.supported(batch_stats)
 
 
-def test_runtime_options_are_no_ops_on_cpu():
-    rt = runtime.from_config({"runtime": {"amp": "bf16", "channels_last": True, "compile": True}},
-                             torch.device("cpu"))
-    algo = protonet().eval()
-    before = {k: v.clone() for k, v in algo.state_dict().items()}
-    rt.prepare(algo)
-    with rt.autocast():
-        y = algo.backbone(torch.rand(2, 1, 16, 16))
-    assert y.dtype == torch.float32
-    assert algo.backbone[0].conv.weight.is_contiguous()
-    assert all(torch.equal(before[k], v) for k, v in algo.state_dict().items())
+def test_gpu_runtime_options_are_no_ops_on_cpu_and_channels_last_is_not():
+    """amp=bf16 and compile=true change nothing on the CPU (float32 outputs, the same values, no
+    compiled forward); channels_last=true does store conv weights NHWC (checked on a layer with
+    several input channels: with one, NCHW and NHWC strides coincide), channels_last=false not."""
+    x = torch.rand(2, 1, 16, 16)
+    reference = protonet().eval()
+    with torch.no_grad():
+        expected = reference.backbone(x)
+    layer = lambda algo: algo.backbone[1].conv.weight  # noqa: E731  (8 input channels)
+    for channels_last in (False, True):
+        rt = runtime.from_config({"runtime": {"amp": "bf16", "channels_last": channels_last, "compile": True}},
+                                 torch.device("cpu"))
+        algo = protonet().eval()
+        rt.prepare(algo)
+        assert algo.backbone._compiled_call_impl is None  # not wrapped by torch.compile
+        with rt.autocast(), torch.no_grad():
+            y = algo.backbone(x)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, expected)
+        assert layer(algo).is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert layer(algo).is_contiguous() == (not channels_last)
+        assert all(torch.equal(reference.state_dict()[k], v) for k, v in algo.state_dict().items())
     # older run configs have no runtime node: defaults
     assert runtime.from_config({}, torch.device("cpu")).amp == "off"
 
@@ -100,20 +113,56 @@ def test_runtime_rejects_unknown_amp():
         runtime.from_config({"runtime": {"amp": "fp8"}}, torch.device("cpu"))
 
 
-def test_allocator_tuning_is_idempotent():
+#: a fresh process: RSS grown by a 256 MiB block, and still grown after the block is freed
+_ALLOC_PROBE = """
+import gc, sys
+sys.path.insert(0, {src!r})
+from metafsl.engine import runtime
+if sys.argv[1] == "tune":
     first = runtime.tune_cpu_allocator()
-    assert runtime.tune_cpu_allocator() == first
+    assert runtime.tune_cpu_allocator() == first is True  # a second call: the same answer
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+before = rss()
+block = bytearray(256 << 20)  # zero-filled: every page touched
+grown = rss() - before
+del block
+gc.collect()
+print(grown >> 20, (rss() - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt and /proc: Linux only")
+@pytest.mark.parametrize("mode", ["plain", "tune"])
+def test_allocator_tuning_keeps_freed_memory_in_the_process(mode):
+    """Without tuning glibc returns a large freed block to the kernel (mmap/munmap); after
+    tune_cpu_allocator (idempotent) it keeps it for the next allocation (what saves the page
+    faults of every large activation)."""
+    code = _ALLOC_PROBE.format(src=str(REPO / "src"))
+    out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, check=True)
+    grown, kept = map(int, out.stdout.split())
+    assert grown >= 250
+    assert (kept >= 250) if mode == "tune" else (kept < 64), (grown, kept)
 
 
 def test_gpu_flags_leave_a_cpu_run_unchanged(run_cli, tmp_path):
+    """amp=bf16 and compile=true reach the run (its saved config holds them, a bad amp value is
+    refused) and, on the CPU, change none of its numbers."""
     results = []
-    for name, extra in (("plain", []), ("flags", ["runtime.amp=bf16", "runtime.channels_last=true",
-                                                  "runtime.compile=true"])):
+    for name, extra in (("plain", ["runtime.amp=off", "runtime.compile=false"]),
+                        ("flags", ["runtime.amp=bf16", "runtime.compile=true"])):
         code, _, err = run_cli("train", *TINY, "device=cpu", *extra, f"hydra.run.dir={tmp_path / name}")
         assert code == 0, err
         results.append(json.loads((tmp_path / name / "summary.json").read_text()))
+    saved = torch.load(tmp_path / "flags" / "checkpoints" / "last.pt", weights_only=True)["config"]
+    assert saved["runtime"]["amp"] == "bf16" and saved["runtime"]["compile"] is True
     assert results[0]["test"]["acc"] == results[1]["test"]["acc"]
     assert results[0]["val"] == results[1]["val"]
+    plain = [json.loads(x) for x in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    flags = [json.loads(x) for x in (tmp_path / "flags" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in plain if "loss" in r] == [r["loss"] for r in flags if "loss" in r]
+    code, out, err = run_cli("train", *TINY, "runtime.amp=fp8", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert code != 0 and "Unknown runtime.amp 'fp8'" in err + out
 
 
 def test_cpu_embedding_passes_are_bounded_by_activation_memory():
