@@ -17,11 +17,12 @@ def demo_command(args: List[str]) -> int:
     from metafsl.engine.run_dir import unique_dir
     from metafsl.engine.sweep import write_summary
 
-    own, overrides = parse(args, ("out",), "demo")
+    own, overrides = parse(args, ("out", "hydra.sweep.dir"), "demo")
+    out = own.get("out") or own.get("hydra.sweep.dir")  # the latter: what `metafsl demo` took as a sweep
     # every config composes before the first training starts
     runs = [([f"experiment={name}", *overrides], name) for name in EXPERIMENTS]
     configs = [api.compose("train", argv) for argv, _ in runs]
-    root = Path(own["out"]) if own.get("out") else \
+    root = Path(out) if out else \
         unique_dir(Path(api.resolved(configs[0])["paths"]["output_dir"]) / "demo")
     for i, ((argv, name), cfg) in enumerate(zip(runs, configs)):
         api.train(cfg, root / f"{i}_experiment={name}", overrides=argv)
