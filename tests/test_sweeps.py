@@ -74,3 +74,23 @@ def test_submitit_local_sweep_of_two_jobs(run_cli, tmp_path):
     for r in rows:
         assert Path(r["run_dir"]).name.startswith(r["job"] + "_algo=protonet")
         assert float(r["test_acc"]) >= 0
+
+
+def test_a_sweep_resumed_into_its_dir_skips_finished_jobs_and_runs_the_rest(run_cli, tmp_path):
+    """`metafsl sweep ... resume=true hydra.sweep.dir=<its dir>` after a sweep stopped part-way:
+    the finished job is left byte-identical, the job that never started runs."""
+    sweep = tmp_path / "sweep"
+    args = ["seed=0,1", f"hydra.sweep.dir={sweep}", *SMALL]
+    code, _, err = run_cli("sweep", *args)
+    assert code == 0, err
+    finished, never = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    kept = (finished / "summary.json").read_bytes()
+    import shutil
+
+    shutil.rmtree(never)  # as if the sweep had been stopped before its second job
+    code, out, err = run_cli("sweep", *args, "resume=true")
+    assert code == 0, err + out
+    assert (finished / "summary.json").read_bytes() == kept
+    assert "finished run" in out + err
+    assert (never / "summary.json").is_file()
+    assert len(_summary(sweep)) == 2

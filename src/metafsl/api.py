@@ -149,7 +149,7 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
     run_dir = Path(run_dir) if run_dir is not None else \
         unique_dir(Path(plain["paths"]["output_dir"]) / "train")
     with RunLock(run_dir):
-        start = plan(plain, run_dir)
+        start = plan(plain, run_dir, start_missing=_in_sweep(hydra_cfg))
         if start.mode == "finished":
             done = (start.previous.train or {}).get("iterations")
             out.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "
@@ -167,6 +167,12 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
             summary.write(run_dir)
         run_report.write_artifacts(plain, run_dir)
     return summary
+
+
+def _in_sweep(hydra_cfg: Any) -> bool:
+    """Whether this training is one job of a Hydra multirun (`metafsl sweep`)."""
+    mode = OmegaConf.select(hydra_cfg, "hydra.mode") if hydra_cfg is not None else None
+    return str(mode).endswith("MULTIRUN")
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -63,8 +63,10 @@ def _is_fixed(key: str) -> bool:
     return any(key == p.rstrip(".") or key.startswith(p) for p in FIXED)
 
 
-def plan(cfg: Dict[str, Any], run_dir: Path) -> Start:
-    """How the training described by ``cfg`` starts in ``run_dir`` (raises UserError to refuse)."""
+def plan(cfg: Dict[str, Any], run_dir: Path, start_missing: bool = False) -> Start:
+    """How the training described by ``cfg`` starts in ``run_dir`` (raises UserError to refuse).
+    ``start_missing``: ``resume=true`` on a job that never started starts it (a resumed sweep:
+    finished jobs are left alone, started ones continue, the rest start)."""
     run_dir = Path(run_dir)
     has_last, finished = (run_dir / LAST).is_file(), (run_dir / SUMMARY).is_file()
     if not cfg.get("resume"):
@@ -73,6 +75,8 @@ def plan(cfg: Dict[str, Any], run_dir: Path) -> Start:
                             "or use a new run dir.")
         return Start("new")
     if not has_last:
+        if start_missing and not finished:
+            return Start("new")
         return _nothing_to_resume(run_dir, finished)
     ck = checkpoint.load(run_dir / LAST)
     fixed, applied = compare(ck["config"], cfg)
