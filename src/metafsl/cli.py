@@ -130,7 +130,7 @@ def user_error_inside(exc: BaseException) -> Optional[str]:
 def unknown_key_error(exc: Exception, args: List[str]) -> Optional[str]:
     """'Could not override a.b.c' (a key the composed config does not have): one sentence that
     names the key and the keys that ``a.b`` has."""
-    import re  # noqa: PLC0415
+    import re
 
     match = re.search(r"Could not override '([^']+)'", str(exc))
     if not match:
@@ -145,8 +145,8 @@ def unknown_key_error(exc: Exception, args: List[str]) -> Optional[str]:
 
 def sibling_keys(parent: str, group_args: List[str]) -> List[str]:
     """The keys of ``parent`` in the config composed with the user's group choices only."""
-    from hydra import compose, initialize_config_module  # noqa: PLC0415
-    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
@@ -209,7 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"metafsl {__version__}")
         return 0
     if command in ("list", "demo") and any(a in ("-h", "--help") for a in rest):
-        import importlib  # noqa: PLC0415
+        import importlib
 
         print(importlib.import_module(f"metafsl.commands.{'listing' if command == 'list' else command}").__doc__)
         return 0

@@ -177,7 +177,7 @@ def check_run_config(cfg: Dict[str, Any], groups: Iterable[str] = ("dataset", "b
 
 def target_parameters(target: str) -> Dict[str, inspect.Parameter]:
     """The keyword parameters of ``module.attr`` (a class's ``__init__`` or a function)."""
-    import importlib  # noqa: PLC0415 - only when a config is checked
+    import importlib
 
     module, _, attr = target.rpartition(".")
     try:
@@ -209,7 +209,7 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
 
 
 def _hints(target: str) -> Dict[str, Any]:
-    import importlib  # noqa: PLC0415
+    import importlib
 
     module, _, attr = target.rpartition(".")
     obj = getattr(importlib.import_module(module), attr)

@@ -16,11 +16,11 @@ from metafsl.config import DATASET_RUN_KEYS, check_target_arguments
 
 def shipped_option(group: str, name: str) -> Dict[str, Any]:
     """``conf/<group>/<name>.yaml`` as a plain dict."""
-    from omegaconf import OmegaConf  # noqa: PLC0415
+    from omegaconf import OmegaConf
 
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        from metafsl.errors import UserError  # noqa: PLC0415
+        from metafsl.errors import UserError
 
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise UserError(f"Unknown {group} '{name}'; choose one of: {', '.join(known)}.")
@@ -44,8 +44,8 @@ def arguments(group: str, node: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def instantiate(group: str, node: Mapping[str, Any], **supplied: Any) -> Any:
-    from hydra.errors import InstantiationException  # noqa: PLC0415
-    from hydra.utils import instantiate as hydra_instantiate  # noqa: PLC0415
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
 
     node = with_target(group, node)
     check_target_arguments(group, node)

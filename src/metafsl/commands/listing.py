@@ -34,7 +34,7 @@ LISTABLE = (*GROUPS, "table")
 
 
 def list_command(args: List[str]) -> int:
-    from metafsl.reporting.console import error, table  # noqa: PLC0415
+    from metafsl.reporting.console import error, table
 
     groups = list(LISTABLE)
     if args:

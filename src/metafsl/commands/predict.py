@@ -33,7 +33,7 @@ INVERTED = {"omniglot"}
 
 def load_image(path: Path, size: int, channels: int, invert: bool, convert: bool) -> np.ndarray:
     """uint8 (channels, size, size) from an image file, with clear errors."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:

@@ -140,7 +140,7 @@ def render_md(rows: List[Dict[str, Any]]) -> str:
 
 
 def results_command(args: List[str]) -> int:
-    from metafsl.reporting import console as out  # noqa: PLC0415
+    from metafsl.reporting import console as out
 
     own, rest = parse(args, OWN_KEYS, "results")
     dirs: List[Path] = []
@@ -177,7 +177,7 @@ def results_command(args: List[str]) -> int:
         target.write_text(render_csv(rows) if fmt == "csv" else render_md(rows))
         out.info(f"Wrote {target}.")
     if own.get("plot") == "shots":
-        from metafsl.reporting.plots import plot_shots  # noqa: PLC0415
+        from metafsl.reporting.plots import plot_shots
 
         default_dir = Path(own["out"]).parent if own.get("out") else (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
         path = plot_shots(rows, Path(own.get("plot_file") or default_dir / "accuracy_vs_shots.png"))

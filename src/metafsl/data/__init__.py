@@ -20,14 +20,14 @@ def dataset_root(cfg: Dict[str, Any], data_dir: str) -> Path:
 def load_dataset(cfg: Dict[str, Any], paths: Dict[str, Any]):
     """Load (or fetch from the on-disk cache) the dataset described by ``cfg``; with
     ``trainval=true`` the validation classes join the training split."""
-    from metafsl import options  # noqa: PLC0415
+    from metafsl import options
 
     node = options.with_target("dataset", cfg)
     if "root" in node:
         node["root"] = str(dataset_root(node, paths["data_dir"]))
     ds = options.instantiate("dataset", node, cache_dir=str(paths.get("cache_dir") or "~/.cache/metafsl"))
     if cfg.get("trainval"):
-        from metafsl.data.base import with_val_in_train  # noqa: PLC0415
+        from metafsl.data.base import with_val_in_train
 
         ds = with_val_in_train(ds)
     return ds

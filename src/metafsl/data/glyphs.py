@@ -152,9 +152,9 @@ def load(n_classes: int = 1200, examples_per_class: int = 20, image_size: int = 
          train_fraction: float = 0.64, val_fraction: float = 0.16,
          cache_dir: str = "~/.cache/metafsl") -> FewShotDataset:
     """``generate`` through the on-disk cache (rendering 1200 classes takes a few seconds)."""
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from metafsl.data.cache import CacheSpec, cached_dataset  # noqa: PLC0415
+    from metafsl.data.cache import CacheSpec, cached_dataset
 
     options = dict(n_classes=n_classes, examples_per_class=examples_per_class, image_size=image_size,
                    seed=seed, train_fraction=train_fraction, val_fraction=val_fraction)

@@ -19,7 +19,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 def decode(data: bytes, size: int, channels: int, invert: bool = False) -> np.ndarray:
     """Bytes of an image file -> uint8 (C, size, size).  Raises on unreadable data."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         return to_chw(im, size, channels, invert)
@@ -27,7 +27,7 @@ def decode(data: bytes, size: int, channels: int, invert: bool = False) -> np.nd
 
 def to_chw(im, size: int, channels: int, invert: bool = False) -> np.ndarray:
     """PIL image -> uint8 (C, size, size): grey or RGB, Lanczos-resized, optionally inverted."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     im = im.convert("L" if channels == 1 else "RGB")
     if im.size != (size, size):

@@ -45,7 +45,7 @@ def collect(sweep_dir: Path) -> List[Dict[str, Any]]:
 
 
 def write_summary(sweep_dir: Path) -> List[Dict[str, Any]]:
-    from metafsl.reporting import console as out  # noqa: PLC0415
+    from metafsl.reporting import console as out
 
     rows = collect(sweep_dir)
     with open(Path(sweep_dir) / "sweep_summary.csv", "w", newline="") as f:

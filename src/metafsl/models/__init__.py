@@ -19,7 +19,7 @@ def with_out_features(model: nn.Module, channels: int, image_size: int) -> nn.Mo
         try:
             out = model(torch.zeros(2, channels, image_size, image_size))
         except RuntimeError:  # e.g. a feature map pooled below 1x1
-            from metafsl.errors import UserError  # noqa: PLC0415
+            from metafsl.errors import UserError
 
             raise UserError(f"This backbone cannot take {image_size}x{image_size} images "
                             f"({type(model).__name__}: too small for its layers); use a larger "
@@ -31,6 +31,6 @@ def with_out_features(model: nn.Module, channels: int, image_size: int) -> nn.Mo
 
 def build_backbone(name: str, channels: int, image_size: int, **overrides) -> nn.Module:
     """The shipped option ``backbone=<name>`` with ``overrides`` (library and test convenience)."""
-    from metafsl.options import build_option  # noqa: PLC0415
+    from metafsl.options import build_option
 
     return build_option("backbone", name, overrides, channels=channels, image_size=image_size)

@@ -17,7 +17,7 @@ from torch import nn
 
 @functools.cache
 def _conv_block_class():
-    from learn2learn.vision.models.cnn4 import ConvBlock  # noqa: PLC0415  (imported lazily)
+    from learn2learn.vision.models.cnn4 import ConvBlock
 
     class PoolFirstConvBlock(ConvBlock):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,8 +42,8 @@ def pool_before_relu(model: nn.Module) -> nn.Module:
 def conv4(channels: int, image_size: int, hidden: int = 64, layers: int = 4,
           pool_first: bool = True) -> nn.Module:
     """``layers`` blocks of [3x3 conv (``hidden`` filters), batch norm, ReLU, 2x2 max-pool]."""
-    from metafsl._l2l import learn2learn  # noqa: PLC0415
-    from metafsl.models import with_out_features  # noqa: PLC0415
+    from metafsl._l2l import learn2learn
+    from metafsl.models import with_out_features
 
     model = learn2learn().vision.models.CNN4Backbone(
         hidden_size=int(hidden), layers=int(layers), channels=channels, max_pool=True,

@@ -39,7 +39,7 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int = 28, widen: int = 10, dropout: float = 0.0, channels: int = 3):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
-            from metafsl.errors import UserError  # noqa: PLC0415
+            from metafsl.errors import UserError
 
             raise UserError(f"Wide ResNet depth must be 6n + 4 (e.g. 16, 22, 28), not {depth}.")
         n = (depth - 4) // 6
@@ -63,7 +63,7 @@ class WideResNet(nn.Module):
 
 def wrn(channels: int, image_size: int, depth: int = 28, widen: int = 10, dropout: float = 0.0) -> nn.Module:
     """WRN-``depth``-``widen`` with global average pooling (any image size)."""
-    from metafsl.models import with_out_features  # noqa: PLC0415
+    from metafsl.models import with_out_features
 
     return with_out_features(WideResNet(depth=int(depth), widen=int(widen), dropout=float(dropout),
                                         channels=channels), channels, image_size)

@@ -10,7 +10,7 @@ from metafsl.engine.run_dir import METRICS, MetricsLog
 
 
 def export_metrics(run_dir: Path) -> Path:
-    from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+    from torch.utils.tensorboard import SummaryWriter
 
     folder = Path(run_dir) / "tensorboard"
     if folder.exists():
