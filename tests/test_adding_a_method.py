@@ -13,7 +13,7 @@ from conftest import TINY
 from metafsl.algorithms.base import Algorithm, Classifier, accuracy
 from metafsl.algorithms.metric import MetricLearner
 from metafsl.data import glyphs
-from metafsl.data.sampler import EpisodeSampler, Pixels
+from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import fast_eval
 
 
@@ -22,7 +22,7 @@ def centroid_logits(query: torch.Tensor, centroids: torch.Tensor, scale: torch.T
 
 
 class NearestCentroid(Algorithm):
-    """Nearest class mean of raw pixels, with a learned temperature: the whole contract is
+    """Nearest class mean of raw preprocess, with a learned temperature: the whole contract is
     ``fit`` (one task's classifier) and ``meta_loss`` (training)."""
 
     def __init__(self, backbone: nn.Module):
@@ -56,7 +56,7 @@ class MetricCentroid(MetricLearner):
 
 def test_a_new_method_trains_evaluates_and_predicts_through_the_contract():
     split = glyphs.generate(n_classes=30, examples_per_class=6, image_size=16, seed=3)["test"]
-    sampler = EpisodeSampler(split, 3, 2, 2, seed=0, pixels=Pixels())
+    sampler = EpisodeSampler(split, 3, 2, 2, seed=0, preprocess=Preprocess())
     toy = NearestCentroid(nn.Identity())
     opt, before = torch.optim.SGD(toy.parameters(), lr=1e-3), toy.scale.item()
     for _ in range(3):  # what the training loop does
@@ -65,7 +65,7 @@ def test_a_new_method_trains_evaluates_and_predicts_through_the_contract():
         opt.step()
     assert toy.scale.item() != before  # the meta-gradient reached the learned temperature
     toy.eval()
-    batch = EpisodeSampler(split, 3, 2, 2, seed=1, pixels=Pixels()).sample(20)
+    batch = EpisodeSampler(split, 3, 2, 2, seed=1, preprocess=Preprocess()).sample(20)
     acc = toy.evaluate(batch)  # what evaluation (validation, test, lake20) does
     assert acc.shape == (20,) and float(acc.mean()) > 0.5  # far above chance (1/3) on glyphs
     probs = toy.adapt(batch.support_x[0], batch.support_y[0])(batch.query_x[0]).softmax(-1)  # metafsl predict
@@ -77,9 +77,9 @@ def test_a_new_metric_learner_gets_the_fast_evaluation_path():
     split = glyphs.generate(n_classes=30, examples_per_class=6, image_size=16, seed=3)["test"]
     metric, plain = MetricCentroid().eval(), NearestCentroid(nn.Identity()).eval()
     assert fast_eval.supported(metric) and not fast_eval.supported(plain)
-    fast = fast_eval.episode_accuracies(metric, EpisodeSampler(split, 3, 2, 2, seed=2, pixels=Pixels()),
+    fast = fast_eval.episode_accuracies(metric, EpisodeSampler(split, 3, 2, 2, seed=2, preprocess=Preprocess()),
                                         split.images, episodes=20, max_images=50, episodes_per_step=8)
-    batch = EpisodeSampler(split, 3, 2, 2, seed=2, pixels=Pixels()).sample(20)
+    batch = EpisodeSampler(split, 3, 2, 2, seed=2, preprocess=Preprocess()).sample(20)
     torch.testing.assert_close(fast, plain.evaluate(batch))  # same rule, same episodes, same accuracies
     torch.testing.assert_close(fast, metric.evaluate(batch))
 

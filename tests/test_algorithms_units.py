@@ -358,7 +358,7 @@ def test_baseline_fits_a_new_head_on_frozen_features(name):
     algo.eval()
     batch = make_batch(shot=3, query=3)
     flat = algo.backbone
-    algo.backbone = nn.Flatten()  # raw pixels: separable features
+    algo.backbone = nn.Flatten()  # raw preprocess: separable features
     with torch.no_grad():
         support = algo.backbone(batch.support_x.flatten(0, 1)).view(2, 9, -1)
     head = algo.fit_heads(support, batch.support_y, 3)

@@ -13,7 +13,7 @@ import torch
 import data_fixtures as fx
 from conftest import REPO, TINY
 from metafsl.data.lake_runs import read_runs
-from metafsl.data.sampler import Pixels
+from metafsl.data.sampler import Preprocess
 from metafsl.engine.protocols import score_runs
 from metafsl.errors import UserError
 
@@ -40,7 +40,7 @@ def test_inversion_and_task(tmp_path):
     assert float((run.support == 0).float().mean()) > 0.6  # ink bright on black after inverting
     raw = read_runs(z, image_size=105, invert=False)[0]
     assert torch.equal(raw.support, 255 - run.support)
-    task = run.task(Pixels(), "cpu")
+    task = run.task(Preprocess(), "cpu")
     assert task.support_x.shape == (1, 20, 1, 105, 105) and task.n_way == 20 and task.n_query == 1
     assert task.query_y.tolist() == [list(range(20))]  # queries sorted by answer
     assert torch.equal(task.query_x[0, 3], task.support_x[0, 3])  # same image: item of class 4
@@ -62,12 +62,12 @@ class Nearest(torch.nn.Module):
 
 def test_score_runs_counts_errors(tmp_path):
     same = read_runs(fx.lake_runs(tmp_path / "a.zip", n_runs=3, same_images=True), image_size=16)
-    res = score_runs(Nearest(), same, Pixels(), "cpu")
+    res = score_runs(Nearest(), same, Preprocess(), "cpu")
     assert res == {"error": 0.0, "acc": 100.0, "trials": 60, "runs": 3,
                    "per_run_error": {"run01": 0.0, "run02": 0.0, "run03": 0.0}}
     # corrupt the answers of run02: 20 wrong of 60 trials
     same[1].answers = (same[1].answers + 1) % 20
-    res = score_runs(Nearest(), same, Pixels(), "cpu")
+    res = score_runs(Nearest(), same, Preprocess(), "cpu")
     assert res["per_run_error"]["run02"] == 100.0 and res["error"] == pytest.approx(100 / 3, abs=1e-3)
 
 
@@ -132,5 +132,5 @@ def test_standin_script(tmp_path):
     z = zipfile.ZipFile(out)
     training = {z.read(f"run01/training/class{k:02d}.png") for k in range(1, 21)}
     assert not training & {z.read(f"run01/test/item{k:02d}.png") for k in range(1, 21)}
-    res = score_runs(Nearest(), runs, Pixels(), "cpu")
+    res = score_runs(Nearest(), runs, Preprocess(), "cpu")
     assert res["trials"] == 400

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from metafsl.data.base import from_class_lists
-from metafsl.data.sampler import EpisodeSampler, Pixels, metaoptnet_augment
+from metafsl.data.sampler import EpisodeSampler, Preprocess, metaoptnet_augment
 from metafsl.errors import UserError
 
 
@@ -98,10 +98,10 @@ def test_impossible_episodes_are_user_errors(way, shot, query, needle):
 
 def test_pixels_normalise_and_augment_keep_shape_and_range():
     x = torch.randint(0, 256, (2, 3, 3, 8, 8), dtype=torch.uint8)
-    p = Pixels([0.5, 0.5, 0.5], [0.25, 0.25, 0.25], augment="metaoptnet")
+    p = Preprocess([0.5, 0.5, 0.5], [0.25, 0.25, 0.25], augment="metaoptnet")
     y = p(x, train=False)
     assert torch.allclose(y, (x.float() / 255 - 0.5) / 0.25)
     z = metaoptnet_augment(x.view(-1, 3, 8, 8).float() / 255)
     assert z.shape == (6, 3, 8, 8) and z.min() >= 0 and z.max() <= 1
     with pytest.raises(UserError):
-        Pixels(augment="nope")
+        Preprocess(augment="nope")

@@ -226,7 +226,7 @@ def _new_dir(parent: Path) -> Path:
 def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str, Any],
            protocol: Any) -> Dict[str, Any]:
     """Evaluate the checkpoint on episodes (or a protocol); the test record."""
-    from metafsl.data.sampler import Pixels
+    from metafsl.data.sampler import Preprocess
     from metafsl.engine import checkpoint as ckpt
     from metafsl.engine.components import build
     from metafsl.engine.evaluate import EvalSpec
@@ -236,23 +236,23 @@ def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str,
 
     proto = OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None
     pre = ckpt.Preprocessing.from_checkpoint(ck)
-    comp = _without_dataset(cfg, pre) if proto is not None and pre is not None else build(cfg)
-    ckpt.load_weights(comp.algorithm, ck["model"], path)
+    parts = _without_dataset(cfg, pre) if proto is not None and pre is not None else build(cfg)
+    ckpt.load_weights(parts.algorithm, ck["model"], path)
     if pre is not None:  # the normalisation the model was trained with
-        comp.pixels = Pixels(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
+        parts.preprocess = Preprocess(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
     run_report.test_header(run, which, ck["iteration"], cfg, (proto or {}).get("name", ""))
     t0 = time.perf_counter()
     if proto is not None:  # e.g. protocol=lake20: not sampled episodes
         from metafsl.engine.protocols import run_protocol
 
-        result = run_protocol(proto, comp, cfg)
+        result = run_protocol(proto, parts, cfg)
     else:
         spec = EvalSpec.from_config(cfg)
-        if spec.split not in comp.dataset.splits:
-            raise UserError(f"Dataset '{comp.dataset.name}' has no '{spec.split}' split.")
+        if spec.split not in parts.dataset.splits:
+            raise UserError(f"Dataset '{parts.dataset.name}' has no '{spec.split}' split.")
         with out.simple_progress() as progress:
-            result = run_episodes(comp.algorithm, comp.dataset[spec.split], spec, comp.device, comp.pixels,
-                                  progress, comp.runtime)
+            result = run_episodes(parts.algorithm, parts.dataset[spec.split], spec, parts.device, parts.preprocess,
+                                  progress, parts.runtime)
         result.update(episode=cfg["episode"]["test"], eval_seed=cfg["eval"]["seed"])
     return {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
             "iteration": ck["iteration"], "dataset": cfg["dataset"]["name"],
@@ -263,7 +263,7 @@ def _without_dataset(cfg: Dict[str, Any], pre):
     """The learner alone, for a test protocol that brings its own images (no dataset is loaded)."""
     from types import SimpleNamespace
 
-    from metafsl.data.sampler import Pixels
+    from metafsl.data.sampler import Preprocess
     from metafsl.engine import runtime
     from metafsl.engine.components import Components, build_learner, resolve_device
 
@@ -272,7 +272,7 @@ def _without_dataset(cfg: Dict[str, Any], pre):
     algorithm = build_learner(cfg, pre.channels, pre.image_size).to(device)
     rt.prepare(algorithm)
     shape = SimpleNamespace(name=cfg["dataset"]["name"], image_size=pre.image_size, channels=pre.channels)
-    return Components(device, shape, Pixels(pre.mean, pre.std), algorithm, rt)
+    return Components(device, shape, Preprocess(pre.mean, pre.std), algorithm, rt)
 
 
 def _group_choices(saved: Dict[str, Any], overrides: Sequence[str]) -> List[str]:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from metafsl.data.base import FewShotSplit
-from metafsl.data.sampler import EpisodeSampler, Pixels, TaskBatch
+from metafsl.data.sampler import EpisodeSampler, Preprocess, TaskBatch
 from metafsl.errors import UserError
 
 #: a classifier for one task: query images (Nq, C, H, W) -> logits (Nq, n_way)
@@ -135,9 +135,9 @@ class Algorithm(nn.Module):
         return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, nq, -1)
 
     def train_source(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, device,
-                     seed: int, pixels: Pixels, within_group: bool = False):
+                     seed: int, preprocess: Preprocess, within_group: bool = False):
         """What the training loop draws batches from: anything with ``sample(n, train=True)``
         and ``state_dict()/load_state_dict()``.  Episodic methods use the episode sampler;
         transfer baselines return a sampler of plain labelled mini-batches instead."""
         return EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed,
-                              pixels=pixels, within_group=within_group, split_name="train")
+                              preprocess=preprocess, within_group=within_group, split_name="train")

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from metafsl.algorithms.base import Algorithm, Classifier, accuracy
 from metafsl.data.base import FewShotSplit
 from metafsl.data.batches import BatchSampler, LabelledBatch
-from metafsl.data.sampler import Pixels, TaskBatch
+from metafsl.data.sampler import Preprocess, TaskBatch
 from metafsl.errors import UserError
 
 Head = Dict[str, torch.Tensor]
@@ -59,10 +59,10 @@ class TransferBaseline(Algorithm):
 
     # -- pre-training ------------------------------------------------------------------
     def train_source(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, device,
-                     seed: int, pixels: Pixels, within_group: bool = False):
+                     seed: int, preprocess: Preprocess, within_group: bool = False):
         if self.classifier is None:
             self.classifier = self.make_classifier(split.n_classes).to(device)
-        return BatchSampler(split, self.batch_size, device, seed, pixels)
+        return BatchSampler(split, self.batch_size, device, seed, preprocess)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Recreate the pre-training classifier (sized from the checkpoint) before loading."""

@@ -23,7 +23,7 @@ import torch
 
 from metafsl.arguments import boolean, parse
 from metafsl.data.images import is_image, to_chw
-from metafsl.data.sampler import Pixels
+from metafsl.data.sampler import Preprocess
 from metafsl.errors import UserError
 
 OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device")
@@ -97,10 +97,10 @@ def load_learner(run: Path, which: str, device: torch.device):
     ck = checkpoint.load(path)
     cfg = ck["config"]
     pre = checkpoint.Preprocessing.from_checkpoint(ck) or _legacy_preprocessing(cfg)
-    pixels = Pixels(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
+    preprocess = Preprocess(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
     algo = build_learner(cfg, pre.channels, pre.image_size)
     checkpoint.load_weights(algo, ck["model"], path)
-    return algo.to(device).eval(), pixels, cfg, pre.channels, pre.image_size
+    return algo.to(device).eval(), preprocess, cfg, pre.channels, pre.image_size
 
 
 def _legacy_preprocessing(cfg: Dict[str, Any]):
@@ -143,7 +143,7 @@ def predict(run: Path, support: Path, query: str, which: str = "best", device_na
     from metafsl.engine.components import resolve_device
 
     device = resolve_device(device_name)
-    algo, pixels, cfg, channels, size = load_learner(run, which, device)
+    algo, preprocess, cfg, channels, size = load_learner(run, which, device)
     if invert is None:
         invert = cfg["dataset"]["name"] in INVERTED
     names, support_files = read_support(support)
@@ -151,7 +151,7 @@ def predict(run: Path, support: Path, query: str, which: str = "best", device_na
 
     def tensor(paths: List[Path]) -> torch.Tensor:
         arr = np.stack([load_image(p, size, channels, invert, convert) for p in paths])
-        return pixels(torch.from_numpy(arr).to(device), train=False)
+        return preprocess(torch.from_numpy(arr).to(device), train=False)
 
     flat = [p for files in support_files for p in files]
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)

@@ -109,14 +109,15 @@ def output_root(overrides: List[str]) -> Path:
     return Path(last_value(overrides, "paths.output_dir") or os.environ.get("METAFSL_OUTPUT_DIR", "outputs"))
 
 
-def relevant(overrides: List[str]) -> List[str]:
+def result_changing_overrides(overrides: List[str]) -> List[str]:
+    """The overrides that change results (not paths, device, verbosity ...)."""
     return [o for o in overrides if not o.lstrip("+~").startswith(NEUTRAL_KEYS)]
 
 
 def check_manifest(table_dir: Path, name: str, budget: float, overrides: List[str]) -> None:
     """Refuse to mix rows computed under different settings in one table dir."""
     path = table_dir / MANIFEST
-    mine = {"table": name, "budget": budget, "overrides": relevant(overrides)}
+    mine = {"table": name, "budget": budget, "overrides": result_changing_overrides(overrides)}
     if path.exists():
         old = read_json(path)
         if (old.get("table"), old.get("budget"), old.get("overrides")) != (name, budget, mine["overrides"]):
@@ -268,7 +269,7 @@ CSV_COLUMNS = ["row", "experiment", "algo", "dataset", "way", "shot", "our_acc",
 SHOWN = ["row", "episode", "ours (%)", "published (%)", "diff", "in CI", "iters", "time"]
 
 
-def shown(r: Dict[str, Any]) -> List[str]:
+def table_cells(r: Dict[str, Any]) -> List[str]:
     inside = "-" if r["published_in_ci"] is None else ("yes" if r["published_in_ci"] else "no")
     if r["failed"]:
         inside = "row failed"
@@ -305,7 +306,7 @@ def write_outputs(table_dir: Path, spec: TableSpec, rows: List[Dict[str, Any]], 
     lines.append("| " + " | ".join(SHOWN) + " |")
     lines.append("|" + "|".join("---" for _ in SHOWN) + "|")
     for r in rows:
-        lines.append("| " + " | ".join(shown(r)) + " |")
+        lines.append("| " + " | ".join(table_cells(r)) + " |")
     lines += ["", "Sources:", ""]
     for r in rows:
         lines.append(f"- {r['row']}: {r['citation'] or 'no published number'} (run: `{r['run_dir']}`)")
@@ -375,7 +376,7 @@ def reproduce_command(args: List[str]) -> int:
         return code
     write_outputs(table_dir, spec, results, budget)
     title = spec.title + (f"  [APPROXIMATE, budget={budget:g}]" if budget != 1.0 else "")
-    out.table(title, SHOWN, [shown(r) for r in results], justify_right=SHOWN[2:])
+    out.table(title, SHOWN, [table_cells(r) for r in results], justify_right=SHOWN[2:])
     if budget != 1.0:
         out.info(f"[bold yellow]{approximate_note(budget)}[/]")
     out.info(f"Wrote {table_dir / 'table.md'} and {table_dir / 'table.csv'}.")

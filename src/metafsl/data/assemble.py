@@ -17,7 +17,7 @@ def check_shape(image_size: int, channels: int) -> None:
     if channels not in (1, 3):
         raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), not {channels}.")
     if image_size < 4:
-        raise UserError(f"dataset.image_size must be at least 4 pixels, not {image_size}.")
+        raise UserError(f"dataset.image_size must be at least 4 preprocess, not {image_size}.")
 
 
 def split_from_files(read: Callable[[str], bytes], files: Sequence[Tuple[str, str]], classes: Sequence[str],

@@ -37,15 +37,6 @@ class FewShotSplit:
     def counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.n_classes)
 
-    def to(self, device) -> "FewShotSplit":
-        return FewShotSplit(
-            self.images.to(device),
-            self.labels.to(device),
-            self.class_names,
-            None if self.groups is None else self.groups.to(device),
-            self.group_names,
-        )
-
 
 @dataclass
 class FewShotDataset:

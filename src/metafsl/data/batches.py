@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from metafsl.data.base import FewShotSplit
-from metafsl.data.sampler import Pixels
+from metafsl.data.sampler import Preprocess
 from metafsl.errors import UserError
 
 
@@ -28,12 +28,12 @@ class BatchSampler:
     """``sample()`` returns the next ``batch_size`` images of the current epoch's permutation."""
 
     def __init__(self, split: FewShotSplit, batch_size: int, device="cpu", seed: int = 0,
-                 pixels: Optional[Pixels] = None):
+                 preprocess: Optional[Preprocess] = None):
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1 (got {batch_size}).")
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
-        self.pixels = pixels or Pixels()
+        self.preprocess = preprocess or Preprocess()
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
         self.n_classes = split.n_classes
@@ -56,7 +56,7 @@ class BatchSampler:
     def sample(self, n: int = 1, train: bool = True) -> LabelledBatch:
         """One mini-batch (``n``, the engine's meta-batch size, is not used)."""
         idx = self.next_indices().to(self.device)
-        return LabelledBatch(self.pixels(self.images[idx], train), self.labels[idx])
+        return LabelledBatch(self.preprocess(self.images[idx], train), self.labels[idx])
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": self.order.clone(), "pos": self.pos}

@@ -19,7 +19,7 @@ import torch
 
 from metafsl.data.checks import check_each_once
 from metafsl.data.images import Archive, decode
-from metafsl.data.sampler import Pixels, TaskBatch
+from metafsl.data.sampler import Preprocess, TaskBatch
 from metafsl.errors import UserError
 
 LABELS = "class_labels.txt"
@@ -35,7 +35,7 @@ class LakeRun:
     answers: torch.Tensor  # (n,) class index (0-based) of each query
     query_names: List[str]
 
-    def task(self, pixels: Pixels, device) -> TaskBatch:
+    def task(self, preprocess: Preprocess, device) -> TaskBatch:
         n = self.support.shape[0]
         per_class = torch.bincount(self.answers, minlength=n)
         n_query = int(per_class[0])
@@ -43,9 +43,9 @@ class LakeRun:
             raise UserError(f"Run {self.name} does not test every class equally often; cannot score it as one episode.")
         order = torch.argsort(self.answers, stable=True)
         return TaskBatch(
-            pixels(self.support.unsqueeze(0).to(device), False),
+            preprocess(self.support.unsqueeze(0).to(device), False),
             torch.arange(n, device=device).unsqueeze(0),
-            pixels(self.query[order].unsqueeze(0).to(device), False),
+            preprocess(self.query[order].unsqueeze(0).to(device), False),
             self.answers[order].unsqueeze(0).to(device),
             n, 1, n_query,
         )

@@ -38,7 +38,7 @@ class TaskBatch:
                          self.n_way, self.n_shot, self.n_query)
 
 
-class Pixels:
+class Preprocess:
     """uint8 -> float in [0, 1], then optional per-channel normalisation and augmentation."""
 
     def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
@@ -94,14 +94,14 @@ class EpisodeSampler:
     """
 
     def __init__(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int,
-                 device: torch.device | str = "cpu", seed: int = 0, pixels: Optional[Pixels] = None,
+                 device: torch.device | str = "cpu", seed: int = 0, preprocess: Optional[Preprocess] = None,
                  within_group: bool = False, split_name: str = "split"):
         if n_way < 1 or n_shot < 1 or n_query < 1:
             raise UserError(f"n_way, n_shot and n_query must be at least 1 (got {n_way}, {n_shot}, {n_query}).")
         self.split = split
         self.n_way, self.n_shot, self.n_query = int(n_way), int(n_shot), int(n_query)
         self.device = torch.device(device)
-        self.pixels = pixels or Pixels()
+        self.preprocess = preprocess or Preprocess()
         self.generator = torch.Generator().manual_seed(int(seed))
         need = self.n_shot + self.n_query
         counts = split.counts()
@@ -165,9 +165,9 @@ class EpisodeSampler:
         support = x[:, :, : self.n_shot].reshape(b, self.n_way * self.n_shot, *img)
         query = x[:, :, self.n_shot:].reshape(b, self.n_way * self.n_query, *img)
         return TaskBatch(
-            self.pixels(support, train),
+            self.preprocess(support, train),
             self._support_y.to(self.device).expand(b, -1),
-            self.pixels(query, train),
+            self.preprocess(query, train),
             self._query_y.to(self.device).expand(b, -1),
             self.n_way, self.n_shot, self.n_query,
         )

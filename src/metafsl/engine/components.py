@@ -1,4 +1,4 @@
-"""Build the pieces of a run (device, data, pixels, learner) from a composed config."""
+"""Build the pieces of a run (device, data, preprocess, learner) from a composed config."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +10,7 @@ from metafsl import options
 from metafsl.config import target_parameters
 from metafsl.data import load_dataset
 from metafsl.data.base import FewShotDataset
-from metafsl.data.sampler import Pixels
+from metafsl.data.sampler import Preprocess
 from metafsl.engine import runtime
 from metafsl.errors import UserError
 
@@ -26,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
 
 
-def make_pixels(dataset_cfg: Dict[str, Any], ds: FewShotDataset) -> Pixels:
+def make_preprocess(dataset_cfg: Dict[str, Any], ds: FewShotDataset) -> Preprocess:
     norm = dataset_cfg.get("normalize", "none")
     if norm == "none":
         mean = std = None
@@ -34,14 +34,14 @@ def make_pixels(dataset_cfg: Dict[str, Any], ds: FewShotDataset) -> Pixels:
         mean, std = ds.mean, ds.std
     else:
         raise UserError(f"Unknown dataset.normalize '{norm}'; choose one of: none, dataset.")
-    return Pixels(mean, std, dataset_cfg.get("augment", "none"))
+    return Preprocess(mean, std, dataset_cfg.get("augment", "none"))
 
 
 @dataclass
 class Components:
     device: torch.device
     dataset: FewShotDataset
-    pixels: Pixels
+    preprocess: Preprocess
     algorithm: Any
     runtime: Any = None  # metafsl.engine.runtime.Runtime (autocast, memory format, compile)
 
@@ -65,4 +65,4 @@ def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Compone
         raise UserError(f"Dataset '{ds.name}' needs at least a train and a test split.")
     algorithm = build_learner(cfg, ds.channels, ds.image_size).to(device)
     rt.prepare(algorithm)
-    return Components(device, ds, make_pixels(cfg["dataset"], ds), algorithm, rt)
+    return Components(device, ds, make_preprocess(cfg["dataset"], ds), algorithm, rt)

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from metafsl.data.base import FewShotSplit
-from metafsl.data.sampler import EpisodeSampler, Pixels
+from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import fast_eval
 
 #: upper bound on images per evaluation forward pass (keeps memory flat for big episodes)
@@ -50,7 +50,7 @@ class EvalSpec:
                    split="val" if validation else ev.get("split", "test"))
 
 
-def evaluate(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", pixels: Optional[Pixels] = None,
+def evaluate(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", preprocess: Optional[Preprocess] = None,
              progress=None, runtime=None) -> Dict[str, float]:
     """Accuracy (percent) of ``algorithm`` on ``split`` over the episodes ``spec`` describes.
 
@@ -58,7 +58,7 @@ def evaluate(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", pixel
     n_way, n_shot, n_query = spec.n_way, spec.n_shot, spec.n_query
     episodes, batch_episodes, split_name = spec.episodes, spec.batch_episodes, spec.split
     seed, within_group = spec.seed, spec.within_group
-    sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed, pixels=pixels,
+    sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed, preprocess=preprocess,
                              within_group=within_group, split_name=split_name)
     algorithm.check_episode(n_way, train=False)
     per_episode = n_way * (n_shot + n_query)

@@ -88,7 +88,7 @@ def channels_last_weights(module: nn.Module) -> Iterator[None]:
 def frozen_for_inference(backbone: nn.Module, example: torch.Tensor):
     """A TorchScript copy of ``backbone`` frozen and optimised for CPU inference (batch norm
     folded into the convolutions, fused conv+ReLU kernels): the same function up to float
-    rounding, about 1.3x faster here.  Falls back to ``backbone`` if it cannot be traced."""
+    rounding, and faster (docs/benchmarks.md).  Falls back to ``backbone`` if it cannot be traced."""
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -113,15 +113,15 @@ def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, 
     backbone = algorithm.backbone
     forward = backbone
     if device.type == "cpu":
-        one = sampler.pixels(images[uniq[:1].to(images.device)], False)
+        one = sampler.preprocess(images[uniq[:1].to(images.device)], False)
         max_images = min(max_images, images_per_pass(backbone, one))
-        example = sampler.pixels(images[uniq[:max_images].to(images.device)], False)
+        example = sampler.preprocess(images[uniq[:max_images].to(images.device)], False)
         forward = frozen_for_inference(backbone, example)
     with torch.inference_mode(), channels_last_weights(backbone):
         chunks: list[torch.Tensor] = []
         for start in range(0, len(uniq), max_images):
             sel = uniq[start: start + max_images].to(images.device)
-            x = sampler.pixels(images[sel].to(device, non_blocking=True), False)
+            x = sampler.preprocess(images[sel].to(device, non_blocking=True), False)
             chunks.append(forward(x).flatten(1))
         z = torch.cat(chunks)
         support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)

@@ -23,14 +23,14 @@ def lake_root(proto: Dict[str, Any], data_dir: str) -> Path:
     return Path(os.path.expanduser(str(root)))
 
 
-def score_runs(algorithm, runs, pixels, device) -> Dict[str, Any]:
+def score_runs(algorithm, runs, preprocess, device) -> Dict[str, Any]:
     """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run."""
     was_training = algorithm.training
     algorithm.eval()
     per_run, wrong, trials = {}, 0.0, 0
     try:
         for run in runs:
-            task = run.task(pixels, device)
+            task = run.task(preprocess, device)
             algorithm.check_episode(task.n_way, train=False)
             acc = float(algorithm.evaluate(task).float().cpu()[0])  # fraction of this run's trials
             n = task.query_y.shape[1]
@@ -44,11 +44,11 @@ def score_runs(algorithm, runs, pixels, device) -> Dict[str, Any]:
             "per_run_error": per_run}
 
 
-def run_protocol(proto: Dict[str, Any], comp, cfg: Dict[str, Any]) -> Dict[str, Any]:
+def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any]) -> Dict[str, Any]:
     name = proto.get("name")
     if name != "lake20":
         raise UserError(f"Unknown protocol '{name}'; choose one of: {', '.join(PROTOCOLS)}.")
     root = lake_root(proto, cfg["paths"]["data_dir"])
-    runs = read_runs(root, comp.dataset.image_size, comp.dataset.channels, proto.get("invert", True))
-    res = score_runs(comp.algorithm, runs, comp.pixels, comp.device)  # evaluate() sets grad mode
+    runs = read_runs(root, parts.dataset.image_size, parts.dataset.channels, proto.get("invert", True))
+    res = score_runs(parts.algorithm, runs, parts.preprocess, parts.device)  # evaluate() sets grad mode
     return {"protocol": name, "root": str(root), **res}

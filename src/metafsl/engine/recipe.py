@@ -55,8 +55,8 @@ class TrainRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self, start: Start) -> None:
         torch.manual_seed(self.cfg["seed"])
-        self.comp = build(self.cfg)
-        self.algo, self.ds, self.device = self.comp.algorithm, self.comp.dataset, self.comp.device
+        self.parts = build(self.cfg)
+        self.algo, self.ds, self.device = self.parts.algorithm, self.parts.dataset, self.parts.device
         self.data_report = self.ds.report(episode_need(self.ep))
         if self.data_report:  # one line, never wrapped; paths are not markup
             out.console.print(self.data_report.line(), soft_wrap=True, highlight=False, markup=False)
@@ -64,7 +64,7 @@ class TrainRecipe:
         train = self.ep["train"]
         self.sampler = self.algo.train_source(
             self.ds["train"], train["n_way"], train["n_shot"], train["n_query"], self.device,
-            seed=self.cfg["seed"], pixels=self.comp.pixels, within_group=self.ep.get("within_alphabet", False))
+            seed=self.cfg["seed"], preprocess=self.parts.preprocess, within_group=self.ep.get("within_alphabet", False))
         params = [p for p in self.algo.parameters() if p.requires_grad]
         self.optimizer = instantiate(self.tr["optimizer"])(params=params)
         self.scheduler = instantiate(self.tr["scheduler"])(optimizer=self.optimizer) \
@@ -174,7 +174,7 @@ class TrainRecipe:
         batch = self.sampler.sample(self.tr["meta_batch_size"], train=True)
         self.optimizer.zero_grad(set_to_none=True)
         # forward passes under runtime.amp (bf16 on GPU; no-op otherwise), gradients into .grad
-        loss, acc = self.algo.meta_backward(batch, self.comp.runtime.autocast)
+        loss, acc = self.algo.meta_backward(batch, self.parts.runtime.autocast)
         if not torch.isfinite(loss):
             self._diverged(it, f"the training loss ({float(loss)})")
         if self.tr.get("grad_clip"):
@@ -282,7 +282,7 @@ class TrainRecipe:
         improved = True
         if self.has_val:
             res = evaluate(self.algo, self.ds["val"], EvalSpec.from_config(self.cfg, validation=True),
-                           self.device, self.comp.pixels, runtime=self.comp.runtime)
+                           self.device, self.parts.preprocess, runtime=self.parts.runtime)
             self.log.write({"iteration": it, "split": "val", **res})
             self.state.last_val = res["acc"]
             if self.progress is not None:
@@ -299,8 +299,8 @@ class TrainRecipe:
         spec = EvalSpec.from_config(self.cfg)
         if spec.split not in self.ds.splits:
             raise UserError(f"Dataset '{self.ds.name}' has no '{spec.split}' split.")
-        return evaluate(self.algo, self.ds[spec.split], spec, self.device, self.comp.pixels, progress,
-                        self.comp.runtime)
+        return evaluate(self.algo, self.ds[spec.split], spec, self.device, self.parts.preprocess, progress,
+                        self.parts.runtime)
 
     def final_test(self) -> Dict[str, Any]:
         """Test the best checkpoint (the last one without a validation split)."""

@@ -6,8 +6,7 @@
   spends as much time in page faults (``sys`` time) as in arithmetic.  Results are unchanged.
 - ``channels_last`` (on by default, CPU and GPU, for methods without an inner loop to
   differentiate through): store conv weights and activations NHWC.  Same maths, only float
-  rounding differs; on this project's 2-core CPU a conv4 training step runs about 1.6x faster
-  (docs/benchmarks.md).
+  rounding differs; faster conv4 training steps on the CPU (measured in docs/benchmarks.md).
 - GPU options, no-ops on the CPU:
   ``amp=bf16`` runs forward passes under ``torch.autocast(dtype=bfloat16)`` (changes results
   slightly, so off by default); ``compile`` wraps the backbone's forward with

@@ -3,9 +3,8 @@
 ReLU is monotonic, so it commutes with max-pooling exactly: ``relu(maxpool(x))`` equals
 ``maxpool(relu(x))`` value for value, and the gradient (first and second order) is the same
 too: it reaches the window's maximum when that maximum is positive and is zero otherwise,
-in both orders.  Pooling first runs the ReLU and its backward on a quarter of the values;
-on the 2-core CPU ReLU and its backward were about a fifth of a MAML step
-(docs/benchmarks.md).  Parameters, state-dict keys and initialisation are learn2learn's.
+in both orders.  Pooling first runs the ReLU and its backward on a quarter of the values
+(the time saved is measured in docs/benchmarks.md).  Parameters, state-dict keys and initialisation are learn2learn's.
 """
 from __future__ import annotations
 
