@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test bench lint clean
+.PHONY: help setup demo test bench faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test: setup  ## run the test suite
 
 bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 	@$(PY) scripts/bench.py $(BENCH_ARGS)
+
+faults: setup  ## kill trainings at random points, resume, compare (docs/benchmarks.md; FAULTS_ARGS=--trials 30)
+	@nice -n 10 $(PY) scripts/faults.py $(FAULTS_ARGS)
 
 lint: setup  ## static checks
 	@$(VENV)/bin/ruff check src tests scripts
