@@ -221,11 +221,9 @@ def warm_up(launcher: str) -> None:
             importlib.import_module("matplotlib.pyplot")
 
 
-def isolated(launcher: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` (JSON-able result); with the fork launcher in a forked process, so that this
-    process never runs torch ops (its thread pools would not survive later forks)."""
-    if launcher != "fork":
-        return fn(*args)
+def isolated(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` (JSON-able result) in a forked process, so that this one never runs torch ops
+    (their thread pools would not survive the later forks)."""
     read, write = os.pipe()
     sys.stdout.flush()
     pid = os.fork()
@@ -498,7 +496,7 @@ def kill_once(camp: Campaign, ref: Reference, plan: Dict[str, Any], tdir: Path, 
     return {"kill_rc": rc, "interrupted": interrupted,
             "exit_after_signal_s": round(time.time() - sent, 2) if sent and rc is not None else None,
             "reached_iteration": max(iterations, default=0),
-            "saved_iteration": isolated(camp.launcher, checkpoint_iteration, str(tdir / "run")),
+            "saved_iteration": isolated(checkpoint_iteration, str(tdir / "run")),
             "orphan_temps": orphan_temps(tdir / "run"),
             "where": landed(events, ref, orphan_temps(tdir / "run")) if interrupted else "not interrupted"}
 
@@ -515,14 +513,13 @@ def resume_once(camp: Campaign, ref: Reference, tdir: Path, args: List[str], sav
     if rc != 0:
         detail = "timed out" if rc is None else last_line(log)
         return {"resume_rc": rc, "outcome": "failed", "detail": detail, "note": note}
-    diff = isolated(camp.launcher, compare_runs, str(ref.run_dir), str(tdir / "run"))
+    diff = isolated(compare_runs, str(ref.run_dir), str(tdir / "run"))
     return {"resume_rc": rc, "outcome": "differed" if diff else "identical", "detail": diff or "", "note": note}
 
 
-def run_trial(camp: Campaign, number: int, ref: Reference, kind: str) -> Dict[str, Any]:
+def run_trial(camp: Campaign, number: int, ref: Reference, kind: str, plan: Dict[str, Any]) -> Dict[str, Any]:
     tdir = camp.work / f"{number:03d}_{ref.name}_{kind}"
     tdir.mkdir(parents=True)
-    plan = plan_kill(kind, ref, camp.rng)
     record: Dict[str, Any] = {"trial": number, "scenario": ref.name, "kind": kind,
                               "planned": plan.get("target", ""), "dir": str(tdir)}
     if "skip" in plan:
@@ -666,6 +663,7 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
     p.add_argument("--scenarios", default=None, help="comma list (default: all of the mode)")
     p.add_argument("--launcher", choices=("fork", "exec"), default="fork")
+    p.add_argument("--jobs", type=int, default=1, help="trials run at the same time")
     p.add_argument("--max-minutes", type=float, default=None, help="start no trial after this long")
     p.add_argument("--work", type=Path, default=None, help="scratch dir (default outputs/faults/<time>)")
     p.add_argument("--evidence", type=Path, default=None,
@@ -676,8 +674,8 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     args.trials = args.trials if args.trials is not None else (2 if args.quick else 24)
     args.kinds = [k for k in args.kinds.split(",") if k]
     bad = [k for k in args.kinds if k not in KINDS]
-    if bad or not args.kinds or args.trials < 0:
-        p.error(f"--kinds takes {', '.join(KINDS)}; --trials >= 0" + (f" (not {', '.join(bad)})" if bad else ""))
+    if bad or not args.kinds or args.trials < 0 or args.jobs < 1:
+        p.error(f"--kinds takes {', '.join(KINDS)}; --trials >= 0; --jobs >= 1" + (f" (not {', '.join(bad)})" if bad else ""))
     return args
 
 
@@ -700,11 +698,55 @@ def prepare_work(args: argparse.Namespace) -> Path:
     return work
 
 
-def schedule(args: argparse.Namespace, refs: Dict[str, Reference]) -> List[tuple]:
-    """Round robin: every kind on one scenario, then on the next."""
-    names = list(refs)
-    k = len(args.kinds)
-    return [(refs[names[(i // k) % len(names)]], args.kinds[i % k]) for i in range(args.trials)]
+def schedule(args: argparse.Namespace, refs: Dict[str, Reference], rng: random.Random) -> List[tuple]:
+    """(reference, kind, kill plan) per trial; round robin: every kind on one scenario, then on the
+    next.  Plans are drawn here, in order, so that ``--jobs`` does not change them."""
+    names, k = list(refs), len(args.kinds)
+    pairs = [(refs[names[(i // k) % len(names)]], args.kinds[i % k]) for i in range(args.trials)]
+    return [(ref, kind, plan_kill(kind, ref, rng)) for ref, kind in pairs]
+
+
+def start_worker(camp: Campaign, number: int, item: tuple) -> int:
+    """Fork a process that runs one trial and leaves its record in <work>/<number>.json."""
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    started = time.time()
+    try:
+        record = run_trial(camp, number, *item)
+    except BaseException as exc:  # reported as this trial's failure
+        record = {"trial": number, "scenario": item[0].name, "kind": item[1], "planned": item[2].get("target", ""),
+                  "outcome": "failed", "detail": f"faults.py: {type(exc).__name__}: {exc}"}
+    record["trial_seconds"] = round(time.time() - started, 1)
+    (camp.work / f"{number:03d}.json").write_text(json.dumps(record))
+    os._exit(0)
+
+
+def run_trials(args: argparse.Namespace, camp: Campaign, plan: List[tuple], started: float) -> List[Dict[str, Any]]:
+    """Up to ``--jobs`` trials at a time; none started after ``--max-minutes``."""
+    queue, running, records = list(enumerate(plan, 1)), {}, []
+    while queue or running:
+        if queue and args.max_minutes and time.time() - started > 60 * args.max_minutes:
+            print(f"time budget of {args.max_minutes} min spent: {len(queue)} of {len(plan)} trials not run")
+            queue = []
+        while queue and len(running) < args.jobs:
+            number, item = queue.pop(0)
+            running[start_worker(camp, number, item)] = number
+        if not running:
+            break
+        pid, _ = os.wait()
+        number = running.pop(pid)
+        path = camp.work / f"{number:03d}.json"
+        t = json.loads(path.read_text()) if path.exists() else {
+            "trial": number, "scenario": "?", "kind": "?", "planned": "", "outcome": "failed",
+            "detail": "the trial's process died"}
+        records.append(t)
+        print(f"[{number}/{len(plan)}] {t['scenario']} {t['kind']} {t['planned']}: {t.get('where', '-')} -> "
+              f"{t['outcome']} {t.get('detail', '')} ({t.get('trial_seconds', '-')} s)", flush=True)
+        if t["outcome"] == "identical" and not args.keep:
+            shutil.rmtree(t["dir"])
+    return sorted(records, key=lambda r: r["trial"])
 
 
 def campaign(args: argparse.Namespace) -> int:
@@ -717,23 +759,11 @@ def campaign(args: argparse.Namespace) -> int:
     for name, scenario_args in scenarios_of(args).items():
         refs[name] = camp.reference(name, scenario_args)
         print(f"reference {name}: {refs[name].duration:.1f} s, {len(refs[name].events)} events", flush=True)
-        problems = isolated(args.launcher, self_check, str(refs[name].run_dir), str(work / f"self_check_{name}"))
+        problems = isolated(self_check, str(refs[name].run_dir), str(work / f"self_check_{name}"))
         if problems:
             sys.exit(f"The comparison is broken: {'; '.join(problems)}.")
         print(f"comparison self-check passed ({time.time() - started:.1f} s)", flush=True)
-    trials, plan = [], schedule(args, refs)
-    for number, (ref, kind) in enumerate(plan, 1):
-        if args.max_minutes and time.time() - started > 60 * args.max_minutes:
-            print(f"time budget of {args.max_minutes} min spent: {len(trials)} of {len(plan)} trials run")
-            break
-        t0 = time.time()
-        t = run_trial(camp, number, ref, kind)
-        t["trial_seconds"] = round(time.time() - t0, 1)
-        trials.append(t)
-        print(f"[{number}/{len(plan)}] {t['scenario']} {kind} {t['planned']}: {t.get('where', '-')} -> "
-              f"{t['outcome']} {t.get('detail', '')} ({t['trial_seconds']} s)", flush=True)
-        if t["outcome"] == "identical" and not args.keep:
-            shutil.rmtree(t["dir"])
+    trials = run_trials(args, camp, schedule(args, refs, camp.rng), started)
     return finish(args, refs, trials, started, work)
 
 
