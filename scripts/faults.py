@@ -53,16 +53,16 @@ sys.path.insert(0, str(REPO / "src"))
 KINDS = ("hook", "write", "sigkill", "sigterm", "sigint")
 SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
 DIED = 75  # exit code of a process killed by its own fault listener
-GLYPHS = ["device=cpu", "dataset.n_classes=40", "dataset.examples_per_class=20"]
-SHAPE = ["trainer.iterations=20", "trainer.val_every=5", "trainer.val_episodes=10",
-         "trainer.log_every=2", "eval.episodes=30"]
+GLYPHS = ["device=cpu", "dataset.n_classes=40", "dataset.examples_per_class=20", "backbone=conv4_32"]
+SHAPE = ["trainer.iterations=12", "trainer.val_every=4", "trainer.val_episodes=6",
+         "trainer.log_every=2", "eval.episodes=15"]
 SCENARIOS = {
     "protonet": [*GLYPHS, "algo=protonet", "trainer=fast", *SHAPE],
     # SGD outer loop with a linear LR decay (scheduler state) and an Adam inner loop
-    "reptile": [*GLYPHS, "algo=reptile", "trainer=reptile", "trainer.meta_batch_size=2",
-                "algo.inner_steps=2", "algo.test_inner_steps=3", *SHAPE],
+    "reptile": [*GLYPHS, "algo=reptile", "trainer=reptile", "trainer.meta_batch_size=1",
+                "algo.inner_steps=2", "algo.test_inner_steps=2", *SHAPE],
 }
-QUICK = {"protonet": [*GLYPHS, "algo=protonet", "backbone=conv4_32", "trainer=fast", "trainer.iterations=4",
+QUICK = {"protonet": [*GLYPHS, "algo=protonet", "trainer=fast", "trainer.iterations=4",
                       "trainer.val_every=2", "trainer.val_episodes=2", "trainer.log_every=1",
                       "eval.episodes=4", "episode.train.n_query=2", "episode.test.n_query=2"]}
 #: record keys that measure wall-clock time, never compared
