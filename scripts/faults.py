@@ -289,7 +289,7 @@ def first_diff(a: Any, b: Any, path: str) -> Optional[str]:
     import torch
 
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
+        for k in sorted(set(a) | set(b), key=lambda k: (k not in ("iteration", "split"), str(k))):
             if k not in a or k not in b:
                 return f"{path}.{k} (only in the {'reference' if k in a else 'resumed run'})"
             found = first_diff(a[k], b[k], f"{path}.{k}")
@@ -297,9 +297,8 @@ def first_diff(a: Any, b: Any, path: str) -> Optional[str]:
                 return found
         return None
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return f"{path} ({len(a)} entries vs {len(b)})"
-        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := first_diff(x, y, f"{path}[{i}]"))), None)
+        found = next((d for i, (x, y) in enumerate(zip(a, b)) if (d := first_diff(x, y, f"{path}[{i}]"))), None)
+        return found or (f"{path} ({len(a)} entries vs {len(b)})" if len(a) != len(b) else None)
     if torch.is_tensor(a) or torch.is_tensor(b):
         return None if _same_tensor(a, b) else f"{path} (tensor differs)"
     if a != b and not (a != a and b != b):  # NaN equals NaN here
@@ -317,6 +316,15 @@ def _metrics(run: Path) -> List[Any]:
     return rows
 
 
+def _row_context(found: str, ref_rows: List[Any], run_rows: List[Any]) -> str:
+    """' (row 4: reference train@6, resumed train@2)' for a difference inside a metrics row."""
+    if not found.startswith("metrics.jsonl["):
+        return ""
+    i = int(found[len("metrics.jsonl["):].split("]")[0])
+    name = lambda r: f"{r.get('split')}@{r.get('iteration')}" if isinstance(r, dict) else str(r)  # noqa: E731
+    return f" (row {i + 1}: reference {name(ref_rows[i])}, resumed {name(run_rows[i])})"
+
+
 def _checkpoint(path: Path) -> Dict[str, Any]:
     import torch
 
@@ -331,9 +339,10 @@ def compare_runs(ref: str, run: str) -> Optional[str]:
     for name in ("metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
         if not (run_dir / name).exists():
             return f"{name} missing"
-    found = first_diff(_metrics(ref_dir), _metrics(run_dir), "metrics.jsonl")
+    rows = _metrics(ref_dir), _metrics(run_dir)
+    found = first_diff(*rows, "metrics.jsonl")
     if found:
-        return found
+        return found + _row_context(found, *rows)
     summary = [strip_wall_clock(json.loads((d / "summary.json").read_text())) for d in (ref_dir, run_dir)]
     found = first_diff(*summary, "summary.json")
     for name in ("last.pt", "best.pt"):
@@ -415,6 +424,11 @@ class Campaign:
         child = launch(self.launcher, args, run_dir, stem.with_suffix(".log"), stem.with_suffix(".events"), die)
         return child.wait(timeout), child
 
+    def warm_cache(self, args: List[str]) -> None:
+        """``metafsl data`` once, so that the reference does not time the dataset cache's creation."""
+        stem = self.work / "cache_warm_up"
+        self.run(["data", *[a for a in args if a.startswith("dataset")]], self.work, stem)
+
     def reference(self, name: str, args: List[str]) -> Reference:
         run_dir = self.work / f"reference_{name}"
         run_dir.mkdir(parents=True)
@@ -434,20 +448,41 @@ def plan_kill(kind: str, ref: Reference, rng: random.Random) -> Dict[str, Any]:
         e = rng.choice(stream)
         return {"die": [e["stream"], e["index"]], "target": "@".join(map(str, e["what"]))}
     hooks = ref.stream("hook")
-    lo = 0.8 * hooks[0]["t"] if hooks else 0.2 * ref.duration
-    delay = round(rng.uniform(lo, 0.95 * ref.duration), 2)
-    return {"signal": kind, "delay": delay, "target": f"{kind.upper()} after {delay:.2f} s"}
+    t = rng.uniform(0.8 * hooks[0]["t"] if hooks else 0.2 * ref.duration, 0.95 * ref.duration)
+    before = [e for e in ref.events if e["t"] <= t]
+    offset = round(t - (before[-1]["t"] if before else 0.0), 2)
+    after = "@".join(map(str, before[-1]["what"])) if before else "the launch"
+    return {"signal": kind, "anchor": len(before), "offset": offset,
+            "target": f"{kind.upper()} {offset:.2f} s after {after}"}
 
 
-def send_after(child: Child, delay: float, sig: int) -> Optional[float]:
-    """Send ``sig`` ``delay`` seconds after the launch; None if the process had already ended."""
-    while time.time() - child.started < delay:
+def speed(events: List[Dict[str, Any]], ref: Reference, anchor: int) -> float:
+    """How much slower than the reference this run goes (between its first and anchor events)."""
+    if anchor < 2:
+        return 1.0
+    ref_span = ref.events[anchor - 1]["t"] - ref.events[0]["t"]
+    span = events[anchor - 1]["t"] - events[0]["t"]
+    return min(5.0, max(0.2, span / ref_span)) if ref_span > 0.1 else 1.0
+
+
+def send_when(child: Child, events_path: Path, ref: Reference, plan: Dict[str, Any]) -> Optional[float]:
+    """Send the planned signal at the same point of the run as in the reference: ``offset``
+    seconds (scaled by the run's speed) after its ``anchor``-th event.  None: it ended first."""
+    anchor, events = plan["anchor"], []
+    while anchor and len(events) < anchor:
         if child.poll() is not None:
             return None
         time.sleep(0.01)
+        events = read_events(events_path)
+    start = time.time() if anchor else child.started
+    deadline = start + plan["offset"] * speed(events, ref, anchor)
+    while time.time() < deadline:
+        if child.poll() is not None:
+            return None
+        time.sleep(0.005)
     if child.poll() is not None:
         return None
-    os.kill(child.pid, sig)
+    os.kill(child.pid, SIGNALS[plan["signal"]])
     return time.time()
 
 
@@ -488,7 +523,7 @@ def kill_once(camp: Campaign, ref: Reference, plan: Dict[str, Any], tdir: Path, 
     """Run the command and kill it as planned; what the kill did."""
     timeout = 60 + 6 * ref.duration
     child = launch(camp.launcher, args, tdir / "run", tdir / "kill.log", tdir / "kill.events", plan.get("die"))
-    sent = send_after(child, plan["delay"], SIGNALS[plan["signal"]]) if "signal" in plan else None
+    sent = send_when(child, tdir / "kill.events", ref, plan) if "signal" in plan else None
     rc = child.wait(timeout)
     events = read_events(tdir / "kill.events")
     iterations = iterations_done(events)
@@ -757,6 +792,8 @@ def campaign(args: argparse.Namespace) -> int:
     print(f"ready after {time.time() - started:.1f} s", flush=True)
     refs = {}
     for name, scenario_args in scenarios_of(args).items():
+        if not refs:
+            camp.warm_cache(scenario_args)
         refs[name] = camp.reference(name, scenario_args)
         print(f"reference {name}: {refs[name].duration:.1f} s, {len(refs[name].events)} events", flush=True)
         problems = isolated(self_check, str(refs[name].run_dir), str(work / f"self_check_{name}"))
