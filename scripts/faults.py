@@ -549,7 +549,11 @@ def resume_once(camp: Campaign, ref: Reference, tdir: Path, args: List[str], sav
         detail = "timed out" if rc is None else last_line(log)
         return {"resume_rc": rc, "outcome": "failed", "detail": detail, "note": note}
     diff = isolated(compare_runs, str(ref.run_dir), str(tdir / "run"))
-    return {"resume_rc": rc, "outcome": "differed" if diff else "identical", "detail": diff or "", "note": note}
+    leftovers = orphan_temps(tdir / "run")
+    if leftovers:  # not a wrong result, but litter nobody will remove
+        note = "; ".join(filter(None, [note, f"temp file(s) left after the resume: {', '.join(leftovers)}"]))
+    return {"resume_rc": rc, "outcome": "differed" if diff else "identical", "detail": diff or "", "note": note,
+            "leftover_temps": leftovers}
 
 
 def run_trial(camp: Campaign, number: int, ref: Reference, kind: str, plan: Dict[str, Any]) -> Dict[str, Any]:
@@ -776,6 +780,8 @@ def run_trials(args: argparse.Namespace, camp: Campaign, plan: List[tuple], star
         t = json.loads(path.read_text()) if path.exists() else {
             "trial": number, "scenario": "?", "kind": "?", "planned": "", "outcome": "failed",
             "detail": "the trial's process died"}
+        for key in ("detail", "note"):  # the scratch dir's path says nothing; keep the lines short
+            t[key] = str(t.get(key, "")).replace(str(camp.work), "<work>")
         records.append(t)
         print(f"[{number}/{len(plan)}] {t['scenario']} {t['kind']} {t['planned']}: {t.get('where', '-')} -> "
               f"{t['outcome']} {t.get('detail', '')} ({t.get('trial_seconds', '-')} s)", flush=True)
