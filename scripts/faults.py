@@ -334,20 +334,27 @@ def _checkpoint(path: Path) -> Dict[str, Any]:
 
 
 def compare_runs(ref: str, run: str) -> Optional[str]:
-    """The first difference between two finished run dirs (None: identical)."""
+    """The first difference between two finished run dirs, and which of the compared files
+    differ at all (None: identical)."""
     ref_dir, run_dir = Path(ref), Path(run)
-    for name in ("metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
-        if not (run_dir / name).exists():
-            return f"{name} missing"
+    missing = [n for n in ("metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt")
+               if not (run_dir / n).exists()]
+    if missing:
+        return f"{', '.join(missing)} missing"
     rows = _metrics(ref_dir), _metrics(run_dir)
-    found = first_diff(*rows, "metrics.jsonl")
-    if found:
-        return found + _row_context(found, *rows)
+    found = {"metrics.jsonl": first_diff(*rows, "metrics.jsonl")}
+    if found["metrics.jsonl"]:
+        found["metrics.jsonl"] += _row_context(found["metrics.jsonl"], *rows)
     summary = [strip_wall_clock(json.loads((d / "summary.json").read_text())) for d in (ref_dir, run_dir)]
-    found = first_diff(*summary, "summary.json")
+    found["summary.json"] = first_diff(*summary, "summary.json")
     for name in ("last.pt", "best.pt"):
-        found = found or first_diff(*(_checkpoint(d / "checkpoints" / name) for d in (ref_dir, run_dir)), name)
-    return found
+        found[name] = first_diff(*(_checkpoint(d / "checkpoints" / name) for d in (ref_dir, run_dir)), name)
+    differ = [k for k, v in found.items() if v]
+    if not differ:
+        return None
+    same = [k for k, v in found.items() if not v]
+    return f"{found[differ[0]]}" + (f"; also differ: {', '.join(differ[1:])}" if differ[1:] else "") + (
+        f"; identical: {', '.join(same)}" if same else "")
 
 
 def checkpoint_iteration(run: str) -> Optional[int]:
