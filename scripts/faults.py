@@ -1,8 +1,12 @@
 """Fault injection (issue 18): kill tiny trainings at random points, resume each, compare.
 
     make faults                                   # = python scripts/faults.py (24 trials)
-    python scripts/faults.py --trials 30 --seed 1 --max-minutes 10
+    python scripts/faults.py --trials 30 --seed 0 --jobs 2 --max-minutes 9   # docs/benchmarks.md
     python scripts/faults.py --quick --trials 2   # smoke test (tests/test_faults_script.py)
+
+Exit code 0 when every interrupted run resumed identically, 1 otherwise.  Outcomes per trial:
+identical, differed (with the first difference), failed (the resume's one-line error) and missed
+(the process ended before the signal; not counted).
 
 For each scenario (a tiny glyphs ProtoNet run; a Reptile run with its SGD + linear-decay
 schedule and inner loop) one uninterrupted reference run records its event stream: the
@@ -228,14 +232,16 @@ def isolated(fn: Callable[..., Any], *args: Any) -> Any:
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
-        os.close(read)
-        try:
-            payload = {"ok": fn(*args)}
-        except BaseException as exc:  # reported by the parent
-            payload = {"error": f"{type(exc).__name__}: {exc}"}
-        with os.fdopen(write, "w") as f:
-            f.write(json.dumps(payload))
-        os._exit(0)
+        try:  # never return into the parent's code from here
+            os.close(read)
+            try:
+                payload = {"ok": fn(*args)}
+            except BaseException as exc:  # reported by the parent
+                payload = {"error": f"{type(exc).__name__}: {exc}"}
+            with os.fdopen(write, "w") as f:
+                f.write(json.dumps(payload))
+        finally:
+            os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         data = f.read()
@@ -758,15 +764,18 @@ def start_worker(camp: Campaign, number: int, item: tuple) -> int:
     pid = os.fork()
     if pid:
         return pid
-    started = time.time()
-    try:
-        record = run_trial(camp, number, *item)
-    except BaseException as exc:  # reported as this trial's failure
-        record = {"trial": number, "scenario": item[0].name, "kind": item[1], "planned": item[2].get("target", ""),
-                  "outcome": "failed", "detail": f"faults.py: {type(exc).__name__}: {exc}"}
-    record["trial_seconds"] = round(time.time() - started, 1)
-    (camp.work / f"{number:03d}.json").write_text(json.dumps(record))
-    os._exit(0)
+    try:  # never return into the parent's code from here
+        started = time.time()
+        try:
+            record = run_trial(camp, number, *item)
+        except BaseException as exc:  # reported as this trial's failure
+            record = {"trial": number, "scenario": item[0].name, "kind": item[1],
+                      "planned": item[2].get("target", ""), "outcome": "failed",
+                      "detail": f"faults.py: {type(exc).__name__}: {exc}"}
+        record["trial_seconds"] = round(time.time() - started, 1)
+        (camp.work / f"{number:03d}.json").write_text(json.dumps(record))
+    finally:
+        os._exit(0)
 
 
 def run_trials(args: argparse.Namespace, camp: Campaign, plan: List[tuple], started: float) -> List[Dict[str, Any]]:
@@ -799,12 +808,13 @@ def run_trials(args: argparse.Namespace, camp: Campaign, plan: List[tuple], star
 
 def campaign(args: argparse.Namespace) -> int:
     started = time.time()
+    scenarios = scenarios_of(args)
     work = prepare_work(args)
     warm_up(args.launcher)
     camp = Campaign(args.launcher, work, random.Random(args.seed))
     print(f"ready after {time.time() - started:.1f} s", flush=True)
     refs = {}
-    for name, scenario_args in scenarios_of(args).items():
+    for name, scenario_args in scenarios.items():
         if not refs:
             camp.warm_cache(scenario_args)
         refs[name] = camp.reference(name, scenario_args)
@@ -839,7 +849,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.argv = argv
     if args.child:
         return child_main(json.loads(Path(args.child).read_text()))
-    return campaign(args)
+    try:
+        return campaign(args)
+    except KeyboardInterrupt:
+        print("Interrupted; the trials' run dirs so far are under the --work dir (default outputs/faults/).")
+        return 130
 
 
 if __name__ == "__main__":
