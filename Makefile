@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench lint clean
+.PHONY: help setup demo test check-noop bench faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ check-noop: setup  ## with every optimiser step a no-op, each learning test must
 
 bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 	@$(PY) scripts/bench.py $(BENCH_ARGS)
+
+faults: setup  ## kill trainings at random points, resume, compare (docs/benchmarks.md; FAULTS_ARGS=--trials 30)
+	@nice -n 10 $(PY) scripts/faults.py $(FAULTS_ARGS)
 
 lint: setup  ## static checks
 	@$(VENV)/bin/ruff check src tests scripts
