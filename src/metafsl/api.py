@@ -26,6 +26,7 @@ from metafsl.engine.run_dir import (
     RunLock,
     discard_if_unused,
     find,
+    remove_orphan_temp_files,
     unique_dir,
     write_json,
     write_snapshot,
@@ -150,6 +151,8 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
         unique_dir(Path(plain["paths"]["output_dir"]) / "train")
     with RunLock(run_dir):
         start = plan(plain, run_dir, start_missing=_in_sweep(hydra_cfg))
+        if start.mode != "finished":
+            remove_orphan_temp_files(run_dir)  # a killed run's half-written files
         if start.mode == "finished":
             done = (start.previous.train or {}).get("iterations")
             out.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "

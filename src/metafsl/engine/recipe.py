@@ -98,7 +98,7 @@ class TrainRecipe:
             torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         self.state = checkpoint.train_state(ck)
         self.saved_iteration = self.state.iteration
-        self.log.truncate_after(self.state.iteration)
+        self.log.truncate_after(self.state.iteration, self.state.val_iteration)
         self._apply_changes(start.changes)
         out.info(f"Resuming {self.run_dir} from iteration {self.state.iteration}.")
 

@@ -61,6 +61,17 @@ def read_json(path: Path) -> Dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def remove_orphan_temp_files(run_dir: Path) -> List[Path]:
+    """Remove the temp files of atomic writes a killed process left in ``run_dir`` (and its
+    checkpoints/): ``.<name>.<random>.tmp``.  Call only while holding the run dir's lock."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 # ----------------------------------------------------------------------------- unique dirs/files
 def stamp() -> str:
     """A timestamp to the microsecond plus 4 random hex digits: never shared by two processes."""
@@ -169,17 +180,23 @@ class MetricsLog:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def truncate_after(self, iteration: int) -> None:
-        """Drop records past ``iteration`` (used when a run resumes from a checkpoint)."""
+    def truncate_after(self, iteration: int, validated: Optional[int] = None) -> None:
+        """Drop records past ``iteration`` (used when a run resumes from a checkpoint), and
+        validation records past ``validated`` (the checkpoint's last validation): a run killed
+        between writing a validation row and saving the checkpoint that knows of it validates
+        again on resume, and must not leave the row twice."""
         if not self.path.exists():
             return
+        validated = iteration if validated is None else validated
         keep: List[str] = []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line).get("iteration", 0) <= iteration:
-                    keep.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
+            it = record.get("iteration", 0)
+            if it <= iteration and not (record.get("split") == "val" and it > validated):
+                keep.append(line)
         write_text(self.path, "".join(k + "\n" for k in keep))
 
     def clear(self) -> None:

@@ -1,0 +1,29 @@
+"""Run-dir records on resume: no validation row twice, no half-written temp file left behind."""
+from __future__ import annotations
+
+import json
+
+from metafsl.engine.run_dir import MetricsLog, remove_orphan_temp_files
+
+
+def test_resume_drops_rows_the_checkpoint_does_not_know(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for it, split in [(4, "train"), (4, "val"), (8, "train"), (8, "val"), (12, "train"), (12, "val"),
+                      (14, "train")]:
+        log.write({"iteration": it, "split": split})
+    # last.pt saved at iteration 12 before its validation ran: the val@12 row is redone on resume
+    log.truncate_after(12, validated=8)
+    assert [(r["iteration"], r["split"]) for r in log.read()] == [
+        (4, "train"), (4, "val"), (8, "train"), (8, "val"), (12, "train")]
+    log.truncate_after(8)
+    assert [r["iteration"] for r in log.read()] == [4, 4, 8, 8]
+
+
+def test_orphan_temp_files_of_atomic_writes_are_removed(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    orphans = [tmp_path / ".summary.json.ab12.tmp", tmp_path / "checkpoints" / ".last.pt.x9.tmp"]
+    kept = [tmp_path / "summary.json", tmp_path / "checkpoints" / "last.pt", tmp_path / "notes.tmp"]
+    for p in orphans + kept:
+        p.write_text(json.dumps({}))
+    assert sorted(remove_orphan_temp_files(tmp_path)) == sorted(orphans)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in orphans)
