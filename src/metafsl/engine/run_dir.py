@@ -65,7 +65,7 @@ def remove_orphan_temp_files(run_dir: Path) -> List[Path]:
     """Remove the temp files of atomic writes a killed process left in ``run_dir`` (and its
     checkpoints/): ``.<name>.<random>.tmp``.  Call only while holding the run dir's lock."""
     removed = []
-    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints", Path(run_dir) / ".hydra"):
         for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
