@@ -27,3 +27,27 @@ def test_orphan_temp_files_of_atomic_writes_are_removed(tmp_path):
         p.write_text(json.dumps({}))
     assert sorted(remove_orphan_temp_files(tmp_path)) == sorted(orphans)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in orphans)
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+    import torch
+
+    from metafsl.engine import checkpoint
+    from metafsl.errors import UserError
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    checkpoint.save(path, {"iteration": 4, "model": {"w": torch.ones(2)}})
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*the previous one is intact"):
+        checkpoint.save(path, {"iteration": 8, "model": {"w": torch.zeros(2)}})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]

@@ -9,8 +9,6 @@ state as a plain dict) still load.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -18,6 +16,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from metafsl.engine import hooks
+from metafsl.engine.run_dir import replace_atomically
 from metafsl.errors import UserError
 
 FORMAT = "metafsl-checkpoint"
@@ -71,23 +70,12 @@ class Preprocessing:
 def save(path: Path, payload: Dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically; a failed write keeps the previous file and is a
     UserError (no temp file left)."""
-    path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        replace_atomically(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f),
+                           binary=True)
     except OSError as exc:
         raise UserError(f"Cannot write the checkpoint {path} ({exc.strerror or exc.__class__.__name__}); "
                         "the previous one is intact.") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     hooks.emit("checkpoint_written", int(payload.get("iteration", 0)))
 
 

@@ -14,7 +14,7 @@ import re
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional
 
 from metafsl.errors import UserError
 
@@ -29,27 +29,34 @@ LOCK = ".lock"
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def write_text(path: Path, text: str, what: str = "") -> None:
-    """Atomic text write; an OS error (read-only dir, full disk) is a UserError, no temp file left."""
+def replace_atomically(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
+    """``write(file)`` into a temp file beside ``path``, fsync, then rename it over ``path``.  On
+    any error the temp file is removed and the error raised again: ``path`` is left as it was."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str, what: str = "") -> None:
+    """Atomic text write; an OS error (read-only dir, full disk) is a UserError, no temp file left."""
+    try:
+        replace_atomically(path, lambda f: f.write(text))
     except IsADirectoryError:
         raise UserError(f"Cannot write {what or path}: {path} is a directory.") from None
     except OSError as exc:
         raise UserError(f"Cannot write {what or path} ({exc.strerror or exc.__class__.__name__}); "
                         "the result above was not saved there.") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:
