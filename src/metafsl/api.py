@@ -47,8 +47,8 @@ def compose(command: str = "train", overrides: Sequence[str] = ()) -> DictConfig
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from metafsl.cli import check_group_overrides, config_error, unknown_key_error
     from metafsl.config import register_configs
+    from metafsl.overrides import check_group_overrides, config_error, unknown_key_error
 
     register_configs()
     overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]

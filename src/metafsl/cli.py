@@ -9,6 +9,12 @@ import sys
 from typing import List, Optional
 
 from metafsl.conf import CONF_DIR, GROUPS, group_options  # noqa: F401 - re-exported
+from metafsl.overrides import (  # noqa: F401 - re-exported
+    check_group_overrides,
+    config_error,
+    unknown_key_error,
+    user_error_inside,
+)
 
 COMMANDS = {
     "train": "meta-train a learner on a composed config, then test it",
@@ -60,26 +66,6 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def check_group_overrides(args: List[str]) -> Optional[str]:
-    """A one-sentence error for `group=option` naming an option that does not exist."""
-    from metafsl.arguments import split
-
-    for arg in args:
-        if "=" in arg and not arg.lstrip("+~").split("=", 1)[0].strip():
-            return f"Cannot parse the override '{arg}': it needs a key (key=value, e.g. seed=5)."
-        pair = None if arg.startswith(("-", "~", "+")) else split(arg)
-        if pair is None:
-            continue
-        key, value = pair
-        if key not in GROUPS or "(" in value or value in ("null", ""):
-            continue
-        known = group_options(key)
-        for option in value.split(","):
-            if option not in known:
-                return f"Unknown {key} '{option}'; choose one of: {', '.join(known)}."
-    return None
-
-
 def run_hydra(command: str, args: List[str]) -> int:
     from metafsl import apps
 
@@ -112,67 +98,6 @@ def run_hydra(command: str, args: List[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
     return 0
-
-
-def user_error_inside(exc: BaseException) -> Optional[str]:
-    """The sentence of a UserError that Hydra or OmegaConf wrapped (e.g. raised by a resolver)."""
-    from metafsl.errors import UserError
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, UserError):
-            return str(exc)
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def unknown_key_error(exc: Exception, args: List[str]) -> Optional[str]:
-    """'Could not override a.b.c' (a key the composed config does not have): one sentence that
-    names the key and the keys that ``a.b`` has."""
-    import re
-
-    match = re.search(r"Could not override '([^']+)'", str(exc))
-    if not match:
-        return None
-    path = match.group(1)
-    parent, _, key = path.rpartition(".")
-    valid = sibling_keys(parent, [a for a in args if "=" in a and a.split("=", 1)[0] in GROUPS])
-    where = f"'{parent}'" if parent else "the config"
-    known = f"; {where} has: {', '.join(valid)}" if valid else ""
-    return f"Unknown option '{path}'{known} (metafsl list shows the options)."
-
-
-def sibling_keys(parent: str, group_args: List[str]) -> List[str]:
-    """The keys of ``parent`` in the config composed with the user's group choices only."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="metafsl.conf", version_base=None):
-            node = compose(config_name="train", overrides=group_args)
-        for part in [p for p in parent.split(".") if p]:
-            node = node[part]
-        return sorted(k for k in node.keys() if not str(k).startswith("_"))
-    except Exception:  # the listing is a courtesy: never let it hide the first error
-        return []
-
-
-def config_error(exc: Exception) -> Optional[str]:
-    """One sentence for a Hydra/OmegaConf configuration error (None for any other exception)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
-        return None
-    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-    if getattr(exc, "override", None):  # OverrideParseException
-        first = f"Cannot parse the override '{exc.override}' ({first})"
-    cause = exc.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
-        first += ": " + str(cause).strip().splitlines()[0].rstrip(".")
-    return f"{first} (metafsl list shows the options; add --cfg job to print the composed config)."
 
 
 def run_driver(command: str, args: List[str]) -> int:
