@@ -86,7 +86,7 @@ CASES = {
 #: predict runs that differ from the learning run: Reptile's learning case shortens the
 #: test-time loop to 5 steps so that training shows (32.3 -> 42.7, too weak to name classes);
 #: predicting with its default 50 transductive steps is what a user gets (77% untrained, above)
-PREDICT_CASES = {"reptile": ["trainer.iterations=20"]}
+PREDICT_CASES = {"reptile": ["trainer.iterations=20", "test=false", "extra.eval_untrained=false"]}
 
 
 def methods():
