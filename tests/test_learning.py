@@ -80,9 +80,6 @@ CASES = {
 }
 
 
-#: methods whose predict crashed when these tests were written: NotImplementedError from
-#: Algorithm.task_logits (they implement only the per-task path); another change fixes them
-
 #: predict runs that differ from the learning run: Reptile's learning case shortens the
 #: test-time loop to 5 steps so that training shows (32.3 -> 42.7, too weak to name classes);
 #: predicting with its default 50 transductive steps is what a user gets (77% untrained, above)
