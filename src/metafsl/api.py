@@ -101,9 +101,7 @@ def _scale_schedule(node, budget: float):
 def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """``budget=<fraction>``: scale iterations, the validation and log cadence and the LR-schedule
     steps, for a quick approximate run of a preset (recorded in summary.json)."""
-    budget = float(cfg.get("budget", 1.0))
-    if not budget > 0:
-        raise UserError(f"budget must be a positive fraction of the preset's iterations (got {budget}).")
+    budget = float(cfg.get("budget", 1.0))  # its range is checked with the config (config.RULES)
     if budget == 1.0:
         return cfg
     cfg = copy.deepcopy(cfg)
@@ -117,10 +115,8 @@ def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def check_logger(cfg: Dict[str, Any]) -> None:
-    logger = cfg.get("logger", "none")
-    if logger not in ("none", "tensorboard"):
-        raise UserError(f"Unknown logger '{logger}'; choose one of: none, tensorboard.")
-    if logger == "tensorboard":
+    """logger=tensorboard needs its package (the choice itself is checked with the config)."""
+    if cfg.get("logger", "none") == "tensorboard":
         try:
             import tensorboard  # noqa: F401
         except ImportError:
@@ -229,7 +225,6 @@ def _new_dir(parent: Path) -> Path:
 def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str, Any],
            protocol: Any) -> Dict[str, Any]:
     """Evaluate the checkpoint on episodes (or a protocol); the test record."""
-    from metafsl.data.sampler import Preprocess
     from metafsl.engine import checkpoint as ckpt
     from metafsl.engine.components import build
     from metafsl.engine.evaluate import EvalSpec
@@ -242,7 +237,7 @@ def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str,
     parts = _without_dataset(cfg, pre) if proto is not None and pre is not None else build(cfg)
     ckpt.load_weights(parts.algorithm, ck["model"], path)
     if pre is not None:  # the normalisation the model was trained with
-        parts.preprocess = Preprocess(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
+        parts.preprocess = pre.preprocess()
     run_report.test_header(run, which, ck["iteration"], cfg, (proto or {}).get("name", ""))
     t0 = time.perf_counter()
     if proto is not None:  # e.g. protocol=lake20: not sampled episodes
@@ -266,7 +261,6 @@ def _without_dataset(cfg: Dict[str, Any], pre):
     """The learner alone, for a test protocol that brings its own images (no dataset is loaded)."""
     from types import SimpleNamespace
 
-    from metafsl.data.sampler import Preprocess
     from metafsl.engine import runtime
     from metafsl.engine.components import Components, build_learner, resolve_device
 
@@ -275,7 +269,7 @@ def _without_dataset(cfg: Dict[str, Any], pre):
     algorithm = build_learner(cfg, pre.channels, pre.image_size).to(device)
     rt.prepare(algorithm)
     shape = SimpleNamespace(name=cfg["dataset"]["name"], image_size=pre.image_size, channels=pre.channels)
-    return Components(device, shape, Preprocess(pre.mean, pre.std), algorithm, rt)
+    return Components(device, shape, pre.preprocess(), algorithm, rt)
 
 
 def _group_choices(saved: Dict[str, Any], overrides: Sequence[str]) -> List[str]:

@@ -175,8 +175,9 @@ def check_run_config(cfg: Dict[str, Any], groups: Iterable[str] = ("dataset", "b
         check_target_arguments("trainer.optimizer", optimizer, skip=("params",))
 
 
-def target_parameters(target: str) -> Dict[str, inspect.Parameter]:
-    """The keyword parameters of ``module.attr`` (a class's ``__init__`` or a function)."""
+def _target_callable(target: str):
+    """The function a ``_target_`` names (a class's ``__init__``), or one sentence if it cannot be
+    imported."""
     import importlib
 
     module, _, attr = target.rpartition(".")
@@ -184,8 +185,12 @@ def target_parameters(target: str) -> Dict[str, inspect.Parameter]:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
         raise UserError(f"_target_ '{target}' cannot be imported; is the option file right?") from None
-    fn = obj.__init__ if inspect.isclass(obj) else obj
-    params = dict(inspect.signature(fn).parameters)
+    return obj.__init__ if inspect.isclass(obj) else obj
+
+
+def target_parameters(target: str) -> Dict[str, inspect.Parameter]:
+    """The keyword parameters of ``module.attr`` (a class's ``__init__`` or a function)."""
+    params = dict(inspect.signature(_target_callable(target)).parameters)
     params.pop("self", None)
     return params
 
@@ -209,13 +214,8 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
 
 
 def _hints(target: str) -> Dict[str, Any]:
-    import importlib
-
-    module, _, attr = target.rpartition(".")
-    obj = getattr(importlib.import_module(module), attr)
-    fn = obj.__init__ if inspect.isclass(obj) else obj
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(_target_callable(target))
     except Exception:  # annotations naming types that cannot be resolved: no type check
         return {}
 

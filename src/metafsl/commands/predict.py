@@ -23,7 +23,6 @@ import torch
 
 from metafsl.arguments import boolean, parse
 from metafsl.data.images import is_image, to_chw
-from metafsl.data.sampler import Preprocess
 from metafsl.errors import UserError
 
 OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device")
@@ -97,7 +96,7 @@ def load_learner(run: Path, which: str, device: torch.device):
     ck = checkpoint.load(path)
     cfg = ck["config"]
     pre = checkpoint.Preprocessing.from_checkpoint(ck) or _legacy_preprocessing(cfg)
-    preprocess = Preprocess(pre.mean, pre.std, cfg["dataset"].get("augment", "none"))
+    preprocess = pre.preprocess()
     algo = build_learner(cfg, pre.channels, pre.image_size)
     checkpoint.load_weights(algo, ck["model"], path)
     return algo.to(device).eval(), preprocess, cfg, pre.channels, pre.image_size

@@ -61,6 +61,12 @@ class Preprocessing:
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
 
+    def preprocess(self):
+        """The test-time pipeline (uint8 -> float, this normalisation; no augmentation)."""
+        from metafsl.data.sampler import Preprocess
+
+        return Preprocess(self.mean, self.std)
+
     @classmethod
     def from_checkpoint(cls, ck: Dict[str, Any]) -> Optional["Preprocessing"]:
         data = ck.get("preprocessing")
