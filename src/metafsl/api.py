@@ -5,38 +5,61 @@
     summary = api.train(cfg, "runs/maml")                 # -> RunSummary (summary.json)
     summary = api.evaluate("runs/maml", ["episode=20w1s"]) # a test record appended to summary.tests
     result = api.predict("runs/maml", "support/", "query/")
+    problems = api.validate(["algo=maml", "episode=20w1s"])  # every check made before work
 
-The CLI's Hydra apps, ``reproduce``, ``demo`` and the tests call these; nothing here re-enters
-the command line.  Each function returns when its record is written; problems a user can fix
-raise ``metafsl.errors.UserError`` (one sentence).
+The commands, ``reproduce``, ``demo`` and the tests call these; nothing here re-enters the
+command line.  Each function returns when its record is written; problems a user can fix raise
+``metafsl.errors.UserError`` (one sentence).  A library call is silent: pass
+``callbacks=[metafsl.reporting.run_report.ConsoleReport()]`` for what the CLI shows, or your own
+``metafsl.engine.callbacks.Callback``; the loggers a config names (``logger=csv`` ...) always run.
+
+Imports: modules that load torch (the engine's recipe, checkpoints, learners) are imported inside
+the functions that need them, so that ``import metafsl.api`` stays light (the CLI's ``--help``
+and ``list`` never pay for torch); everything else is imported here.
 """
 from __future__ import annotations
 
 import copy
 import datetime as _dt
+import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from metafsl.arguments import last_value, split
+from metafsl.conf import group_options
+from metafsl.config import check_run_config, flatten, short_dirname
+from metafsl.engine.callbacks import Callback, RunInfo, TestInfo, as_list
 from metafsl.engine.run_dir import (
+    BEST,
+    LAST,
     RESULT,
     RunLock,
     discard_if_unused,
     find,
+    hydra_unique_dir,
     remove_orphan_temp_files,
+    saved_config,
     unique_dir,
     write_json,
     write_snapshot,
 )
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
+from metafsl.overrides import check_group_overrides, config_error, config_file, unknown_key_error
 
+log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
+Callbacks = Optional[Sequence[Callback]]
 #: config groups whose option a tested run keeps unless the user picks another
-GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval")
+KEPT_GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval")
 #: scheduler arguments counted in iterations, scaled with ``budget``
 _SCHEDULE_KEYS = ("step_size", "T_max", "total_iters", "total_steps", "milestones", "T_0")
 
@@ -44,20 +67,17 @@ _SCHEDULE_KEYS = ("step_size", "T_max", "total_iters", "total_steps", "milestone
 # ----------------------------------------------------------------------------- configs
 def compose(command: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``metafsl <command> <overrides>`` would run with (without its ``hydra`` node)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from metafsl.config import register_configs
-    from metafsl.overrides import check_group_overrides, config_error, unknown_key_error
-
-    register_configs()
+    register_resolvers()
     overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     problem = check_group_overrides(overrides)
     if problem:
         raise UserError(problem)
     try:
-        with initialize_config_module(config_module="metafsl.conf", version_base=None):
-            return hydra_compose(config_name=command, overrides=overrides)
+        with config_file(overrides) as composed, \
+                initialize_config_module(config_module="metafsl.conf", version_base=None):
+            return hydra_compose(config_name=command, overrides=composed)
+    except UserError:
+        raise
     except Exception as exc:
         sentence = unknown_key_error(exc, overrides) or config_error(exc)
         if sentence is None:
@@ -68,8 +88,6 @@ def compose(command: str = "train", overrides: Sequence[str] = ()) -> DictConfig
 def resolved(cfg: Union[DictConfig, Dict[str, Any]], check: bool = True) -> Dict[str, Any]:
     """A config as a plain dict with every interpolation resolved, checked (ranges, types,
     ``_target_`` arguments) before any work."""
-    from metafsl.config import check_run_config
-
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     try:
@@ -79,6 +97,16 @@ def resolved(cfg: Union[DictConfig, Dict[str, Any]], check: bool = True) -> Dict
     if check:
         check_run_config(plain)
     return plain
+
+
+def register_resolvers() -> None:
+    """The OmegaConf resolvers metafsl's configs use (idempotent): ``metafsl.unique_dir`` (a new
+    run dir) and ``metafsl.dirname`` (a sweep job's dir name); done by whatever composes a config
+    (this module and the Hydra apps of the commands)."""
+    if not OmegaConf.has_resolver("metafsl.dirname"):
+        OmegaConf.register_new_resolver("metafsl.dirname", short_dirname)
+    if not OmegaConf.has_resolver("metafsl.unique_dir"):
+        OmegaConf.register_new_resolver("metafsl.unique_dir", hydra_unique_dir, use_cache=True)
 
 
 def _scale(value, budget: float):
@@ -114,81 +142,99 @@ def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return cfg
 
 
-def check_logger(cfg: Dict[str, Any]) -> None:
-    """logger=tensorboard needs its package (the choice itself is checked with the config)."""
-    if cfg.get("logger", "none") == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise UserError("logger=tensorboard needs the tensorboard package (pip install tensorboard); "
-                            "metrics.jsonl is written either way.") from None
-
-
 # ----------------------------------------------------------------------------- train
 def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = None,
-          overrides: Sequence[str] = (), hydra_cfg: Any = None) -> RunSummary:
+          overrides: Sequence[str] = (), hydra_cfg: Any = None, callbacks: Callbacks = None) -> RunSummary:
     """Train (or, with ``resume=true``, continue) the run ``cfg`` describes in ``run_dir`` (default:
     a new unique dir under ``<paths.output_dir>/train``).  Everything is checked, under the run
-    dir's lock, before anything is written into it."""
+    dir's lock, before anything is written into it.  ``callbacks`` hear of the run's progress
+    (none: silent); the config's loggers and the run's figures are added to them."""
     from metafsl.engine.recipe import TrainRecipe
     from metafsl.engine.resume import plan
-    from metafsl.reporting import console as out
-    from metafsl.reporting import run_report
+    from metafsl.reporting.loggers import run_callbacks
 
     try:
-        plain = resolved(cfg)
-        check_logger(plain)
-        plain = apply_budget(plain)
+        plain = apply_budget(resolved(cfg))
+        own = run_callbacks(plain)  # checks the loggers' packages before any work
     except UserError:
         if run_dir is not None:  # the new default dir Hydra made for this run stays unused
             discard_if_unused(Path(run_dir))
         raise
     run_dir = Path(run_dir) if run_dir is not None else \
         unique_dir(Path(plain["paths"]["output_dir"]) / "train")
+    every = as_list([*(callbacks or []), *own])
+    info = RunInfo(run_dir, plain, overrides=list(overrides),
+                   sweep_dir=run_dir.parent if _in_sweep(hydra_cfg) else None)
     with RunLock(run_dir):
-        start = plan(plain, run_dir, start_missing=_in_sweep(hydra_cfg))
-        if start.mode != "finished":
-            remove_orphan_temp_files(run_dir)  # a killed run's half-written files
+        start = plan(plain, run_dir, start_missing=info.sweep_dir is not None)
         if start.mode == "finished":
             done = (start.previous.train or {}).get("iterations")
-            out.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "
-                     "pass a larger trainer.iterations to continue it.")
+            log.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing "
+                     "changed; pass a larger trainer.iterations to continue it.")
             return start.previous
+        remove_orphan_temp_files(run_dir)  # a killed run's half-written files
         write_snapshot(run_dir, cfg, overrides, hydra_cfg)
-        run_report.train_header(plain, run_dir)
-        recipe = TrainRecipe(plain, run_dir)
+        every.on_run_start(info)
+        recipe = TrainRecipe(plain, run_dir, every, info)
         recipe.setup(start)
         summary = recipe.run()
-        run_report.print_train_summary(summary, run_dir)
+        every.on_train_end(summary, run_dir)  # shown before it is written
         with RunSummary.locked(run_dir):
             if start.previous is not None:  # re-read: a `metafsl test` may have added a record since
                 summary.continue_from(RunSummary.read_or_none(run_dir) or start.previous)
             summary.write(run_dir)
-        run_report.write_artifacts(plain, run_dir)
     return summary
 
 
 def _in_sweep(hydra_cfg: Any) -> bool:
-    """Whether this training is one job of a Hydra multirun (`metafsl sweep`)."""
+    """Whether this training is one job of a Hydra multirun (`metafsl sweep`): its dir is a
+    job dir inside the sweep dir."""
     mode = OmegaConf.select(hydra_cfg, "hydra.mode") if hydra_cfg is not None else None
     return str(mode).endswith("MULTIRUN")
 
 
 # ----------------------------------------------------------------------------- evaluate
 def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str = "best",
-             out_dir: Optional[PathLike] = None, overwrite: bool = False) -> RunSummary:
+             out_dir: Optional[PathLike] = None, overwrite: bool = False,
+             callbacks: Callbacks = None) -> RunSummary:
     """Test a run's checkpoint with its own config plus ``overrides`` (``episode=20w1s``,
-    ``eval.episodes=...``, ``protocol=lake20``); the result is printed, then appended to the run's
-    ``summary.json`` history and written to ``out_dir`` (default: a new ``<run>/tests/<stamp>/``; an
-    ``out_dir`` that already holds a result only with ``overwrite``)."""
+    ``eval.episodes=...``, ``protocol=lake20``); the result goes to the callbacks (the console
+    shows it), then is appended to the run's ``summary.json`` history and written to ``out_dir``
+    (default: a new ``<run>/tests/<stamp>/``; an ``out_dir`` that already holds a result only with
+    ``overwrite``)."""
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir), overwrite)
+    plan = test_plan(run_dir, overrides, checkpoint)
+    every = as_list(callbacks)
+    record = _score(plan, every)
+    record["overrides"] = list(overrides)
+    every.on_test_end(plan.info, record)  # shown before anything is written: a failed write loses nothing
+    out = Path(out_dir) if out_dir is not None else _new_dir(plan.run / "tests")
+    write_snapshot(out, plan.cfg, [f"run={plan.run}", *overrides])
+    write_json(out / RESULT, record)
+    return RunSummary.append_test(plan.run, record, default=RunSummary.from_config(plan.ck["config"]))
+
+
+@dataclass
+class PlannedTest:
+    """A checked test of a run's checkpoint: what ``metafsl test`` (and ``validate run=``) works on."""
+
+    run: Path
+    path: Path
+    ck: Dict[str, Any]
+    cfg: Dict[str, Any]
+    protocol: Optional[Dict[str, Any]]
+    info: TestInfo
+
+
+def test_plan(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str = "best") -> PlannedTest:
+    """Every check of a test made before any work: the run dir, its checkpoint (readable, of this
+    run's architecture) and the composed test config."""
     from metafsl.engine import checkpoint as ckpt
-    from metafsl.reporting import run_report
 
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"Run dir {run} does not exist.")
-    if out_dir is not None:
-        _check_out_dir(Path(out_dir), overwrite)
     path = find(run, checkpoint)
     ck = ckpt.load(path)
     verify_checkpoint(run, ck, path)
@@ -197,13 +243,10 @@ def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str =
     # the learner is built as trained (a fixed head's size comes from the training episodes);
     # test episodes it cannot classify are then refused by its check_episode, in one sentence
     cfg["episode"]["train"] = ck["config"]["episode"]["train"]
-    record = _score(run, ck, path, checkpoint, cfg, fresh.get("protocol"))
-    record["overrides"] = list(overrides)
-    run_report.print_test(run, record)  # before anything is written: a failed write loses nothing shown
-    out = Path(out_dir) if out_dir is not None else _new_dir(run / "tests")
-    write_snapshot(out, cfg, [f"run={run}", *overrides])
-    write_json(out / RESULT, record)
-    return RunSummary.append_test(run, record, default=RunSummary.from_config(ck["config"]))
+    protocol = fresh.get("protocol")
+    proto = OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None
+    info = TestInfo(run, checkpoint, int(ck["iteration"]), cfg, (proto or {}).get("name", ""))
+    return PlannedTest(run, path, ck, cfg, proto, info)
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -222,23 +265,28 @@ def _new_dir(parent: Path) -> Path:
                         "the result above was not saved.") from None
 
 
-def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str, Any],
-           protocol: Any) -> Dict[str, Any]:
-    """Evaluate the checkpoint on episodes (or a protocol); the test record."""
+def _test_parts(plan: PlannedTest):
+    """The checkpoint's learner with its weights and preprocessing, and the test data (none for a
+    protocol that brings its own images)."""
     from metafsl.engine import checkpoint as ckpt
     from metafsl.engine.components import build
-    from metafsl.engine.evaluate import EvalSpec
-    from metafsl.engine.evaluate import evaluate as run_episodes
-    from metafsl.reporting import console as out
-    from metafsl.reporting import run_report
 
-    proto = OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None
-    pre = ckpt.Preprocessing.from_checkpoint(ck)
-    parts = _without_dataset(cfg, pre) if proto is not None and pre is not None else build(cfg)
-    ckpt.load_weights(parts.algorithm, ck["model"], path)
+    pre = ckpt.Preprocessing.from_checkpoint(plan.ck)
+    parts = _without_dataset(plan.cfg, pre) if plan.protocol is not None and pre is not None else build(plan.cfg)
+    ckpt.load_weights(parts.algorithm, plan.ck["model"], plan.path)
     if pre is not None:  # the normalisation the model was trained with
         parts.preprocess = pre.preprocess()
-    run_report.test_header(run, which, ck["iteration"], cfg, (proto or {}).get("name", ""))
+    return parts
+
+
+def _score(plan: PlannedTest, callbacks: Callback) -> Dict[str, Any]:
+    """Evaluate the checkpoint on episodes (or a protocol); the test record."""
+    from metafsl.engine.evaluate import EvalSpec
+    from metafsl.engine.evaluate import evaluate as run_episodes
+
+    cfg, proto = plan.cfg, plan.protocol
+    parts = _test_parts(plan)
+    callbacks.on_test_start(plan.info)
     t0 = time.perf_counter()
     if proto is not None:  # e.g. protocol=lake20: not sampled episodes
         from metafsl.engine.protocols import run_protocol
@@ -248,12 +296,11 @@ def _score(run: Path, ck: Dict[str, Any], path: Path, which: str, cfg: Dict[str,
         spec = EvalSpec.from_config(cfg)
         if spec.split not in parts.dataset.splits:
             raise UserError(f"Dataset '{parts.dataset.name}' has no '{spec.split}' split.")
-        with out.simple_progress() as progress:
-            result = run_episodes(parts.algorithm, parts.dataset[spec.split], spec, parts.device, parts.preprocess,
-                                  progress, parts.runtime)
+        result = run_episodes(parts.algorithm, parts.dataset[spec.split], spec, parts.device, parts.preprocess,
+                              callbacks, parts.runtime)
         result.update(episode=cfg["episode"]["test"], eval_seed=cfg["eval"]["seed"])
-    return {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": which,
-            "iteration": ck["iteration"], "dataset": cfg["dataset"]["name"],
+    return {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": plan.info.checkpoint,
+            "iteration": plan.ck["iteration"], "dataset": cfg["dataset"]["name"],
             "time": _dt.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -274,12 +321,9 @@ def _without_dataset(cfg: Dict[str, Any], pre):
 
 def _group_choices(saved: Dict[str, Any], overrides: Sequence[str]) -> List[str]:
     """``group=option`` for the run's own options (typed composition of the user's overrides)."""
-    from metafsl.arguments import split
-    from metafsl.conf import group_options
-
     given = {p[0].lstrip("+~") for p in map(split, overrides) if p}
     choices = []
-    for g in GROUPS:
+    for g in KEPT_GROUPS:
         name = (saved.get(g) or {}).get("name")
         if g not in given and name in group_options(g):
             choices.append(f"{g}={name}")
@@ -292,8 +336,6 @@ _OWN_KEYS = {"run", "checkpoint", "verbose", "protocol"}
 
 def effective_config(saved: Dict[str, Any], fresh: DictConfig, overrides: Sequence[str]) -> Dict[str, Any]:
     """The saved run config with every key the user overrode replaced by its fresh value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     cfg = OmegaConf.create(saved)
     for ov in OverridesParser.create().parse_overrides(list(overrides)):
         key = ov.key_or_group
@@ -305,9 +347,6 @@ def effective_config(saved: Dict[str, Any], fresh: DictConfig, overrides: Sequen
 
 def verify_checkpoint(run: Path, ck: Dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint whose algorithm or backbone is not the run's (e.g. copied from another run)."""
-    from metafsl.engine.resume import flatten
-    from metafsl.engine.run_dir import BEST, LAST, saved_config
-
     reference = saved_config(run)
     if reference is None:
         other = run / (LAST if path.name == BEST.name else BEST)
@@ -336,13 +375,91 @@ def _checkpoint_config(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+# ----------------------------------------------------------------------------- validate
+def validate(overrides: Sequence[str] = (), run: Optional[PathLike] = None,
+             checkpoint: str = "best") -> List[str]:
+    """Every check ``train`` (or, with ``run``, ``test``) makes before any work, without training
+    or testing: keys, group options, types and ranges, ``_target_`` arguments, loggers, the data,
+    the episodes against the data and the learner, a resumed or tested run's checkpoint.  Returns
+    every problem found (one sentence each; empty: ready to run)."""
+    if run is not None:
+        return _validate_test(run, overrides, checkpoint)
+    cfg, problems = _compose_all("train", overrides)
+    if cfg is None:
+        return problems
+    try:
+        plain = apply_budget(resolved(cfg, check=False))
+    except UserError as exc:
+        return problems + [str(exc)]
+    from metafsl.config import run_config_problems
+    from metafsl.engine.preflight import problems_of
+    from metafsl.reporting.loggers import loggers
+
+    config_problems = run_config_problems(plain)
+    problems += config_problems + problems_of(lambda: loggers(plain))
+    run_dir = last_value(overrides, "hydra.run.dir")
+    if run_dir is not None and Path(run_dir).exists():
+        from metafsl.engine.resume import plan
+
+        problems += problems_of(lambda: plan(plain, Path(run_dir)))
+    if not config_problems:  # the data and the learner are built from a valid config only
+        problems += _episode_problems(lambda: _built(plain), plain)
+    return problems
+
+
+def _built(plain: Dict[str, Any]):
+    from metafsl.engine.components import build
+
+    return build(plain)
+
+
+def _episode_problems(build_parts, cfg: Dict[str, Any], splits: Optional[Sequence[str]] = None) -> List[str]:
+    from metafsl.engine.preflight import episode_problems
+
+    try:
+        parts = build_parts()
+    except UserError as exc:
+        return [str(exc)]
+    if getattr(parts, "dataset", None) is None or not hasattr(parts.dataset, "splits"):
+        return []  # a test protocol with its own images
+    return episode_problems(parts.algorithm, parts.dataset, cfg, splits)
+
+
+def _compose_all(command: str, overrides: Sequence[str]):
+    """(the composed config or None, every problem of the overrides): each override naming an
+    unknown option or key is set aside with its sentence, and the rest composed again."""
+    problems, kept = [], []
+    for arg in overrides:
+        problem = check_group_overrides([arg])
+        (problems.append(problem) if problem else kept.append(arg))
+    while True:
+        try:
+            return compose(command, kept), problems
+        except UserError as exc:
+            problems.append(str(exc))
+            keys = {arg: arg.lstrip("+~").split("=", 1)[0] for arg in kept if "=" in arg}
+            culprit = next((a for a, k in keys.items() if f"'{k}'" in str(exc)), None)
+            if culprit is None:
+                return None, problems
+            kept.remove(culprit)
+
+
+def _validate_test(run: PathLike, overrides: Sequence[str], checkpoint: str) -> List[str]:
+    try:
+        planned = test_plan(run, overrides, checkpoint)
+    except UserError as exc:
+        return [str(exc)]
+    return _episode_problems(lambda: _test_parts(planned), planned.cfg, (planned.cfg["eval"]["split"],))
+
+
 # ----------------------------------------------------------------------------- predict
 def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequence[PathLike]],
             checkpoint: str = "best", device: str = "cpu", invert: Optional[bool] = None,
             convert: bool = False):
     """Classify ``query`` images with the run's learner adapted to ``support`` (one sub-folder of
-    images per class); returns ``metafsl.commands.predict.Predictions`` (nothing is written)."""
-    from metafsl.commands.predict import predict as run_predict
+    images per class); returns ``metafsl.engine.predict.Predictions`` (nothing is written:
+    ``Predictions.write_csv(path)`` writes them)."""
+    from metafsl.engine.predict import predict as run_predict
 
     if not isinstance(query, (str, Path)):
         query = ",".join(str(q) for q in query)

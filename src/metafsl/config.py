@@ -88,7 +88,6 @@ RULES: Dict[str, Rule] = {
     "resume": Rule("bool"), "test": Rule("bool"), "verbose": Rule("bool"),
     "checkpoint": _choice("best", "last"),
     "budget": Rule("float", 0, 1, strict_low=True),
-    "logger": _choice("none", "tensorboard"),
     "trainer.iterations": _int(0),
     "trainer.meta_batch_size": _int(1),
     "trainer.val_every": _int(1),
@@ -158,21 +157,34 @@ def lookup(cfg: Dict[str, Any], path: str) -> Tuple[bool, Any]:
     return True, node
 
 
+def run_config_problems(cfg: Dict[str, Any],
+                        groups: Iterable[str] = ("dataset", "backbone", "algo")) -> List[str]:
+    """Every field out of range or of the wrong type, and the first ``_target_`` argument its
+    class does not take in each group: one sentence each (``metafsl validate`` lists them all)."""
+    problems = []
+    for path, rule in RULES.items():
+        found, value = lookup(cfg, path)
+        problem = rule.problem(value) if found else None
+        if problem:
+            problems.append(f"{path} {problem}.")
+    targets = [(g, cfg[g], ()) for g in groups if isinstance(cfg.get(g), dict) and cfg[g].get("_target_")]
+    optimizer = (cfg.get("trainer") or {}).get("optimizer")
+    if isinstance(optimizer, dict) and optimizer.get("_target_"):
+        targets.append(("trainer.optimizer", optimizer, ("params",)))
+    for group, node, skip in targets:
+        try:
+            check_target_arguments(group, node, skip=skip)
+        except UserError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def check_run_config(cfg: Dict[str, Any], groups: Iterable[str] = ("dataset", "backbone", "algo")) -> None:
     """Raise one ``UserError`` sentence for the first field out of range or of the wrong type,
     or a ``_target_`` argument its class does not take."""
-    for path, rule in RULES.items():
-        found, value = lookup(cfg, path)
-        if found:
-            problem = rule.problem(value)
-            if problem:
-                raise UserError(f"{path} {problem}.")
-    for group in groups:
-        if isinstance(cfg.get(group), dict) and cfg[group].get("_target_"):
-            check_target_arguments(group, cfg[group])
-    optimizer = (cfg.get("trainer") or {}).get("optimizer")
-    if isinstance(optimizer, dict) and optimizer.get("_target_"):
-        check_target_arguments("trainer.optimizer", optimizer, skip=("params",))
+    problems = run_config_problems(cfg, groups)
+    if problems:
+        raise UserError(problems[0])
 
 
 def _target_callable(target: str):
@@ -230,6 +242,16 @@ def _kind_of(hint: Any) -> Optional[str]:
     return names.get(args[0]) if len(args) == 1 else None
 
 
+def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}``."""
+    if isinstance(node, dict):
+        out: Dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
 def changed_keys(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
     """Dotted paths whose values differ between two plain config dicts."""
     keys: List[str] = []
@@ -241,25 +263,6 @@ def changed_keys(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> 
         elif a != b:
             keys.append(path)
     return keys
-
-
-_registered = False
-
-
-def register_configs() -> None:
-    """Register metafsl's OmegaConf resolvers (idempotent)."""
-    global _registered
-    if _registered:
-        return
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("metafsl.dirname"):
-        OmegaConf.register_new_resolver("metafsl.dirname", short_dirname)
-    if not OmegaConf.has_resolver("metafsl.unique_dir"):
-        from metafsl.engine.run_dir import hydra_unique_dir
-
-        OmegaConf.register_new_resolver("metafsl.unique_dir", hydra_unique_dir, use_cache=True)
-    _registered = True
 
 
 def short_dirname(overrides: str, limit: int = 120) -> str:

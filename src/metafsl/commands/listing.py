@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import List
 
+from metafsl.commands.base import Command
 from metafsl.conf import CONF_DIR, GROUPS, group_options
+from metafsl.errors import UserError
 
 MAX_DESCRIPTION = 160
 
@@ -33,17 +35,29 @@ def describe(group: str, option: str) -> str:
 LISTABLE = (*GROUPS, "table")
 
 
-def list_command(args: List[str]) -> int:
-    from metafsl.reporting.console import error, table
+def run(args: List[str]) -> int:
+    from metafsl.reporting.console import table
 
     groups = list(LISTABLE)
     if args:
         if args[0] not in LISTABLE:
-            error(f"Unknown config group '{args[0]}'; choose one of: {', '.join(LISTABLE)}.")
-            return 2
+            raise UserError(f"Unknown config group '{args[0]}'; choose one of: {', '.join(LISTABLE)}.")
         groups = [args[0]]
     for group in groups:
         options = group_options(group)
         table(f"{group} ({len(options)})", ["option", "description"],
               [[o, describe(group, o)] for o in options])
     return 0
+
+
+COMMAND = Command(
+    name="list",
+    summary="print the config groups and their options: metafsl list [group]",
+    usage="metafsl list [group]",
+    description="""
+The config groups (dataset, backbone, algo, episode, trainer, eval, experiment, protocol,
+hparams_search, logger) with each option's one-line description, and the tables of
+`metafsl reproduce` (metafsl list table).""",
+    examples=("metafsl list", "metafsl list algo", "metafsl list experiment"),
+    run=run,
+)

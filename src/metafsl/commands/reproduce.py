@@ -1,16 +1,4 @@
-"""`metafsl reproduce table=<name> [budget=<fraction>] [out=<dir>] [rows=a,b] [train overrides]`.
-
-A driver over the `train` app: each row of ``conf/table/<name>.yaml`` (an experiment preset,
-optionally with its own overrides) becomes a real train run dir
-``<paths.output_dir>/reproduce/<name>[_budget<f>]/<row>/``.  A row with a ``summary.json`` is
-done and skipped; a row with ``checkpoints/last.pt`` but no summary was interrupted and
-resumes from it.  Rows whose composed configs differ only in how the model is tested (the
-test episode, ``eval``, name and published figure) share one trained model, as the papers do
-(Snell et al. train one 1-shot model and report it at 5 and 20 ways): the first such row
-trains, the others run ``metafsl test`` on its checkpoint in their own dir.  Then ``table.md``
-and ``table.csv`` compare, row by row, our test accuracy ± 95% CI with the published one, and
-say whether the published mean lies inside our interval.
-"""
+"""`metafsl reproduce table=<name>`: run a published table's rows and compare them with the paper."""
 from __future__ import annotations
 
 import csv
@@ -23,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from metafsl.arguments import last_value, parse
+from metafsl.commands.base import Command
 from metafsl.conf import CONF_DIR, group_options
 from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json
 from metafsl.engine.summary import RunSummary
@@ -58,9 +47,11 @@ def table_names() -> List[str]:
 
 
 def load_table(name: str) -> TableSpec:
-    path = TABLE_DIR / f"{name}.yaml"
+    """A shipped table by name, or a table file (``metafsl cp table=<name> <file.yaml>``)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else TABLE_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise UserError(f"Unknown table '{name}'; choose one of: {', '.join(table_names())}.")
+        raise UserError(f"Unknown table '{name}'; choose one of: {', '.join(table_names())}, "
+                        "or give a table file (metafsl cp table=<name> <file.yaml>).")
     raw = OmegaConf.to_container(OmegaConf.load(path))
     if not isinstance(raw, dict):
         raise UserError(f"Table {path} must be a mapping with a title and rows.")
@@ -139,9 +130,9 @@ def row_config(row: TableRow, budget: float, overrides: List[str]) -> Optional[D
     then reports the problem itself)."""
     from hydra import compose, initialize_config_module
 
-    from metafsl.config import register_configs
+    from metafsl.api import register_resolvers
 
-    register_configs()
+    register_resolvers()
     argv = [f"experiment={row.experiment}", *row.overrides, *overrides, f"budget={budget}"]
     argv = [a for a in argv if not a.lstrip("+~").startswith("hydra")]
     try:
@@ -175,13 +166,15 @@ def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], 
     """Evaluate the model trained in ``source_dir`` with this row's test episodes and eval settings,
     then write the row's own summary.json (so the row reads and resumes like a trained one)."""
     from metafsl import api
+    from metafsl.reporting.run_report import ConsoleReport
 
     test_spec = cfg["episode"]["test"]
     argv = [*[f"episode.test.{k}={v}" for k, v in test_spec.items()],
             *[f"eval.{k}={v}" for k, v in cfg["eval"].items() if not isinstance(v, (dict, list))],
             *[o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")]]
     try:
-        record = api.evaluate(source_dir, argv, out_dir=row_dir, overwrite=True).tests[-1]
+        record = api.evaluate(source_dir, argv, out_dir=row_dir, overwrite=True,
+                              callbacks=[ConsoleReport()]).tests[-1]
     except UserError as exc:
         from metafsl.reporting.console import error
 
@@ -211,12 +204,13 @@ def run_row(row: TableRow, row_dir: Path, budget: float, overrides: List[str]) -
     from metafsl import api
     from metafsl.errors import exit_code
     from metafsl.reporting.console import error
+    from metafsl.reporting.run_report import ConsoleReport
 
     argv = [f"experiment={row.experiment}", *row.overrides, *overrides, f"budget={budget}"]
     if row_state(row_dir) == "interrupted":
         argv.append("resume=true")
     try:
-        api.train(api.compose("train", argv), row_dir, overrides=argv)
+        api.train(api.compose("train", argv), row_dir, overrides=argv, callbacks=[ConsoleReport()])
     except UserError as exc:
         error(str(exc))
         return exit_code(exc)
@@ -228,12 +222,12 @@ def run_row(row: TableRow, row_dir: Path, budget: float, overrides: List[str]) -
 
 def row_summary(row_dir: Path) -> Optional[Dict[str, Any]]:
     """The row's summary.json as a dict; None (with a warning when it is unreadable) otherwise."""
-    from metafsl.reporting import console as out
+    from metafsl.reporting import console
 
     try:
         summary = RunSummary.read_or_none(row_dir)
     except UserError as exc:
-        out.info(f"[yellow]warning:[/] {exc}")
+        console.info(f"[yellow]warning:[/] {exc}")
         return None
     return None if summary is None else summary.to_dict()
 
@@ -327,7 +321,7 @@ def select_rows(spec: TableSpec, name: str, wanted: Optional[str]) -> None:
 
 def run_rows(spec: TableSpec, table_dir: Path, budget: float, overrides: List[str]):
     """Train, resume, test or skip each row; (exit code, comparison rows), or None when interrupted."""
-    from metafsl.reporting import console as out
+    from metafsl.reporting import console
 
     configs = [row_config(row, budget, overrides) for row in spec.rows]
     owner = trainers(spec.rows, configs)
@@ -336,52 +330,76 @@ def run_rows(spec: TableSpec, table_dir: Path, budget: float, overrides: List[st
         row_dir, source = table_dir / row.label, owner[row.label]
         state = row_state(row_dir)
         if state == "done":
-            out.info(f"[{i}/{n}] {row.label}: done, skipped ({row_dir / SUMMARY}).")
+            console.info(f"[{i}/{n}] {row.label}: done, skipped ({row_dir / SUMMARY}).")
         elif source != row.label:
             source_dir = table_dir / source
             if row_state(source_dir) != "done":
-                out.info(f"[{i}/{n}] {row.label}: skipped, the model of {source} is not trained.")
+                console.info(f"[{i}/{n}] {row.label}: skipped, the model of {source} is not trained.")
                 code = code or 1
             else:
-                out.info(f"[{i}/{n}] {row.label}: same training as {source}; testing its model.")
+                console.info(f"[{i}/{n}] {row.label}: same training as {source}; testing its model.")
                 code = code or test_row(row_dir, source_dir, source, cfg, overrides)
         else:
             verb = "resuming" if state == "interrupted" else "training"
-            out.info(f"[{i}/{n}] {row.label}: {verb} ({row.experiment}).")
+            console.info(f"[{i}/{n}] {row.label}: {verb} ({row.experiment}).")
             rc = run_row(row, row_dir, budget, overrides)
             if rc in (130, 143):  # interrupted (user, preemption): stop here; the row resumes next time
-                out.info("Reproduction interrupted; rerun the same command to resume it.")
+                console.info("Reproduction interrupted; rerun the same command to resume it.")
                 return rc, None
             code = rc or code
         results.append(compare(row.label, row.experiment, row_summary(row_dir), row_dir))
     return code, results
 
 
-def reproduce_command(args: List[str]) -> int:
-    from metafsl.reporting import console as out
+def run(args: List[str]) -> int:
+    from metafsl.reporting import console
 
     own, overrides = parse_args(args)
     name = own["table"]
     spec = load_table(name)
+    name = Path(name).stem  # a table file's outputs go under its file name
     budget = parse_budget(own.get("budget"))
     select_rows(spec, name, own.get("rows"))
     suffix = "" if budget == 1.0 else f"_budget{budget:g}"
     table_dir = Path(own["out"]) if own.get("out") else output_root(overrides) / "reproduce" / f"{name}{suffix}"
     check_manifest(table_dir, name, budget, overrides)
     if budget != 1.0:
-        out.info(f"[bold yellow]{approximate_note(budget)}[/]")
-    out.info(f"[bold]metafsl reproduce[/] {spec.title}: {len(spec.rows)} rows  →  {table_dir}")
+        console.info(f"[bold yellow]{approximate_note(budget)}[/]")
+    console.info(f"[bold]metafsl reproduce[/] {spec.title}: {len(spec.rows)} rows  →  {table_dir}")
     code, results = run_rows(spec, table_dir, budget, overrides)
     if results is None:
         return code
     write_outputs(table_dir, spec, results, budget)
     title = spec.title + (f"  [APPROXIMATE, budget={budget:g}]" if budget != 1.0 else "")
-    out.table(title, SHOWN, [table_cells(r) for r in results], justify_right=SHOWN[2:])
+    console.table(title, SHOWN, [table_cells(r) for r in results], justify_right=SHOWN[2:])
     if budget != 1.0:
-        out.info(f"[bold yellow]{approximate_note(budget)}[/]")
-    out.info(f"Wrote {table_dir / 'table.md'} and {table_dir / 'table.csv'}.")
+        console.info(f"[bold yellow]{approximate_note(budget)}[/]")
+    console.info(f"Wrote {table_dir / 'table.md'} and {table_dir / 'table.csv'}.")
     if code:
         failed = [r["row"] for r in results if r["failed"]]
         raise UserError(f"Row(s) {', '.join(failed)} failed (see the messages above); rerun the same "
                         f"command to retry them." if failed else "A row reported an error; see above.")
     return 0
+
+
+COMMAND = Command(
+    name="reproduce",
+    summary="run a published table's rows and compare: metafsl reproduce table=<name> [budget=0.1]",
+    usage="metafsl reproduce table=<name> [budget=<fraction>] [out=<dir>] [rows=a,b] [train overrides]",
+    description="""
+A driver over the `train` app: each row of ``conf/table/<name>.yaml`` (an experiment preset,
+optionally with its own overrides) becomes a real train run dir
+``<paths.output_dir>/reproduce/<name>[_budget<f>]/<row>/``.  A row with a ``summary.json`` is
+done and skipped; a row with ``checkpoints/last.pt`` but no summary was interrupted and
+resumes from it.  Rows whose composed configs differ only in how the model is tested (the
+test episode, ``eval``, name and published figure) share one trained model, as the papers do
+(Snell et al. train one 1-shot model and report it at 5 and 20 ways): the first such row
+trains, the others run ``metafsl test`` on its checkpoint in their own dir.  Then ``table.md``
+and ``table.csv`` compare, row by row, our test accuracy ± 95% CI with the published one, and
+say whether the published mean lies inside our interval.""",
+    examples=("metafsl reproduce table=snell2017_omniglot paths.data_dir=../shared/data",
+              "metafsl reproduce table=zoo_omniglot_5w1s budget=0.1 paths.data_dir=../shared/data",
+              "metafsl list table"),
+    run=run,
+    interrupted="Reproduction interrupted; rerun the same command to resume it.",
+)

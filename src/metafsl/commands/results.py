@@ -1,13 +1,4 @@
-"""`metafsl results <dir>... [sort=<col>] [format=table|csv|md] [out=<file>] [plot=shots] [plot_file=<png>]`.
-
-Reads every ``summary.json`` under the given run, sweep or reproduction dirs (a run's later
-``metafsl test`` records included, one row each) into one table: algo, dataset, backbone,
-episode, overrides, val, test ± CI, time.  ``sort=<col>`` sorts (accuracies and times
-descending, text ascending); ``format=csv|md`` prints CSV or Markdown; ``out=<file>`` writes it
-(format from the extension when not given); ``plot=shots`` draws test accuracy vs shots and
-vs ways across the runs (``plot_file``, default ``accuracy_vs_shots.png`` beside ``out`` or in
-the first dir).
-"""
+"""`metafsl results <dir>...`: one table of many runs (``summary.json`` files)."""
 from __future__ import annotations
 
 import csv
@@ -18,6 +9,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 
 from metafsl.arguments import parse
+from metafsl.commands.base import Command
 from metafsl.engine.run_dir import SUMMARY
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
@@ -61,9 +53,9 @@ def rows_of(summary_path: Path) -> List[Dict[str, Any]]:
     try:
         s = RunSummary.read(run).to_dict()
     except UserError as exc:  # one unreadable summary must not hide the others
-        from metafsl.reporting import console as out
+        from metafsl.reporting import console
 
-        out.info(f"[yellow]warning:[/] skipped: {exc}")
+        console.info(f"[yellow]warning:[/] skipped: {exc}")
         return []
     ep = (s.get("episode") or {}).get("test") or {}
     base = {"run": str(run), "algo": s.get("algo"), "dataset": s.get("dataset"), "backbone": s.get("backbone"),
@@ -139,8 +131,8 @@ def render_md(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def results_command(args: List[str]) -> int:
-    from metafsl.reporting import console as out
+def run(args: List[str]) -> int:
+    from metafsl.reporting import console
 
     own, rest = parse(args, OWN_KEYS, "results")
     dirs: List[Path] = []
@@ -167,7 +159,7 @@ def results_command(args: List[str]) -> int:
         rows = sort_rows(rows, own["sort"])
     text = render_csv(rows) if fmt == "csv" else render_md(rows)
     if fmt == "table":
-        out.table(f"{len(rows)} results from {len(summaries)} runs", [HEADERS.get(c, c) for c in SHOWN],
+        console.table(f"{len(rows)} results from {len(summaries)} runs", [HEADERS.get(c, c) for c in SHOWN],
                   [[_cell(r, c) for c in SHOWN] for r in rows], justify_right=["val (%)", "test (%)", "time (s)"])
     else:
         print(text, end="")
@@ -175,11 +167,30 @@ def results_command(args: List[str]) -> int:
         target = Path(own["out"])
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(render_csv(rows) if fmt == "csv" else render_md(rows))
-        out.info(f"Wrote {target}.")
+        console.info(f"Wrote {target}.")
     if own.get("plot") == "shots":
         from metafsl.reporting.plots import plot_shots
 
         default_dir = Path(own["out"]).parent if own.get("out") else (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
         path = plot_shots(rows, Path(own.get("plot_file") or default_dir / "accuracy_vs_shots.png"))
-        out.info(f"Wrote {path}.")
+        console.info(f"Wrote {path}.")
     return 0
+
+
+COMMAND = Command(
+    name="results",
+    summary="one table of run/sweep dirs: metafsl results <dir>... [sort=test] [format=md] [plot=shots]",
+    usage="metafsl results <dir>... [sort=<col>] [format=table|csv|md] [out=<file>] [plot=shots] "
+          "[plot_file=<png>]",
+    description="""
+``metafsl test`` records included, one row each) into one table: algo, dataset, backbone,
+episode, overrides, val, test ± CI, time.  ``sort=<col>`` sorts (accuracies and times
+descending, text ascending); ``format=csv|md`` prints CSV or Markdown; ``out=<file>`` writes it
+(format from the extension when not given); ``plot=shots`` draws test accuracy vs shots and
+vs ways across the runs (``plot_file``, default ``accuracy_vs_shots.png`` beside ``out`` or in
+the first dir).""",
+    examples=("metafsl results outputs/train outputs/sweep format=md",
+              "metafsl results outputs/reproduce/snell2017_omniglot sort=test out=table.csv",
+              "metafsl results outputs/sweep/<sweep> plot=shots"),
+    run=run,
+)

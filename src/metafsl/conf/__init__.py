@@ -6,7 +6,7 @@ from typing import List
 
 CONF_DIR = Path(__file__).parent
 GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval", "experiment", "protocol",
-          "hparams_search")
+          "hparams_search", "logger")
 
 
 def group_options(group: str) -> List[str]:

@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from metafsl.engine import hooks
 from metafsl.engine.run_dir import replace_atomically
 from metafsl.errors import UserError
 
@@ -82,7 +81,6 @@ def save(path: Path, payload: Dict[str, Any]) -> None:
     except OSError as exc:
         raise UserError(f"Cannot write the checkpoint {path} ({exc.strerror or exc.__class__.__name__}); "
                         "the previous one is intact.") from None
-    hooks.emit("checkpoint_written", int(payload.get("iteration", 0)))
 
 
 def load(path: Path, map_location="cpu") -> Dict[str, Any]:

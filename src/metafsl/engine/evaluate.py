@@ -11,6 +11,7 @@ import torch
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import fast_eval
+from metafsl.engine.callbacks import Callback
 
 #: upper bound on images per evaluation forward pass (keeps memory flat for big episodes)
 MAX_IMAGES_PER_BATCH = 2400
@@ -51,10 +52,11 @@ class EvalSpec:
 
 
 def evaluate(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", preprocess: Optional[Preprocess] = None,
-             progress=None, runtime=None) -> Dict[str, float]:
+             callbacks: Optional[Callback] = None, runtime=None) -> Dict[str, float]:
     """Accuracy (percent) of ``algorithm`` on ``split`` over the episodes ``spec`` describes.
 
-    ``runtime`` (``metafsl.engine.runtime.Runtime``) supplies the autocast context (GPU bf16)."""
+    ``callbacks`` hear of the progress (``on_eval_start/advance/end``); ``runtime``
+    (``metafsl.engine.runtime.Runtime``) supplies the autocast context (GPU bf16)."""
     n_way, n_shot, n_query = spec.n_way, spec.n_shot, spec.n_query
     episodes, batch_episodes, split_name = spec.episodes, spec.batch_episodes, spec.split
     seed, within_group = spec.seed, spec.within_group
@@ -66,21 +68,19 @@ def evaluate(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", prepr
     was_training = algorithm.training
     algorithm.eval()
     accs = []
-    task = progress.add_task(f"{split_name} {n_way}w{n_shot}s", total=episodes) if progress else None
+    callbacks = callbacks or Callback()
+    callbacks.on_eval_start(f"{split_name} {n_way}w{n_shot}s", episodes)
     autocast = runtime.autocast() if runtime is not None else contextlib.nullcontext()
     try:
         with autocast:
             if fast_eval.supported(algorithm):  # metric methods: embed each distinct image once
-                advance = (lambda n: progress.advance(task, n)) if progress is not None else None
                 accs.append(fast_eval.episode_accuracies(algorithm, sampler, split.images, episodes,
-                                                         MAX_IMAGES_PER_BATCH, step, advance))
+                                                         MAX_IMAGES_PER_BATCH, step, callbacks.on_eval_advance))
             for start in range(0, episodes if not accs else 0, step):
                 b = min(step, episodes - start)
                 accs.append(algorithm.evaluate(sampler.sample(b)).float().cpu())
-                if progress is not None:
-                    progress.advance(task, b)
+                callbacks.on_eval_advance(b)
     finally:
         algorithm.train(was_training)
-        if progress is not None:
-            progress.remove_task(task)
+        callbacks.on_eval_end()
     return mean_ci95(torch.cat(accs) * 100.0)

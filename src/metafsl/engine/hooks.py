@@ -1,8 +1,9 @@
-"""Named points of a training run where listeners are called.
+"""Named points of a training run where process-wide listeners are called.
 
-Production code only announces events; tests install listeners (``tests/fault_runner.py`` kills
-the process at a chosen event to prove that a run resumes without loss).  Nothing here reads the
-environment.
+Production code only announces events (through ``metafsl.engine.callbacks``; every training
+also passes them to ``Listeners``); tests install listeners here (``tests/fault_runner.py`` kills
+the process at a chosen event to prove that a run resumes without loss), which reaches a
+training started anywhere in the process, the CLI's included.  Nothing here reads the environment.
 
 Events (``event``, ``iteration``):
 - ``iteration_end``: an iteration's step, logging and any checkpoint writes are done;
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 from typing import Callable, List
 
+from metafsl.engine.callbacks import Callback
+
 Listener = Callable[[str, int], None]
 
 #: called in order with (event, iteration); tests append and remove their own
@@ -23,3 +26,10 @@ LISTENERS: List[Listener] = []
 def emit(event: str, iteration: int) -> None:
     for listener in list(LISTENERS):
         listener(event, iteration)
+
+
+class Listeners(Callback):
+    """The process-wide listeners as one callback of a training."""
+
+    def on_event(self, event: str, iteration: int) -> None:
+        emit(event, iteration)

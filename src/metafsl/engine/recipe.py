@@ -8,46 +8,48 @@ test.  Knows nothing about any specific algorithm or dataset.  Where a run stand
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from hydra.utils import instantiate
 
 from metafsl.data.report import episode_need
-from metafsl.data.sampler import EpisodeSampler
 from metafsl.engine import checkpoint, hooks
+from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
 from metafsl.engine.components import build
 from metafsl.engine.evaluate import EvalSpec, evaluate
+from metafsl.engine.preflight import check_episodes, has_validation
 from metafsl.engine.resume import Start
 from metafsl.engine.run_dir import BEST, LAST, metrics_log
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import Interrupted, UserError
-from metafsl.reporting import console as out
+
+log = logging.getLogger(__name__)
 
 #: default cadence of last.pt between validations (trainer.checkpoint_every_minutes)
 CHECKPOINT_EVERY_MINUTES = 5.0
 _SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
-def _fmt(x: Optional[float], digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
 class TrainRecipe:
-    """Train (or resume) the run described by the resolved config ``cfg`` in ``run_dir``."""
+    """Train (or resume) the run described by the resolved config ``cfg`` in ``run_dir``; what it
+    does is told to ``callbacks`` (``metafsl.engine.callbacks``)."""
 
-    def __init__(self, cfg: Dict[str, Any], run_dir: Path):
+    def __init__(self, cfg: Dict[str, Any], run_dir: Path, callbacks: Sequence[Callback] = (),
+                 run_info: Optional[RunInfo] = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.tr, self.ep = cfg["trainer"], cfg["episode"]
         self.state = TrainState()
         self.log = metrics_log(self.run_dir)
+        self.callbacks = as_list([*callbacks, hooks.Listeners()])
+        self.run_info = run_info or RunInfo(self.run_dir, cfg)
         self.untrained: Optional[Dict[str, float]] = None
-        self.progress = self.bar = None
         self.stop_signal: Optional[int] = None
         self.saved_iteration = -1  # the iteration last.pt holds
         self.seconds = 0.0
@@ -58,8 +60,8 @@ class TrainRecipe:
         self.parts = build(self.cfg)
         self.algo, self.ds, self.device = self.parts.algorithm, self.parts.dataset, self.parts.device
         self.data_report = self.ds.report(episode_need(self.ep))
-        if self.data_report:  # one line, never wrapped; paths are not markup
-            out.console.print(self.data_report.line(), soft_wrap=True, highlight=False, markup=False)
+        if self.data_report:  # one line naming unreadable files and classes too small
+            log.info(self.data_report.line())
         self._check_episodes()
         train = self.ep["train"]
         self.sampler = self.algo.train_source(
@@ -77,14 +79,8 @@ class TrainRecipe:
                 self.untrained = self.test()
 
     def _check_episodes(self) -> None:
-        """Fail now, not at the first validation or the final test, if episodes are impossible."""
-        self.algo.check_episode(self.ep["train"]["n_way"], train=True)
-        self.algo.check_episode(self.ep["test"]["n_way"], train=False)
-        self.has_val = "val" in self.ds.splits and self.tr["val_episodes"] > 0
-        test = self.ep["test"]
-        for split in ("val", "test") if self.has_val else ("test",):
-            EpisodeSampler(self.ds[split], test["n_way"], test["n_shot"], test["n_query"], "cpu",
-                           within_group=self.ep.get("within_alphabet", False), split_name=split)
+        self.has_val = has_validation(self.ds, self.cfg)
+        check_episodes(self.algo, self.ds, self.cfg)
 
     def _restore(self, start: Start) -> None:
         ck, path = start.checkpoint, self.run_dir / LAST
@@ -100,7 +96,7 @@ class TrainRecipe:
         self.saved_iteration = self.state.iteration
         self.log.truncate_after(self.state.iteration, self.state.val_iteration)
         self._apply_changes(start.changes)
-        out.info(f"Resuming {self.run_dir} from iteration {self.state.iteration}.")
+        log.info(f"Resuming {self.run_dir} from iteration {self.state.iteration}.")
 
     def _apply_changes(self, changes: Dict[str, Any]) -> None:
         """Settings changed on resume: the learning rate goes into the optimiser (and scheduler);
@@ -109,10 +105,10 @@ class TrainRecipe:
             return
         if "trainer.optimizer.lr" in changes:
             self._set_learning_rate(*changes["trainer.optimizer.lr"])
-        self.log.write({"iteration": self.state.iteration, "split": "resume",
-                        "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+        self._record({"iteration": self.state.iteration, "split": "resume",
+                      "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
         shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items())
-        out.info(f"Resuming with changed settings: {shown}.")
+        log.info(f"Resuming with changed settings: {shown}.")
 
     def _set_learning_rate(self, old: float, new: float) -> None:
         """Scale the current rate (and a scheduler's base rates) by new/old, so that a schedule
@@ -135,19 +131,21 @@ class TrainRecipe:
         # a resumed run whose wall-clock budget is already spent trains no further
         spent = max_seconds is not None and self.state.seconds >= max_seconds
         first = iterations + 1 if spent else self.state.iteration + 1
-        self.progress = out.training_progress()
-        with self.progress, self._stop_on_signals():
-            self.bar = self.progress.add_task(
-                f"train {self.cfg['algo']['name']}", total=iterations, completed=self.state.iteration,
-                loss="-", acc="-", val=_fmt(self.state.last_val, 2))
-            for it in range(first, iterations + 1):
-                out_of_time = self._iteration(it, iterations, max_seconds)
-                if out_of_time:
-                    out.info(f"Time budget of {self.tr['max_minutes']} min reached at iteration {it}.")
-                    break
-            if self.state.val_iteration != self.state.iteration or iterations == 0:
-                # resumed after a kill during the final validation (or nothing to train): validate now
-                self.validate(self.state.iteration)
+        self.run_info.start_iteration, self.run_info.iterations = self.state.iteration, iterations
+        self.run_info.last_val = self.state.last_val
+        self.callbacks.on_train_start(self.run_info)
+        try:
+            with self._stop_on_signals():
+                for it in range(first, iterations + 1):
+                    out_of_time = self._iteration(it, iterations, max_seconds)
+                    if out_of_time:
+                        log.info(f"Time budget of {self.tr['max_minutes']} min reached at iteration {it}.")
+                        break
+                if self.state.val_iteration != self.state.iteration or iterations == 0:
+                    # resumed after a kill during the final validation (or nothing to train): validate now
+                    self.validate(self.state.iteration)
+        finally:
+            self.callbacks.on_train_stop()
         self.seconds = time.perf_counter() - self.t_start
 
     def _iteration(self, it: int, iterations: int, max_seconds: Optional[float]) -> bool:
@@ -159,12 +157,11 @@ class TrainRecipe:
         if it % self.tr["val_every"] == 0 or final:
             if final:  # training is over: keep it even if the final validation is killed
                 self.save_checkpoint(LAST)
-                hooks.emit("final_validation_start", it)
+                self.callbacks.on_event("final_validation_start", it)
             self.validate(it)
         elif self._checkpoint_due():
             self.save_checkpoint(LAST)
-        self.progress.update(self.bar, completed=it)
-        hooks.emit("iteration_end", it)
+        self.callbacks.on_event("iteration_end", it)
         if self.stop_signal is not None:
             self._stop(it)
         return out_of_time
@@ -200,7 +197,7 @@ class TrainRecipe:
 
     def _diverged(self, it: int, what: str) -> None:
         """Stop a diverged training without saving it: the checkpoints keep the last good model."""
-        self.log.write({"iteration": it, "split": "diverged", "what": what})
+        self._record({"iteration": it, "split": "diverged", "what": what})
         kept = f"checkpoints/last.pt keeps iteration {self.saved_iteration}" if self.saved_iteration >= 0 \
             else "no checkpoint was written"
         raise UserError(f"Training diverged at iteration {it}: {what} became inf or NaN; stopped without "
@@ -214,9 +211,13 @@ class TrainRecipe:
         rec = {"iteration": it, "split": "train", "loss": s.loss_sum / s.count,
                "acc": 100 * s.acc_sum / s.count, "lr": self.optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - self.t_start, 3)}
-        self.log.write(rec)
-        self.progress.update(self.bar, loss=_fmt(rec["loss"]), acc=_fmt(rec["acc"], 1))
+        self._record(rec)
         s.loss_sum, s.acc_sum, s.count = 0.0, 0.0, 0
+
+    def _record(self, record: Dict[str, Any]) -> None:
+        """A row of metrics.jsonl, then the same row to the callbacks."""
+        self.log.write(record)
+        self.callbacks.on_metrics(record)
 
     # ------------------------------------------------------------------ checkpoints and signals
     def _checkpoint_due(self) -> bool:
@@ -226,6 +227,7 @@ class TrainRecipe:
     def save_checkpoint(self, which: Path) -> None:
         self.state.seconds = time.perf_counter() - self.t_start
         checkpoint.save(self.run_dir / which, self.snapshot())
+        self.callbacks.on_event("checkpoint_written", self.state.iteration)
         if which == LAST:
             self.last_save, self.saved_iteration = time.perf_counter(), self.state.iteration
 
@@ -283,10 +285,8 @@ class TrainRecipe:
         if self.has_val:
             res = evaluate(self.algo, self.ds["val"], EvalSpec.from_config(self.cfg, validation=True),
                            self.device, self.parts.preprocess, runtime=self.parts.runtime)
-            self.log.write({"iteration": it, "split": "val", **res})
+            self._record({"iteration": it, "split": "val", **res})
             self.state.last_val = res["acc"]
-            if self.progress is not None:
-                self.progress.update(self.bar, val=_fmt(res["acc"], 2))
             improved = self.state.best_acc is None or res["acc"] > self.state.best_acc
         self.state.val_iteration = it
         if improved:
@@ -294,19 +294,19 @@ class TrainRecipe:
             self.save_checkpoint(BEST)
         self.save_checkpoint(LAST)
 
-    def test(self, progress=None) -> Dict[str, float]:
+    def test(self) -> Dict[str, float]:
         """Accuracy of the learner as it is now on the run's test episodes (``eval.*``)."""
         spec = EvalSpec.from_config(self.cfg)
         if spec.split not in self.ds.splits:
             raise UserError(f"Dataset '{self.ds.name}' has no '{spec.split}' split.")
-        return evaluate(self.algo, self.ds[spec.split], spec, self.device, self.parts.preprocess, progress,
-                        self.parts.runtime)
+        return evaluate(self.algo, self.ds[spec.split], spec, self.device, self.parts.preprocess,
+                        self.callbacks, self.parts.runtime)
 
     def final_test(self) -> Dict[str, Any]:
         """Test the best checkpoint (the last one without a validation split)."""
         best = checkpoint.load(self.run_dir / BEST, map_location=self.device)
         checkpoint.load_weights(self.algo, best["model"], self.run_dir / BEST)
-        hooks.emit("test_start", int(best["iteration"]))
+        self.callbacks.on_event("test_start", int(best["iteration"]))
         t0 = time.perf_counter()
         res = self.test()
         return {**res, "seconds": round(time.perf_counter() - t0, 2),

@@ -8,14 +8,18 @@ dataset, episode shape, seed, optimiser) must not change.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from metafsl.config import flatten
 from metafsl.engine import checkpoint
 from metafsl.engine.run_dir import LAST, METRICS, SNAPSHOT, SUMMARY
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: settings a resumed run takes from the new config (recorded in metrics.jsonl)
 APPLIED = ("trainer.optimizer.lr", "trainer.iterations", "trainer.max_minutes", "trainer.val_every",
@@ -37,15 +41,6 @@ class Start:
     changes: Dict[str, Tuple[Any, Any]] = field(default_factory=dict)
     #: the summary of a finished run that is continued (or left alone)
     previous: Optional[RunSummary] = None
-
-
-def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(node, dict):
-        out: Dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 def compare(old: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[str], Dict[str, Tuple[Any, Any]]]:
@@ -95,9 +90,7 @@ def _nothing_to_resume(run_dir: Path, finished: bool) -> Start:
         raise UserError(f"{run_dir} holds a finished run without checkpoints/last.pt; nothing to resume.")
     if not ((run_dir / SNAPSHOT).is_dir() or (run_dir / METRICS).is_file()):
         raise UserError(f"Nothing to resume: {run_dir} has no {LAST}; pass hydra.run.dir=<the run's dir>.")
-    from metafsl.reporting import console as out
-
-    out.info(f"{run_dir} was stopped before its first checkpoint; starting it again from iteration 0.")
+    log.info(f"{run_dir} was stopped before its first checkpoint; starting it again from iteration 0.")
     return Start("new")
 
 

@@ -1,6 +1,8 @@
-"""The console: rich progress bars on long work, tables of results, one-line errors."""
+"""The console: rich progress bars on long work, tables of results, one-line errors, and the
+handler that shows the library's ``logging`` notices (logger ``metafsl``) as plain lines."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterable, Optional, Sequence
 
@@ -18,6 +20,31 @@ def error(message: str) -> None:
 
 def info(message: str) -> None:
     console.print(message, highlight=False)
+
+
+class NoticeHandler(logging.Handler):
+    """``metafsl`` log records as lines: INFO on stdout, WARNING and above on stderr as
+    ``warning: ...``; never wrapped, never read as markup (paths may hold brackets)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                err_console.print(f"warning: {text}", highlight=False, markup=False, soft_wrap=True)
+            else:
+                console.print(text, highlight=False, markup=False, soft_wrap=True)
+        except Exception:  # a notice must never cost a run
+            self.handleError(record)
+
+
+def show_notices() -> None:
+    """Show the library's notices on the console (idempotent; what the CLI does at start)."""
+    logger = logging.getLogger("metafsl")
+    if not any(isinstance(h, NoticeHandler) for h in logger.handlers):
+        logger.addHandler(NoticeHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.disabled = False
 
 
 def training_progress() -> Progress:
@@ -40,6 +67,10 @@ def simple_progress() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=30),
                     TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
                     console=console, transient=True)
+
+
+def fmt(x: Optional[float], digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def fmt_acc(acc: Optional[float], ci95: Optional[float] = None) -> str:

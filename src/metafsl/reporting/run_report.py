@@ -1,18 +1,86 @@
-"""What a user sees of a run: the header line, the results tables, the figures beside them."""
+"""What a person sees of a run on the console, as a callback of the engine
+(``metafsl.engine.callbacks``): the header line, a training progress bar (loss, accuracy, last
+validation), a transient bar per evaluation, and the results tables, shown before they are
+written."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict
 
-from metafsl.reporting import console as out
+from metafsl.engine.callbacks import Callback, RunInfo, TestInfo
+from metafsl.reporting import console
 
 
-def train_header(cfg: Dict[str, Any], run_dir: Path) -> None:
-    budget = float(cfg.get("budget", 1.0))
-    note = f"  [yellow](budget={budget:g}: {cfg['trainer']['iterations']} iterations, approximate)[/]" \
-        if budget != 1.0 else ""
-    out.info(f"[bold]metafsl train[/] {cfg['algo']['name']} · {cfg['backbone']['name']} · "
-             f"{cfg['dataset']['name']} · {cfg['episode']['name']}  →  {run_dir}{note}")
+class ConsoleReport(Callback):
+    """What ``metafsl train``, ``test``, ``reproduce`` and ``demo`` show while they work."""
+
+    def __init__(self) -> None:
+        self.train_bar = self.eval_bar = None
+        self.train_task = self.eval_task = None
+
+    # ------------------------------------------------------------------ training
+    def on_run_start(self, run: RunInfo) -> None:
+        cfg = run.config
+        budget = float(cfg.get("budget", 1.0))
+        note = f"  [yellow](budget={budget:g}: {cfg['trainer']['iterations']} iterations, approximate)[/]" \
+            if budget != 1.0 else ""
+        console.info(f"[bold]metafsl train[/] {cfg['algo']['name']} · {cfg['backbone']['name']} · "
+                     f"{cfg['dataset']['name']} · {cfg['episode']['name']}  →  {run.run_dir}{note}")
+
+    def on_train_start(self, run: RunInfo) -> None:
+        self.train_bar = console.training_progress()
+        self.train_bar.start()
+        self.train_task = self.train_bar.add_task(
+            f"train {run.config['algo']['name']}", total=run.iterations, completed=run.start_iteration,
+            loss="-", acc="-", val=console.fmt(run.last_val, 2))
+
+    def on_metrics(self, record: Dict[str, Any]) -> None:
+        if self.train_bar is None:
+            return
+        if record.get("split") == "train":
+            self.train_bar.update(self.train_task, loss=console.fmt(record["loss"]),
+                                  acc=console.fmt(record["acc"], 1))
+        elif record.get("split") == "val":
+            self.train_bar.update(self.train_task, val=console.fmt(record["acc"], 2))
+
+    def on_event(self, event: str, iteration: int) -> None:
+        if event == "iteration_end" and self.train_bar is not None:
+            self.train_bar.update(self.train_task, completed=iteration)
+
+    def on_train_stop(self) -> None:
+        if self.train_bar is not None:
+            self.train_bar.stop()
+        self.train_bar = self.train_task = None
+
+    def on_train_end(self, summary: Any, run_dir: Path) -> None:
+        print_train_summary(summary, run_dir)
+
+    # ------------------------------------------------------------------ tests and evaluations
+    def on_test_start(self, test: TestInfo) -> None:
+        spec = test.config["episode"]["test"]
+        what = f"protocol {test.protocol}" if test.protocol else \
+            f"on {test.config['dataset']['name']} {spec['n_way']}-way {spec['n_shot']}-shot"
+        console.info(f"[bold]metafsl test[/] {test.run_dir} ({test.checkpoint} checkpoint, "
+                     f"iteration {test.iteration}) {what}")
+
+    def on_test_end(self, test: TestInfo, record: Dict[str, Any]) -> None:
+        print_test(test.run_dir, record)
+
+    def on_eval_start(self, description: str, episodes: int) -> None:
+        if self.train_bar is not None:  # validation inside a training: the training bar says enough
+            return
+        self.eval_bar = console.simple_progress()
+        self.eval_bar.start()
+        self.eval_task = self.eval_bar.add_task(description, total=episodes)
+
+    def on_eval_advance(self, episodes: int) -> None:
+        if self.eval_bar is not None:
+            self.eval_bar.advance(self.eval_task, episodes)
+
+    def on_eval_end(self) -> None:
+        if self.eval_bar is not None:
+            self.eval_bar.stop()
+        self.eval_bar = self.eval_task = None
 
 
 def print_train_summary(summary, run_dir: Path) -> None:
@@ -21,48 +89,27 @@ def print_train_summary(summary, run_dir: Path) -> None:
             ["dataset", summary.dataset], ["test episode", f"{ep['n_way']}-way {ep['n_shot']}-shot"],
             ["iterations", summary.train["iterations"]],
             ["train time", f"{summary.train['seconds']:.1f} s"],
-            ["best val acc (%)", out.fmt_acc(summary.best_acc)]]
+            ["best val acc (%)", console.fmt_acc(summary.best_acc)]]
     if summary.budget != 1.0:
         rows.append(["budget", f"{summary.budget:g} of the preset's iterations (approximate)"])
     if summary.untrained:
         u = summary.untrained
-        rows.append(["untrained test acc (%)", out.fmt_acc(u["acc"], u["ci95"])])
+        rows.append(["untrained test acc (%)", console.fmt_acc(u["acc"], u["ci95"])])
     if summary.test:
         t = summary.test
-        rows.append([f"test acc (%), {t['episodes']} episodes", out.fmt_acc(t["acc"], t["ci95"])])
+        rows.append([f"test acc (%), {t['episodes']} episodes", console.fmt_acc(t["acc"], t["ci95"])])
     rows.append(["run dir", str(run_dir)])
-    out.table("Results", ["", "value"], rows)
-
-
-def write_artifacts(cfg: Dict[str, Any], run_dir: Path) -> None:
-    """curves.png always; TensorBoard event files with logger=tensorboard (from metrics.jsonl)."""
-    from metafsl.reporting.plots import plot_curves
-
-    try:
-        plot_curves(run_dir, f"{cfg['algo']['name']} · {cfg['dataset']['name']} · {cfg['episode']['name']}")
-    except Exception as exc:  # a figure must never cost the user a finished run
-        out.info(f"[yellow]warning:[/] could not draw curves.png ({exc.__class__.__name__}: {exc}).")
-    if cfg.get("logger") == "tensorboard":
-        from metafsl.reporting.tensorboard import export_metrics
-
-        export_metrics(run_dir)
-
-
-def test_header(run: Path, which: str, iteration: int, cfg: Dict[str, Any], protocol: str = "") -> None:
-    spec = cfg["episode"]["test"]
-    what = f"protocol {protocol}" if protocol else \
-        f"on {cfg['dataset']['name']} {spec['n_way']}-way {spec['n_shot']}-shot"
-    out.info(f"[bold]metafsl test[/] {run} ({which} checkpoint, iteration {iteration}) {what}")
+    console.table("Results", ["", "value"], rows)
 
 
 def print_test(run: Path, record: Dict[str, Any]) -> None:
     if "per_run_error" in record:  # a test protocol (e.g. lake20)
         rows = [[name, f"{err:.1f}"] for name, err in record["per_run_error"].items()]
         rows.append([f"all ({record['trials']} trials)", f"{record['error']:.2f}"])
-        out.table(f"{record.get('protocol', 'protocol')}: one-shot classification error (%)",
-                  ["run", "error (%)"], rows, justify_right=["error (%)"])
+        console.table(f"{record.get('protocol', 'protocol')}: one-shot classification error (%)",
+                      ["run", "error (%)"], rows, justify_right=["error (%)"])
         return
     spec = record["episode"]
-    out.table("Test", ["run", "dataset", "episode", "episodes", "test acc (%)"],
-              [[str(run), record["dataset"], f"{spec['n_way']}w{spec['n_shot']}s", record["episodes"],
-                out.fmt_acc(record["acc"], record["ci95"])]])
+    console.table("Test", ["run", "dataset", "episode", "episodes", "test acc (%)"],
+                  [[str(run), record["dataset"], f"{spec['n_way']}w{spec['n_shot']}s", record["episodes"],
+                    console.fmt_acc(record["acc"], record["ci95"])]])
