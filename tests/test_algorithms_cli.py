@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import TINY
-from metafsl.cli import group_options
+from metafsl.conf import group_options
 
 #: keep each run to a second or two: tiny backbone, short test-time loops
 FAST = {

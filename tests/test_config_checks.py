@@ -14,11 +14,12 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from metafsl import cli, options
+from metafsl.conf import group_options
 from metafsl.config import DATASET_RUN_KEYS, INJECTED, RULES, check_run_config, target_parameters
 from metafsl.errors import UserError
 
 TARGET_GROUPS = ("dataset", "backbone", "algo")
-OPTIONS = [(g, o) for g in TARGET_GROUPS for o in cli.group_options(g)]
+OPTIONS = [(g, o) for g in TARGET_GROUPS for o in group_options(g)]
 #: options that are another option's class with a different setting: what differs on purpose
 VARIANTS = {"fomaml": {"first_order"}, "conv4_32": {"hidden"}}
 

@@ -6,10 +6,10 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from metafsl.cli import CONF_DIR, GROUPS, group_options
-from metafsl.config import register_configs
+from metafsl.api import register_resolvers
+from metafsl.conf import CONF_DIR, GROUPS, group_options
 
-register_configs()
+register_resolvers()
 PRIMARY = ["train", "test", "sweep", "data"]
 OPTIONS = [(g, o) for g in GROUPS for o in group_options(g)]
 
@@ -37,7 +37,9 @@ def test_every_option_composes_and_resolves(group, option):
     else:
         cfg = _compose("train", [f"{group}={option}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if group != "experiment":
+    if group == "logger":  # several loggers at once: each option sits under its own name
+        assert set(resolved["logger"]) == {option} and resolved["logger"][option]["_target_"]
+    elif group != "experiment":
         # option files are named after their `name` field (used to re-compose saved runs)
         assert resolved[group]["name"] == option
     else:

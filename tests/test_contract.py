@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metafsl.algorithms.metric import MetricLearner
-from metafsl.cli import group_options
+from metafsl.conf import group_options
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, TaskBatch
 from metafsl.engine import fast_eval

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_DATA
-from metafsl.cli import group_options
+from metafsl.conf import group_options
 
 #: shared by every case: tiny glyphs (60 classes: 38 train, 12 test), a narrow conv4, no
 #: validation (the last checkpoint is tested), 40 test episodes of 5 queries per class

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import TINY
-from metafsl.cli import group_options, main
+from metafsl.cli import main
+from metafsl.conf import group_options
 from test_algorithms_cli import FAST
 
 

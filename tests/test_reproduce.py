@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metafsl.cli import CONF_DIR, group_options
+from metafsl.conf import CONF_DIR, group_options
 
 EXPERIMENTS = group_options("experiment")
 TABLES = sorted(p.stem for p in (CONF_DIR / "table").glob("*.yaml"))
@@ -34,7 +34,7 @@ def test_every_experiment_preset_composes(name):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from metafsl.config import register_configs
+    from metafsl.api import register_resolvers
 
     preset = CONF_DIR / "experiment" / f"{name}.yaml"
     missing = _missing_options(preset)
@@ -43,7 +43,7 @@ def test_every_experiment_preset_composes(name):
     lines = preset.read_text().splitlines()
     assert lines[0] == "# @package _global_"
     assert lines[1].startswith(f"# metafsl train experiment={name}")  # the command that runs it
-    register_configs()
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=[f"experiment={name}"])
     assert cfg.name == name

@@ -59,7 +59,7 @@ def test_results_errors(run_cli, tmp_path):
 
 
 def test_budget_scales_iterations_cadence_and_schedule():
-    from metafsl.commands.train import apply_budget
+    from metafsl.api import apply_budget
 
     cfg = {"budget": 0.1, "trainer": {"iterations": 20000, "val_every": 1000, "log_every": 50,
                                       "scheduler": {"_target_": "StepLR", "step_size": 2000, "gamma": 0.5,

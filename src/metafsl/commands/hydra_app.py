@@ -7,6 +7,7 @@ calls the command's task function.  Hydra's own error reports become one sentenc
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from typing import Any, Callable, Iterator, List
@@ -41,6 +42,22 @@ def _hydra_argv(argv: List[str]) -> Iterator[None]:
             os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
+class _Failed(BaseException):
+    """Carries a task's exception past Hydra's job runner, which would print its own report
+    ("Error executing job ...") for an ``Exception``; ``run_app`` raises the exception again."""
+
+
+def _carried(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(task)
+    def wrapper(cfg: Any) -> Any:
+        try:
+            return task(cfg)
+        except Exception as exc:
+            raise _Failed(exc) from exc
+
+    return wrapper
+
+
 def run_app(config_name: str, task: Callable[[Any], Any], args: List[str], multirun: bool = False) -> int:
     """Compose ``conf/<config_name>.yaml`` with ``args`` and call ``task(cfg)`` (once per job)."""
     problem = check_group_overrides(args)
@@ -60,21 +77,25 @@ def _run(config_name: str, task: Callable[[Any], Any], args: List[str], multirun
         raise UserError(f"'{flag}' does not combine with a sweep; inspect one job's config with "
                         "'metafsl train <overrides> --cfg job' instead.")
     register_resolvers()
-    app = hydra.main(version_base=None, config_path="pkg://metafsl.conf", config_name=config_name)(task)
+    app = hydra.main(version_base=None, config_path="pkg://metafsl.conf", config_name=config_name)(_carried(task))
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     with _hydra_argv([f"metafsl {config_name}", *(["--multirun"] if multirun else []), *args]):
         try:
             app()
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except UserError:
-            raise
+        except _Failed as failed:
+            raise _as_user_error(failed.args[0], args, full_error) from None
         except Exception as exc:
-            inner = user_error_inside(exc)
-            if inner is not None:
-                raise inner from None
-            sentence = unknown_key_error(exc, args) or config_error(exc)
-            if sentence is None or full_error:
-                raise
-            raise UserError(sentence) from None
+            raise _as_user_error(exc, args, full_error) from None
     return 0
+
+
+def _as_user_error(exc: Exception, args: List[str], full_error: Any) -> Exception:
+    """The UserError inside ``exc``, or Hydra's configuration error as one sentence; any other
+    exception (a bug) as it is, and everything as it is with HYDRA_FULL_ERROR=1."""
+    inner = user_error_inside(exc)
+    if inner is not None:
+        return inner
+    sentence = None if full_error else unknown_key_error(exc, args) or config_error(exc)
+    return exc if sentence is None else UserError(sentence)
