@@ -438,7 +438,8 @@ def _compose_all(command: str, overrides: Sequence[str]):
         except UserError as exc:
             problems.append(str(exc))
             keys = {arg: arg.lstrip("+~").split("=", 1)[0] for arg in kept if "=" in arg}
-            culprit = next((a for a, k in keys.items() if f"'{k}'" in str(exc)), None)
+            named = sorted((a for a, k in keys.items() if f"'{k}'" in str(exc)), key=lambda a: -len(keys[a]))
+            culprit = named[0] if named else None  # the longest key named: algo.lr before algo
             if culprit is None:
                 return None, problems
             kept.remove(culprit)

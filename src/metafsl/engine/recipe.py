@@ -25,7 +25,7 @@ from metafsl.engine.checkpoint import TrainState
 from metafsl.engine.components import build
 from metafsl.engine.evaluate import EvalSpec, evaluate
 from metafsl.engine.preflight import check_episodes, has_validation
-from metafsl.engine.resume import Start
+from metafsl.engine.resume import StartPlan
 from metafsl.engine.run_dir import BEST, LAST, metrics_log
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import Interrupted, UserError
@@ -55,7 +55,7 @@ class TrainRecipe:
         self.seconds = 0.0
 
     # ------------------------------------------------------------------ setup
-    def setup(self, start: Start) -> None:
+    def setup(self, start: StartPlan) -> None:
         torch.manual_seed(self.cfg["seed"])
         self.parts = build(self.cfg)
         self.algo, self.ds, self.device = self.parts.algorithm, self.parts.dataset, self.parts.device
@@ -82,7 +82,7 @@ class TrainRecipe:
         self.has_val = has_validation(self.ds, self.cfg)
         check_episodes(self.algo, self.ds, self.cfg)
 
-    def _restore(self, start: Start) -> None:
+    def _restore(self, start: StartPlan) -> None:
         ck, path = start.checkpoint, self.run_dir / LAST
         checkpoint.load_weights(self.algo, ck["model"], path)
         self.optimizer.load_state_dict(ck["optimizer"])

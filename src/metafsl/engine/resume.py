@@ -33,7 +33,9 @@ FREE = ("dataset.root", "dataset.download", "episode.name", "algo.description", 
 
 
 @dataclass
-class Start:
+class StartPlan:
+    """How a training starts in its run dir (what ``plan`` decided)."""
+
     #: new | resume | finished
     mode: str
     checkpoint: Optional[Dict[str, Any]] = None
@@ -58,7 +60,7 @@ def _is_fixed(key: str) -> bool:
     return any(key == p.rstrip(".") or key.startswith(p) for p in FIXED)
 
 
-def plan(cfg: Dict[str, Any], run_dir: Path, start_missing: bool = False) -> Start:
+def plan(cfg: Dict[str, Any], run_dir: Path, start_missing: bool = False) -> StartPlan:
     """How the training described by ``cfg`` starts in ``run_dir`` (raises UserError to refuse).
     ``start_missing``: ``resume=true`` on a job that never started starts it (a resumed sweep:
     finished jobs are left alone, started ones continue, the rest start)."""
@@ -68,10 +70,10 @@ def plan(cfg: Dict[str, Any], run_dir: Path, start_missing: bool = False) -> Sta
         if has_last or finished:
             raise UserError(f"{run_dir} already holds a run; pass resume=true to continue it, "
                             "or use a new run dir.")
-        return Start("new")
+        return StartPlan("new")
     if not has_last:
         if start_missing and not finished:
-            return Start("new")
+            return StartPlan("new")
         return _nothing_to_resume(run_dir, finished)
     ck = checkpoint.load(run_dir / LAST)
     fixed, applied = compare(ck["config"], cfg)
@@ -81,17 +83,17 @@ def plan(cfg: Dict[str, Any], run_dir: Path, start_missing: bool = False) -> Sta
                         "resume with the run's own settings, or train in a new run dir.")
     previous = RunSummary.read_or_none(run_dir) if finished else None
     if previous is not None and not _can_continue(ck, cfg):
-        return Start("finished", previous=previous)
-    return Start("resume", ck, applied, previous)
+        return StartPlan("finished", previous=previous)
+    return StartPlan("resume", ck, applied, previous)
 
 
-def _nothing_to_resume(run_dir: Path, finished: bool) -> Start:
+def _nothing_to_resume(run_dir: Path, finished: bool) -> StartPlan:
     if finished:
         raise UserError(f"{run_dir} holds a finished run without checkpoints/last.pt; nothing to resume.")
     if not ((run_dir / SNAPSHOT).is_dir() or (run_dir / METRICS).is_file()):
         raise UserError(f"Nothing to resume: {run_dir} has no {LAST}; pass hydra.run.dir=<the run's dir>.")
     log.info(f"{run_dir} was stopped before its first checkpoint; starting it again from iteration 0.")
-    return Start("new")
+    return StartPlan("new")
 
 
 def _can_continue(ck: Dict[str, Any], cfg: Dict[str, Any]) -> bool:
