@@ -116,6 +116,7 @@ RULES: Dict[str, Rule] = {
     "dataset.background": _choice("images_background", "images_background_small1",
                                   "images_background_small2"),
     "dataset.format": _choice("auto", "csv", "pickle"),
+    "dataset.cache_check": _choice("stat", "hash"),
     "backbone.hidden": _int(1),
     "backbone.layers": _int(1),
     "backbone.depth": _int(10),

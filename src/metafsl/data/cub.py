@@ -54,7 +54,7 @@ def locate(root: Path, download: bool) -> Path:
 
 
 def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
-         download: bool = False) -> FewShotDataset:
+         download: bool = False, cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     images = locate(root, download)
@@ -77,5 +77,5 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
         return finish_dataset(splits, skipped, "cub")
 
     cache = CacheSpec("cub", root, cache_dir, {"size": image_size, "channels": channels, "src": str(images.resolve())},
-                      [images / c / f for c in wanted for f in files[c]], VERSION)
+                      [images / c / f for c in wanted for f in files[c]], VERSION, cache_check)
     return cached_dataset(cache, build)

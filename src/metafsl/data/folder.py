@@ -122,7 +122,8 @@ def split_classes(classes: List[str], train_fraction: float, val_fraction: float
 
 
 def load(root: Path, image_size: int = 84, channels: int = 3, train_fraction: float = 0.6,
-         val_fraction: float = 0.2, seed: int = 0, cache_dir: str = "~/.cache/metafsl") -> FewShotDataset:
+         val_fraction: float = 0.2, seed: int = 0, cache_dir: str = "~/.cache/metafsl",
+         cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     if not root.exists():
@@ -140,7 +141,8 @@ def load(root: Path, image_size: int = 84, channels: int = 3, train_fraction: fl
         files = [root] if archive.is_zip else [root / n for n in names if is_image(n)]
         options = {"size": image_size, "channels": channels, "src": str(root.resolve()), "layout": layout,
                    "split": [train_fraction, val_fraction, seed]}
-        spec = CacheSpec("folder", root if root.is_dir() else root.parent, cache_dir, options, files, VERSION)
+        spec = CacheSpec("folder", root if root.is_dir() else root.parent, cache_dir, options, files, VERSION,
+                         cache_check)
         ds = cached_dataset(spec, lambda: _decode(archive, parts, image_size, channels, root))
     finally:
         archive.close()

@@ -138,7 +138,7 @@ def load_pickles(root: Path, image_size: int, channels: int) -> FewShotDataset:
 
 
 def load(root: Path, image_size: int = 84, channels: int = 3, format: str = "auto",
-         cache_dir: str = "~/.cache/metafsl", download: bool = False) -> FewShotDataset:
+         cache_dir: str = "~/.cache/metafsl", download: bool = False, cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     if not root.exists():
@@ -153,4 +153,4 @@ def load(root: Path, image_size: int = 84, channels: int = 3, format: str = "aut
         sources = [root / n for n in PICKLES.values()]
         build = functools.partial(load_pickles, root, image_size, channels)
     options = {"format": fmt, "size": image_size, "channels": channels, "src": str(root.resolve())}
-    return cached_dataset(CacheSpec("mini_imagenet", root, cache_dir, options, sources, VERSION), build)
+    return cached_dataset(CacheSpec("mini_imagenet", root, cache_dir, options, sources, VERSION, cache_check), build)

@@ -70,13 +70,14 @@ def _read_set(path: Path, image_size: int) -> Dict:
     return {"images": images, "chars": chars, "skipped": [f"{path}:{b}" for b in bad], "ignored": archive.ignored}
 
 
-def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, download: bool):
+def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, download: bool,
+              cache_check: str = "stat"):
     out = {}
     for name in sets:
         path = _locate(root, name, download)
         files = [path] if path.is_file() else [path / n for n in walk(path)[0]]
         spec = CacheSpec(f"omniglot-{name}", root, cache_dir, {"size": image_size, "src": str(path.resolve())},
-                         files, VERSION)
+                         files, VERSION, cache_check)
         out[name] = cached(spec, lambda p=path: _read_set(p, image_size))
     return out
 
@@ -121,10 +122,11 @@ def _make_split(chars: List[Tuple[str, torch.Tensor]], rotations: bool):
 
 def load(root: Path, image_size: int = 28, split: str = "vinyals", background: str = "images_background",
          rotations: bool = True, lake_val_fraction: float = 0.1, cache_dir: str = "~/.cache/metafsl",
-         download: bool = False, seed: int = 0) -> FewShotDataset:
+         download: bool = False, seed: int = 0, cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     if split == "vinyals":
-        sets = load_sets(root, ["images_background", "images_evaluation"], image_size, cache_dir, download)
+        sets = load_sets(root, ["images_background", "images_evaluation"], image_size, cache_dir, download,
+                         cache_check)
         table = vinyals_split()
         parts: Dict[str, List] = {"train": [], "val": [], "test": []}
         for s in sets.values():
@@ -135,7 +137,7 @@ def load(root: Path, image_size: int = 28, split: str = "vinyals", background: s
     elif split == "lake":
         if background not in SETS or background == "images_evaluation":
             raise UserError(f"dataset.background must be one of: {', '.join(s for s in SETS if s != 'images_evaluation')}.")
-        sets = load_sets(root, [background, "images_evaluation"], image_size, cache_dir, download)
+        sets = load_sets(root, [background, "images_evaluation"], image_size, cache_dir, download, cache_check)
         train = sorted(_group_characters(sets[background]).items())
         g = torch.Generator().manual_seed(seed)
         n_val = int(round(lake_val_fraction * len(train)))
