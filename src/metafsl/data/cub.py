@@ -66,6 +66,9 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
         raise UserError(f"{len(missing)} of the 200 CUB class folders are missing in {images} "
                         f"(first: {images / missing[0]}); is this the full CUB_200_2011 release?")
     files = {c: sorted(p.name for p in (images / c).iterdir() if p.is_file() and is_image(p.name)) for c in wanted}
+    if not any(files.values()):
+        raise UserError(f"The 200 class folders in {images} hold no images; each should hold its species' .jpg "
+                        f"files (e.g. {images / wanted[0]}/*.jpg), as extracted from {ARCHIVE}.")
 
     def build():
         splits, skipped = {}, []
