@@ -13,6 +13,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+import data_fixtures as fx
+from conftest import split_table
 from metafsl import cli, options
 from metafsl.conf import group_options
 from metafsl.config import DATASET_RUN_KEYS, INJECTED, RULES, check_run_config, target_parameters
@@ -124,8 +126,57 @@ def test_out_of_range_or_wrong_type_is_one_sentence(capsys, tmp_path, override, 
     assert not (run / "metrics.jsonl").exists()
 
 
+#: dataset options that would leave a split without classes (or name no cache check), and the
+#: sentence that says so
+DATASET_OPTIONS = [
+    ("dataset.n_classes=0", "dataset.n_classes must be >= 1 (got 0)."),
+    ("dataset.examples_per_class=0", "dataset.examples_per_class must be >= 1 (got 0)."),
+    ("dataset.n_classes=3", "dataset.n_classes=3 gives 2 train, 0 val and 1 test classes with "
+     "dataset.train_fraction=0.64 and dataset.val_fraction=0.16, but each split needs at least one class; "
+     "the fewest dataset.n_classes that works with these fractions is 5."),
+    ("dataset.val_fraction=0.9", "dataset.train_fraction=0.64 and dataset.val_fraction=0.9 leave no test "
+     "classes; they accept a train_fraction above 0, a val_fraction of 0 or more, and a sum below 1 (the rest "
+     "of the classes is test)."),
+    ("dataset.train_fraction=0", "dataset.train_fraction=0 and dataset.val_fraction=0.16 leave no training "
+     "classes;"),
+    ("dataset.val_fraction=1.5", "dataset.val_fraction must be <= 1 (got 1.5)."),
+    ("dataset=folder dataset.train_fraction=0.8 dataset.val_fraction=0.2", "dataset.train_fraction=0.8 and "
+     "dataset.val_fraction=0.2 leave no test classes;"),
+    ("dataset=omniglot dataset.split=lake dataset.lake_val_fraction=1", "dataset.lake_val_fraction must be at "
+     "least 0 and below 1 (got 1): it is the fraction of the background characters held out for validation."),
+    ("dataset=mini_imagenet dataset.cache_check=md5", "dataset.cache_check must be one of stat, hash (got 'md5')."),
+]
+
+
+@pytest.mark.parametrize("override,sentence", DATASET_OPTIONS)
+def test_dataset_options_that_empty_a_split_are_refused_before_any_work(capsys, tmp_path, override, sentence):
+    """Checked with the composed config (the loader's check_arguments), so the run dir is left
+    unused: not even its .hydra/ snapshot is written."""
+    run = tmp_path / "run"
+    root = [f"dataset.root={fx.class_folders(tmp_path / 'imgs', 6, 2)}"] if "folder" in override else []
+    msg = _cli_error(capsys, *override.split(), f"hydra.run.dir={run}", *root)
+    assert sentence in msg
+    assert not (run / ".hydra").exists()
+
+
 def test_checks_are_plain_functions_too():
     cfg = _compose()
     cfg["trainer"]["meta_batch_size"] = 0
     with pytest.raises(UserError, match="meta_batch_size"):
         check_run_config(cfg)
+
+
+def test_a_val_fraction_of_0_means_no_val_split(run_cli):
+    code, out, err = run_cli("data", "dataset=glyphs", "dataset.n_classes=20", "dataset.val_fraction=0")
+    assert code == 0, err
+    assert sorted(split_table(out)) == ["test", "train"]
+    assert split_table(out)["train"]["classes"] + split_table(out)["test"]["classes"] == 20
+
+
+def test_the_glyphs_loader_checks_its_split_too(tmp_path):
+    from metafsl.data import glyphs
+
+    with pytest.raises(UserError, match=r"^dataset.n_classes=3 gives 2 train, 0 val and 1 test classes"):
+        glyphs.load(n_classes=3, cache_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"^dataset.examples_per_class must be at least 1 \(got 0\)"):
+        glyphs.generate(n_classes=10, examples_per_class=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 import data_fixtures as fx
+from conftest import split_table
 from metafsl.data import folder
 from metafsl.errors import UserError
 
@@ -61,12 +62,12 @@ def test_errors(tmp_path):
     with pytest.raises(UserError, match="No images in class folders"):
         folder.load(tmp_path / "flat", cache_dir=str(tmp_path / "c"))
     root = fx.class_folders(tmp_path / "two", n_classes=1, per_class=2, corrupt=False)
-    with pytest.raises(UserError, match="too few to split"):
+    with pytest.raises(UserError, match="each split needs at least one class"):
         folder.load(root, cache_dir=str(tmp_path / "c"))
     root = fx.class_folders(tmp_path / "ok", n_classes=4, per_class=2, corrupt=False)
     with pytest.raises(UserError, match="dataset.channels must be 1"):
         folder.load(root, channels=4, cache_dir=str(tmp_path / "c"))
-    with pytest.raises(UserError, match="fractions"):
+    with pytest.raises(UserError, match="leave no test classes"):
         folder.load(root, train_fraction=0.9, val_fraction=0.2, cache_dir=str(tmp_path / "c"))
 
 
@@ -77,3 +78,18 @@ def test_data_command(tmp_path, run_cli):
     assert code == 0, err
     assert "1x12x12" in out and "1 unreadable file(s) skipped" in out
     assert f"{root}/class00/broken.png" in fx.flat(out)
+
+
+def test_class_folders_too_few_for_the_fractions_are_one_sentence_before_decoding(tmp_path, run_cli):
+    root = fx.class_folders(tmp_path / "imgs", n_classes=3, per_class=2)
+    args = ("data", "dataset=folder", f"dataset.root={root}", "dataset.image_size=8")
+    code, out, err = run_cli(*args)
+    assert code == 2 and "Traceback" not in err
+    assert fx.flat(err) == fx.flat(
+        f"error: The 3 class folder(s) in {root} give 2 train, 1 val and 0 test classes with "
+        "dataset.train_fraction=0.6 and dataset.val_fraction=0.2, but each split needs at least one class; "
+        "add class folders (the fewest that works with these fractions is 4) or change the fractions.")
+    assert not (root / ".metafsl-cache").exists()  # refused before any image was decoded
+    code, out, err = run_cli(*args, "dataset.val_fraction=0")
+    assert code == 0, err
+    assert sorted(split_table(out)) == ["test", "train"]

@@ -108,3 +108,45 @@ def test_data_command_reports_the_corrupt_file(release, run_cli):
     code, out, err = run_cli("data", "dataset=omniglot", f"paths.data_dir={release.parent}", "dataset.image_size=10")
     assert code == 0, err
     assert "1 unreadable file(s) skipped" in out and "broken_99.png" in fx.flat(out)
+
+
+@pytest.fixture
+def episode_alphabets(monkeypatch):
+    """{split name: [the alphabets of each episode drawn]} over every episode sampler the engine
+    builds (training, validation, test), read from the class names (<Alphabet>/<character>/...),
+    not from the groups the sampler is given."""
+    seen = {}
+    draw = EpisodeSampler.episode_indices
+
+    def spy(self):
+        idx = draw(self)
+        names = self.split.class_names
+        classes = self.split.labels[idx[:, 0]].tolist()
+        seen.setdefault(self.split_name, []).append({names[c].split("/")[0] for c in classes})
+        return idx
+
+    monkeypatch.setattr(EpisodeSampler, "episode_indices", spy)
+    return seen
+
+
+def test_within_alphabet_holds_for_every_episode_of_train_and_test(release, tmp_path, run_cli, episode_alphabets):
+    """episode.within_alphabet=true through the CLI: every training, validation and test episode
+    (`metafsl train`, then `metafsl test ... episode.within_alphabet=true`) draws its classes from one
+    alphabet; the same run tested with within_alphabet=false shows that these episodes would mix."""
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        "train", "dataset=omniglot", f"paths.data_dir={release.parent}", "dataset.split=lake",
+        "dataset.image_size=16", "dataset.lake_val_fraction=0.4", "episode.within_alphabet=true",
+        "episode.train.n_way=4", "episode.test.n_way=4", "episode.train.n_query=1", "episode.test.n_query=1",
+        "trainer=fast", "trainer.iterations=4", "trainer.val_every=2", "trainer.val_episodes=6",
+        "eval.episodes=12", "backbone.hidden=8", f"hydra.run.dir={run}")
+    assert code == 0, err
+    assert sorted(episode_alphabets) == ["test", "train", "val"]
+    for split, episodes in episode_alphabets.items():
+        assert [a for a in episodes if len(a) > 1] == [], f"{split} episodes mix alphabets"
+    for within, mixed in (("false", True), ("true", False)):
+        episode_alphabets.clear()
+        code, _, err = run_cli("test", f"run={run}", f"episode.within_alphabet={within}")
+        assert code == 0, err
+        assert len(episode_alphabets["test"]) == 12
+        assert any(len(a) > 1 for a in episode_alphabets["test"]) is mixed, within

@@ -7,7 +7,6 @@ import ast
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import TINY

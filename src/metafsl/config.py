@@ -8,7 +8,9 @@ key that is not there.  What a YAML cannot say is held here:
   ``eval.*``, ``episode.*``, ``runtime.*``, top-level keys) and of option arguments shared by
   several classes (``algo.inner_lr``, ``backbone.hidden``, ``dataset.image_size`` ...);
 - the arguments of a ``_target_`` are checked against its signature (a key added with
-  ``+algo.x=1`` that the class does not take, a value of the wrong type).
+  ``+algo.x=1`` that the class does not take, a value of the wrong type);
+- a dataset loader's arguments taken together (fractions that leave a split without classes)
+  by the ``check_arguments`` function its module may define.
 
 Every problem is one sentence (``UserError``).  This module imports no torch; the signature
 checks import the target's module, which happens anyway when the run builds it.
@@ -115,6 +117,11 @@ RULES: Dict[str, Rule] = {
     "dataset.background": _choice("images_background", "images_background_small1",
                                   "images_background_small2"),
     "dataset.format": _choice("auto", "csv", "pickle"),
+    "dataset.cache_check": _choice("stat", "hash"),
+    "dataset.n_classes": _int(1),
+    "dataset.examples_per_class": _int(1),
+    "dataset.lake_val_fraction": _FRACTION,
+    "dataset.seed": _int(0),
     "backbone.hidden": _int(1),
     "backbone.layers": _int(1),
     "backbone.depth": _int(10),
@@ -174,6 +181,8 @@ def run_config_problems(cfg: Dict[str, Any],
     for group, node, skip in targets:
         try:
             check_target_arguments(group, node, skip=skip)
+            if group == "dataset":
+                check_loader_arguments(node)
         except UserError as exc:
             problems.append(str(exc))
     return problems
@@ -223,6 +232,18 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
         kind = _kind_of(hints.get(key))
         if kind and not (value is None and _optional(hints.get(key))) and not _is_kind(value, kind):
             raise UserError(f"{group}.{key} must be {_KIND_WORDS[kind]} (got {value!r}).")
+
+
+def check_loader_arguments(node: Dict[str, Any]) -> None:
+    """A dataset loader's own check of its arguments taken together (``check_arguments`` in the
+    module of its ``_target_``), before any file is read: e.g. glyphs' ``n_classes`` and split
+    fractions that leave a split without classes."""
+    import importlib
+
+    module = importlib.import_module(node["_target_"].rpartition(".")[0])
+    check = getattr(module, "check_arguments", None)
+    if check is not None:
+        check(**{k: v for k, v in node.items() if not k.startswith("_") and k not in DATASET_RUN_KEYS})
 
 
 def _hints(target: str) -> Dict[str, Any]:

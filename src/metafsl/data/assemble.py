@@ -55,10 +55,10 @@ def resize_array(images: np.ndarray, image_size: int, channels: int) -> torch.Te
 
 def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str,
                    ignored: Optional[List[str]] = None) -> FewShotDataset:
-    """Drop empty splits, require a training split and classes in one split only, add the
-    training images' channel stats."""
+    """Drop empty splits, require a training split with images and classes in one split only,
+    add the training images' channel stats."""
     splits = {k: v for k, v in splits.items() if v.n_classes > 0}  # e.g. no val folder
-    if "train" not in splits:
+    if "train" not in splits or not len(splits["train"].labels):
         raise UserError(f"The {name} training split holds no readable images.")
     check_disjoint({k: v.class_names for k, v in splits.items()}, source=name)
     mean, std = channel_stats(splits["train"].images)

@@ -1,15 +1,21 @@
 """On-disk cache of decoded datasets: decode and resize once, start in seconds after.
 
-A cache file is named by what it is (dataset, source, options such as the image size) and
-records what its content depends on: the size and modification time of every source file,
-and the version of the loader that built it.  When any of these changed it is rebuilt, and
-one line says why.  The cache is optional: when it cannot be written (read-only folder, full
-disk) a warning says so and the data is used as decoded.
+A cache file is named by what it is (dataset, resolved source path, options such as the image
+size, how sources are checked) and records what its content depends on: every source file, by
+its resolved path, and the version of the loader that built it.  A source file is identified by
+its size, modification time, change time and inode (``dataset.cache_check=stat``, the default:
+a file written or replaced since changes at least its change time, even when its size and
+modification time are restored) or by its size and SHA-256 (``dataset.cache_check=hash``: every
+file is read).  When any of these changed the cache is rebuilt, and one line says why.  The
+cache is optional: when it cannot be written (read-only folder, full disk) a warning says so and
+the data is used as decoded.  Both lines go to this module's logger (the CLI prints them).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -20,10 +26,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 
 from metafsl.data.base import FewShotDataset, FewShotSplit
-from metafsl.reporting import console as out
+from metafsl.errors import UserError
 
-CACHE_VERSION = 2
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 3
 SHOW = 3  # changed files named in the rebuild line
+#: dataset.cache_check: how a source file is recognised as unchanged
+CHECKS = ("stat", "hash")
 
 
 @dataclass
@@ -37,24 +47,51 @@ class CacheSpec:
     options: Dict[str, Any]
     files: Iterable[Path] = field(default_factory=list)
     version: int = 1
+    check: str = "stat"  # dataset.cache_check
+
+    def __post_init__(self) -> None:
+        check_mode(self.check)
 
     def path(self) -> Optional[Path]:
-        return cache_path(Path(self.data_root), self.cache_dir, {"name": self.name, **self.options})
+        key = {"name": self.name, **self.options, "check": self.check}
+        return cache_path(Path(self.data_root), self.cache_dir, key)
 
     def content(self) -> Dict[str, Any]:
-        return {"cache": CACHE_VERSION, "loader": self.version, "files": file_table(self.files)}
+        return {"cache": CACHE_VERSION, "loader": self.version, "files": file_table(self.files, self.check)}
 
 
-def file_table(paths: Iterable[Path]) -> Dict[str, List[int]]:
-    """{path: [size, mtime in ns]} of each file (following links); [-1, -1] when missing."""
+def check_mode(check: str) -> None:
+    if check not in CHECKS:
+        raise UserError(f"dataset.cache_check must be one of {', '.join(CHECKS)} (got {check!r}).")
+
+
+def file_table(paths: Iterable[Path], check: str = "stat") -> Dict[str, List[Any]]:
+    """{resolved path: identity} of each file (following links), [-1] when it is missing.
+
+    The identity is [size, mtime, ctime (ns), inode] with ``check='stat'``, [size, SHA-256]
+    with ``check='hash'``.  Paths are keyed by their folder's real path, so ``x/../data`` and
+    ``data`` (or a link to it) are the same sources."""
+    real = functools.lru_cache(maxsize=None)(os.path.realpath)
     table = {}
     for p in paths:
+        head, tail = os.path.split(os.fspath(p))
+        key = os.path.join(real(head or "."), tail)
         try:
-            st = os.stat(p)
-            table[str(p)] = [st.st_size, st.st_mtime_ns]
+            table[key] = _identity(p, check)
         except OSError:
-            table[str(p)] = [-1, -1]
+            table[key] = [-1]
     return dict(sorted(table.items()))
+
+
+def _identity(path: Path, check: str) -> List[Any]:
+    st = os.stat(path)
+    if check == "hash":
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return [st.st_size, digest.hexdigest()]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _writable(folder: Path) -> bool:
@@ -99,8 +136,7 @@ def _why(exc: BaseException) -> str:
 
 
 def _warn(problem: str) -> None:
-    out.err_console.print(f"warning: {problem}; continuing without the cache (it only saves time).",
-                          highlight=False, markup=False, soft_wrap=True)
+    log.warning(f"{problem}; continuing without the cache (it only saves time).")
 
 
 def pack(ds: FewShotDataset) -> dict:
@@ -200,8 +236,7 @@ def cached(spec: Optional[CacheSpec], build: Callable[[], dict]) -> dict:
         if payload is not None:
             return payload
         reason = stale_reason(old, content) if old != content else "the cache file is unreadable"
-        out.console.print(f"Rebuilding the {spec.name} cache ({reason}).", highlight=False, markup=False,
-                          soft_wrap=True)
+        log.info(f"Rebuilding the {spec.name} cache ({reason}).")
     payload = build()
     _save(path, payload, content)
     return payload

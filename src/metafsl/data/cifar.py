@@ -125,7 +125,7 @@ def build(variant: str, source: Path, image_size: int, channels: int) -> FewShot
 
 
 def load(variant: str, root: Path, image_size: int = 32, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
-         download: bool = False) -> FewShotDataset:
+         download: bool = False, cache_check: str = "stat") -> FewShotDataset:
     if variant not in ("cifarfs", "fc100"):
         raise UserError(f"Unknown CIFAR-100 split '{variant}'; choose one of: cifarfs, fc100.")
     root = Path(root)
@@ -133,17 +133,17 @@ def load(variant: str, root: Path, image_size: int = 32, channels: int = 3, cach
     source = locate(root, download)
     files = [source / p for p in PARTS] if source.is_dir() else [source]
     spec = CacheSpec(variant, root, cache_dir, {"size": image_size, "channels": channels, "src": str(source.resolve())},
-                     files, VERSION)
+                     files, VERSION, cache_check)
     return cached_dataset(spec, lambda: build(variant, source, image_size, channels))
 
 
 def cifarfs(root: Path, image_size: int = 32, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
-            download: bool = False) -> FewShotDataset:
+            download: bool = False, cache_check: str = "stat") -> FewShotDataset:
     """CIFAR-FS (Bertinetto et al. 2019): 64/16/20 CIFAR-100 classes."""
-    return load("cifarfs", root, image_size, channels, cache_dir, download)
+    return load("cifarfs", root, image_size, channels, cache_dir, download, cache_check)
 
 
 def fc100(root: Path, image_size: int = 32, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
-          download: bool = False) -> FewShotDataset:
+          download: bool = False, cache_check: str = "stat") -> FewShotDataset:
     """FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass, 60/20/20 classes."""
-    return load("fc100", root, image_size, channels, cache_dir, download)
+    return load("fc100", root, image_size, channels, cache_dir, download, cache_check)

@@ -54,7 +54,7 @@ def locate(root: Path, download: bool) -> Path:
 
 
 def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
-         download: bool = False) -> FewShotDataset:
+         download: bool = False, cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     images = locate(root, download)
@@ -66,6 +66,9 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
         raise UserError(f"{len(missing)} of the 200 CUB class folders are missing in {images} "
                         f"(first: {images / missing[0]}); is this the full CUB_200_2011 release?")
     files = {c: sorted(p.name for p in (images / c).iterdir() if p.is_file() and is_image(p.name)) for c in wanted}
+    if not any(files.values()):
+        raise UserError(f"The 200 class folders in {images} hold no images; each should hold its species' .jpg "
+                        f"files (e.g. {images / wanted[0]}/*.jpg), as extracted from {ARCHIVE}.")
 
     def build():
         splits, skipped = {}, []
@@ -77,5 +80,5 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
         return finish_dataset(splits, skipped, "cub")
 
     cache = CacheSpec("cub", root, cache_dir, {"size": image_size, "channels": channels, "src": str(images.resolve())},
-                      [images / c / f for c in wanted for f in files[c]], VERSION)
+                      [images / c / f for c in wanted for f in files[c]], VERSION, cache_check)
     return cached_dataset(cache, build)

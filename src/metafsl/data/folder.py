@@ -21,7 +21,7 @@ import torch
 from metafsl.data.assemble import check_shape, finish_dataset, split_from_files
 from metafsl.data.base import FewShotDataset
 from metafsl.data.cache import CacheSpec, cached_dataset
-from metafsl.data.checks import check_disjoint
+from metafsl.data.checks import check_class_split, check_disjoint, check_fractions
 from metafsl.data.images import Archive, is_image
 from metafsl.errors import UserError
 
@@ -104,27 +104,32 @@ def check_same_files(groups: Groups, root: Path) -> None:
                                     "(through symbolic links); each image must belong to one class of one split.")
 
 
-def split_classes(classes: List[str], train_fraction: float, val_fraction: float, seed: int) -> Dict[str, List[str]]:
-    """Seeded class split: round(train_fraction * K) train classes, round(val_fraction * K) val, rest test."""
-    if not (0 < train_fraction < 1 and 0 <= val_fraction < 1 and train_fraction + val_fraction < 1):
-        raise UserError(f"dataset.train_fraction ({train_fraction}) and dataset.val_fraction ({val_fraction}) "
-                        "must be fractions that leave some classes for test.")
+def check_arguments(train_fraction: float = 0.6, val_fraction: float = 0.2, **_) -> None:
+    """The loader's arguments taken together, checked with the config before any work."""
+    check_fractions(train_fraction, val_fraction)
+
+
+def split_classes(classes: List[str], train_fraction: float, val_fraction: float, seed: int,
+                  root: str = "the dataset root") -> Dict[str, List[str]]:
+    """Seeded class split: round(train_fraction * K) train classes, round(val_fraction * K) val, rest test
+    (no val split when val_fraction is 0); a split left without classes is one sentence."""
     k = len(classes)
+    sizes = check_class_split(k, train_fraction, val_fraction, f"The {k} class folder(s) in {root} give",
+                              "add class folders (the fewest that works with these fractions is {fewest}) "
+                              "or change the fractions")
+    n_train, n_val = sizes["train"], sizes["val"]
     perm = torch.randperm(k, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_train = max(1, round(train_fraction * k))
-    n_val = round(val_fraction * k)
-    n_val = max(0, min(n_val, k - n_train - 1))
-    if k - n_train - n_val < 1 or n_train < 1:
-        raise UserError(f"{k} class folders are too few to split into train and test classes.")
     pick = [classes[i] for i in perm]
     return {"train": sorted(pick[:n_train]), "val": sorted(pick[n_train:n_train + n_val]),
             "test": sorted(pick[n_train + n_val:])}
 
 
 def load(root: Path, image_size: int = 84, channels: int = 3, train_fraction: float = 0.6,
-         val_fraction: float = 0.2, seed: int = 0, cache_dir: str = "~/.cache/metafsl") -> FewShotDataset:
+         val_fraction: float = 0.2, seed: int = 0, cache_dir: str = "~/.cache/metafsl",
+         cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
+    check_arguments(train_fraction, val_fraction)
     if not root.exists():
         raise UserError(f"Folder {root} does not exist; dataset=folder needs dataset.root=<dir> with "
                         "<dir>/<class>/<image> or <dir>/{train,val,test}/<class>/<image>.")
@@ -140,7 +145,8 @@ def load(root: Path, image_size: int = 84, channels: int = 3, train_fraction: fl
         files = [root] if archive.is_zip else [root / n for n in names if is_image(n)]
         options = {"size": image_size, "channels": channels, "src": str(root.resolve()), "layout": layout,
                    "split": [train_fraction, val_fraction, seed]}
-        spec = CacheSpec("folder", root if root.is_dir() else root.parent, cache_dir, options, files, VERSION)
+        spec = CacheSpec("folder", root if root.is_dir() else root.parent, cache_dir, options, files, VERSION,
+                         cache_check)
         ds = cached_dataset(spec, lambda: _decode(archive, parts, image_size, channels, root))
     finally:
         archive.close()
@@ -166,5 +172,5 @@ def _parts(layout: str, groups: Groups, root: Path, train_fraction: float, val_f
     by_class = groups[""]
     if not by_class:
         raise UserError(f"No images in class folders under {root}; expected {LAYOUTS}.")
-    table = split_classes(sorted(by_class), train_fraction, val_fraction, seed)
+    table = split_classes(sorted(by_class), train_fraction, val_fraction, seed, str(root))
     return {s: {c: by_class[c] for c in cs} for s, cs in table.items()}

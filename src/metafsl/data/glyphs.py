@@ -13,12 +13,14 @@ Images are grayscale, ink bright on a dark background (as metafsl presents Omnig
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
 from metafsl.data.base import FewShotDataset, channel_stats, from_class_lists
+from metafsl.data.checks import check_class_split
+from metafsl.errors import UserError
 
 VERSION = 1  # of the generator: a change rebuilds cached datasets
 MAX_STROKES = 4
@@ -120,8 +122,19 @@ def render(points: torch.Tensor, widths: torch.Tensor, size: int) -> torch.Tenso
     return (canvas * 255).round_().to(torch.uint8).view(n, 1, size, size)
 
 
+def check_arguments(n_classes: int = 1200, examples_per_class: int = 20, train_fraction: float = 0.64,
+                    val_fraction: float = 0.16, **_) -> Dict[str, int]:
+    """The classes of each split ({split: count}), or one sentence when a split would be empty;
+    checked with the config before any work, and again by ``generate``."""
+    if examples_per_class < 1:
+        raise UserError(f"dataset.examples_per_class must be at least 1 (got {examples_per_class}).")
+    return check_class_split(n_classes, train_fraction, val_fraction, f"dataset.n_classes={n_classes} gives",
+                             "the fewest dataset.n_classes that works with these fractions is {fewest}")
+
+
 def generate(n_classes: int = 1200, examples_per_class: int = 20, image_size: int = 28,
              seed: int = 0, train_fraction: float = 0.64, val_fraction: float = 0.16) -> FewShotDataset:
+    sizes = check_arguments(n_classes, examples_per_class, train_fraction, val_fraction)
     per_class = []
     for k in range(n_classes):
         rng = np.random.default_rng([seed, k])
@@ -136,13 +149,12 @@ def generate(n_classes: int = 1200, examples_per_class: int = 20, image_size: in
         w = torch.cat([w for _, w in group])
         images.extend(render(pts, w, image_size).split(examples_per_class))
     order = np.random.default_rng([seed, 10**6]).permutation(n_classes)
-    n_train = int(round(train_fraction * n_classes))
-    n_val = int(round(val_fraction * n_classes))
+    n_train, n_val = sizes["train"], sizes["val"]
     parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
              "test": order[n_train + n_val:]}
-    splits = {
+    splits = {  # no val split when val_fraction is 0
         name: from_class_lists([images[k] for k in ks], [f"glyph{k:05d}" for k in ks])
-        for name, ks in parts.items()
+        for name, ks in parts.items() if len(ks)
     }
     mean, std = channel_stats(splits["train"].images)
     return FewShotDataset("glyphs", splits, mean, std)
@@ -158,5 +170,6 @@ def load(n_classes: int = 1200, examples_per_class: int = 20, image_size: int = 
 
     options = dict(n_classes=n_classes, examples_per_class=examples_per_class, image_size=image_size,
                    seed=seed, train_fraction=train_fraction, val_fraction=val_fraction)
+    check_arguments(**options)
     spec = CacheSpec("glyphs", Path(cache_dir).expanduser(), cache_dir, options, version=VERSION)
     return cached_dataset(spec, lambda: generate(**options))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -86,11 +87,20 @@ def read_csvs(root: Path) -> Dict[str, List[Tuple[str, str]]]:
     return rows
 
 
+def check_images_dir(images_dir: Path) -> None:
+    """The CSV release's images/ folder exists and holds files (an extraction may leave it empty)."""
+    if not images_dir.is_dir():
+        raise UserError(f"Folder {images_dir} does not exist; the miniImageNet CSV release keeps its images there.")
+    with os.scandir(images_dir) as entries:
+        if not any(not e.name.startswith(".") for e in entries):
+            raise UserError(f"Folder {images_dir} is empty; it should hold the image files that train.csv, val.csv "
+                            "and test.csv list (the images/ folder of the miniImageNet CSV release).")
+
+
 def load_csv(root: Path, image_size: int, channels: int,
              rows: Optional[Dict[str, List[Tuple[str, str]]]] = None) -> FewShotDataset:
     images_dir = root / "images"
-    if not images_dir.is_dir():
-        raise UserError(f"Folder {images_dir} does not exist; the miniImageNet CSV release keeps its images there.")
+    check_images_dir(images_dir)
     splits: Dict[str, FewShotSplit] = {}
     skipped: List[str] = []
     for split, listed in (rows or read_csvs(root)).items():
@@ -138,7 +148,7 @@ def load_pickles(root: Path, image_size: int, channels: int) -> FewShotDataset:
 
 
 def load(root: Path, image_size: int = 84, channels: int = 3, format: str = "auto",
-         cache_dir: str = "~/.cache/metafsl", download: bool = False) -> FewShotDataset:
+         cache_dir: str = "~/.cache/metafsl", download: bool = False, cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     if not root.exists():
@@ -147,10 +157,11 @@ def load(root: Path, image_size: int = 84, channels: int = 3, format: str = "aut
     fmt = detect_format(root, format)  # download=true changes nothing: there is no checksummed source
     if fmt == "csv":
         rows = read_csvs(root)  # checked on every load: a changed CSV is also a changed source
+        check_images_dir(root / "images")
         sources = [root / n for n in CSV_FILES.values()] + [root / "images" / f for r in rows.values() for f, _ in r]
         build = functools.partial(load_csv, root, image_size, channels, rows)
     else:
         sources = [root / n for n in PICKLES.values()]
         build = functools.partial(load_pickles, root, image_size, channels)
     options = {"format": fmt, "size": image_size, "channels": channels, "src": str(root.resolve())}
-    return cached_dataset(CacheSpec("mini_imagenet", root, cache_dir, options, sources, VERSION), build)
+    return cached_dataset(CacheSpec("mini_imagenet", root, cache_dir, options, sources, VERSION, cache_check), build)

@@ -15,7 +15,7 @@ Splits
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -61,6 +61,9 @@ def _read_set(path: Path, image_size: int) -> Dict:
         images, kept, bad = decode_many(archive.read, names, image_size, 1, invert=True)
     finally:
         archive.close()
+    if names and not kept:
+        raise UserError(f"None of the {len(names)} images in {path} can be read; replace it with the official "
+                        f"release's {path.name.removesuffix('.zip')}.zip (or that zip extracted).")
     chars = []
     for i in kept:
         parts = names[i].split("/")
@@ -70,13 +73,34 @@ def _read_set(path: Path, image_size: int) -> Dict:
     return {"images": images, "chars": chars, "skipped": [f"{path}:{b}" for b in bad], "ignored": archive.ignored}
 
 
-def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, download: bool):
+def check_has_images(path: Path, name: str, names: Optional[List[str]] = None) -> None:
+    """A set's folder (or zip) with no image in it, such as an extraction that left empty
+    folders, is one sentence naming it and what it should hold.  ``names``: a folder's files."""
+    if names is None:
+        archive = Archive(path)
+        try:
+            names = archive.names()
+        finally:
+            archive.close()
+    if iter_images(names):
+        return
+    zipped = path.parent / f"{name}.zip"
+    also = f", or remove it to use {zipped}" if path.is_dir() and zipped.is_file() else ""
+    kind, inside = ("Folder", "") if path.is_dir() else ("Archive", f"{name}/")
+    raise UserError(f"{kind} {path} holds no images; it should hold Omniglot's {name} set as "
+                    f"{inside}<Alphabet>/<character>/<drawing>.png, as in the official {name}.zip{also}.")
+
+
+def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, download: bool,
+              cache_check: str = "stat"):
     out = {}
     for name in sets:
         path = _locate(root, name, download)
-        files = [path] if path.is_file() else [path / n for n in walk(path)[0]]
+        names = walk(path)[0] if path.is_dir() else None
+        check_has_images(path, name, names)
+        files = [path] if names is None else [path / n for n in names]
         spec = CacheSpec(f"omniglot-{name}", root, cache_dir, {"size": image_size, "src": str(path.resolve())},
-                         files, VERSION)
+                         files, VERSION, cache_check)
         out[name] = cached(spec, lambda p=path: _read_set(p, image_size))
     return out
 
@@ -119,36 +143,60 @@ def _make_split(chars: List[Tuple[str, torch.Tensor]], rotations: bool):
     return from_class_lists(per_class, names, groups, alphabets)
 
 
+def _vinyals_parts(sets: Dict, root: Path) -> Dict[str, List]:
+    table = vinyals_split()
+    parts: Dict[str, List] = {"train": [], "val": [], "test": []}
+    for s in sets.values():
+        for c, imgs in sorted(_group_characters(s).items()):
+            if c not in table:
+                raise UserError(f"Character {c} in {root} is not in the Vinyals split; is this the official release?")
+            parts[table[c]].append((c, imgs))
+    return parts
+
+
+def _lake_parts(sets: Dict, background: str, lake_val_fraction: float, seed: int) -> Dict[str, List]:
+    train = sorted(_group_characters(sets[background]).items())
+    n_val = int(round(lake_val_fraction * len(train)))
+    if n_val >= len(train):
+        raise UserError(f"dataset.lake_val_fraction={lake_val_fraction} holds out all {len(train)} characters of "
+                        f"{background} for validation; it must leave some to train on (lower it, 0 for none).")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    val_ix = set(perm[:n_val])
+    return {
+        "train": [t for i, t in enumerate(train) if i not in val_ix],
+        "val": [t for i, t in enumerate(train) if i in val_ix],
+        "test": sorted(_group_characters(sets["images_evaluation"]).items()),
+    }
+
+
+def check_arguments(split: str = "vinyals", lake_val_fraction: float = 0.1, **_) -> None:
+    """The loader's arguments taken together, checked with the config before any work."""
+    if split == "lake" and not 0 <= lake_val_fraction < 1:
+        raise UserError(f"dataset.lake_val_fraction must be at least 0 and below 1 (got {lake_val_fraction}): "
+                        "it is the fraction of the background characters held out for validation.")
+
+
 def load(root: Path, image_size: int = 28, split: str = "vinyals", background: str = "images_background",
          rotations: bool = True, lake_val_fraction: float = 0.1, cache_dir: str = "~/.cache/metafsl",
-         download: bool = False, seed: int = 0) -> FewShotDataset:
+         download: bool = False, seed: int = 0, cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
+    check_arguments(split, lake_val_fraction)
     if split == "vinyals":
-        sets = load_sets(root, ["images_background", "images_evaluation"], image_size, cache_dir, download)
-        table = vinyals_split()
-        parts: Dict[str, List] = {"train": [], "val": [], "test": []}
-        for s in sets.values():
-            for c, imgs in sorted(_group_characters(s).items()):
-                if c not in table:
-                    raise UserError(f"Character {c} in {root} is not in the Vinyals split; is this the official release?")
-                parts[table[c]].append((c, imgs))
+        sets = load_sets(root, ["images_background", "images_evaluation"], image_size, cache_dir, download,
+                         cache_check)
+        parts = _vinyals_parts(sets, root)
     elif split == "lake":
         if background not in SETS or background == "images_evaluation":
             raise UserError(f"dataset.background must be one of: {', '.join(s for s in SETS if s != 'images_evaluation')}.")
-        sets = load_sets(root, [background, "images_evaluation"], image_size, cache_dir, download)
-        train = sorted(_group_characters(sets[background]).items())
-        g = torch.Generator().manual_seed(seed)
-        n_val = int(round(lake_val_fraction * len(train)))
-        perm = torch.randperm(len(train), generator=g).tolist()
-        val_ix = set(perm[:n_val])
-        parts = {
-            "train": [t for i, t in enumerate(train) if i not in val_ix],
-            "val": [t for i, t in enumerate(train) if i in val_ix],
-            "test": sorted(_group_characters(sets["images_evaluation"]).items()),
-        }
+        sets = load_sets(root, [background, "images_evaluation"], image_size, cache_dir, download, cache_check)
+        parts = _lake_parts(sets, background, lake_val_fraction, seed)
     else:
         raise UserError(f"Unknown Omniglot split '{split}'; choose one of: vinyals, lake.")
     splits = {k: _make_split(v, rotations) for k, v in parts.items() if v}
+    missing = [k for k in ("train", "test") if k not in splits]
+    if missing:
+        raise UserError(f"The Omniglot sets under {root} hold no {' and no '.join(missing)} characters of the "
+                        f"{split} split; is this the official release?")
     check_disjoint({k: v.class_names for k, v in splits.items()}, source=str(root))
     skipped = [b for s in sets.values() for b in s["skipped"]]
     ignored = [b for s in sets.values() for b in s.get("ignored", [])]

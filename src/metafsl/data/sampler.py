@@ -98,7 +98,7 @@ class EpisodeSampler:
                  within_group: bool = False, split_name: str = "split"):
         if n_way < 1 or n_shot < 1 or n_query < 1:
             raise UserError(f"n_way, n_shot and n_query must be at least 1 (got {n_way}, {n_shot}, {n_query}).")
-        self.split = split
+        self.split, self.split_name = split, split_name
         self.n_way, self.n_shot, self.n_query = int(n_way), int(n_shot), int(n_query)
         self.device = torch.device(device)
         self.preprocess = preprocess or Preprocess()

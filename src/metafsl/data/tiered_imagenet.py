@@ -110,7 +110,8 @@ def check_classes(folder: Path) -> None:
     check_disjoint(used, where)
 
 
-def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "~/.cache/metafsl") -> FewShotDataset:
+def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "~/.cache/metafsl",
+         cache_check: str = "stat") -> FewShotDataset:
     root = Path(root)
     check_shape(image_size, channels)
     folder = locate(root)
@@ -125,5 +126,5 @@ def load(root: Path, image_size: int = 84, channels: int = 3, cache_dir: str = "
 
     spec = CacheSpec("tiered_imagenet", folder, cache_dir,
                      {"size": image_size, "channels": channels, "src": str(folder.resolve())},
-                     [folder / f for f in FILES], VERSION)
+                     [folder / f for f in FILES], VERSION, cache_check)
     return cached_dataset(spec, build)

@@ -28,8 +28,10 @@ APPLIED = ("trainer.optimizer.lr", "trainer.iterations", "trainer.max_minutes", 
 #: settings that define the model being trained: a resume that changes them is refused
 FIXED = ("algo.", "backbone.", "dataset.", "episode.", "seed", "trainer.meta_batch_size",
          "trainer.optimizer.", "trainer.scheduler")
-#: keys under FIXED that may still change (where the files are; display names)
-FREE = ("dataset.root", "dataset.download", "episode.name", "algo.description", "backbone.description")
+#: keys under FIXED that may still change (where the files are, how the decode cache checks them;
+#: display names)
+FREE = ("dataset.root", "dataset.download", "dataset.cache_check", "episode.name", "algo.description",
+        "backbone.description")
 
 
 @dataclass

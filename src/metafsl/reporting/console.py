@@ -19,7 +19,7 @@ def error(message: str) -> None:
 
 
 def info(message: str) -> None:
-    console.print(message, highlight=False)
+    console.print(message, highlight=False, soft_wrap=True)
 
 
 class NoticeHandler(logging.Handler):
