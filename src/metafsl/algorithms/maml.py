@@ -24,7 +24,7 @@ backend only:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, List, Optional, Tuple
+from typing import Callable, ContextManager, List, Literal, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,17 +36,12 @@ from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
-#: l2l: learn2learn's per-task clone/adapt loop (reference); vmap: all tasks at once (torch.func)
-BACKENDS = ("l2l", "vmap")
-
 
 class MAML(GradientLearner):
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
-                 first_order: bool = False, backend: str = "l2l", per_step_lr: bool = False,
+                 first_order: bool = False, backend: Literal["l2l", "vmap"] = "l2l", per_step_lr: bool = False,
                  multi_step_loss: bool = False, msl_iterations: int = 7500):
-        if backend not in BACKENDS:
-            raise UserError(f"Unknown MAML backend '{backend}'; choose one of: {', '.join(BACKENDS)}.")
         if backend == "vmap" and (per_step_lr or multi_step_loss):
             raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
         if multi_step_loss and int(msl_iterations) < 1:

@@ -24,7 +24,7 @@ label smoothing, as in the authors' code.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Literal, Tuple
 
 import torch
 from torch import nn
@@ -33,7 +33,6 @@ from torch.nn import functional as F
 from metafsl.algorithms.base import accuracy
 from metafsl.algorithms.metric import MetricLearner
 from metafsl.data.sampler import TaskBatch
-from metafsl.errors import UserError
 
 
 def ridge_head(query: torch.Tensor, support: torch.Tensor, onehot: torch.Tensor, lam: float) -> torch.Tensor:
@@ -85,12 +84,10 @@ def svm_head(query: torch.Tensor, support: torch.Tensor, onehot: torch.Tensor, c
 
 
 class MetaOptNet(MetricLearner):
-    def __init__(self, backbone: nn.Module, head: str = "svm", svm_c: float = 0.1, svm_steps: int = 50,
+    def __init__(self, backbone: nn.Module, head: Literal["svm", "ridge"] = "svm", svm_c: float = 0.1, svm_steps: int = 50,
                  test_svm_steps: int = 200, ridge_lambda: float = 50.0, scale: float = 1.0,
                  label_smoothing: float = 0.1):
         super().__init__(backbone)
-        if head not in ("svm", "ridge"):
-            raise UserError(f"Unknown MetaOptNet head '{head}'; choose one of: svm, ridge.")
         self.head = head
         self.svm_c, self.svm_steps, self.test_svm_steps = float(svm_c), int(svm_steps), int(test_svm_steps)
         self.ridge_lambda = float(ridge_lambda)

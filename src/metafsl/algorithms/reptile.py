@@ -22,7 +22,7 @@ batch's statistics, as in the paper's code.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Literal, Tuple
 
 import torch
 from torch import nn
@@ -31,7 +31,6 @@ from torch.func import functional_call
 from metafsl.algorithms.base import Classifier, accuracy
 from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
-from metafsl.errors import UserError
 
 Params = Dict[str, torch.Tensor]
 
@@ -53,10 +52,8 @@ class Reptile(GradientLearner):
     backprop_per_task = False  # one surrogate loss for the whole batch
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.001, inner_steps: int = 5,
-                 inner_batch: int = 10, inner_optimizer: str = "adam", test_inner_steps: int = 50,
+                 inner_batch: int = 10, inner_optimizer: Literal["adam", "sgd"] = "adam", test_inner_steps: int = 50,
                  test_inner_batch: int = 5, transductive: bool = True):
-        if inner_optimizer not in ("adam", "sgd"):
-            raise UserError(f"Unknown Reptile inner_optimizer '{inner_optimizer}'; choose one of: adam, sgd.")
         super().__init__(backbone, n_way)
         self.head = nn.Linear(backbone.out_features, n_way)
         self.net = nn.Sequential(self.backbone, self.head)
