@@ -15,7 +15,14 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from metafsl import cli, options
-from metafsl.config import DATASET_RUN_KEYS, INJECTED, RULES, check_run_config, hint_rule, target_parameters
+from metafsl.config import (
+    DATASET_RUN_KEYS,
+    INJECTED,
+    RULES,
+    check_run_config,
+    hint_rule,
+    target_parameters,
+)
 from metafsl.errors import UserError
 
 TARGET_GROUPS = ("dataset", "backbone", "algo")
