@@ -30,7 +30,8 @@ the meta-learner LSTM).  Algorithms know nothing about files, configs or the CLI
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Callable, ContextManager, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -56,6 +57,22 @@ def class_count(support_y: torch.Tensor) -> int:
     return n_way
 
 
+def renamed_keys(state: Mapping[str, Any], renames: Dict[str, str]) -> Mapping[str, Any]:
+    """``state`` (a state dict) with the key prefixes of ``renames`` (old -> new) replaced, its
+    per-module metadata too."""
+    def new(key: str) -> str:
+        old = next((o for o in renames if key.startswith(o)), None)
+        return key if old is None else renames[old] + key[len(old):]
+
+    if not any(new(k) != k for k in state):
+        return state
+    out: Any = OrderedDict((new(k), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # module prefixes, without the trailing dot
+        out._metadata = OrderedDict((new(k + ".")[:-1] if k else k, v) for k, v in metadata.items())
+    return out
+
+
 class Algorithm(nn.Module):
     #: the number of classes this learner was built for, when fixed (an output head); None: any
     n_way: Optional[int] = None
@@ -65,6 +82,8 @@ class Algorithm(nn.Module):
     head_noun: str = "a {n}-way output head"
     #: whether adaptation takes gradient steps at test time (autograd on in ``adapt``)
     adapts_with_gradients: bool = False
+    #: state-dict key prefixes renamed since (old -> new): checkpoints written before still load
+    renamed_state_keys: Dict[str, str] = {}
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -126,6 +145,11 @@ class Algorithm(nn.Module):
         advice = "" if self.fewer_classes_ok else " (train and test with the same n_way)"
         raise UserError(f"This {type(self).__name__} learner has {self.head_noun.format(n=self.n_way)}: it "
                         f"classifies {bound} {self.n_way} classes, got {n_way}{advice}.")
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, older key names (``renamed_state_keys``) renamed first."""
+        return super().load_state_dict(renamed_keys(state_dict, self.renamed_state_keys), strict=strict,
+                                        assign=assign)
 
     def embed_episodes(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass over all support and query images: (B, Ns, D), (B, Nq, D)."""

@@ -54,12 +54,12 @@ class Reptile(GradientLearner):
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.001, inner_steps: int = 5,
                  inner_batch: int = 10, inner_optimizer: Literal["adam", "sgd"] = "adam", test_inner_steps: int = 50,
                  test_inner_batch: int = 5, transductive: bool = True):
-        super().__init__(backbone, n_way)
+        super().__init__(backbone, n_way, inner_lr=inner_lr, inner_steps=inner_steps,
+                         test_inner_steps=test_inner_steps)
         self.head = nn.Linear(backbone.out_features, n_way)
         self.net = nn.Sequential(self.backbone, self.head)
-        self.inner_lr, self.inner_steps, self.inner_batch = float(inner_lr), int(inner_steps), int(inner_batch)
+        self.inner_batch, self.test_inner_batch = int(inner_batch), int(test_inner_batch)
         self.inner_optimizer = inner_optimizer
-        self.test_inner_steps, self.test_inner_batch = int(test_inner_steps), int(test_inner_batch)
         self.transductive = bool(transductive)
 
     def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class Reptile(GradientLearner):
             return self.forward_with(phi, query_x)
         return torch.stack([self.forward_with(phi, torch.cat([support_x, q[None]]))[-1] for q in query_x])
 
-    def task_learner(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+    def adapted_model(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
         steps, batch = (self.inner_steps, self.inner_batch) if training else \
             (self.test_inner_steps, self.test_inner_batch)
         phi = self.task_weights(support_x, support_y, steps, batch)
