@@ -19,7 +19,9 @@ What a method can do is declared by class attributes, read by the engine and by 
 ``check_episode``: ``n_way`` (set by methods with a fixed number of outputs),
 ``fewer_classes_ok`` (such a method also takes fewer classes), ``head_noun`` (how its
 outputs are named in errors), ``adapts_with_gradients`` (it takes gradient steps at test
-time; also keeps it off the channels-last memory format, see ``engine/runtime.py``).
+time; also keeps it off the channels-last memory format, see ``engine/runtime.py``),
+``train_stream`` (what the engine draws for training: episodes, or labelled mini-batches of
+``train_batch_size`` images; ``prepare_training(n_classes)`` comes first).
 
 Family bases carry the shared parts: ``metric.MetricLearner`` (an embedding and a rule on
 embeddings; batched evaluation embeds each distinct image once), ``gradient.GradientLearner``
@@ -31,13 +33,12 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Any, Callable, ContextManager, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Literal, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from metafsl.data.base import FewShotSplit
-from metafsl.data.sampler import EpisodeSampler, Preprocess, TaskBatch
+from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
 #: a classifier for one task: query images (Nq, C, H, W) -> logits (Nq, n_way)
@@ -82,6 +83,13 @@ class Algorithm(nn.Module):
     head_noun: str = "a {n}-way output head"
     #: whether adaptation takes gradient steps at test time (autograd on in ``adapt``)
     adapts_with_gradients: bool = False
+    #: what the training loop draws (the engine builds it, ``engine.components.train_stream``):
+    #: "episodes", meta-batches of tasks of the run's ``episode.train`` (``TaskBatch``; sequence
+    #: learners read each episode as a sequence), or "batches", labelled mini-batches of
+    #: ``train_batch_size`` images of all training classes (``LabelledBatch``, the transfer baselines)
+    train_stream: Literal["episodes", "batches"] = "episodes"
+    #: images per mini-batch of the "batches" stream
+    train_batch_size: Optional[int] = None
     #: state-dict key prefixes renamed since (old -> new): checkpoints written before still load
     renamed_state_keys: Dict[str, str] = {}
 
@@ -158,10 +166,6 @@ class Algorithm(nn.Module):
         z = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
         return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, nq, -1)
 
-    def train_source(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, device,
-                     seed: int, preprocess: Preprocess, within_group: bool = False):
-        """What the training loop draws batches from: anything with ``sample(n, train=True)``
-        and ``state_dict()/load_state_dict()``.  Episodic methods use the episode sampler;
-        transfer baselines return a sampler of plain labelled mini-batches instead."""
-        return EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed,
-                              preprocess=preprocess, within_group=within_group, split_name="train")
+    def prepare_training(self, n_classes: int) -> None:
+        """Called once before training starts (before the optimiser takes the parameters), with the
+        number of training classes; a method whose parameters depend on it creates them here."""

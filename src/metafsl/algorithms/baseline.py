@@ -1,9 +1,8 @@
 """Baseline and Baseline++ (Chen, Liu, Kira, Wang & Huang, "A Closer Look at Few-shot
 Classification", ICLR 2019).
 
-Training is plain supervised classification of all training classes (``train_source``
-returns a sampler of labelled mini-batches with global labels; one mini-batch per trainer
-iteration).  At test time the pre-trained classifier is discarded: for every task a new
+Training is plain supervised classification of all training classes (labelled mini-batches
+with global labels, one per trainer iteration: ``train_stream = "batches"``).  At test time the pre-trained classifier is discarded: for every task a new
 head is fitted on the support embeddings with the backbone frozen (SGD lr 0.01, momentum
 0.9, dampening 0.9, weight decay 0.001, mini-batches of 4, 100 epochs, as in the paper's
 code), then applied to the queries (``metafsl.algorithms.transfer``).
