@@ -197,7 +197,7 @@ def target_parameters(target: str) -> Dict[str, inspect.Parameter]:
 
 def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ...] = ()) -> None:
     params = target_parameters(node["_target_"])
-    hints = _hints(node["_target_"])
+    hints = target_hints(node["_target_"])
     reserved = set(INJECTED.get(group, ())) | set(skip)
     ignored = set(DATASET_RUN_KEYS) if group == "dataset" else {"name"}
     for key, value in node.items():
@@ -214,7 +214,7 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
             raise UserError(f"{group}.{key} {problem}.")
 
 
-def _hints(target: str) -> Dict[str, Any]:
+def target_hints(target: str) -> Dict[str, Any]:
     try:
         return typing.get_type_hints(_target_callable(target))
     except Exception:  # annotations naming types that cannot be resolved: no type check

@@ -21,6 +21,12 @@ from metafsl.algorithms.gradient import GradientLearner
 
 
 class ANIL(GradientLearner):
+    """MAML whose inner loop adapts only the linear head (see the module docstring).
+
+    Example:
+        metafsl train algo=anil algo.inner_steps=5 algo.first_order=true
+    """
+
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False):

@@ -50,12 +50,14 @@ class InnerLoop(NamedTuple):
 
 
 class GradientLearner(Algorithm):
-    """Arguments:
-        inner_lr: step size of the inner loop (training).
-        inner_steps: gradient steps on the support set per task during meta-training.
-        test_inner_lr: step size of test-time adaptation; null: inner_lr.
-        test_inner_steps: gradient steps on the support set per task at test time.
-        first_order: ignore second derivatives in the meta-gradient (FOMAML); test time always does.
+    """A model adapted to each task by gradient steps (see the module docstring).
+
+    Arguments:
+        inner_lr: step size of the inner loop's gradient steps.
+        inner_steps: inner-loop steps on each task's support set during meta-training.
+        test_inner_lr: step size at test time; null: inner_lr.
+        test_inner_steps: inner-loop steps on each task's support set at test time.
+        first_order: drop second derivatives from the meta-gradient (FOMAML); test time is first order anyway.
     """
 
     adapts_with_gradients = True

@@ -38,6 +38,19 @@ from metafsl.errors import UserError
 
 
 class MAML(GradientLearner):
+    """MAML, FOMAML (``first_order=True``) and the MAML++ options (see the module docstring).
+
+    Arguments:
+        backend: l2l, learn2learn's per-task clone/adapt loop (the reference); vmap, all tasks of a
+            meta-batch at once with torch.func (same gradients, faster).
+        per_step_lr: MAML++ LSLR: a learned inner rate per tensor and per step, from inner_lr (l2l backend).
+        multi_step_loss: MAML++ MSL: the query loss after every inner step, annealed to the last (l2l backend).
+        msl_iterations: training iterations over which the multi-step loss anneals to the last step.
+
+    Example:
+        metafsl train algo=maml algo.backend=vmap algo.inner_steps=5 algo.test_inner_steps=10
+    """
+
     renamed_state_keys = {"learner.": "l2l_model."}  # how checkpoints of 0.1.0 name it
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,

@@ -53,6 +53,20 @@ class UpdateCell(nn.Module):
 
 
 class MetaLSTM(SequenceLearner):
+    """An LSTM that produces the classifier network's updates (see the module docstring).
+
+    Arguments:
+        steps: updates the meta-learner makes to the network per task during training.
+        test_steps: the same at test time; null: steps.
+        hidden: units of the first LSTM layer.
+        preprocess_p: p of Andrychowicz et al.'s (2016) gradient and loss preprocessing.
+        forget_bias: initial bias of the forget gate (high: the parameters are kept).
+        input_bias: initial bias of the input gate (low: small first steps).
+
+    Example:
+        metafsl train algo=metalstm algo.steps=10
+    """
+
     #: the network's loss gradient is an input at test time too
     adapts_with_gradients = True
     renamed_state_keys = {"learner.": "net."}  # how checkpoints of 0.1.0 name it

@@ -84,6 +84,21 @@ def svm_head(query: torch.Tensor, support: torch.Tensor, onehot: torch.Tensor, c
 
 
 class MetaOptNet(MetricLearner):
+    """A linear classifier solved on each task's support embeddings (see the module docstring).
+
+    Arguments:
+        head: svm, the Crammer-Singer multi-class SVM; ridge, ridge regression to one-hot targets.
+        svm_c: the SVM's regularisation constant C.
+        svm_steps: unrolled accelerated projected-gradient iterations on the SVM dual during training.
+        test_svm_steps: the same iterations at test time.
+        ridge_lambda: the ridge head's regularisation lambda.
+        scale: initial value of the learned scale of the query logits.
+        label_smoothing: label smoothing of the training loss.
+
+    Example:
+        metafsl train algo=metaoptnet algo.head=ridge
+    """
+
     def __init__(self, backbone: nn.Module, head: Literal["svm", "ridge"] = "svm", svm_c: float = 0.1, svm_steps: int = 50,
                  test_svm_steps: int = 200, ridge_lambda: float = 50.0, scale: float = 1.0,
                  label_smoothing: float = 0.1):

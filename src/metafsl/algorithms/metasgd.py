@@ -18,6 +18,16 @@ from metafsl.errors import UserError
 
 
 class MetaSGD(GradientLearner):
+    """MAML with a learned inner learning rate per parameter element (see the module docstring).
+
+    Arguments:
+        lr_init_min: lower bound of the uniform initialisation of the learned inner rates.
+        lr_init_max: upper bound of the uniform initialisation of the learned inner rates.
+
+    Example:
+        metafsl train algo=metasgd algo.lr_init_max=0.05
+    """
+
     renamed_state_keys = {"learner.": "l2l_model."}  # how checkpoints of 0.1.0 name it
 
     def __init__(self, backbone: nn.Module, n_way: int, lr_init_min: float = 0.005,

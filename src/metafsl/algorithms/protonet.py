@@ -43,6 +43,16 @@ def cosine_logits(query: torch.Tensor, protos: torch.Tensor, scale: float) -> to
 
 
 class ProtoNet(MetricLearner):
+    """Nearest class mean of the support embeddings (see the module docstring).
+
+    Arguments:
+        distance: sqeuclidean, squared Euclidean distance (Snell et al.); cosine, scaled cosine similarity.
+        temperature: scale of cosine logits (not used with sqeuclidean).
+
+    Example:
+        metafsl train algo=protonet algo.distance=cosine algo.temperature=20
+    """
+
     def __init__(self, backbone: nn.Module, distance: Literal["sqeuclidean", "cosine"] = "sqeuclidean",
                  temperature: float = 10.0):
         super().__init__(backbone)

@@ -49,6 +49,22 @@ def interpolation_surrogate(theta: Params, target: Params) -> torch.Tensor:
 
 
 class Reptile(GradientLearner):
+    """Reptile's inner optimiser and interpolation (see the module docstring).
+
+    Arguments:
+        inner_lr: learning rate of the inner optimiser (training and test time).
+        inner_steps: inner optimiser steps per task in meta-training, each on inner_batch support images.
+        inner_batch: support images per inner step during meta-training.
+        inner_optimizer: adam, Adam with beta1 = 0 (Nichol et al.); sgd, plain gradient steps.
+        test_inner_steps: inner optimiser steps per task at test time.
+        test_inner_batch: support images per inner step at test time.
+        transductive: true, all queries in one batch (batch-norm statistics shared); false, each query alone
+            with the support set (Nichol et al.'s non-transductive protocol).
+
+    Example:
+        metafsl train algo=reptile trainer=reptile episode.train.n_shot=10
+    """
+
     backprop_per_task = False  # one surrogate loss for the whole batch
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.001, inner_steps: int = 5,

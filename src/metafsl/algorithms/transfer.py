@@ -31,6 +31,19 @@ Head = Dict[str, torch.Tensor]
 
 
 class TransferBaseline(Algorithm):
+    """Pre-train a classifier of all training classes, fit a new head per task (see the module docstring).
+
+    Arguments:
+        batch_size: labelled images per pre-training mini-batch, one mini-batch per trainer iteration
+            (trainer.meta_batch_size is not used).
+        finetune_epochs: test time, epochs of fitting the new head on the support set (backbone frozen).
+        finetune_batch: test time, support images per fine-tuning mini-batch.
+        finetune_lr: test time, SGD learning rate of the new head.
+        finetune_momentum: test time, SGD momentum.
+        finetune_dampening: test time, SGD dampening.
+        finetune_weight_decay: test time, SGD weight decay.
+    """
+
     #: fine-tuning a head takes gradient steps at test time
     adapts_with_gradients = True
     #: the state-dict key of the pre-training classifier's first tensor (sized by the class count)

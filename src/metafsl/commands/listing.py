@@ -1,11 +1,14 @@
 """`metafsl list [group]`: config groups and their options, from the packaged conf/ folder,
 and the tables of `metafsl reproduce` (`metafsl list table`).
+`metafsl list algo <name>`: a method's arguments, their values and what they mean.
 
-Reads the YAML files as text (no torch, no Hydra): instant.
+Reads the YAML files as text (no torch, no Hydra): instant.  `list algo <name>` imports the
+method's class, whose docstring describes its arguments.
 """
 from __future__ import annotations
 
-from typing import List
+import inspect
+from typing import Any, Dict, List, Tuple
 
 from metafsl.conf import CONF_DIR, GROUPS, group_options
 
@@ -33,6 +36,88 @@ def describe(group: str, option: str) -> str:
 LISTABLE = (*GROUPS, "table")
 
 
+def docstring_section(cls: type, title: str) -> List[str]:
+    """The lines of section ``title`` (``Arguments:``, ``Example:``) of ``cls``'s own docstring,
+    dedented by one level."""
+    lines = inspect.cleandoc(cls.__dict__.get("__doc__") or "").splitlines()
+    if f"{title}:" not in lines:
+        return []
+    body: List[str] = []
+    for line in lines[lines.index(f"{title}:") + 1:]:
+        if line and not line.startswith(" "):
+            break
+        body.append(line[4:])
+    return [line for line in body if line.strip()]
+
+
+def argument_descriptions(cls: type) -> Dict[str, str]:
+    """{argument: description} from the ``Arguments:`` sections of ``cls`` and its bases (a
+    subclass's own description first); a line indented further continues the one above."""
+    found: Dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        name = None
+        for line in docstring_section(klass, "Arguments"):
+            if line.startswith(" ") and name:
+                found[name] += " " + line.strip()
+            else:
+                name, _, text = line.partition(":")
+                found[name.strip()] = text.strip()
+    return found
+
+
+def _yaml(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def option_arguments(group: str, option: str) -> Tuple[str, List[List[str]], List[str]]:
+    """The class an option builds, its rows (argument, YAML value, description; the allowed
+    values of a ``Literal`` hint added where the description does not name them all) and its
+    docstring's example."""
+    import importlib
+
+    from metafsl.config import hint_rule, target_hints
+    from metafsl.options import shipped_option
+
+    node = shipped_option(group, option)
+    module, _, name = node["_target_"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    described, hints = argument_descriptions(cls), target_hints(node["_target_"])
+    rows = []
+    for key, value in node.items():
+        if key.startswith("_") or key == "name":
+            continue
+        text, rule = described.get(key, ""), hint_rule(hints.get(key))
+        if rule and rule.choices and not all(str(c) in text for c in rule.choices):
+            text += f" One of: {', '.join(map(str, rule.choices))}."
+        rows.append([key, _yaml(value), text.strip()])
+    example = next((docstring_section(k, "Example") for k in cls.__mro__ if docstring_section(k, "Example")), [])
+    return node["_target_"], rows, example
+
+
+def describe_option(group: str, option: str) -> int:
+    """``metafsl list algo <name>``: the option's arguments with their values and meanings."""
+    from rich.markup import escape
+
+    from metafsl.errors import UserError
+    from metafsl.reporting.console import console, error, table
+
+    if group != "algo":
+        error(f"Only methods have an argument listing (metafsl list algo <name>); metafsl list {group} "
+              f"lists the {group} options.")
+        return 2
+    try:
+        target, rows, example = option_arguments(group, option)
+    except UserError as exc:
+        error(str(exc))
+        return 2
+    plain = dict(soft_wrap=True, highlight=False, markup=False)  # commands stay on one line
+    console.print(f"{group}={option}: {describe(group, option)}", **plain)
+    table(target, ["argument", "value", "description"], [[escape(c) for c in r] for r in rows])
+    if example:
+        console.print("Example:\n  " + "\n  ".join(example), **plain)
+    return 0
+
+
 def list_command(args: List[str]) -> int:
     from metafsl.reporting.console import error, table
 
@@ -41,6 +126,8 @@ def list_command(args: List[str]) -> int:
         if args[0] not in LISTABLE:
             error(f"Unknown config group '{args[0]}'; choose one of: {', '.join(LISTABLE)}.")
             return 2
+        if len(args) > 1:
+            return describe_option(args[0], args[1])
         groups = [args[0]]
     for group in groups:
         options = group_options(group)
