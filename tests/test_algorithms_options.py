@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
 import torch
 
 from metafsl.conf import CONF_DIR, group_options
+from metafsl.config import target_object
 from metafsl.options import shipped_option
 from test_algorithms_cli import FAST, METRIC_AND_TRANSFER, ZOO, train
 
@@ -108,10 +110,7 @@ ALGOS = group_options("algo")
 
 
 def _algo_class(option):
-    import importlib
-
-    module, _, name = shipped_option("algo", option)["_target_"].rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    return target_object(shipped_option("algo", option)["_target_"])
 
 
 def test_list_algo_name_shows_each_argument_with_its_value_and_meaning(run_cli):
@@ -128,6 +127,13 @@ def test_list_algo_name_shows_each_argument_with_its_value_and_meaning(run_cli):
     assert "learn2learn's per-task clone/adapt loop" in out  # MAML's own docstring
     assert "step size of the inner loop" in out  # inherited from GradientLearner's docstring
     assert "Example:\n  metafsl train algo=maml algo.backend=vmap" in out
+    from metafsl.commands.listing import (
+        argument_row,  # a Literal's values, where the text lacks them
+    )
+
+    assert argument_row("backend", "l2l", "how tasks are batched.", Literal["l2l", "vmap"]) == \
+        ["backend", "l2l", "how tasks are batched. One of: l2l, vmap."]
+    assert argument_row("fce", False, "full context embeddings.", bool)[1:] == ["false", "full context embeddings."]
     code, _, err = run_cli("list", "algo", "nope")
     assert code == 2 and "Unknown algo 'nope'; choose one of: anil" in err
     code, _, err = run_cli("list", "dataset", "omniglot")
@@ -158,10 +164,9 @@ def test_every_argument_is_described_once_in_a_class_docstring(option):
 @pytest.mark.parametrize("option", ALGOS)
 def test_each_docstring_example_is_a_valid_command(option):
     from metafsl import api
-    from metafsl.commands.listing import docstring_section
+    from metafsl.commands.listing import docstring_example
 
-    cls = _algo_class(option)
-    example = next(docstring_section(k, "Example") for k in cls.__mro__ if docstring_section(k, "Example"))
+    example = docstring_example(_algo_class(option))
     words = example[0].split()
     assert words[:2] == ["metafsl", "train"], example
     api.resolved(api.compose("train", words[2:]))  # composes and passes every check

@@ -175,16 +175,20 @@ def check_run_config(cfg: Dict[str, Any], groups: Iterable[str] = ("dataset", "b
         check_target_arguments("trainer.optimizer", optimizer, skip=("params",))
 
 
-def _target_callable(target: str):
-    """The function a ``_target_`` names (a class's ``__init__``), or one sentence if it cannot be
-    imported."""
+def target_object(target: str) -> Any:
+    """The class or function a ``_target_`` names, or one sentence if it cannot be imported."""
     import importlib
 
     module, _, attr = target.rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
         raise UserError(f"_target_ '{target}' cannot be imported; is the option file right?") from None
+
+
+def _target_callable(target: str):
+    """The function a ``_target_`` names (a class's ``__init__``)."""
+    obj = target_object(target)
     return obj.__init__ if inspect.isclass(obj) else obj
 
 
@@ -215,6 +219,7 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
 
 
 def target_hints(target: str) -> Dict[str, Any]:
+    """The type hints of a ``_target_``'s arguments."""
     try:
         return typing.get_type_hints(_target_callable(target))
     except Exception:  # annotations naming types that cannot be resolved: no type check

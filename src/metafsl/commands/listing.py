@@ -65,33 +65,38 @@ def argument_descriptions(cls: type) -> Dict[str, str]:
     return found
 
 
-def _yaml(value: Any) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+def docstring_example(cls: type) -> List[str]:
+    """The ``Example:`` of ``cls``'s docstring, or of the nearest base that has one."""
+    for klass in cls.__mro__:
+        lines = docstring_section(klass, "Example")
+        if lines:
+            return lines
+    return []
+
+
+def argument_row(key: str, value: Any, description: str, hint: Any) -> List[str]:
+    """[argument, its YAML value, its description]; the allowed values of a ``Literal`` hint are
+    added where the description does not name them all."""
+    from metafsl.config import hint_rule
+
+    rule = hint_rule(hint)
+    if rule and rule.choices and not all(str(c) in description for c in rule.choices):
+        description += f" One of: {', '.join(map(str, rule.choices))}."
+    shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return [key, shown, description.strip()]
 
 
 def option_arguments(group: str, option: str) -> Tuple[str, List[List[str]], List[str]]:
-    """The class an option builds, its rows (argument, YAML value, description; the allowed
-    values of a ``Literal`` hint added where the description does not name them all) and its
-    docstring's example."""
-    import importlib
-
-    from metafsl.config import hint_rule, target_hints
+    """The class an option builds, a row per argument (``argument_row``) and its example."""
+    from metafsl.config import target_hints, target_object
     from metafsl.options import shipped_option
 
     node = shipped_option(group, option)
-    module, _, name = node["_target_"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    described, hints = argument_descriptions(cls), target_hints(node["_target_"])
-    rows = []
-    for key, value in node.items():
-        if key.startswith("_") or key == "name":
-            continue
-        text, rule = described.get(key, ""), hint_rule(hints.get(key))
-        if rule and rule.choices and not all(str(c) in text for c in rule.choices):
-            text += f" One of: {', '.join(map(str, rule.choices))}."
-        rows.append([key, _yaml(value), text.strip()])
-    example = next((docstring_section(k, "Example") for k in cls.__mro__ if docstring_section(k, "Example")), [])
-    return node["_target_"], rows, example
+    cls, hints = target_object(node["_target_"]), target_hints(node["_target_"])
+    described = argument_descriptions(cls)
+    rows = [argument_row(k, v, described.get(k, ""), hints.get(k)) for k, v in node.items()
+            if not k.startswith("_") and k != "name"]
+    return node["_target_"], rows, docstring_example(cls)
 
 
 def describe_option(group: str, option: str) -> int:
