@@ -133,6 +133,7 @@ def test_an_unknown_key_in_any_group_is_one_sentence_naming_the_valid_ones(capsy
     ("dataset.image_size=2", "dataset.image_size must be >= 8"),
     ("dataset.image_size=12", "This backbone cannot take 12x12 images"),
     ("algo=maml algo.inner_steps=0", "algo.inner_steps must be >= 1"),
+    ("algo=maml algo.multi_step_loss=true algo.msl_iterations=0", "algo.msl_iterations must be >= 1 (got 0)"),
     ("algo=maml algo.backend=jax", "algo.backend must be one of l2l, vmap (got 'jax')"),
     # allowed values come from the constructor's Literal hints (stated nowhere else)
     ("algo.distance=manhattan", "algo.distance must be one of sqeuclidean, cosine (got 'manhattan')"),

@@ -59,8 +59,6 @@ class MAML(GradientLearner):
                  multi_step_loss: bool = False, msl_iterations: int = 7500):
         if backend == "vmap" and (per_step_lr or multi_step_loss):
             raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
-        if multi_step_loss and int(msl_iterations) < 1:
-            raise UserError(f"msl_iterations must be at least 1 (got {msl_iterations}).")
         super().__init__(backbone, n_way, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_lr=test_inner_lr,
                          test_inner_steps=test_inner_steps, first_order=first_order)
         self.backend = backend
