@@ -376,14 +376,14 @@ def test_baseline_trains_on_global_labels_and_reloads():
     from metafsl.algorithms.baseline import Baseline, BaselinePP
     from metafsl.data.base import FewShotSplit
     from metafsl.data.batches import BatchSampler
-    from metafsl.engine.components import train_stream
+    from metafsl.engine.components import build_train_stream
 
     images = torch.randint(0, 255, (40, 1, 4, 4), dtype=torch.uint8)
     split = FewShotSplit(images, torch.arange(40) % 10, [str(i) for i in range(10)])
     episode = {"train": {"n_way": 5, "n_shot": 1, "n_query": 1}}
     for cls in (Baseline, BaselinePP):
         algo = cls(TinyBody(), batch_size=8)
-        sampler = train_stream(algo, split, episode, "cpu", 0, None)  # the engine reads train_stream
+        sampler = build_train_stream(algo, split, episode, "cpu", 0, None)  # the engine reads train_stream
         assert isinstance(sampler, BatchSampler) and algo.classifier is not None
         batch = sampler.sample(1, train=True)
         assert batch.x.shape == (8, 1, 4, 4) and batch.y.max() < 10

@@ -175,11 +175,11 @@ def test_the_engine_builds_the_training_stream_the_method_declares(name):
     """Episodes (TaskBatch) or, for the transfer baselines, labelled mini-batches of the method's
     own batch size; one meta_backward on what the stream gives, and the stream resumes exactly."""
     from metafsl.data.batches import LabelledBatch
-    from metafsl.engine.components import train_stream
+    from metafsl.engine.components import build_train_stream
 
     algo = learner(name).train()
-    sampler = train_stream(algo, random_split(), {"train": {"n_way": 3, "n_shot": 2, "n_query": 2}}, "cpu", 0,
-                           None)
+    episode = {"train": {"n_way": 3, "n_shot": 2, "n_query": 2}}
+    sampler = build_train_stream(algo, random_split(), episode, "cpu", 0, None)
     state = sampler.state_dict()
     batch = sampler.sample(2, train=True)
     if algo.train_stream == "batches":

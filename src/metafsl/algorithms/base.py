@@ -83,7 +83,7 @@ class Algorithm(nn.Module):
     head_noun: str = "a {n}-way output head"
     #: whether adaptation takes gradient steps at test time (autograd on in ``adapt``)
     adapts_with_gradients: bool = False
-    #: what the training loop draws (the engine builds it, ``engine.components.train_stream``):
+    #: what the training loop draws (the engine builds it, ``engine.components.build_train_stream``):
     #: "episodes", meta-batches of tasks of the run's ``episode.train`` (``TaskBatch``; sequence
     #: learners read each episode as a sequence), or "batches", labelled mini-batches of
     #: ``train_batch_size`` images of all training classes (``LabelledBatch``, the transfer baselines)

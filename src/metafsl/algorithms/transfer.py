@@ -48,6 +48,7 @@ class TransferBaseline(Algorithm):
     adapts_with_gradients = True
     #: the state-dict key of the pre-training classifier's first tensor (sized by the class count)
     classifier_key = "classifier.weight"
+    #: pre-training draws labelled mini-batches of ``batch_size`` images, not episodes
     train_stream = "batches"
 
     def __init__(self, backbone: nn.Module, batch_size: int = 16, finetune_epochs: int = 100,

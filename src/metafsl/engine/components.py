@@ -70,8 +70,8 @@ def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Compone
     return Components(device, ds, make_preprocess(cfg["dataset"], ds), algorithm, rt)
 
 
-def train_stream(learner: Algorithm, split: FewShotSplit, episode: Dict[str, Any], device: torch.device,
-                 seed: int, preprocess: Preprocess):
+def build_train_stream(learner: Algorithm, split: FewShotSplit, episode: Dict[str, Any],
+                       device: torch.device, seed: int, preprocess: Preprocess):
     """What the training loop draws from, as ``learner.train_stream`` declares: the episodes of
     ``episode.train`` (meta-batches of tasks) or labelled mini-batches of ``learner.train_batch_size``
     images of all training classes.  Either has ``sample(n, train=True)`` and

@@ -21,7 +21,7 @@ from metafsl.data.report import episode_need
 from metafsl.data.sampler import EpisodeSampler
 from metafsl.engine import checkpoint, hooks
 from metafsl.engine.checkpoint import TrainState
-from metafsl.engine.components import build, train_stream
+from metafsl.engine.components import build, build_train_stream
 from metafsl.engine.evaluate import EvalSpec, evaluate
 from metafsl.engine.resume import Start
 from metafsl.engine.run_dir import BEST, LAST, metrics_log
@@ -61,8 +61,8 @@ class TrainRecipe:
         if self.data_report:  # one line, never wrapped; paths are not markup
             out.console.print(self.data_report.line(), soft_wrap=True, highlight=False, markup=False)
         self._check_episodes()
-        self.sampler = train_stream(self.algo, self.ds["train"], self.ep, self.device, self.cfg["seed"],
-                                    self.parts.preprocess)
+        self.sampler = build_train_stream(self.algo, self.ds["train"], self.ep, self.device, self.cfg["seed"],
+                                          self.parts.preprocess)
         params = [p for p in self.algo.parameters() if p.requires_grad]
         self.optimizer = instantiate(self.tr["optimizer"])(params=params)
         self.scheduler = instantiate(self.tr["scheduler"])(optimizer=self.optimizer) \
