@@ -233,7 +233,7 @@ def bench_maml(name, split, channels, size, hidden, ways, shots, queries, batch,
     l2l = learn2learn()
     ref_net = nn.Sequential(conv4(channels, size, hidden, device, reference=True), nn.Linear(algo.head.in_features, ways)).to(device)
     use_batch_statistics(ref_net)  # as Finn et al. (and metafsl's MAML): per-task batch statistics
-    ref_net.load_state_dict(algo.learner.module.state_dict())
+    ref_net.load_state_dict(algo.l2l_model.module.state_dict())
     ref_maml = l2l.algorithms.MAML(ref_net, lr=algo.inner_lr, first_order=False)
     Runtime(device).prepare(algo)  # metafsl's default runtime options
     ref_opt = torch.optim.Adam(ref_maml.parameters())

@@ -69,9 +69,9 @@ def test_maml_adaptation_equals_a_manual_gradient_step():
     with torch.no_grad():
         for p, g in zip(model.parameters(), grads):
             p -= 0.3 * g
-    learner = algo.inner_loop(sx, sy, steps=1, lr=0.3, first_order=False)
+    adapted = algo.inner_loop(sx, sy, steps=1, lr=0.3, first_order=False)
     qx = batch.query_x[0]
-    assert torch.allclose(learner(qx), model(qx), atol=1e-5)
+    assert torch.allclose(adapted(qx), model(qx), atol=1e-5)
 
 
 def test_maml_second_order_meta_gradient_matches_autograd_by_hand():
@@ -98,7 +98,7 @@ def test_maml_second_order_meta_gradient_matches_autograd_by_hand():
         assert torch.allclose(a, b, atol=1e-5)
     # first order differs (drops the Hessian term) but has the same shapes
     algo.first_order = True
-    algo.learner.first_order = True
+    algo.l2l_model.first_order = True
     fo = torch.autograd.grad(algo.meta_loss(batch)[0], params)
     assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(fo, want))
 
@@ -127,16 +127,16 @@ def test_maml_plus_plus_per_step_rates_match_maml_and_are_learned():
     loss_a, _ = plain.meta_loss(batch)
     loss_b, _ = lslr.meta_loss(batch)
     assert torch.allclose(loss_a, loss_b, atol=1e-6)
-    ga = torch.autograd.grad(loss_a, list(plain.learner.parameters()))
-    gb = torch.autograd.grad(loss_b, list(lslr.learner.parameters()) + [lslr.step_lrs])
+    ga = torch.autograd.grad(loss_a, list(plain.l2l_model.parameters()))
+    gb = torch.autograd.grad(loss_b, list(lslr.l2l_model.parameters()) + [lslr.step_lrs])
     for a, b in zip(ga, gb):
         assert torch.allclose(a, b, atol=1e-5)
     assert gb[-1][:2].abs().sum() > 0 and gb[-1][2].abs().sum() == 0  # step 3 is test-only
     with torch.no_grad():
         lslr.step_lrs.zero_()
     sx, sy = batch.support_x[0], batch.support_y[0]
-    learner = lslr.inner_loop(sx, sy, steps=2, lr=0.3, first_order=True)
-    for p, q in zip(learner.parameters(), lslr.learner.parameters()):
+    model = lslr.inner_loop(sx, sy, steps=2, lr=0.3, first_order=True)
+    for p, q in zip(model.parameters(), lslr.l2l_model.parameters()):
         assert torch.equal(p, q)
 
 

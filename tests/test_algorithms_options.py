@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
 import torch
 
+from metafsl.conf import CONF_DIR, group_options
+from metafsl.config import target_object
+from metafsl.options import shipped_option
 from test_algorithms_cli import FAST, METRIC_AND_TRANSFER, ZOO, train
 
 
@@ -99,3 +103,70 @@ def test_list_algo_describes_every_method(run_cli):
     for name in ZOO + ["maml", "protonet"]:
         line = next((ln for ln in out.splitlines() if f" {name} " in ln), "")
         assert line and len(line.split(name, 1)[1].strip(" │|")) > 20, (name, line)
+
+
+# ----------------------------------------------------------------------------- argument docs
+ALGOS = group_options("algo")
+
+
+def _algo_class(option):
+    return target_object(shipped_option("algo", option)["_target_"])
+
+
+def test_list_algo_name_shows_each_argument_with_its_value_and_meaning(run_cli):
+    code, out, _ = run_cli("list", "algo", "maml")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("algo=maml: MAML (Finn, Abbeel & Levine, ICML 2017)")
+    assert "metafsl.algorithms.maml.MAML" in out
+    values = {"inner_lr": "0.4", "test_inner_lr": "null", "first_order": "false", "backend": "l2l",
+              "msl_iterations": "7500"}
+    for key, value in values.items():  # the YAML's value beside the docstring's description
+        row = next(ln for ln in lines if f" {key} " in ln)
+        assert row.split("│")[2].strip() == value, row
+    assert "learn2learn's per-task clone/adapt loop" in out  # MAML's own docstring
+    assert "step size of the inner loop" in out  # inherited from GradientLearner's docstring
+    assert "Example:\n  metafsl train algo=maml algo.backend=vmap" in out
+    from metafsl.commands.listing import (
+        argument_row,  # a Literal's values, where the text lacks them
+    )
+
+    assert argument_row("backend", "l2l", "how tasks are batched.", Literal["l2l", "vmap"]) == \
+        ["backend", "l2l", "how tasks are batched. One of: l2l, vmap."]
+    assert argument_row("fce", False, "full context embeddings.", bool)[1:] == ["false", "full context embeddings."]
+    code, _, err = run_cli("list", "algo", "nope")
+    assert code == 2 and "Unknown algo 'nope'; choose one of: anil" in err
+    code, _, err = run_cli("list", "dataset", "omniglot")
+    assert code == 2 and "metafsl list algo <name>" in err
+
+
+@pytest.mark.parametrize("option", ALGOS)
+def test_every_argument_is_described_once_in_a_class_docstring(option):
+    """Each YAML argument has a description in the Arguments section of its class or a base;
+    a class describes only its own constructor's arguments; the YAML holds values only."""
+    import inspect
+
+    from metafsl.commands.listing import argument_descriptions, docstring_section
+
+    cls = _algo_class(option)
+    described = argument_descriptions(cls)
+    node = shipped_option("algo", option)
+    missing = [k for k in node if not k.startswith("_") and k != "name" and not described.get(k)]
+    assert not missing, f"{cls.__name__}'s docstring does not describe {missing}"
+    for klass in cls.__mro__:
+        own = {line.split(":")[0] for line in docstring_section(klass, "Arguments") if not line.startswith(" ")}
+        assert own <= set(inspect.signature(klass.__init__).parameters), (klass, own)
+    text = (CONF_DIR / "algo" / f"{option}.yaml").read_text()
+    body = text[text.index("_target_:"):]
+    assert "#" not in body, f"{option}.yaml: argument explanations belong in {cls.__name__}'s docstring"
+
+
+@pytest.mark.parametrize("option", ALGOS)
+def test_each_docstring_example_is_a_valid_command(option):
+    from metafsl import api
+    from metafsl.commands.listing import docstring_example
+
+    example = docstring_example(_algo_class(option))
+    words = example[0].split()
+    assert words[:2] == ["metafsl", "train"], example
+    api.resolved(api.compose("train", words[2:]))  # composes and passes every check

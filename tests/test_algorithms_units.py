@@ -179,7 +179,7 @@ def test_anil_inner_loop_leaves_the_body_untouched():
     head_before = algo.head.module.weight.detach().clone()
     support = algo.backbone(batch.support_x[0])
     adapted = algo.adapt_head(support, batch.support_y[0], steps=2, lr=0.5, first_order=False)
-    # only the head's two tensors live in the adapted learner; they moved
+    # only the head's two tensors live in the adapted model; they moved
     assert len(list(adapted.parameters())) == 2
     assert not torch.allclose(adapted.module.weight, head_before)
     assert all(torch.equal(a, b) for a, b in zip(algo.backbone.parameters(), body_before))
@@ -196,12 +196,12 @@ def test_metasgd_inner_step_uses_per_parameter_rates():
 
     torch.manual_seed(0)
     algo = MetaSGD(TinyBody(), n_way=3, lr_init_min=0.01, lr_init_max=0.5)
-    lrs = list(algo.learner.lrs)
+    lrs = list(algo.l2l_model.lrs)
     assert all(((r >= 0.01) & (r <= 0.5)).all() for r in lrs)
     assert lrs[0].unique().numel() > 1  # one rate per parameter entry
     batch = make_batch()
-    params = list(algo.learner.module.parameters())
-    loss = nn.functional.cross_entropy(algo.learner(batch.support_x[0]), batch.support_y[0])
+    params = list(algo.l2l_model.module.parameters())
+    loss = nn.functional.cross_entropy(algo.l2l_model(batch.support_x[0]), batch.support_y[0])
     grads = torch.autograd.grad(loss, params)
     adapted = algo.inner_loop(batch.support_x[0], batch.support_y[0], steps=1, first_order=False)
     for p, r, g, new in zip(params, lrs, grads, adapted.module.parameters()):
@@ -343,7 +343,7 @@ def test_metalstm_update_cell_and_preprocessing():
     loss, _ = algo.meta_loss(batch)
     loss.backward()
     assert algo.update.b_i.grad is not None and algo.lstm.weight_ih.grad is not None
-    assert algo.head.weight.grad is not None  # the initial learner parameters are meta-learned
+    assert algo.head.weight.grad is not None  # the initial network parameters are meta-learned
     assert algo.evaluate(batch).shape == (2,)
 
 
@@ -376,13 +376,15 @@ def test_baseline_trains_on_global_labels_and_reloads():
     from metafsl.algorithms.baseline import Baseline, BaselinePP
     from metafsl.data.base import FewShotSplit
     from metafsl.data.batches import BatchSampler
+    from metafsl.engine.components import build_train_stream
 
     images = torch.randint(0, 255, (40, 1, 4, 4), dtype=torch.uint8)
     split = FewShotSplit(images, torch.arange(40) % 10, [str(i) for i in range(10)])
+    episode = {"train": {"n_way": 5, "n_shot": 1, "n_query": 1}}
     for cls in (Baseline, BaselinePP):
         algo = cls(TinyBody(), batch_size=8)
-        sampler = algo.train_source(split, 5, 1, 1, "cpu", 0, None)
-        assert isinstance(sampler, BatchSampler)
+        sampler = build_train_stream(algo, split, episode, "cpu", 0, None)  # the engine reads train_stream
+        assert isinstance(sampler, BatchSampler) and algo.classifier is not None
         batch = sampler.sample(1, train=True)
         assert batch.x.shape == (8, 1, 4, 4) and batch.y.max() < 10
         loss, _ = algo.meta_loss(batch)
@@ -409,3 +411,26 @@ def test_wide_resnet_shapes():
     assert small(torch.zeros(2, 1, 12, 12)).shape == (2, 64)
     conv = build_backbone("conv4_32", channels=1, image_size=28, hidden=32)
     assert conv.out_features == 32
+
+
+# ----------------------------------------------------------------------------- checkpoints of 0.1.0
+@pytest.mark.parametrize("name,old,new", [("maml.MAML", "learner.", "l2l_model."),
+                                          ("metasgd.MetaSGD", "learner.", "l2l_model."),
+                                          ("metalstm.MetaLSTM", "learner.", "net.")])
+def test_weights_saved_under_the_old_names_still_load(name, old, new):
+    """0.1.0 called learn2learn's wrapper (MAML, Meta-SGD) and the meta-learner LSTM's network
+    "learner"; their checkpoints load into the renamed attributes, strictly."""
+    import importlib
+    from collections import OrderedDict
+
+    module, cls = name.split(".")
+    make = getattr(importlib.import_module(f"metafsl.algorithms.{module}"), cls)
+    torch.manual_seed(0)
+    saved, fresh = make(TinyBody(), n_way=3), make(TinyBody(), n_way=3)
+    state = saved.state_dict()
+    renamed = OrderedDict((old + k[len(new):] if k.startswith(new) else k, v) for k, v in state.items())
+    renamed._metadata = OrderedDict((old + k[len(new):] if k.startswith(new) else k, v)
+                                    for k, v in state._metadata.items())
+    assert any(k.startswith(old) for k in renamed) and not any(k.startswith(new) for k in renamed)
+    fresh.load_state_dict(renamed)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())

@@ -49,7 +49,7 @@ def test_maml_clones_use_their_own_weights():
     torch.manual_seed(0)
     algo = MAML(build_backbone("conv4", 1, 12, hidden=4, layers=2), 3, inner_lr=0.5, inner_steps=1)
     x, y = torch.randn(6, 1, 12, 12), torch.arange(3).repeat(2)
-    before = algo.learner(x).detach()
+    before = algo.l2l_model(x).detach()
     adapted = algo.inner_loop(x, y, steps=1, lr=0.5, first_order=False)
     assert not torch.allclose(adapted(x), before)
-    assert torch.equal(algo.learner(x).detach(), before)  # the original is untouched
+    assert torch.equal(algo.l2l_model(x).detach(), before)  # the original is untouched

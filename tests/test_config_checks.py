@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import List
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -17,7 +18,14 @@ import data_fixtures as fx
 from conftest import split_table
 from metafsl import cli, options
 from metafsl.conf import group_options
-from metafsl.config import DATASET_RUN_KEYS, INJECTED, RULES, check_run_config, target_parameters
+from metafsl.config import (
+    DATASET_RUN_KEYS,
+    INJECTED,
+    RULES,
+    check_run_config,
+    hint_rule,
+    target_parameters,
+)
 from metafsl.errors import UserError
 
 TARGET_GROUPS = ("dataset", "backbone", "algo")
@@ -70,6 +78,24 @@ def test_every_rule_names_a_field_that_some_option_has():
     assert not [p for p in RULES if p not in paths], "a rule for a field no config has is dead"
 
 
+def test_allowed_values_of_an_argument_are_stated_once_in_its_literal_hint():
+    assert not [p for p, rule in RULES.items() if p.startswith("algo.") and rule.choices], \
+        "an algo argument's allowed values belong in its constructor's Literal hint, not in RULES"
+    with pytest.raises(UserError, match=r"^algo.distance must be one of sqeuclidean, cosine \(got 'l1'\)\.$"):
+        options.build_option("algo", "protonet", {"distance": "l1"}, backbone=None)  # the library path
+
+
+def test_a_literal_hint_is_a_rule_with_its_values():
+    from typing import Literal, Optional
+
+    rule = hint_rule(Optional[Literal["a", "b"]])
+    assert (rule.kind, rule.choices, rule.optional) == ("str", ("a", "b"), True)
+    assert rule.problem(None) is None and rule.problem("c") == "must be one of a, b (got 'c')"
+    assert hint_rule(Literal[1, 3]).problem(True) == "must be one of 1, 3 (got True)"
+    assert hint_rule(Optional[float]).problem("x") == "must be a number (got 'x')"
+    assert hint_rule(List[int]) is None and hint_rule(Literal["a", 1]) is None
+
+
 def _cli_error(capsys, *args):
     code = cli.main(["train", *args])
     out, err = capsys.readouterr()
@@ -110,7 +136,13 @@ def test_an_unknown_key_in_any_group_is_one_sentence_naming_the_valid_ones(capsy
     ("dataset.image_size=2", "dataset.image_size must be >= 8"),
     ("dataset.image_size=12", "This backbone cannot take 12x12 images"),
     ("algo=maml algo.inner_steps=0", "algo.inner_steps must be >= 1"),
-    ("algo=maml algo.backend=jax", "algo.backend must be one of l2l, vmap"),
+    ("algo=maml algo.multi_step_loss=true algo.msl_iterations=0", "algo.msl_iterations must be >= 1 (got 0)"),
+    ("algo=maml algo.backend=jax", "algo.backend must be one of l2l, vmap (got 'jax')"),
+    # allowed values come from the constructor's Literal hints (stated nowhere else)
+    ("algo.distance=manhattan", "algo.distance must be one of sqeuclidean, cosine (got 'manhattan')"),
+    ("algo.distance=3", "algo.distance must be one of sqeuclidean, cosine (got 3)"),
+    ("algo=reptile algo.inner_optimizer=rmsprop", "algo.inner_optimizer must be one of adam, sgd (got 'rmsprop')"),
+    ("algo=metaoptnet algo.head=lasso", "algo.head must be one of svm, ridge (got 'lasso')"),
     ("algo=mann algo.gamma=abc", "algo.gamma must be a number (got 'abc')"),
     ("+algo.tau=1", "algo 'protonet' has no option 'tau'; its options are: distance, temperature"),
     ("+trainer.optimizer.bogus=1", "trainer.optimizer 'torch.optim.Adam' has no option 'bogus'"),

@@ -168,3 +168,26 @@ def test_learn2learn_is_imported_only_by_the_modules_that_use_it():
     done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_engine_builds_the_training_stream_the_method_declares(name):
+    """Episodes (TaskBatch) or, for the transfer baselines, labelled mini-batches of the method's
+    own batch size; one meta_backward on what the stream gives, and the stream resumes exactly."""
+    from metafsl.data.batches import LabelledBatch
+    from metafsl.engine.components import build_train_stream
+
+    algo = learner(name).train()
+    episode = {"train": {"n_way": 3, "n_shot": 2, "n_query": 2}}
+    sampler = build_train_stream(algo, random_split(), episode, "cpu", 0, None)
+    state = sampler.state_dict()
+    batch = sampler.sample(2, train=True)
+    if algo.train_stream == "batches":
+        assert isinstance(batch, LabelledBatch) and len(batch) == algo.train_batch_size
+    else:
+        assert algo.train_stream == "episodes" and isinstance(batch, TaskBatch) and len(batch) == 2
+    loss, _ = algo.meta_backward(batch)
+    assert torch.isfinite(loss) and any(p.grad is not None for p in algo.parameters())
+    images = (lambda b: b.x) if algo.train_stream == "batches" else (lambda b: b.support_x)
+    sampler.load_state_dict(state)  # what a checkpoint keeps of the stream
+    assert torch.equal(images(sampler.sample(2, train=True)), images(batch))

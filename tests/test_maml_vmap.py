@@ -35,7 +35,7 @@ def tiny_batch(dtype=torch.float64) -> TaskBatch:
 def meta_gradient(algo: MAML, batch: TaskBatch):
     loss, acc = algo.meta_loss(batch)
     loss.backward()
-    grads = {k: p.grad.clone() for k, p in algo.learner.module.named_parameters()}
+    grads = {k: p.grad.clone() for k, p in algo.l2l_model.module.named_parameters()}
     return float(loss.detach()), float(acc), grads
 
 
@@ -74,17 +74,17 @@ def test_same_evaluation_as_learn2learn():
     ref_algo.eval(), algo.eval()
     torch.testing.assert_close(algo.evaluate(batch), ref_algo.evaluate(batch))
     # the adapted query logits themselves, not only the argmax
-    model = algo.learner.module
+    model = algo.l2l_model.module
     logits = maml_vmap.query_logits_no_grad(model, batch, steps=3, lr=0.2)
     for i in range(TASKS):
-        learner = ref_algo.inner_loop(batch.support_x[i], batch.support_y[i], 3, 0.2, first_order=True)
-        torch.testing.assert_close(logits[i], learner(batch.query_x[i]).detach(), rtol=1e-9, atol=1e-12)
+        adapted = ref_algo.inner_loop(batch.support_x[i], batch.support_y[i], 3, 0.2, first_order=True)
+        torch.testing.assert_close(logits[i], adapted(batch.query_x[i]).detach(), rtol=1e-9, atol=1e-12)
 
 
 def test_batch_norm_uses_per_task_statistics():
     """Doubling one task's pixels must not change another task's logits (no shared statistics)."""
     batch = tiny_batch()
-    model = tiny_maml("vmap").learner.module
+    model = tiny_maml("vmap").l2l_model.module
     base = maml_vmap.query_logits_no_grad(model, batch, steps=1, lr=0.2)
     batch.support_x[0] *= 3
     batch.query_x[0] *= 3
@@ -94,8 +94,11 @@ def test_batch_norm_uses_per_task_statistics():
 
 
 def test_unknown_backend_is_a_user_error():
-    with pytest.raises(UserError, match="l2l, vmap"):
-        tiny_maml("jax")
+    """The allowed backends are MAML's ``Literal`` hint, checked where a config becomes a learner."""
+    from metafsl import options
+
+    with pytest.raises(UserError, match=r"algo.backend must be one of l2l, vmap \(got 'jax'\)"):
+        options.build_option("algo", "maml", {"backend": "jax"}, backbone=None, n_way=WAY)
 
 
 def test_train_end_to_end_with_vmap_backend(run_cli, tmp_path):
@@ -118,5 +121,5 @@ def test_task_by_task_backward_matches_batch_mean(backend):
     loss, acc = algo.meta_backward(batch)
     assert not loss.requires_grad
     assert float(loss) == pytest.approx(ref_loss, abs=1e-12) and float(acc) == ref_acc
-    for k, p in algo.learner.module.named_parameters():
+    for k, p in algo.l2l_model.module.named_parameters():
         torch.testing.assert_close(p.grad, ref[k], rtol=1e-9, atol=1e-12, msg=k)

@@ -414,7 +414,10 @@ def _built(plain: Dict[str, Any]):
 
 
 def _episode_problems(build_parts, cfg: Dict[str, Any], splits: Optional[Sequence[str]] = None) -> List[str]:
-    from metafsl.engine.preflight import episode_problems
+    """The episodes against the data and the learner (``splits=None``: a training's, whose
+    training stream is built too)."""
+    from metafsl.engine.components import build_train_stream
+    from metafsl.engine.preflight import episode_problems, problems_of
 
     try:
         parts = build_parts()
@@ -422,7 +425,11 @@ def _episode_problems(build_parts, cfg: Dict[str, Any], splits: Optional[Sequenc
         return [str(exc)]
     if getattr(parts, "dataset", None) is None or not hasattr(parts.dataset, "splits"):
         return []  # a test protocol with its own images
-    return episode_problems(parts.algorithm, parts.dataset, cfg, splits)
+    problems = episode_problems(parts.algorithm, parts.dataset, cfg, splits)
+    if splits is None:
+        problems += problems_of(lambda: build_train_stream(
+            parts.algorithm, parts.dataset["train"], cfg["episode"], parts.device, cfg["seed"], parts.preprocess))
+    return problems
 
 
 def _compose_all(command: str, overrides: Sequence[str]):

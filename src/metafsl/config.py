@@ -5,10 +5,13 @@ its class or loader (``_target_``) and every argument with its default, and Hydr
 key that is not there.  What a YAML cannot say is held here:
 
 - ``RULES``: the type and allowed range (or values) of run-level fields (``trainer.*``,
-  ``eval.*``, ``episode.*``, ``runtime.*``, top-level keys) and of option arguments shared by
-  several classes (``algo.inner_lr``, ``backbone.hidden``, ``dataset.image_size`` ...);
+  ``eval.*``, ``episode.*``, ``runtime.*``, top-level keys) and the ranges of option arguments
+  shared by several classes (``algo.inner_lr > 0``, ``backbone.hidden``, ``dataset.image_size``
+  ...), which a type hint cannot state;
 - the arguments of a ``_target_`` are checked against its signature (a key added with
-  ``+algo.x=1`` that the class does not take, a value of the wrong type);
+  ``+algo.x=1`` that the class does not take, a value of the wrong type); the allowed values of
+  an argument are its ``typing.Literal[...]`` hint (``distance: Literal["sqeuclidean",
+  "cosine"]``), stated there only;
 - a dataset loader's arguments taken together (fractions that leave a split without classes)
   by the ``check_arguments`` function its module may define.
 
@@ -18,6 +21,7 @@ checks import the target's module, which happens anyway when the run builds it.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -39,10 +43,10 @@ class Rule:
     def problem(self, value: Any) -> Optional[str]:
         if value is None:
             return None if self.optional else "must be set (it is null)"
+        if self.choices and not (_is_kind(value, self.kind) and value in self.choices):
+            return f"must be one of {', '.join(map(str, self.choices))} (got {value!r})"
         if not _is_kind(value, self.kind):
             return f"must be {_KIND_WORDS[self.kind]} (got {value!r})"
-        if self.choices and value not in self.choices:
-            return f"must be one of {', '.join(map(str, self.choices))} (got {value!r})"
         if self.low is not None and (value < self.low or (self.strict_low and value == self.low)):
             return f"must be {'>' if self.strict_low else '>='} {_num(self.low)} (got {value!r})"
         if self.high is not None and value > self.high:
@@ -142,10 +146,6 @@ RULES: Dict[str, Rule] = {
     "algo.hidden": _int(1),
     "algo.gamma": _FRACTION,
     "algo.label_smoothing": Rule("float", 0, 1),
-    "algo.backend": _choice("l2l", "vmap"),
-    "algo.distance": _choice("sqeuclidean", "cosine"),
-    "algo.head": _choice("svm", "ridge"),
-    "algo.inner_optimizer": _choice("adam", "sgd"),
 }
 
 #: dataset keys that are not loader arguments (preprocessing and run-level choices)
@@ -196,16 +196,20 @@ def check_run_config(cfg: Dict[str, Any], groups: Iterable[str] = ("dataset", "b
         raise UserError(problems[0])
 
 
-def _target_callable(target: str):
-    """The function a ``_target_`` names (a class's ``__init__``), or one sentence if it cannot be
-    imported."""
+def target_object(target: str) -> Any:
+    """The class or function a ``_target_`` names, or one sentence if it cannot be imported."""
     import importlib
 
     module, _, attr = target.rpartition(".")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
         raise UserError(f"_target_ '{target}' cannot be imported; is the option file right?") from None
+
+
+def _target_callable(target: str):
+    """The function a ``_target_`` names (a class's ``__init__``)."""
+    obj = target_object(target)
     return obj.__init__ if inspect.isclass(obj) else obj
 
 
@@ -218,7 +222,7 @@ def target_parameters(target: str) -> Dict[str, inspect.Parameter]:
 
 def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ...] = ()) -> None:
     params = target_parameters(node["_target_"])
-    hints = _hints(node["_target_"])
+    hints = target_hints(node["_target_"])
     reserved = set(INJECTED.get(group, ())) | set(skip)
     ignored = set(DATASET_RUN_KEYS) if group == "dataset" else {"name"}
     for key, value in node.items():
@@ -229,9 +233,10 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
                            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
             raise UserError(f"{group} '{node.get('name', node['_target_'])}' has no option '{key}'; "
                             f"its options are: {', '.join(valid)}.")
-        kind = _kind_of(hints.get(key))
-        if kind and not (value is None and _optional(hints.get(key))) and not _is_kind(value, kind):
-            raise UserError(f"{group}.{key} must be {_KIND_WORDS[kind]} (got {value!r}).")
+        rule = hint_rule(hints.get(key))
+        problem = rule.problem(value) if rule else None
+        if problem:
+            raise UserError(f"{group}.{key} {problem}.")
 
 
 def check_loader_arguments(node: Dict[str, Any]) -> None:
@@ -246,21 +251,32 @@ def check_loader_arguments(node: Dict[str, Any]) -> None:
         check(**{k: v for k, v in node.items() if not k.startswith("_") and k not in DATASET_RUN_KEYS})
 
 
-def _hints(target: str) -> Dict[str, Any]:
+def target_hints(target: str) -> Dict[str, Any]:
+    """The type hints of a ``_target_``'s arguments."""
     try:
         return typing.get_type_hints(_target_callable(target))
     except Exception:  # annotations naming types that cannot be resolved: no type check
         return {}
 
 
-def _optional(hint: Any) -> bool:
-    return hint is not None and type(None) in typing.get_args(hint)
+_KIND_OF_TYPE = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
-def _kind_of(hint: Any) -> Optional[str]:
-    args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
-    names = {bool: "bool", int: "int", float: "float", str: "str"}
-    return names.get(args[0]) if len(args) == 1 else None
+def hint_rule(hint: Any) -> Optional[Rule]:
+    """What a type hint states about a value: its kind (``int``, ``Optional[float]`` ...) and, for
+    ``Literal[...]``, its allowed values; None for a hint that states neither."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if optional else [hint]
+    if len(args) != 1:
+        return None
+    if typing.get_origin(args[0]) is not typing.Literal:
+        kind = _KIND_OF_TYPE.get(args[0])
+        return Rule(kind, optional=optional) if kind else None
+    choices = typing.get_args(args[0])
+    kinds = {_KIND_OF_TYPE.get(type(c)) for c in choices}
+    if len(kinds) != 1 or None in kinds:  # mixed kinds: not a choice of plain values
+        return None
+    return Rule(kinds.pop(), choices=choices, optional=optional)
 
 
 def flatten(node: Any, prefix: str = "") -> Dict[str, Any]:

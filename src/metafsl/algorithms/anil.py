@@ -9,6 +9,7 @@ inside the inner loop.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -20,14 +21,18 @@ from metafsl.algorithms.gradient import GradientLearner
 
 
 class ANIL(GradientLearner):
+    """MAML whose inner loop adapts only the linear head (see the module docstring).
+
+    Example:
+        metafsl train algo=anil algo.inner_steps=5 algo.first_order=true
+    """
+
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False):
-        super().__init__(backbone, n_way)
-        self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
-        self.test_inner_lr = float(inner_lr if test_inner_lr is None else test_inner_lr)
-        self.test_inner_steps = int(test_inner_steps)
-        self.first_order = bool(first_order)
+        super().__init__(backbone, n_way, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_lr=test_inner_lr,
+                         test_inner_steps=test_inner_steps, first_order=first_order)
+        # learn2learn's MAML wrapper around the linear head: clone() + adapt() in the inner loop
         self.head = learn2learn().algorithms.MAML(nn.Linear(backbone.out_features, n_way),
                                                   lr=self.inner_lr, first_order=self.first_order)
 
@@ -40,13 +45,9 @@ class ANIL(GradientLearner):
             head.adapt(nn.functional.cross_entropy(head(support), labels), first_order=first_order)
         return head
 
-    def task_learner(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+    def adapted_model(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
         """The body embeds, the adapted head classifies; at test time the body runs without a graph."""
-        if training:
-            head = self.adapt_head(self.backbone(support_x), support_y, self.inner_steps, self.inner_lr,
-                                   self.first_order)
-            return lambda query_x: head(self.backbone(query_x))
-        with torch.no_grad():
+        with contextlib.nullcontext() if training else torch.no_grad():
             support = self.backbone(support_x)
-        head = self.adapt_head(support, support_y, self.test_inner_steps, self.test_inner_lr, first_order=True)
+        head = self.adapt_head(support, support_y, *self.inner_loop_settings(training))
         return lambda query_x: head(self.backbone(query_x))

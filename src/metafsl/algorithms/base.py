@@ -19,7 +19,9 @@ What a method can do is declared by class attributes, read by the engine and by 
 ``check_episode``: ``n_way`` (set by methods with a fixed number of outputs),
 ``fewer_classes_ok`` (such a method also takes fewer classes), ``head_noun`` (how its
 outputs are named in errors), ``adapts_with_gradients`` (it takes gradient steps at test
-time; also keeps it off the channels-last memory format, see ``engine/runtime.py``).
+time; also keeps it off the channels-last memory format, see ``engine/runtime.py``),
+``train_stream`` (what the engine draws for training: episodes, or labelled mini-batches of
+``train_batch_size`` images; ``prepare_training(n_classes)`` comes first).
 
 Family bases carry the shared parts: ``metric.MetricLearner`` (an embedding and a rule on
 embeddings; batched evaluation embeds each distinct image once), ``gradient.GradientLearner``
@@ -30,13 +32,13 @@ the meta-learner LSTM).  Algorithms know nothing about files, configs or the CLI
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Callable, ContextManager, Dict, Literal, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from metafsl.data.base import FewShotSplit
-from metafsl.data.sampler import EpisodeSampler, Preprocess, TaskBatch
+from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
 #: a classifier for one task: query images (Nq, C, H, W) -> logits (Nq, n_way)
@@ -56,6 +58,22 @@ def class_count(support_y: torch.Tensor) -> int:
     return n_way
 
 
+def renamed_keys(state: Mapping[str, Any], renames: Dict[str, str]) -> Mapping[str, Any]:
+    """``state`` (a state dict) with the key prefixes of ``renames`` (old -> new) replaced, its
+    per-module metadata too."""
+    def new(key: str) -> str:
+        old = next((o for o in renames if key.startswith(o)), None)
+        return key if old is None else renames[old] + key[len(old):]
+
+    if not any(new(k) != k for k in state):
+        return state
+    out: Any = OrderedDict((new(k), v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # module prefixes, without the trailing dot
+        out._metadata = OrderedDict((new(k + ".")[:-1] if k else k, v) for k, v in metadata.items())
+    return out
+
+
 class Algorithm(nn.Module):
     #: the number of classes this learner was built for, when fixed (an output head); None: any
     n_way: Optional[int] = None
@@ -65,6 +83,15 @@ class Algorithm(nn.Module):
     head_noun: str = "a {n}-way output head"
     #: whether adaptation takes gradient steps at test time (autograd on in ``adapt``)
     adapts_with_gradients: bool = False
+    #: what the training loop draws (the engine builds it, ``engine.components.build_train_stream``):
+    #: "episodes", meta-batches of tasks of the run's ``episode.train`` (``TaskBatch``; sequence
+    #: learners read each episode as a sequence), or "batches", labelled mini-batches of
+    #: ``train_batch_size`` images of all training classes (``LabelledBatch``, the transfer baselines)
+    train_stream: Literal["episodes", "batches"] = "episodes"
+    #: images per mini-batch of the "batches" stream
+    train_batch_size: Optional[int] = None
+    #: state-dict key prefixes renamed since (old -> new): checkpoints written before still load
+    renamed_state_keys: Dict[str, str] = {}
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -127,6 +154,11 @@ class Algorithm(nn.Module):
         raise UserError(f"This {type(self).__name__} learner has {self.head_noun.format(n=self.n_way)}: it "
                         f"classifies {bound} {self.n_way} classes, got {n_way}{advice}.")
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, older key names (``renamed_state_keys``) renamed first."""
+        return super().load_state_dict(renamed_keys(state_dict, self.renamed_state_keys), strict=strict,
+                                        assign=assign)
+
     def embed_episodes(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass over all support and query images: (B, Ns, D), (B, Nq, D)."""
         b, ns = batch.support_x.shape[:2]
@@ -134,10 +166,6 @@ class Algorithm(nn.Module):
         z = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
         return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, nq, -1)
 
-    def train_source(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, device,
-                     seed: int, preprocess: Preprocess, within_group: bool = False):
-        """What the training loop draws batches from: anything with ``sample(n, train=True)``
-        and ``state_dict()/load_state_dict()``.  Episodic methods use the episode sampler;
-        transfer baselines return a sampler of plain labelled mini-batches instead."""
-        return EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed,
-                              preprocess=preprocess, within_group=within_group, split_name="train")
+    def prepare_training(self, n_classes: int) -> None:
+        """Called once before training starts (before the optimiser takes the parameters), with the
+        number of training classes; a method whose parameters depend on it creates them here."""

@@ -1,12 +1,12 @@
 """Baseline and Baseline++ (Chen, Liu, Kira, Wang & Huang, "A Closer Look at Few-shot
 Classification", ICLR 2019).
 
-Training is plain supervised classification of all training classes (``train_source``
-returns a sampler of labelled mini-batches with global labels; one mini-batch per trainer
-iteration).  At test time the pre-trained classifier is discarded: for every task a new
-head is fitted on the support embeddings with the backbone frozen (SGD lr 0.01, momentum
-0.9, dampening 0.9, weight decay 0.001, mini-batches of 4, 100 epochs, as in the paper's
-code), then applied to the queries (``metafsl.algorithms.transfer``).
+Training is plain supervised classification of all training classes (labelled mini-batches
+with global labels, one per trainer iteration: ``train_stream = "batches"``).  At test time
+the pre-trained classifier is discarded: for every task a new head is fitted on the support
+embeddings with the backbone frozen (SGD lr 0.01, momentum 0.9, dampening 0.9, weight decay
+0.001, mini-batches of 4, 100 epochs, as in the paper's code), then applied to the queries
+(``metafsl.algorithms.transfer``).
 
 Baseline: linear head, ``W x + b``.  Baseline++: cosine head,
 ``scale * <x / |x|, g_k v_k / |v_k|>`` (weight-normalised class vectors with a learned
@@ -61,7 +61,11 @@ class CosineClassifier(nn.Module):
 
 
 class Baseline(TransferBaseline):
-    """Linear heads, ``W x + b``."""
+    """Linear heads, ``W x + b``.
+
+    Example:
+        metafsl train algo=baseline algo.batch_size=64 algo.finetune_epochs=50
+    """
 
     def make_classifier(self, n_classes: int) -> nn.Module:
         return nn.Linear(self.backbone.out_features, n_classes)
@@ -74,7 +78,14 @@ class Baseline(TransferBaseline):
 
 
 class BaselinePP(TransferBaseline):
-    """Cosine heads with Chen et al.'s scale (or ``scale``), in pre-training and at test time."""
+    """Cosine heads with Chen et al.'s scale (or ``scale``), in pre-training and at test time.
+
+    Arguments:
+        scale: cosine-classifier scale; null: 2 for up to 200 classes, else 10 (Chen et al.'s code).
+
+    Example:
+        metafsl train algo=baselinepp algo.scale=10
+    """
 
     classifier_key = "classifier.v"
 

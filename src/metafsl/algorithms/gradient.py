@@ -1,10 +1,13 @@
 """Gradient-based learners: a copy of the model is adapted to each task by gradient steps.
 
 A ``GradientLearner`` has an output head of ``n_way`` classes and implements one hook,
-``task_learner(support_x, support_y, training)``: the model adapted to one task's support
+``adapted_model(support_x, support_y, training)``: the model adapted to one task's support
 set, a callable on query images.  ``training=True`` is the meta-training inner loop (its
 result stays differentiable w.r.t. the meta-parameters where the method asks for it);
-``training=False`` is test-time adaptation (the method's test steps and rates).  From it:
+``training=False`` is test-time adaptation (the method's test steps and rates).  The
+inner-loop settings the methods share (``inner_lr``, ``inner_steps``, ``test_inner_lr``,
+``test_inner_steps``, ``first_order``) are set here, once; ``inner_loop_settings(training)``
+picks those of meta-training or of test time.  From the hook:
 
 - ``meta_loss``/``meta_backward``: the query loss of each adapted model; ``meta_backward``
   backpropagates task by task, so only one task's inner-loop graph is alive at a time (the
@@ -18,7 +21,7 @@ adapt through learn2learn's ``MAML``/``MetaSGD`` wrappers (``clone()`` + ``adapt
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Tuple
+from typing import Callable, ContextManager, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -37,26 +40,57 @@ def use_batch_statistics(module: nn.Module) -> None:
             m.num_batches_tracked = None
 
 
+class InnerLoop(NamedTuple):
+    """How one task's copy of the model is adapted: ``steps`` steps of size ``lr`` (None: the
+    method's own rates), differentiated through (``first_order=False``) or not."""
+
+    steps: int
+    lr: Optional[float]
+    first_order: bool
+
+
 class GradientLearner(Algorithm):
+    """A model adapted to each task by gradient steps (see the module docstring).
+
+    Arguments:
+        inner_lr: step size of the inner loop's gradient steps.
+        inner_steps: inner-loop steps on each task's support set during meta-training.
+        test_inner_lr: step size at test time; null: inner_lr.
+        test_inner_steps: inner-loop steps on each task's support set at test time.
+        first_order: drop second derivatives from the meta-gradient (FOMAML); test time is first order anyway.
+    """
+
     adapts_with_gradients = True
     #: False when ``meta_loss`` builds one graph for the whole batch (MAML's vmap backend, Reptile)
     backprop_per_task: bool = True
 
-    def __init__(self, backbone: nn.Module, n_way: int):
+    def __init__(self, backbone: nn.Module, n_way: int, *, inner_steps: int, test_inner_steps: int,
+                 inner_lr: Optional[float] = None, test_inner_lr: Optional[float] = None,
+                 first_order: bool = False):
         super().__init__(backbone)
         self.n_way = int(n_way)
         use_batch_statistics(backbone)  # as in Finn et al.'s code: no running averages
+        self.inner_steps, self.test_inner_steps = int(inner_steps), int(test_inner_steps)
+        self.inner_lr = None if inner_lr is None else float(inner_lr)
+        self.test_inner_lr = self.inner_lr if test_inner_lr is None else float(test_inner_lr)
+        self.first_order = bool(first_order)
 
-    def task_learner(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+    def inner_loop_settings(self, training: bool) -> InnerLoop:
+        """Meta-training's inner loop, or test time's (first order: nothing differentiates it)."""
+        if training:
+            return InnerLoop(self.inner_steps, self.inner_lr, self.first_order)
+        return InnerLoop(self.test_inner_steps, self.test_inner_lr, True)
+
+    def adapted_model(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
         """The model adapted to one task (see the module docstring)."""
         raise NotImplementedError
 
     def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
-        return self.task_learner(support_x, support_y, training=False)
+        return self.adapted_model(support_x, support_y, training=False)
 
     def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Query loss and accuracy of task ``i`` after the training inner loop."""
-        logits = self.task_learner(batch.support_x[i], batch.support_y[i], training=True)(batch.query_x[i])
+        logits = self.adapted_model(batch.support_x[i], batch.support_y[i], training=True)(batch.query_x[i])
         return nn.functional.cross_entropy(logits, batch.query_y[i]), accuracy(logits.detach(), batch.query_y[i])
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:

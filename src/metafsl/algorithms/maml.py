@@ -24,7 +24,7 @@ backend only:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, List, Optional, Tuple
+from typing import Callable, ContextManager, List, Literal, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,38 +36,44 @@ from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
-#: l2l: learn2learn's per-task clone/adapt loop (reference); vmap: all tasks at once (torch.func)
-BACKENDS = ("l2l", "vmap")
-
 
 class MAML(GradientLearner):
+    """MAML, FOMAML (``first_order=True``) and the MAML++ options (see the module docstring).
+
+    Arguments:
+        backend: l2l, learn2learn's per-task clone/adapt loop (the reference); vmap, all tasks of a
+            meta-batch at once with torch.func (same gradients, faster).
+        per_step_lr: MAML++ LSLR: a learned inner rate per tensor and per step, from inner_lr (l2l backend).
+        multi_step_loss: MAML++ MSL: the query loss after every inner step, annealed to the last (l2l backend).
+        msl_iterations: training iterations over which the multi-step loss anneals to the last step.
+
+    Example:
+        metafsl train algo=maml algo.backend=vmap algo.inner_steps=5 algo.test_inner_steps=10
+    """
+
+    renamed_state_keys = {"learner.": "l2l_model."}  # how checkpoints of 0.1.0 name it
+
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
-                 first_order: bool = False, backend: str = "l2l", per_step_lr: bool = False,
+                 first_order: bool = False, backend: Literal["l2l", "vmap"] = "l2l", per_step_lr: bool = False,
                  multi_step_loss: bool = False, msl_iterations: int = 7500):
-        if backend not in BACKENDS:
-            raise UserError(f"Unknown MAML backend '{backend}'; choose one of: {', '.join(BACKENDS)}.")
         if backend == "vmap" and (per_step_lr or multi_step_loss):
             raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
-        if multi_step_loss and int(msl_iterations) < 1:
-            raise UserError(f"msl_iterations must be at least 1 (got {msl_iterations}).")
-        super().__init__(backbone, n_way)
+        super().__init__(backbone, n_way, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_lr=test_inner_lr,
+                         test_inner_steps=test_inner_steps, first_order=first_order)
         self.backend = backend
         self.backprop_per_task = backend == "l2l"  # vmap: all tasks in one graph, one backward
         self.head = nn.Linear(backbone.out_features, n_way)
-        self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
-        self.test_inner_lr = float(inner_lr if test_inner_lr is None else test_inner_lr)
-        self.test_inner_steps = int(test_inner_steps)
-        self.first_order = bool(first_order)
         l2l = learn2learn()
-        # The wrapper shares parameters with backbone/head (no copy).
-        self.learner = l2l.algorithms.MAML(nn.Sequential(self.backbone, self.head),
-                                           lr=self.inner_lr, first_order=self.first_order)
+        # learn2learn's wrapper of backbone + head: shares their parameters (no copy); clone() is
+        # one task's copy of the model, adapt() its inner step
+        self.l2l_model = l2l.algorithms.MAML(nn.Sequential(self.backbone, self.head),
+                                             lr=self.inner_lr, first_order=self.first_order)
         self._maml_update = l2l.algorithms.maml.maml_update
         # MAML++ state exists only when its option is on, so other checkpoints keep their keys.
         self.step_lrs: Optional[nn.Parameter] = None
         if per_step_lr:
-            n_tensors = len(list(self.learner.module.parameters()))
+            n_tensors = len(list(self.l2l_model.module.parameters()))
             steps = max(self.inner_steps, self.test_inner_steps)
             self.step_lrs = nn.Parameter(torch.full((steps, n_tensors), self.inner_lr))
         self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)
@@ -76,20 +82,20 @@ class MAML(GradientLearner):
 
     def inner_loop(self, support_x, support_y, steps: int, lr: float, first_order: bool,
                    after_step: Optional[Callable[[nn.Module], None]] = None):
-        """A clone of the model after ``steps`` inner steps (``after_step(learner)`` after each)."""
-        learner = self.learner.clone(first_order=first_order)
-        learner.lr = lr
+        """A clone of the model after ``steps`` inner steps (``after_step(model)`` after each)."""
+        model = self.l2l_model.clone(first_order=first_order)
+        model.lr = lr
         for step in range(steps):
-            loss = nn.functional.cross_entropy(learner(support_x), support_y)
+            loss = nn.functional.cross_entropy(model(support_x), support_y)
             if self.step_lrs is None:
-                learner.adapt(loss, first_order=first_order)
+                model.adapt(loss, first_order=first_order)
             else:  # LSLR: learn2learn's update with one learned rate per tensor for this step
-                params = list(learner.parameters())
+                params = list(model.parameters())
                 grads = torch.autograd.grad(loss, params, create_graph=not first_order)
-                self._maml_update(learner, 1.0, [r * g for r, g in zip(self.step_lrs[step], grads)])
+                self._maml_update(model, 1.0, [r * g for r, g in zip(self.step_lrs[step], grads)])
             if after_step is not None:
-                after_step(learner)
-        return learner
+                after_step(model)
+        return model
 
     def msl_weights(self, steps: int) -> torch.Tensor:
         """MAML++'s per-step loss weights at the current training iteration (they sum to 1)."""
@@ -102,18 +108,16 @@ class MAML(GradientLearner):
         w[-1] = 1.0 - w[:-1].sum()
         return w
 
-    def task_learner(self, support_x, support_y, training: bool) -> Classifier:
-        if training:
-            return self.inner_loop(support_x, support_y, self.inner_steps, self.inner_lr, self.first_order)
-        return self.inner_loop(support_x, support_y, self.test_inner_steps, self.test_inner_lr, first_order=True)
+    def adapted_model(self, support_x, support_y, training: bool) -> Classifier:
+        return self.inner_loop(support_x, support_y, *self.inner_loop_settings(training))
 
     def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         # after the MSL phase (or one inner step) only the last step counts: plain MAML
         if not (self.multi_step_loss and self.training) or int(self.msl_iteration) >= self.msl_iterations:
             return super().task_loss(batch, i)
         logits: List[torch.Tensor] = []
-        self.inner_loop(batch.support_x[i], batch.support_y[i], self.inner_steps, self.inner_lr,
-                        self.first_order, after_step=lambda learner: logits.append(learner(batch.query_x[i])))
+        self.inner_loop(batch.support_x[i], batch.support_y[i], *self.inner_loop_settings(training=True),
+                        after_step=lambda model: logits.append(model(batch.query_x[i])))
         weights = self.msl_weights(self.inner_steps).tolist()  # all > 0 during the MSL phase
         loss = sum(w * nn.functional.cross_entropy(z, batch.query_y[i]) for w, z in zip(weights, logits))
         return loss, accuracy(logits[-1].detach(), batch.query_y[i])
@@ -128,7 +132,7 @@ class MAML(GradientLearner):
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "vmap":
-            loss, logits = maml_vmap.meta_loss(self.learner.module, batch, self.inner_steps,
+            loss, logits = maml_vmap.meta_loss(self.l2l_model.module, batch, self.inner_steps,
                                                self.inner_lr, self.first_order)
             return loss, accuracy(logits.detach(), batch.query_y).mean()
         return super().meta_loss(batch)
@@ -137,5 +141,5 @@ class MAML(GradientLearner):
         if self.backend == "l2l":
             return super().episode_logits(batch)
         self.check_episode(batch.n_way, train=False)
-        return maml_vmap.query_logits_no_grad(self.learner.module, batch, self.test_inner_steps,
+        return maml_vmap.query_logits_no_grad(self.l2l_model.module, batch, self.test_inner_steps,
                                               self.test_inner_lr)

@@ -60,6 +60,20 @@ class MemoryState:
 
 
 class MANN(SequenceLearner):
+    """An LSTM controller with a least-recently-used external memory (see the module docstring).
+
+    Arguments:
+        controller_size: hidden units of the LSTM controller.
+        memory_slots: rows of the external memory.
+        memory_size: width of each memory row.
+        read_heads: read heads (keys per step); at most memory_slots.
+        gamma: decay of the usage weights (least-recently-used access).
+        input_norm: a LayerNorm on the backbone's embeddings before the controller (our addition).
+
+    Example:
+        metafsl train algo=mann algo.memory_slots=64
+    """
+
     #: labels enter as one-hot inputs of n_way slots; a task may use fewer of them
     fewer_classes_ok = True
     head_noun = "{n} label slots"

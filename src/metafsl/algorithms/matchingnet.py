@@ -68,6 +68,17 @@ class QueryEncoder(nn.Module):
 
 
 class MatchingNet(MetricLearner):
+    """Attention over the support set (see the module docstring).
+
+    Arguments:
+        fce: full context embeddings: a BiLSTM over the support set, an attention LSTM for queries.
+        fce_steps: steps of the attention LSTM that reads the support set (the paper does not state it).
+        temperature: multiplies the cosine similarities before the softmax attention (paper: 1).
+
+    Example:
+        metafsl train algo=matchingnet algo.fce=true algo.temperature=10
+    """
+
     def __init__(self, backbone: nn.Module, fce: bool = False, fce_steps: int = 5, temperature: float = 1.0):
         super().__init__(backbone)
         self.fce = bool(fce)

@@ -1,15 +1,15 @@
 """Meta-learner LSTM (Ravi & Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017).
 
-The learner (backbone + linear head) is trained on each task's support set by ``steps``
-updates that an LSTM produces.  The update is an LSTM cell-state update whose cell state
-*is* the learner's flattened parameter vector:
+The classifier network ``net`` (backbone + linear head; the paper's "learner") is trained on
+each task's support set by ``steps`` updates that an LSTM produces.  The update is an LSTM
+cell-state update whose cell state *is* the network's flattened parameter vector:
     theta_t = f_t * theta_{t-1} - i_t * grad_t,
     i_t = sigmoid(W_I [h_t, theta_{t-1}, i_{t-1}] + b_I),
     f_t = sigmoid(W_F [h_t, theta_{t-1}, f_{t-1}] + b_F),
 where h_t comes from a first, ordinary LSTM layer reading the preprocessed loss and gradient
 (Andrychowicz et al. 2016: x -> (log|x| / p, sign x) if |x| >= e^-p else (-1, e^p x)).
 All weights are shared across coordinates (each coordinate is a batch element).  The
-initial cell state theta_0 is the learner's own (meta-learned) parameters.  As in the
+initial cell state theta_0 is the network's own (meta-learned) parameters.  As in the
 paper, gradients and losses are inputs: no second derivatives flow through them.  The
 forget-gate bias starts high (f ~ 1) and the input-gate bias low (small initial steps).
 """
@@ -37,7 +37,7 @@ def preprocess(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class UpdateCell(nn.Module):
-    """The second layer: cell state = learner parameters, gates f and i per coordinate."""
+    """The second layer: cell state = the network's parameters, gates f and i per coordinate."""
 
     def __init__(self, hidden: int, forget_bias: float, input_bias: float):
         super().__init__()
@@ -53,8 +53,23 @@ class UpdateCell(nn.Module):
 
 
 class MetaLSTM(SequenceLearner):
-    #: the learner's loss gradient is an input at test time too
+    """An LSTM that produces the classifier network's updates (see the module docstring).
+
+    Arguments:
+        steps: updates the meta-learner makes to the network per task during training.
+        test_steps: the same at test time; null: steps.
+        hidden: units of the first LSTM layer.
+        preprocess_p: p of Andrychowicz et al.'s (2016) gradient and loss preprocessing.
+        forget_bias: initial bias of the forget gate (high: the parameters are kept).
+        input_bias: initial bias of the input gate (low: small first steps).
+
+    Example:
+        metafsl train algo=metalstm algo.steps=10
+    """
+
+    #: the network's loss gradient is an input at test time too
     adapts_with_gradients = True
+    renamed_state_keys = {"learner.": "net."}  # how checkpoints of 0.1.0 name it
 
     def __init__(self, backbone: nn.Module, n_way: int, steps: int = 5, test_steps: Optional[int] = None,
                  hidden: int = 20, preprocess_p: float = 10.0, forget_bias: float = 5.0,
@@ -62,32 +77,32 @@ class MetaLSTM(SequenceLearner):
         super().__init__(backbone, n_way)
         use_batch_statistics(backbone)
         self.head = nn.Linear(backbone.out_features, n_way)
-        self.learner = nn.Sequential(self.backbone, self.head)
+        self.net = nn.Sequential(self.backbone, self.head)
         self.steps = int(steps)
         self.test_steps = int(steps if test_steps is None else test_steps)
         self.p = float(preprocess_p)
         self.lstm = nn.LSTMCell(4, int(hidden))
         self.update = UpdateCell(int(hidden), forget_bias, input_bias)
-        self._names = [n for n, _ in self.learner.named_parameters()]
-        self._shapes = [p.shape for _, p in self.learner.named_parameters()]
+        self._names = [n for n, _ in self.net.named_parameters()]
+        self._shapes = [p.shape for _, p in self.net.named_parameters()]
 
     def unflatten(self, theta: torch.Tensor):
         chunks = theta.split([s.numel() for s in self._shapes])
         return {n: c.view(s) for n, c, s in zip(self._names, chunks, self._shapes)}
 
-    def learner_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.learner, self.unflatten(theta), (x,))
+    def net_logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.net, self.unflatten(theta), (x,))
 
-    def learner_params(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
-        """Learner parameters after ``steps`` meta-learner updates on (x, y)."""
-        theta = torch.cat([p.flatten() for p in self.learner.parameters()])
+    def adapted_params(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
+        """The network's parameters after ``steps`` meta-learner updates on (x, y)."""
+        theta = torch.cat([p.flatten() for p in self.net.parameters()])
         n = theta.numel()
         h = torch.zeros(n, self.lstm.hidden_size, device=theta.device, dtype=theta.dtype)
         c, f, i = torch.zeros_like(h), torch.zeros_like(theta), torch.zeros_like(theta)
         for _ in range(steps):
-            with torch.enable_grad():  # gradient of the learner's loss: an input, no graph kept
+            with torch.enable_grad():  # gradient of the network's loss: an input, no graph kept
                 probe = theta.detach().requires_grad_()
-                loss = F.cross_entropy(self.learner_logits(probe, x), y)
+                loss = F.cross_entropy(self.net_logits(probe, x), y)
                 grad = torch.autograd.grad(loss, probe)[0]
             inputs = torch.cat([preprocess(loss.detach().expand(n), self.p), preprocess(grad, self.p)], -1)
             h, c = self.lstm(inputs, (h, c))
@@ -95,10 +110,10 @@ class MetaLSTM(SequenceLearner):
         return theta
 
     def read(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int, training: bool) -> Classifier:
-        """The learner after the meta-learner's updates (test time: no graph through them)."""
+        """The network after the meta-learner's updates (test time: no graph through them)."""
         if training:
-            theta = self.learner_params(support_x, support_y, self.steps)
+            theta = self.adapted_params(support_x, support_y, self.steps)
         else:
             with torch.no_grad():
-                theta = self.learner_params(support_x, support_y, self.test_steps)
-        return lambda query_x: self.learner_logits(theta, query_x)
+                theta = self.adapted_params(support_x, support_y, self.test_steps)
+        return lambda query_x: self.net_logits(theta, query_x)

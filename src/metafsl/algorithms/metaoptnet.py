@@ -24,7 +24,7 @@ label smoothing, as in the authors' code.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Literal, Tuple
 
 import torch
 from torch import nn
@@ -33,7 +33,6 @@ from torch.nn import functional as F
 from metafsl.algorithms.base import accuracy
 from metafsl.algorithms.metric import MetricLearner
 from metafsl.data.sampler import TaskBatch
-from metafsl.errors import UserError
 
 
 def ridge_head(query: torch.Tensor, support: torch.Tensor, onehot: torch.Tensor, lam: float) -> torch.Tensor:
@@ -85,12 +84,25 @@ def svm_head(query: torch.Tensor, support: torch.Tensor, onehot: torch.Tensor, c
 
 
 class MetaOptNet(MetricLearner):
-    def __init__(self, backbone: nn.Module, head: str = "svm", svm_c: float = 0.1, svm_steps: int = 50,
+    """A linear classifier solved on each task's support embeddings (see the module docstring).
+
+    Arguments:
+        head: svm, the Crammer-Singer multi-class SVM; ridge, ridge regression to one-hot targets.
+        svm_c: the SVM's regularisation constant C.
+        svm_steps: unrolled accelerated projected-gradient iterations on the SVM dual during training.
+        test_svm_steps: the same iterations at test time.
+        ridge_lambda: the ridge head's regularisation lambda.
+        scale: initial value of the learned scale of the query logits.
+        label_smoothing: label smoothing of the training loss.
+
+    Example:
+        metafsl train algo=metaoptnet algo.head=ridge
+    """
+
+    def __init__(self, backbone: nn.Module, head: Literal["svm", "ridge"] = "svm", svm_c: float = 0.1, svm_steps: int = 50,
                  test_svm_steps: int = 200, ridge_lambda: float = 50.0, scale: float = 1.0,
                  label_smoothing: float = 0.1):
         super().__init__(backbone)
-        if head not in ("svm", "ridge"):
-            raise UserError(f"Unknown MetaOptNet head '{head}'; choose one of: svm, ridge.")
         self.head = head
         self.svm_c, self.svm_steps, self.test_svm_steps = float(svm_c), int(svm_steps), int(test_svm_steps)
         self.ridge_lambda = float(ridge_lambda)

@@ -12,13 +12,14 @@ below instead: on 1000 episodes of 64-d embeddings (1 CPU thread) they take 15 m
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from metafsl._l2l import learn2learn
 from metafsl.algorithms.base import Classifier
 from metafsl.algorithms.metric import MetricLearner
-from metafsl.errors import UserError
 
 
 def prototypes(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -42,10 +43,19 @@ def cosine_logits(query: torch.Tensor, protos: torch.Tensor, scale: float) -> to
 
 
 class ProtoNet(MetricLearner):
-    def __init__(self, backbone: nn.Module, distance: str = "sqeuclidean", temperature: float = 10.0):
+    """Nearest class mean of the support embeddings (see the module docstring).
+
+    Arguments:
+        distance: sqeuclidean, squared Euclidean distance (Snell et al.); cosine, scaled cosine similarity.
+        temperature: scale of cosine logits (not used with sqeuclidean).
+
+    Example:
+        metafsl train algo=protonet algo.distance=cosine algo.temperature=20
+    """
+
+    def __init__(self, backbone: nn.Module, distance: Literal["sqeuclidean", "cosine"] = "sqeuclidean",
+                 temperature: float = 10.0):
         super().__init__(backbone)
-        if distance not in ("sqeuclidean", "cosine"):
-            raise UserError(f"Unknown ProtoNet distance '{distance}'; choose one of: sqeuclidean, cosine.")
         self.distance = distance
         self.temperature = temperature
 

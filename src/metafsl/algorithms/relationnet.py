@@ -46,6 +46,16 @@ def class_sums(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch
 
 
 class RelationNet(MetricLearner):
+    """A learned relation score between a query and each class (see the module docstring).
+
+    Arguments:
+        width: first layer of the relation module, [f(x); f(x_i)] -> width.
+        hidden: second layer of the relation module, width -> hidden -> 1 (sigmoid).
+
+    Example:
+        metafsl train algo=relationnet algo.width=128
+    """
+
     def __init__(self, backbone: nn.Module, width: int = 64, hidden: int = 8):
         super().__init__(backbone)
         self.relation = RelationModule(backbone.out_features, int(width), int(hidden))

@@ -22,7 +22,7 @@ batch's statistics, as in the paper's code.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Literal, Tuple
 
 import torch
 from torch import nn
@@ -31,7 +31,6 @@ from torch.func import functional_call
 from metafsl.algorithms.base import Classifier, accuracy
 from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
-from metafsl.errors import UserError
 
 Params = Dict[str, torch.Tensor]
 
@@ -50,19 +49,33 @@ def interpolation_surrogate(theta: Params, target: Params) -> torch.Tensor:
 
 
 class Reptile(GradientLearner):
+    """Reptile's inner optimiser and interpolation (see the module docstring).
+
+    Arguments:
+        inner_lr: learning rate of the inner optimiser (training and test time).
+        inner_steps: inner optimiser steps per task in meta-training, each on inner_batch support images.
+        inner_batch: support images per inner step during meta-training.
+        inner_optimizer: adam, Adam with beta1 = 0 (Nichol et al.); sgd, plain gradient steps.
+        test_inner_steps: inner optimiser steps per task at test time.
+        test_inner_batch: support images per inner step at test time.
+        transductive: true, all queries in one batch (batch-norm statistics shared); false, each query alone
+            with the support set (Nichol et al.'s non-transductive protocol).
+
+    Example:
+        metafsl train algo=reptile trainer=reptile episode.train.n_shot=10
+    """
+
     backprop_per_task = False  # one surrogate loss for the whole batch
 
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.001, inner_steps: int = 5,
-                 inner_batch: int = 10, inner_optimizer: str = "adam", test_inner_steps: int = 50,
+                 inner_batch: int = 10, inner_optimizer: Literal["adam", "sgd"] = "adam", test_inner_steps: int = 50,
                  test_inner_batch: int = 5, transductive: bool = True):
-        if inner_optimizer not in ("adam", "sgd"):
-            raise UserError(f"Unknown Reptile inner_optimizer '{inner_optimizer}'; choose one of: adam, sgd.")
-        super().__init__(backbone, n_way)
+        super().__init__(backbone, n_way, inner_lr=inner_lr, inner_steps=inner_steps,
+                         test_inner_steps=test_inner_steps)
         self.head = nn.Linear(backbone.out_features, n_way)
         self.net = nn.Sequential(self.backbone, self.head)
-        self.inner_lr, self.inner_steps, self.inner_batch = float(inner_lr), int(inner_steps), int(inner_batch)
+        self.inner_batch, self.test_inner_batch = int(inner_batch), int(test_inner_batch)
         self.inner_optimizer = inner_optimizer
-        self.test_inner_steps, self.test_inner_batch = int(test_inner_steps), int(test_inner_batch)
         self.transductive = bool(transductive)
 
     def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +120,7 @@ class Reptile(GradientLearner):
             return self.forward_with(phi, query_x)
         return torch.stack([self.forward_with(phi, torch.cat([support_x, q[None]]))[-1] for q in query_x])
 
-    def task_learner(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+    def adapted_model(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
         steps, batch = (self.inner_steps, self.inner_batch) if training else \
             (self.test_inner_steps, self.test_inner_batch)
         phi = self.task_weights(support_x, support_y, steps, batch)

@@ -37,6 +37,15 @@ def nearest_support_scores(pair_logits: torch.Tensor, support_y: torch.Tensor, n
 
 
 class Siamese(MetricLearner):
+    """Same/different pairs; a query gets the class of its most similar support example.
+
+    Arguments:
+        balance: weight same and different pairs equally in the binary cross-entropy.
+
+    Example:
+        metafsl train algo=siamese algo.balance=false
+    """
+
     def __init__(self, backbone: nn.Module, balance: bool = True):
         super().__init__(backbone)
         self.balance = bool(balance)

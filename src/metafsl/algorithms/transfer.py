@@ -1,10 +1,11 @@
 """Transfer baselines: pre-train a classifier of all training classes, fit a new head per task.
 
-Training is plain supervised classification (``train_source`` returns a sampler of labelled
-mini-batches with global labels; one mini-batch per trainer iteration).  At test time the
-pre-trained classifier is discarded: for every task a new head is fitted on the support
-embeddings with the backbone frozen (SGD with momentum, dampening and weight decay, small
-mini-batches, a fixed number of epochs), then applied to the queries.
+Training is plain supervised classification (``train_stream = "batches"``: the engine draws
+labelled mini-batches of ``batch_size`` images with global labels, one per trainer iteration;
+``prepare_training`` sizes the classifier).  At test time the pre-trained classifier is
+discarded: for every task a new head is fitted on the support embeddings with the backbone
+frozen (SGD with momentum, dampening and weight decay, small mini-batches, a fixed number of
+epochs), then applied to the queries.
 
 A ``TransferBaseline`` names its head family with three hooks: ``make_classifier(n_classes)``
 (the pre-training classifier), ``new_head(n_way, dim, device, dtype)`` (a freshly initialised
@@ -22,25 +23,39 @@ from torch import nn
 from torch.nn import functional as F
 
 from metafsl.algorithms.base import Algorithm, Classifier, accuracy
-from metafsl.data.base import FewShotSplit
-from metafsl.data.batches import BatchSampler, LabelledBatch
-from metafsl.data.sampler import Preprocess, TaskBatch
+from metafsl.data.batches import LabelledBatch
+from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
 Head = Dict[str, torch.Tensor]
 
 
 class TransferBaseline(Algorithm):
+    """Pre-train a classifier of all training classes, fit a new head per task (see the module docstring).
+
+    Arguments:
+        batch_size: labelled images per pre-training mini-batch, one mini-batch per trainer iteration
+            (trainer.meta_batch_size is not used).
+        finetune_epochs: test time, epochs of fitting the new head on the support set (backbone frozen).
+        finetune_batch: test time, support images per fine-tuning mini-batch.
+        finetune_lr: test time, SGD learning rate of the new head.
+        finetune_momentum: test time, SGD momentum.
+        finetune_dampening: test time, SGD dampening.
+        finetune_weight_decay: test time, SGD weight decay.
+    """
+
     #: fine-tuning a head takes gradient steps at test time
     adapts_with_gradients = True
     #: the state-dict key of the pre-training classifier's first tensor (sized by the class count)
     classifier_key = "classifier.weight"
+    #: pre-training draws labelled mini-batches of ``batch_size`` images, not episodes
+    train_stream = "batches"
 
     def __init__(self, backbone: nn.Module, batch_size: int = 16, finetune_epochs: int = 100,
                  finetune_batch: int = 4, finetune_lr: float = 0.01, finetune_momentum: float = 0.9,
                  finetune_dampening: float = 0.9, finetune_weight_decay: float = 0.001):
         super().__init__(backbone)
-        self.batch_size = int(batch_size)
+        self.train_batch_size = int(batch_size)
         self.finetune = dict(epochs=int(finetune_epochs), batch=int(finetune_batch), lr=float(finetune_lr),
                              momentum=float(finetune_momentum), dampening=float(finetune_dampening),
                              weight_decay=float(finetune_weight_decay))
@@ -58,11 +73,11 @@ class TransferBaseline(Algorithm):
         raise NotImplementedError
 
     # -- pre-training ------------------------------------------------------------------
-    def train_source(self, split: FewShotSplit, n_way: int, n_shot: int, n_query: int, device,
-                     seed: int, preprocess: Preprocess, within_group: bool = False):
+    def prepare_training(self, n_classes: int) -> None:
+        """The pre-training classifier of the ``n_classes`` training classes, on the backbone's device."""
         if self.classifier is None:
-            self.classifier = self.make_classifier(split.n_classes).to(device)
-        return BatchSampler(split, self.batch_size, device, seed, preprocess)
+            device = next(self.backbone.parameters(), torch.empty(0)).device
+            self.classifier = self.make_classifier(n_classes).to(device)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Recreate the pre-training classifier (sized from the checkpoint) before loading."""
@@ -73,7 +88,8 @@ class TransferBaseline(Algorithm):
 
     def meta_loss(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(batch, LabelledBatch) or self.classifier is None:
-            raise UserError(f"{type(self).__name__} trains on labelled mini-batches from its own train_source.")
+            raise UserError(f"{type(self).__name__} trains on labelled mini-batches (train_stream = 'batches'), "
+                            "after prepare_training.")
         logits = self.classifier(self.backbone(batch.x))
         return F.cross_entropy(logits, batch.y), accuracy(logits.detach(), batch.y)
 

@@ -1,4 +1,4 @@
-"""Build the pieces of a run (device, data, preprocess, learner) from a composed config."""
+"""Build the pieces of a run (device, data, preprocess, learner, training stream) from a composed config."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,10 +7,12 @@ from typing import Any, Dict
 import torch
 
 from metafsl import options
+from metafsl.algorithms.base import Algorithm
 from metafsl.config import target_parameters
 from metafsl.data import load_dataset
-from metafsl.data.base import FewShotDataset
-from metafsl.data.sampler import Preprocess
+from metafsl.data.base import FewShotDataset, FewShotSplit
+from metafsl.data.batches import BatchSampler
+from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import runtime
 from metafsl.errors import UserError
 
@@ -66,3 +68,22 @@ def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Compone
     algorithm = build_learner(cfg, ds.channels, ds.image_size).to(device)
     rt.prepare(algorithm)
     return Components(device, ds, make_preprocess(cfg["dataset"], ds), algorithm, rt)
+
+
+def build_train_stream(learner: Algorithm, split: FewShotSplit, episode: Dict[str, Any],
+                       device: torch.device, seed: int, preprocess: Preprocess):
+    """What the training loop draws from, as ``learner.train_stream`` declares: the episodes of
+    ``episode.train`` (meta-batches of tasks) or labelled mini-batches of ``learner.train_batch_size``
+    images of all training classes.  Either has ``sample(n, train=True)`` and
+    ``state_dict()``/``load_state_dict()`` (checkpoints).  The learner is first told the number of
+    training classes (``prepare_training``)."""
+    learner.prepare_training(split.n_classes)
+    if learner.train_stream == "batches":
+        return BatchSampler(split, learner.train_batch_size, device, seed, preprocess)
+    if learner.train_stream != "episodes":
+        raise ValueError(f"{type(learner).__name__}.train_stream must be 'episodes' or 'batches', "
+                         f"not {learner.train_stream!r}")
+    train = episode["train"]
+    return EpisodeSampler(split, train["n_way"], train["n_shot"], train["n_query"], device=device, seed=seed,
+                          preprocess=preprocess, within_group=episode.get("within_alphabet", False),
+                          split_name="train")

@@ -22,7 +22,7 @@ from metafsl.data.report import episode_need
 from metafsl.engine import checkpoint, hooks
 from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
-from metafsl.engine.components import build
+from metafsl.engine.components import build, build_train_stream
 from metafsl.engine.evaluate import EvalSpec, evaluate
 from metafsl.engine.preflight import check_episodes, has_validation
 from metafsl.engine.resume import StartPlan
@@ -63,10 +63,8 @@ class TrainRecipe:
         if self.data_report:  # one line naming unreadable files and classes too small
             log.info(self.data_report.line())
         self._check_episodes()
-        train = self.ep["train"]
-        self.sampler = self.algo.train_source(
-            self.ds["train"], train["n_way"], train["n_shot"], train["n_query"], self.device,
-            seed=self.cfg["seed"], preprocess=self.parts.preprocess, within_group=self.ep.get("within_alphabet", False))
+        self.sampler = build_train_stream(self.algo, self.ds["train"], self.ep, self.device, self.cfg["seed"],
+                                          self.parts.preprocess)
         params = [p for p in self.algo.parameters() if p.requires_grad]
         self.optimizer = instantiate(self.tr["optimizer"])(params=params)
         self.scheduler = instantiate(self.tr["scheduler"])(optimizer=self.optimizer) \
