@@ -12,6 +12,7 @@ raise ``metafsl.errors.UserError`` (one sentence).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import math
@@ -23,11 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from metafsl.engine.run_dir import (
     RESULT,
+    SUMMARY,
     RunLock,
-    discard_if_unused,
     find,
+    made_for_this_run,
     remove_orphan_temp_files,
     unique_dir,
+    write_failed,
     write_json,
     write_snapshot,
 )
@@ -126,46 +129,68 @@ def check_logger(cfg: Dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- train
 def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = None,
-          overrides: Sequence[str] = (), hydra_cfg: Any = None) -> RunSummary:
+          overrides: Sequence[str] = (), hydra_cfg: Any = None, created: Optional[bool] = None) -> RunSummary:
     """Train (or, with ``resume=true``, continue) the run ``cfg`` describes in ``run_dir`` (default:
     a new unique dir under ``<paths.output_dir>/train``).  Everything is checked, under the run
-    dir's lock, before anything is written into it."""
-    from metafsl.engine.recipe import TrainRecipe
-    from metafsl.engine.resume import plan
-    from metafsl.reporting import console as out
+    dir's lock, before anything is written into it.  ``created``: whether ``run_dir`` was made for
+    this training (default: it does not exist yet, or is a new empty default dir); a training
+    refused before any work then leaves no trace of it."""
     from metafsl.reporting import run_report
 
+    if run_dir is not None and created is None:
+        created = made_for_this_run(Path(run_dir))
     try:
         plain = resolved(cfg)
         check_logger(plain)
         plain = apply_budget(plain)
     except UserError:
-        if run_dir is not None:  # the new default dir Hydra made for this run stays unused
-            discard_if_unused(Path(run_dir))
+        if run_dir is not None and created:
+            with contextlib.suppress(OSError):
+                Path(run_dir).rmdir()  # only ever succeeds on an empty directory
         raise
-    run_dir = Path(run_dir) if run_dir is not None else \
-        unique_dir(Path(plain["paths"]["output_dir"]) / "train")
-    with RunLock(run_dir):
-        start = plan(plain, run_dir, start_missing=_in_sweep(hydra_cfg))
-        if start.mode != "finished":
-            remove_orphan_temp_files(run_dir)  # a killed run's half-written files
-        if start.mode == "finished":
-            done = (start.previous.train or {}).get("iterations")
-            out.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "
-                     "pass a larger trainer.iterations to continue it.")
+    if run_dir is None:
+        run_dir, created = unique_dir(Path(plain["paths"]["output_dir"]) / "train"), True
+    run_dir = Path(run_dir)
+    with RunLock(run_dir) as lock:
+        try:
+            recipe, start = _start(plain, cfg, run_dir, overrides, hydra_cfg)
+        except UserError:
+            lock.discard(remove_dir=bool(created))
+            raise
+        if recipe is None:
             return start.previous
-        write_snapshot(run_dir, cfg, overrides, hydra_cfg)
-        run_report.train_header(plain, run_dir)
-        recipe = TrainRecipe(plain, run_dir)
-        recipe.setup(start)
         summary = recipe.run()
         run_report.print_train_summary(summary, run_dir)
         with RunSummary.locked(run_dir):
             if start.previous is not None:  # re-read: a `metafsl test` may have added a record since
                 summary.continue_from(RunSummary.read_or_none(run_dir) or start.previous)
-            summary.write(run_dir)
+            summary.write(run_dir, failed=lambda exc: write_failed(run_dir, SUMMARY, exc,
+                                                                   kept="the results are shown above"))
         run_report.write_artifacts(plain, run_dir)
     return summary
+
+
+def _start(plain: Dict[str, Any], cfg: Any, run_dir: Path, overrides: Sequence[str], hydra_cfg: Any):
+    """How the training starts, its snapshot written and its recipe set up (data loaded, episodes
+    checked): ``(recipe, start)``, or ``(None, start)`` for a finished run that is left alone."""
+    from metafsl.engine.recipe import TrainRecipe
+    from metafsl.engine.resume import plan
+    from metafsl.reporting import console as out
+    from metafsl.reporting import run_report
+
+    start = plan(plain, run_dir, start_missing=_in_sweep(hydra_cfg))
+    if start.mode == "finished":
+        done = (start.previous.train or {}).get("iterations")
+        out.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "
+                 "pass a larger trainer.iterations to continue it.")
+        return None, start
+    remove_orphan_temp_files(run_dir)  # a killed run's half-written files
+    run_report.train_header(plain, run_dir)
+    recipe = TrainRecipe(plain, run_dir)
+    recipe.setup(start)
+    # after the checks of setup (data, episodes): a refused resume leaves the run's snapshot as it was
+    write_snapshot(run_dir, cfg, overrides, hydra_cfg)
+    return recipe, start
 
 
 def _in_sweep(hydra_cfg: Any) -> bool:

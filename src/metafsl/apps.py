@@ -8,11 +8,14 @@ training writes it after its checks, so a refused command leaves an existing run
 from __future__ import annotations
 
 import functools
+import os
 import warnings
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import hydra
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from metafsl.config import register_configs
 from metafsl.errors import UserError, exit_code
@@ -43,12 +46,61 @@ def _guarded(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     return wrapper
 
 
+class RunDirs(Callback):
+    """Makes an explicit ``hydra.run.dir`` (and the sweep dir) just before Hydra does: a run dir
+    made here is known to be new (a training refused before any work removes it again, see
+    ``api.train(created=...)``), and one that cannot be made (a read-only filesystem) is
+    explained in one sentence (Hydra reports callback errors as warnings, so it is kept here for
+    ``dir_error``, which the failed ``mkdir`` of Hydra then finds)."""
+
+    #: the run dir the last ``on_run_start`` made (None: it existed, or is a default dir)
+    made: Optional[str] = None
+    #: the sentence for a run or sweep dir that could not be made
+    failed: Optional[str] = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        RunDirs.made = RunDirs.failed = None
+        raw = str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir"))
+        if "${" in raw or Path(raw).exists():  # a default dir is new, and made by its resolver
+            return
+        if _make_dir(Path(raw), "hydra.run.dir"):
+            RunDirs.made = os.path.abspath(raw)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        RunDirs.failed = None
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+        except Exception:  # the launcher meets (and reports) the same error
+            return
+        _make_dir(sweep_dir, "hydra.sweep.dir")
+
+
+def _make_dir(path: Path, key: str) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return True
+    except OSError as exc:
+        RunDirs.failed = (f"Cannot create {path} ({exc.strerror or exc.__class__.__name__}); "
+                          f"pass {key}=<a writable folder>.")
+        return False
+
+
+def dir_error(exc: BaseException) -> Optional[str]:
+    """The sentence for Hydra's failure to make the run or sweep dir (None for another error)."""
+    failed, RunDirs.failed = RunDirs.failed, None
+    return failed if isinstance(exc, OSError) else None
+
+
 @_guarded
 def _train(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
     from metafsl.commands.train import train_command
 
+    made, RunDirs.made = RunDirs.made, None
+    created = True if made is not None and made == HydraConfig.get().runtime.output_dir else None
     # The objective for sweepers (e.g. Optuna): validation accuracy, else test accuracy.
-    return train_command(cfg).objective
+    return train_command(cfg, created).objective
 
 
 @_guarded

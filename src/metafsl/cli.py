@@ -82,12 +82,14 @@ def run_hydra(command: str, args: List[str]) -> int:
     sys.argv = argv
     # Hydra prints configuration errors over several lines; let them reach us instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    apps.RunDirs.failed = None
     try:
         apps.APPS[command]()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:
-        sentence = user_error_inside(exc) or unknown_key_error(exc, args) or config_error(exc)
+        sentence = (user_error_inside(exc) or unknown_key_error(exc, args) or config_error(exc)
+                    or apps.dir_error(exc))
         if sentence is None or full_error:
             raise
         return _fail(sentence)

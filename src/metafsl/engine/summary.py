@@ -14,7 +14,7 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from metafsl.engine.run_dir import SUMMARY, write_json
 from metafsl.errors import UserError
@@ -95,9 +95,10 @@ class RunSummary:
     def read_or_none(cls, run_dir: Path) -> Optional["RunSummary"]:
         return cls.read(run_dir) if (Path(run_dir) / SUMMARY).is_file() else None
 
-    def write(self, run_dir: Path) -> Path:
+    def write(self, run_dir: Path, failed: Optional[Callable[[OSError], UserError]] = None) -> Path:
+        """Write summary.json atomically; a failed write is ``failed(error)`` (default: one sentence)."""
         path = Path(run_dir) / SUMMARY
-        write_json(path, self.to_dict())
+        write_json(path, self.to_dict(), failed=failed)
         return path
 
     # ------------------------------------------------------------------ records

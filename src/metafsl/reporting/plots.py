@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from metafsl.engine.run_dir import METRICS, MetricsLog
+from metafsl.engine.run_dir import METRICS, MetricsLog, replace_atomically
 
 CURVES = "curves.png"
 
@@ -83,7 +83,9 @@ def plot_shots(rows: List[Dict[str, Any]], path: Path) -> Path:
             ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:  # atomically: a failed write (read-only, full disk) leaves no partial image
+        replace_atomically(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=100),
+                           binary=True)
+    finally:
+        plt.close(fig)
     return path
