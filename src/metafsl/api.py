@@ -216,6 +216,7 @@ def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str =
         _check_out_dir(Path(out_dir), overwrite)
     path = find(run, checkpoint)
     ck = ckpt.load(path)
+    _say_which_config(run, ck, path)
     verify_checkpoint(run, ck, path)
     fresh = compose("test", [*_group_choices(ck["config"], overrides), *overrides])
     cfg = effective_config(ck["config"], fresh, overrides)
@@ -328,16 +329,41 @@ def effective_config(saved: Dict[str, Any], fresh: DictConfig, overrides: Sequen
     return resolved(cfg)
 
 
+def _is_run_config(config: Any) -> bool:
+    return isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in _RUN_SECTIONS)
+
+
+#: what a run config has, at least (a checkpoint's, or a run's .hydra/config.yaml)
+_RUN_SECTIONS = ("algo", "backbone", "dataset", "episode")
+
+
+def _say_which_config(run: Path, ck: Dict[str, Any], path: Path) -> None:
+    """A run is tested with its checkpoint's config: refuse a checkpoint without a usable one, and
+    say so in one line when the run's ``.hydra/config.yaml`` is missing or not a run config."""
+    from metafsl.engine.run_dir import SNAPSHOT, saved_config
+    from metafsl.reporting import console as out
+
+    if not _is_run_config(ck.get("config")):
+        raise UserError(f"{path} holds no usable run config to rebuild its model from; test a checkpoint "
+                        "written by metafsl train.")
+    if _is_run_config(saved_config(run)):
+        return
+    snapshot = run / SNAPSHOT / "config.yaml"
+    why = "is not a readable run config" if snapshot.exists() else "is missing"
+    out.console.print(f"note: {snapshot} {why}; testing with the config saved in {path}.",
+                      highlight=False, markup=False, soft_wrap=True)
+
+
 def verify_checkpoint(run: Path, ck: Dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint whose algorithm or backbone is not the run's (e.g. copied from another run)."""
     from metafsl.engine.resume import flatten
     from metafsl.engine.run_dir import BEST, LAST, saved_config
 
     reference = saved_config(run)
-    if reference is None:
+    if not _is_run_config(reference):
         other = run / (LAST if path.name == BEST.name else BEST)
         reference = _checkpoint_config(other)
-    if reference is None:
+    if not _is_run_config(reference):
         return
     mine = flatten({k: ck["config"].get(k) for k in ("algo", "backbone")})
     theirs = flatten({k: reference.get(k) for k in ("algo", "backbone")})

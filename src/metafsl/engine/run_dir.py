@@ -286,7 +286,7 @@ def find(run_dir: Path, which: str) -> Path:
 
 
 def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The run's ``.hydra/config.yaml`` as a dict (None when absent or unreadable)."""
+    """The run's ``.hydra/config.yaml`` as a dict (None when absent, unreadable or not a mapping)."""
     path = Path(run_dir) / SNAPSHOT / "config.yaml"
     if not path.is_file():
         return None
@@ -297,6 +297,7 @@ def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:
     except Exception:  # a hand-edited snapshot: nothing to compare against
         return None
     try:
-        return OmegaConf.to_container(conf, resolve=True)
+        data = OmegaConf.to_container(conf, resolve=True)
     except Exception:  # an interpolation that no longer resolves here: compare the raw values
-        return OmegaConf.to_container(conf, resolve=False)
+        data = OmegaConf.to_container(conf, resolve=False)
+    return data if isinstance(data, dict) else None  # a YAML list or scalar is no run config
