@@ -67,7 +67,7 @@ class RunDirs(Callback):
             RunDirs.made = os.path.abspath(raw)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        RunDirs.failed = None
+        RunDirs.made = RunDirs.failed = None
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
         except Exception:  # the launcher meets (and reports) the same error
