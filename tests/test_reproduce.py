@@ -207,6 +207,42 @@ def test_interrupted_reproduction_resumes(run_cli, tmp_path, monkeypatch):
     assert "protonet_glyphs_5w1s" in (out / "table.md").read_text()
 
 
+def test_a_rerun_redoes_rows_whose_summary_was_cut_short(run_cli, tmp_path):
+    """A row's summary.json cut short is kept aside and the row redone: the training row resumes
+    from its last.pt (same result), the row that tests its model tests it again.  A manifest cut
+    short is one sentence."""
+    out = tmp_path / "rep"
+    args = ("reproduce", "table=test_glyphs", "budget=0.5", f"out={out}",
+            "rows=protonet_glyphs_5w1s,protonet_glyphs_5w5s")
+    assert run_cli(*args)[0] == 0
+    rows = [out / "protonet_glyphs_5w1s", out / "protonet_glyphs_5w5s"]
+    before = [json.loads((r / "summary.json").read_text())["test"] for r in rows]
+    for row in rows:
+        text = (row / "summary.json").read_text()
+        (row / "summary.json").write_text(text[: len(text) // 2])
+    code, text, err = run_cli(*args)
+    assert code == 0, err
+    words = " ".join(text.split())
+    for row in rows:
+        assert (f"warning: {row / 'summary.json'} is unreadable or corrupt (JSONDecodeError); kept as "
+                "summary.json.unreadable, the row is redone.") in words
+        assert (row / "summary.json.unreadable").is_file()
+    assert "protonet_glyphs_5w1s: resuming" in words and "same training as protonet_glyphs_5w1s" in words
+    after = [json.loads((r / "summary.json").read_text())["test"] for r in rows]
+    assert [t["acc"] for t in after] == [t["acc"] for t in before]
+    assert [r["our_acc"] != "" for r in _read_csv(out / "table.csv")] == [True, True]
+    manifest = out / "reproduce.json"
+    manifest.write_text(manifest.read_text()[:10])
+    code, _, err = run_cli(*args)
+    assert code == 2 and "Traceback" not in err
+    assert (f"{manifest} is unreadable or corrupt (JSONDecodeError), so the settings the rows in {out} were "
+            "computed with are unknown; delete it to continue them with these settings, or pass "
+            "out=<another dir>.") in " ".join(err.split())
+    manifest.unlink()
+    code, text, err = run_cli(*args)
+    assert code == 0 and text.count("done, skipped") == 2, err
+
+
 def test_snell_omniglot_table_is_two_trainings():
     """Snell et al. train one model per shot and test it at 5 and 20 ways: the presets differ only
     in their test episodes, so the reproduction trains twice, not four times."""

@@ -49,6 +49,30 @@ def test_results_table_csv_sort_and_plot(run_cli, two_runs, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_results_skip_a_summary_with_fields_of_the_wrong_type(run_cli, two_runs, tmp_path):
+    """Each such summary.json is skipped with a warning naming it; the other rows are shown."""
+    import shutil
+
+    good = json.loads((two_runs / "run1" / "summary.json").read_text())
+    broken = {"test": ("x", "'test' is a string, not a mapping"),
+              "val": ([], "'val' is a list, not a mapping"),
+              "train": ({"seconds": "fast"}, "'train.seconds' is a string, not a number"),
+              "tests": ([{"acc": "97.5", "episode": {"n_way": 5, "n_shot": 1}}],
+                        "'tests[0].acc' is a string, not a number")}
+    shutil.copytree(two_runs / "run1", tmp_path / "good")
+    for field, (value, _) in broken.items():
+        shutil.copytree(two_runs / "run1", tmp_path / field)
+        (tmp_path / field / "summary.json").write_text(json.dumps({**good, field: value}))
+    code, out, err = run_cli("results", str(tmp_path), "format=csv", "sort=test")
+    assert code == 0, err
+    assert [r["run"] for r in csv.DictReader(io.StringIO(out))] == [str(tmp_path / "good")]
+    words = " ".join(err.split())
+    for field, (_, problem) in broken.items():
+        assert (f"warning: skipped: {tmp_path / field / 'summary.json'} has a field of the wrong type: "
+                f"{problem}.") in words
+    assert "Traceback" not in out + err
+
+
 def test_results_errors(run_cli, tmp_path):
     code, _, err = run_cli("results", str(tmp_path))
     assert code == 2 and "No summary.json" in err

@@ -76,6 +76,29 @@ def test_submitit_local_sweep_of_two_jobs(run_cli, tmp_path):
         assert float(r["test_acc"]) >= 0
 
 
+def test_two_sweeps_started_in_the_same_second_get_their_own_dirs(run_cli, tmp_path, monkeypatch):
+    """The default sweep dir is unique (as run dirs are), not a timestamp to the second: Hydra's
+    clock is frozen here, so that the two sweeps start "in the same second"."""
+    import datetime
+
+    import hydra.core.utils
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)
+    for _ in range(2):
+        code, _, err = run_cli("sweep", f"paths.output_dir={tmp_path}", "seed=0", *SMALL)
+        assert code == 0, err
+    sweeps = sorted((tmp_path / "sweep").iterdir())
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        rows = _summary(sweep)
+        assert len(rows) == 1 and Path(rows[0]["run_dir"]).parent == sweep
+
+
 def test_a_sweep_resumed_into_its_dir_skips_finished_jobs_and_runs_the_rest(run_cli, tmp_path):
     """`metafsl sweep ... resume=true hydra.sweep.dir=<its dir>` after a sweep stopped part-way:
     the finished job is left byte-identical, the job that never started runs."""

@@ -19,6 +19,7 @@ and ``list`` never pay for torch); everything else is imported here.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import logging
@@ -41,13 +42,15 @@ from metafsl.engine.run_dir import (
     BEST,
     LAST,
     RESULT,
+    SUMMARY,
     RunLock,
-    discard_if_unused,
     find,
     hydra_unique_dir,
+    made_for_this_run,
     remove_orphan_temp_files,
     saved_config,
     unique_dir,
+    write_failed,
     write_json,
     write_snapshot,
 )
@@ -144,46 +147,70 @@ def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------- train
 def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = None,
-          overrides: Sequence[str] = (), hydra_cfg: Any = None, callbacks: Callbacks = None) -> RunSummary:
+          overrides: Sequence[str] = (), hydra_cfg: Any = None, callbacks: Callbacks = None,
+          created: Optional[bool] = None) -> RunSummary:
     """Train (or, with ``resume=true``, continue) the run ``cfg`` describes in ``run_dir`` (default:
     a new unique dir under ``<paths.output_dir>/train``).  Everything is checked, under the run
     dir's lock, before anything is written into it.  ``callbacks`` hear of the run's progress
-    (none: silent); the config's loggers and the run's figures are added to them."""
-    from metafsl.engine.recipe import TrainRecipe
-    from metafsl.engine.resume import plan
+    (none: silent); the config's loggers and the run's figure are added to them.  ``created``:
+    whether ``run_dir`` was made for this training (default: it does not exist yet, or is a new
+    empty default dir); a training refused before any work then leaves no trace of it."""
     from metafsl.reporting.loggers import run_callbacks
 
+    if run_dir is not None and created is None:
+        created = made_for_this_run(Path(run_dir))
     try:
         plain = apply_budget(resolved(cfg))
         own = run_callbacks(plain)  # checks the loggers' packages before any work
     except UserError:
-        if run_dir is not None:  # the new default dir Hydra made for this run stays unused
-            discard_if_unused(Path(run_dir))
+        if run_dir is not None and created:
+            with contextlib.suppress(OSError):
+                Path(run_dir).rmdir()  # only ever succeeds on an empty directory
         raise
-    run_dir = Path(run_dir) if run_dir is not None else \
-        unique_dir(Path(plain["paths"]["output_dir"]) / "train")
+    if run_dir is None:
+        run_dir, created = unique_dir(Path(plain["paths"]["output_dir"]) / "train"), True
+    run_dir = Path(run_dir)
     every = as_list([*(callbacks or []), *own])
     info = RunInfo(run_dir, plain, overrides=list(overrides),
                    sweep_dir=run_dir.parent if _in_sweep(hydra_cfg) else None)
-    with RunLock(run_dir):
-        start = plan(plain, run_dir, start_missing=info.sweep_dir is not None)
-        if start.mode == "finished":
-            done = (start.previous.train or {}).get("iterations")
-            log.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing "
-                     "changed; pass a larger trainer.iterations to continue it.")
+    with RunLock(run_dir) as lock:
+        try:
+            recipe, start = _start(info, cfg, hydra_cfg, every)
+        except UserError:
+            lock.discard(remove_dir=bool(created))
+            raise
+        if recipe is None:
             return start.previous
-        remove_orphan_temp_files(run_dir)  # a killed run's half-written files
-        write_snapshot(run_dir, cfg, overrides, hydra_cfg)
-        every.on_run_start(info)
-        recipe = TrainRecipe(plain, run_dir, every, info)
-        recipe.setup(start)
         summary = recipe.run()
         every.on_train_end(summary, run_dir)  # shown before it is written
         with RunSummary.locked(run_dir):
             if start.previous is not None:  # re-read: a `metafsl test` may have added a record since
                 summary.continue_from(RunSummary.read_or_none(run_dir) or start.previous)
-            summary.write(run_dir)
+            summary.write(run_dir, failed=lambda exc: write_failed(run_dir, SUMMARY, exc,
+                                                                   kept="the results are shown above"))
     return summary
+
+
+def _start(info: RunInfo, cfg: Any, hydra_cfg: Any, callbacks: Callback):
+    """How the training starts, its recipe set up (data loaded, episodes checked) and its snapshot
+    written: ``(recipe, start)``, or ``(None, start)`` for a finished run that is left alone."""
+    from metafsl.engine.recipe import TrainRecipe
+    from metafsl.engine.resume import plan
+
+    run_dir, plain = info.run_dir, info.config
+    start = plan(plain, run_dir, start_missing=info.sweep_dir is not None)
+    if start.mode == "finished":
+        done = (start.previous.train or {}).get("iterations")
+        log.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "
+                 "pass a larger trainer.iterations to continue it.")
+        return None, start
+    remove_orphan_temp_files(run_dir)  # a killed run's half-written files
+    callbacks.on_run_start(info)
+    recipe = TrainRecipe(plain, run_dir, callbacks, info)
+    recipe.setup(start)
+    # after the checks of setup (data, episodes): a refused resume leaves the run's snapshot as it was
+    write_snapshot(run_dir, cfg, info.overrides, hydra_cfg)
+    return recipe, start
 
 
 def _in_sweep(hydra_cfg: Any) -> bool:
@@ -237,6 +264,7 @@ def test_plan(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str 
         raise UserError(f"Run dir {run} does not exist.")
     path = find(run, checkpoint)
     ck = ckpt.load(path)
+    _say_which_config(run, ck, path)
     verify_checkpoint(run, ck, path)
     fresh = compose("test", [*_group_choices(ck["config"], overrides), *overrides])
     cfg = effective_config(ck["config"], fresh, overrides)
@@ -345,13 +373,36 @@ def effective_config(saved: Dict[str, Any], fresh: DictConfig, overrides: Sequen
     return resolved(cfg)
 
 
+def _is_run_config(config: Any) -> bool:
+    return isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in _RUN_SECTIONS)
+
+
+#: what a run config has, at least (a checkpoint's, or a run's .hydra/config.yaml)
+_RUN_SECTIONS = ("algo", "backbone", "dataset", "episode")
+
+
+def _say_which_config(run: Path, ck: Dict[str, Any], path: Path) -> None:
+    """A run is tested with its checkpoint's config: refuse a checkpoint without a usable one, and
+    say so in one line when the run's ``.hydra/config.yaml`` is missing or not a run config."""
+    from metafsl.engine.run_dir import SNAPSHOT
+
+    if not _is_run_config(ck.get("config")):
+        raise UserError(f"{path} holds no usable run config to rebuild its model from; test a checkpoint "
+                        "written by metafsl train.")
+    if _is_run_config(saved_config(run)):
+        return
+    snapshot = run / SNAPSHOT / "config.yaml"
+    why = "is not a readable run config" if snapshot.exists() else "is missing"
+    log.info(f"note: {snapshot} {why}; testing with the config saved in {path}.")
+
+
 def verify_checkpoint(run: Path, ck: Dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint whose algorithm or backbone is not the run's (e.g. copied from another run)."""
     reference = saved_config(run)
-    if reference is None:
+    if not _is_run_config(reference):
         other = run / (LAST if path.name == BEST.name else BEST)
         reference = _checkpoint_config(other)
-    if reference is None:
+    if not _is_run_config(reference):
         return
     mine = flatten({k: ck["config"].get(k) for k in ("algo", "backbone")})
     theirs = flatten({k: reference.get(k) for k in ("algo", "backbone")})

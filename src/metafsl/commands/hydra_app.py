@@ -10,7 +10,11 @@ import contextlib
 import functools
 import os
 import sys
-from typing import Any, Callable, Iterator, List
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from metafsl.errors import UserError
 from metafsl.overrides import (
@@ -40,6 +44,58 @@ def _hydra_argv(argv: List[str]) -> Iterator[None]:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+class RunDirs(Callback):
+    """Makes an explicit ``hydra.run.dir`` (and the sweep dir) just before Hydra does
+    (``hydra.callbacks.run_dirs`` in conf/common.yaml): a run dir made here is known to be new (a
+    training refused before any work removes it again, ``api.train(created=...)``), and one that
+    cannot be made (a read-only filesystem) is explained in one sentence (Hydra reports callback
+    errors as warnings, so it is kept here for ``dir_error``, which Hydra's failed ``mkdir`` then
+    finds)."""
+
+    #: the run dir the last ``on_run_start`` made (None: it existed, or is a default dir)
+    made: Optional[str] = None
+    #: the sentence for a run or sweep dir that could not be made
+    failed: Optional[str] = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        RunDirs.made = RunDirs.failed = None
+        raw = str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir"))
+        if "${" in raw or Path(raw).exists():  # a default dir is new, and made by its resolver
+            return
+        if _make_dir(Path(raw), "hydra.run.dir"):
+            RunDirs.made = os.path.abspath(raw)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        RunDirs.made = RunDirs.failed = None
+        try:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+        except Exception:  # the launcher meets (and reports) the same error
+            return
+        _make_dir(sweep_dir, "hydra.sweep.dir")
+
+
+def _make_dir(path: Path, key: str) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return True
+    except OSError as exc:
+        RunDirs.failed = (f"Cannot create {path} ({exc.strerror or exc.__class__.__name__}); "
+                          f"pass {key}=<a writable folder>.")
+        return False
+
+
+def dir_error(exc: BaseException) -> Optional[str]:
+    """The sentence for Hydra's failure to make the run or sweep dir (None for another error)."""
+    failed, RunDirs.failed = RunDirs.failed, None
+    return failed if isinstance(exc, OSError) else None
+
+
+def created_run_dir(output_dir: str) -> Optional[bool]:
+    """True when ``RunDirs`` made this job's run dir (then a refused training removes it)."""
+    made, RunDirs.made = RunDirs.made, None
+    return True if made is not None and made == output_dir else None
 
 
 class _Failed(BaseException):
@@ -79,6 +135,7 @@ def _run(config_name: str, task: Callable[[Any], Any], args: List[str], multirun
     register_resolvers()
     app = hydra.main(version_base=None, config_path="pkg://metafsl.conf", config_name=config_name)(_carried(task))
     full_error = os.environ.get("HYDRA_FULL_ERROR")
+    RunDirs.failed = None
     with _hydra_argv([f"metafsl {config_name}", *(["--multirun"] if multirun else []), *args]):
         try:
             app()
@@ -97,5 +154,5 @@ def _as_user_error(exc: Exception, args: List[str], full_error: Any) -> Exceptio
     inner = user_error_inside(exc)
     if inner is not None:
         return inner
-    sentence = None if full_error else unknown_key_error(exc, args) or config_error(exc)
+    sentence = None if full_error else unknown_key_error(exc, args) or config_error(exc) or dir_error(exc)
     return exc if sentence is None else UserError(sentence)

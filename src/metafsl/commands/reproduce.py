@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from metafsl.arguments import last_value, parse
 from metafsl.commands.base import Command
 from metafsl.conf import CONF_DIR, group_options
-from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json
+from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json, write_text
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
 
@@ -110,7 +111,7 @@ def check_manifest(table_dir: Path, name: str, budget: float, overrides: List[st
     path = table_dir / MANIFEST
     mine = {"table": name, "budget": budget, "overrides": result_changing_overrides(overrides)}
     if path.exists():
-        old = read_json(path)
+        old = _read_manifest(path, table_dir)
         if (old.get("table"), old.get("budget"), old.get("overrides")) != (name, budget, mine["overrides"]):
             raise UserError(
                 f"{table_dir} holds a reproduction of '{old.get('table')}' with budget={old.get('budget')} "
@@ -118,6 +119,18 @@ def check_manifest(table_dir: Path, name: str, budget: float, overrides: List[st
                 f"out=<another dir>.")
     table_dir.mkdir(parents=True, exist_ok=True)
     write_json(path, mine)
+
+
+def _read_manifest(path: Path, table_dir: Path) -> Dict[str, Any]:
+    try:
+        old = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        old = exc
+    if not isinstance(old, dict):
+        why = f"unreadable or corrupt ({old.__class__.__name__})" if isinstance(old, Exception) else "not a mapping"
+        raise UserError(f"{path} is {why}, so the settings the rows in {table_dir} were computed with are "
+                        f"unknown; delete it to continue them with these settings, or pass out=<another dir>.")
+    return old
 
 
 # ----------------------------------------------------------------------------- shared training
@@ -192,8 +205,21 @@ def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], 
 
 # ----------------------------------------------------------------------------- running
 def row_state(row_dir: Path) -> str:
-    if (row_dir / SUMMARY).is_file():
-        return "done"
+    """done (its summary.json reads), interrupted (it has checkpoints/last.pt) or new.  A
+    summary.json that does not read (cut short, edited) is kept aside as summary.json.unreadable,
+    with a warning, and the row is redone: resumed from its last.pt, or trained or tested again."""
+    path = row_dir / SUMMARY
+    if path.is_file():
+        try:
+            RunSummary.read(row_dir)
+            return "done"
+        except UserError as exc:
+            from metafsl.reporting import console
+
+            aside = path.with_name(f"{SUMMARY}.unreadable")
+            os.replace(path, aside)
+            console.console.print(f"warning: {str(exc).rstrip('.')}; kept as {aside.name}, the row is redone.",
+                                  style="yellow", highlight=False, markup=False, soft_wrap=True)
     if (row_dir / LAST).is_file():
         return "interrupted"
     return "new"
@@ -282,16 +308,18 @@ def approximate_note(budget: float) -> str:
 
 
 def write_outputs(table_dir: Path, spec: TableSpec, rows: List[Dict[str, Any]], budget: float) -> None:
-    with open(table_dir / "table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            rec = {k: r.get(k) for k in CSV_COLUMNS}
-            rec["approximate"] = budget != 1.0
-            for k in ("our_acc", "our_ci95", "diff", "published_acc", "published_ci95"):
-                rec[k] = "" if rec[k] is None else round(rec[k], 4)
-            rec["published_in_ci"] = "" if rec["published_in_ci"] is None else rec["published_in_ci"]
-            w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    """table.csv and table.md, each written atomically."""
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        rec = {k: r.get(k) for k in CSV_COLUMNS}
+        rec["approximate"] = budget != 1.0
+        for k in ("our_acc", "our_ci95", "diff", "published_acc", "published_ci95"):
+            rec[k] = "" if rec[k] is None else round(rec[k], 4)
+        rec["published_in_ci"] = "" if rec["published_in_ci"] is None else rec["published_in_ci"]
+        w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+    write_text(table_dir / "table.csv", f.getvalue(), what=f"{table_dir / 'table.csv'}")
     lines = [f"# {spec.title}", ""]
     if budget != 1.0:
         lines += [f"**{approximate_note(budget)}**", ""]
@@ -304,7 +332,7 @@ def write_outputs(table_dir: Path, spec: TableSpec, rows: List[Dict[str, Any]], 
     lines += ["", "Sources:", ""]
     for r in rows:
         lines.append(f"- {r['row']}: {r['citation'] or 'no published number'} (run: `{r['run_dir']}`)")
-    (table_dir / "table.md").write_text("\n".join(lines) + "\n")
+    write_text(table_dir / "table.md", "\n".join(lines) + "\n", what=f"{table_dir / 'table.md'}")
 
 
 def select_rows(spec: TableSpec, name: str, wanted: Optional[str]) -> None:
@@ -348,6 +376,8 @@ def run_rows(spec: TableSpec, table_dir: Path, budget: float, overrides: List[st
                 return rc, None
             code = rc or code
         results.append(compare(row.label, row.experiment, row_summary(row_dir), row_dir))
+        if results[-1]["failed"]:  # never a success with a row that has no result
+            code = code or 2
     return code, results
 
 
@@ -369,9 +399,9 @@ def run(args: List[str]) -> int:
     code, results = run_rows(spec, table_dir, budget, overrides)
     if results is None:
         return code
-    write_outputs(table_dir, spec, results, budget)
     title = spec.title + (f"  [APPROXIMATE, budget={budget:g}]" if budget != 1.0 else "")
     console.table(title, SHOWN, [table_cells(r) for r in results], justify_right=SHOWN[2:])
+    write_outputs(table_dir, spec, results, budget)  # after the table is shown: a failed write loses nothing
     if budget != 1.0:
         console.info(f"[bold yellow]{approximate_note(budget)}[/]")
     console.info(f"Wrote {table_dir / 'table.md'} and {table_dir / 'table.csv'}.")

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from metafsl.arguments import parse
 from metafsl.commands.base import Command
-from metafsl.engine.run_dir import SUMMARY
+from metafsl.engine.run_dir import SUMMARY, write_text
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import UserError
 
@@ -51,11 +51,13 @@ def rows_of(summary_path: Path) -> List[Dict[str, Any]]:
     """One row for the run's own test, plus one per later `metafsl test` record."""
     run = summary_path.parent
     try:
-        s = RunSummary.read(run).to_dict()
+        s = RunSummary.read(run).to_dict()  # fields of the wrong type are refused there too
     except UserError as exc:  # one unreadable summary must not hide the others
         from metafsl.reporting import console
 
-        console.info(f"[yellow]warning:[/] skipped: {exc}")
+        # on stderr: the table (or CSV) on stdout stays clean
+        console.err_console.print(f"warning: skipped: {exc}", style="yellow", highlight=False, markup=False,
+                                  soft_wrap=True)
         return []
     ep = (s.get("episode") or {}).get("test") or {}
     base = {"run": str(run), "algo": s.get("algo"), "dataset": s.get("dataset"), "backbone": s.get("backbone"),
@@ -163,18 +165,26 @@ def run(args: List[str]) -> int:
                   [[_cell(r, c) for c in SHOWN] for r in rows], justify_right=["val (%)", "test (%)", "time (s)"])
     else:
         print(text, end="")
-    if own.get("out"):
+    if own.get("out"):  # printed above first: a failed write loses nothing shown
         target = Path(own["out"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render_csv(rows) if fmt == "csv" else render_md(rows))
+        write_text(target, render_csv(rows) if fmt == "csv" else render_md(rows), what=f"the table to {target}")
         console.info(f"Wrote {target}.")
     if own.get("plot") == "shots":
-        from metafsl.reporting.plots import plot_shots
-
         default_dir = Path(own["out"]).parent if own.get("out") else (dirs[0] if dirs[0].is_dir() else dirs[0].parent)
-        path = plot_shots(rows, Path(own.get("plot_file") or default_dir / "accuracy_vs_shots.png"))
-        console.info(f"Wrote {path}.")
+        _plot(rows, Path(own.get("plot_file") or default_dir / "accuracy_vs_shots.png"))
     return 0
+
+
+def _plot(rows: List[Dict[str, Any]], path: Path) -> None:
+    from metafsl.reporting import console
+    from metafsl.reporting.plots import plot_shots
+
+    try:
+        plot_shots(rows, path)
+    except OSError as exc:
+        raise UserError(f"Cannot write the plot {path} ({exc.strerror or exc.__class__.__name__}); "
+                        "the table above was not affected.") from None
+    console.info(f"Wrote {path}.")
 
 
 COMMAND = Command(
@@ -183,12 +193,12 @@ COMMAND = Command(
     usage="metafsl results <dir>... [sort=<col>] [format=table|csv|md] [out=<file>] [plot=shots] "
           "[plot_file=<png>]",
     description="""
-``metafsl test`` records included, one row each) into one table: algo, dataset, backbone,
-episode, overrides, val, test ± CI, time.  ``sort=<col>`` sorts (accuracies and times
-descending, text ascending); ``format=csv|md`` prints CSV or Markdown; ``out=<file>`` writes it
-(format from the extension when not given); ``plot=shots`` draws test accuracy vs shots and
-vs ways across the runs (``plot_file``, default ``accuracy_vs_shots.png`` beside ``out`` or in
-the first dir).""",
+Reads every summary.json under the given run, sweep or reproduction dirs (a run's later
+`metafsl test` records included, one row each) into one table: algo, dataset, backbone,
+episode, overrides, val, test ± CI, time.  sort=<col> sorts (accuracies and times descending,
+text ascending); format=csv|md prints CSV or Markdown; out=<file> writes it (format from the
+extension when not given); plot=shots draws test accuracy vs shots and vs ways across the runs
+(plot_file, default accuracy_vs_shots.png beside out or in the first dir).""",
     examples=("metafsl results outputs/train outputs/sweep format=md",
               "metafsl results outputs/reproduce/snell2017_omniglot sort=test out=table.csv",
               "metafsl results outputs/sweep/<sweep> plot=shots"),

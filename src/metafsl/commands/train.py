@@ -16,12 +16,13 @@ def train_job(cfg) -> float:
     from omegaconf import OmegaConf
 
     from metafsl import api
+    from metafsl.commands.hydra_app import created_run_dir
     from metafsl.reporting.run_report import ConsoleReport
 
     hydra = HydraConfig.get()
     summary = api.train(cfg, Path(hydra.runtime.output_dir), list(hydra.overrides.task),
                         OmegaConf.create({"hydra": OmegaConf.to_container(hydra)}),
-                        callbacks=[ConsoleReport()])
+                        callbacks=[ConsoleReport()], created=created_run_dir(hydra.runtime.output_dir))
     return summary.objective
 
 

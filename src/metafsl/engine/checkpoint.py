@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import IO, Any, Dict, List, Optional
 
 import torch
 
-from metafsl.engine.run_dir import replace_atomically
+from metafsl.engine.run_dir import replace_atomically, write_failed
 from metafsl.errors import UserError
 
 FORMAT = "metafsl-checkpoint"
@@ -72,15 +72,45 @@ class Preprocessing:
         return cls(**data) if data else None
 
 
-def save(path: Path, payload: Dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically; a failed write keeps the previous file and is a
-    UserError (no temp file left)."""
+class _Recorder:
+    """A file that remembers the first OSError of a write: torch's zip writer reports a write that
+    failed (a full disk) as ``RuntimeError ... unexpected pos``."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _torch_save(obj: Dict[str, Any], file: IO[bytes]) -> None:
+    recorder = _Recorder(file)
     try:
-        replace_atomically(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f),
+        torch.save(obj, recorder)
+    except RuntimeError:
+        if recorder.error is None:
+            raise
+        raise recorder.error from None
+
+
+def save(path: Path, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically; a failed write (a full disk, a read-only filesystem)
+    keeps the previous file and is a UserError (no temp file left)."""
+    path = Path(path)
+    try:
+        replace_atomically(path, lambda f: _torch_save({"format": FORMAT, "version": VERSION, **payload}, f),
                            binary=True)
     except OSError as exc:
-        raise UserError(f"Cannot write the checkpoint {path} ({exc.strerror or exc.__class__.__name__}); "
-                        "the previous one is intact.") from None
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        raise write_failed(run_dir, str(path.relative_to(run_dir)), exc,
+                           kept="the previous one is intact" if path.exists() else "") from None
 
 
 def load(path: Path, map_location="cpu") -> Dict[str, Any]:

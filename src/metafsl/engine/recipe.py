@@ -149,9 +149,9 @@ class TrainRecipe:
     def _iteration(self, it: int, iterations: int, max_seconds: Optional[float]) -> bool:
         """One training step with its logging and checkpoints; True when the time budget is spent."""
         self._step(it)
-        self._log_train(it, iterations)
         out_of_time = max_seconds is not None and time.perf_counter() - self.t_start >= max_seconds
         final = it == iterations or out_of_time
+        self._log_train(it, final)
         if it % self.tr["val_every"] == 0 or final:
             if final:  # training is over: keep it even if the final validation is killed
                 self.save_checkpoint(LAST)
@@ -202,8 +202,9 @@ class TrainRecipe:
                         f"saving it ({kept}); lower the learning rate (trainer.optimizer.lr or "
                         "algo.inner_lr) or set trainer.grad_clip.")
 
-    def _log_train(self, it: int, iterations: int) -> None:
-        if it % self.tr["log_every"] != 0 and it != iterations:
+    def _log_train(self, it: int, final: bool) -> None:
+        """A row every ``log_every`` iterations, and one for the last (partial) block of a training."""
+        if it % self.tr["log_every"] != 0 and not final:
             return
         s = self.state
         rec = {"iteration": it, "split": "train", "loss": s.loss_sum / s.count,

@@ -7,11 +7,14 @@ exclusive lock on its run dir (``.lock``, released on exit, stale after a crash)
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterable, List, Optional
@@ -48,20 +51,40 @@ def replace_atomically(path: Path, write: Callable[[IO], None], binary: bool = F
             os.unlink(tmp)
 
 
-def write_text(path: Path, text: str, what: str = "") -> None:
-    """Atomic text write; an OS error (read-only dir, full disk) is a UserError, no temp file left."""
+def write_text(path: Path, text: str, what: str = "",
+               failed: Optional[Callable[[OSError], UserError]] = None) -> None:
+    """Atomic text write; an OS error (read-only dir, full disk) is a UserError (``failed(error)``
+    when given), no temp file left."""
     try:
         replace_atomically(path, lambda f: f.write(text))
     except IsADirectoryError:
         raise UserError(f"Cannot write {what or path}: {path} is a directory.") from None
     except OSError as exc:
-        raise UserError(f"Cannot write {what or path} ({exc.strerror or exc.__class__.__name__}); "
+        if failed is not None:
+            raise failed(exc) from None
+        raise UserError(f"Cannot write {what or path} ({_reason(exc)}); "
                         "the result above was not saved there.") from None
 
 
-def write_json(path: Path, data: Dict[str, Any]) -> None:
+def write_json(path: Path, data: Dict[str, Any],
+               failed: Optional[Callable[[OSError], UserError]] = None) -> None:
     """Atomic JSON write."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(data, indent=2) + "\n", failed=failed)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+def write_failed(run_dir: Path, what: str, exc: OSError, kept: str = "") -> UserError:
+    """The sentence for a write into a training's run dir that failed (a full disk, a read-only
+    filesystem): what was not written (``kept``: what is intact), and how the run continues."""
+    kept = f" and {kept}" if kept else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"The disk of the run dir {run_dir} is full ({_reason(exc)}): {what} was not written"
+                         f"{kept}; free some space, then continue with resume=true hydra.run.dir={run_dir}.")
+    return UserError(f"Cannot write {what} in the run dir {run_dir} ({_reason(exc)}){kept}; once it is "
+                     f"writable, continue with resume=true hydra.run.dir={run_dir}.")
 
 
 def read_json(path: Path) -> Dict[str, Any]:
@@ -114,14 +137,13 @@ def unique_file(parent: Path, suffix: str) -> Path:
 _STAMP = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}_[0-9a-f]{4}")
 
 
-def discard_if_unused(path: Path) -> None:
-    """Remove a default (stamped) run dir that is still empty: a refused command leaves no trace."""
+def made_for_this_run(path: Path) -> bool:
+    """Whether ``path`` does not exist yet, or is a default (stamped) run dir that is still empty:
+    a run refused before any work may then remove it."""
     path = Path(path)
-    if _STAMP.fullmatch(path.name):
-        try:
-            path.rmdir()  # only ever succeeds on an empty directory
-        except OSError:
-            pass
+    if not path.exists():
+        return True
+    return bool(_STAMP.fullmatch(path.name)) and path.is_dir() and not any(path.iterdir())
 
 
 def hydra_unique_dir(parent: str) -> str:
@@ -143,10 +165,14 @@ class RunLock:
 
         self.run_dir = Path(run_dir)
         self._lock = FileLock(str(self.run_dir / LOCK), timeout=0)
+        self._discard = self._remove_dir = False
+        self._new: List[Path] = []
 
     def __enter__(self) -> "RunLock":
         from filelock import Timeout
 
+        #: what a training refused before any work leaves behind unless ``discard`` removes it
+        self._new = [p for p in (self.run_dir / SNAPSHOT, self.run_dir / LOCK) if not p.exists()]
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
@@ -158,8 +184,23 @@ class RunLock:
                             "is it writable?") from None
         return self
 
+    def discard(self, remove_dir: bool) -> None:
+        """On exit, remove what a training refused before any work wrote here and was not here
+        before (its ``.hydra/`` snapshot, this lock), then, with ``remove_dir`` (a dir made for this
+        training), the dir itself if nothing else is in it.  Nothing that was there is touched."""
+        self._discard, self._remove_dir = True, remove_dir
+
     def __exit__(self, *exc) -> None:
+        if self._discard:
+            for path in self._new:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
         self._lock.release()
+        if self._discard and self._remove_dir:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()  # only ever succeeds on an empty directory
 
 
 # ----------------------------------------------------------------------------- config snapshot
@@ -211,8 +252,15 @@ class MetricsLog:
             self.path.unlink()
 
     def write(self, record: Dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one line; a failed append (a full disk) leaves no partial line and is a UserError."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, size)
+            raise write_failed(self.path.parent, f"a row of {self.path.name}", exc) from None
 
     def read(self) -> List[Dict[str, Any]]:
         if not self.path.exists():
@@ -238,7 +286,7 @@ def find(run_dir: Path, which: str) -> Path:
 
 
 def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The run's ``.hydra/config.yaml`` as a dict (None when absent or unreadable)."""
+    """The run's ``.hydra/config.yaml`` as a dict (None when absent, unreadable or not a mapping)."""
     path = Path(run_dir) / SNAPSHOT / "config.yaml"
     if not path.is_file():
         return None
@@ -249,6 +297,7 @@ def saved_config(run_dir: Path) -> Optional[Dict[str, Any]]:
     except Exception:  # a hand-edited snapshot: nothing to compare against
         return None
     try:
-        return OmegaConf.to_container(conf, resolve=True)
+        data = OmegaConf.to_container(conf, resolve=True)
     except Exception:  # an interpolation that no longer resolves here: compare the raw values
-        return OmegaConf.to_container(conf, resolve=False)
+        data = OmegaConf.to_container(conf, resolve=False)
+    return data if isinstance(data, dict) else None  # a YAML list or scalar is no run config

@@ -14,7 +14,7 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from metafsl.engine.run_dir import SUMMARY, write_json
 from metafsl.errors import UserError
@@ -89,15 +89,19 @@ class RunSummary:
             raise UserError(f"{path} is unreadable or corrupt ({exc.__class__.__name__}).") from None
         if not isinstance(data, dict):
             raise UserError(f"{path} is not a metafsl summary.")
+        problem = type_problem(data)
+        if problem:
+            raise UserError(f"{path} has a field of the wrong type: {problem}.")
         return cls.from_dict(data)
 
     @classmethod
     def read_or_none(cls, run_dir: Path) -> Optional["RunSummary"]:
         return cls.read(run_dir) if (Path(run_dir) / SUMMARY).is_file() else None
 
-    def write(self, run_dir: Path) -> Path:
+    def write(self, run_dir: Path, failed: Optional[Callable[[OSError], UserError]] = None) -> Path:
+        """Write summary.json atomically; a failed write is ``failed(error)`` (default: one sentence)."""
         path = Path(run_dir) / SUMMARY
-        write_json(path, self.to_dict())
+        write_json(path, self.to_dict(), failed=failed)
         return path
 
     # ------------------------------------------------------------------ records
@@ -153,6 +157,60 @@ class RunSummary:
         """What sweepers maximise: validation accuracy, else test accuracy."""
         best = self.best_acc
         return float(best if best is not None else (self.test or {}).get("acc", 0.0))
+
+
+#: the fields of summary.json that are records, and the numbers in them
+_NUMBERS = {"train": ("iterations", "seconds", "planned_iterations"), "val": ("best_acc", "best_iteration"),
+            "test": ("acc", "ci95", "seconds", "iteration", "episodes"), "untrained": ("acc", "ci95"),
+            "published": ("acc", "ci95")}
+_TEXTS = ("algo", "dataset", "backbone", "name", "trained_by", "code_version")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true or false"}.get(
+        type(value), type(value).__name__)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _mapping(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _overrides(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(o, str) for o in value)
+
+
+def _wrong(record: Any, fields, test, what: str, prefix: str = "") -> Optional[str]:
+    """``'<prefix><field>' is <kind>, not <what>`` for the first field (present, not null) failing ``test``."""
+    for key in fields if isinstance(record, dict) else ():
+        value = record.get(key)
+        if value is not None and not test(value):
+            return f"'{prefix}{key}' is {_kind(value)}, not {what}"
+    return None
+
+
+def type_problem(data: Dict[str, Any]) -> Optional[str]:
+    """The first field of a summary.json whose value has the wrong type (None if all are right), e.g.
+    ``'test' is a string, not a mapping``: what readers index into is checked, once, here."""
+    episode = data.get("episode") or {}
+    checks = [(data, ("episode", "data", *_NUMBERS), _mapping, "a mapping", ""),
+              (data, _TEXTS, lambda v: isinstance(v, str), "a string", ""),
+              (data, ("budget", "seed", "version", "threads"), _number, "a number", ""),
+              *[(data.get(key), fields, _number, "a number", f"{key}.") for key, fields in _NUMBERS.items()],
+              (episode, ("train", "test"), _mapping, "a mapping", "episode."),
+              *[(episode.get(s), ("n_way", "n_shot", "n_query"), _number, "a number", f"episode.{s}.")
+                for s in ("train", "test") if isinstance(episode, dict)]]
+    tests = data.get("tests")
+    if tests is not None and not (isinstance(tests, list) and all(isinstance(t, dict) for t in tests)):
+        return "'tests' is not a list of test records"
+    for i, record in enumerate(tests or []):
+        checks += [(record, ("acc", "ci95", "error"), _number, "a number", f"tests[{i}]."),
+                   (record, ("episode",), _mapping, "a mapping", f"tests[{i}]."),
+                   (record, ("overrides",), _overrides, "a list of overrides", f"tests[{i}].")]
+    return next((p for p in (_wrong(*c) for c in checks) if p), None)
 
 
 def _threads() -> Optional[int]:

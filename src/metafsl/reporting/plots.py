@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from metafsl.engine.run_dir import METRICS, MetricsLog
+from metafsl.engine.run_dir import METRICS, MetricsLog, replace_atomically
 
 CURVES = "curves.png"
 
@@ -49,10 +49,7 @@ def plot_curves(run_dir: Path, title: str = "") -> Optional[Path]:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(run_dir) / CURVES
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, Path(run_dir) / CURVES)
 
 
 def plot_shots(rows: List[Dict[str, Any]], path: Path) -> Path:
@@ -82,8 +79,14 @@ def plot_shots(rows: List[Dict[str, Any]], path: Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _save(plt, fig, Path(path))
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Write the figure atomically (a failed write, read-only or full disk, leaves no partial image)."""
+    try:
+        replace_atomically(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=100),
+                           binary=True)
+    finally:
+        plt.close(fig)
     return path
