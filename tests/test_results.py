@@ -102,15 +102,3 @@ def test_piecewise_constant_schedule():
 
     f = PiecewiseConstant([20, 40, 50], [1.0, 0.06, 0.012, 0.0024])
     assert [f(0), f(19), f(20), f(45), f(50), f(99)] == [1.0, 1.0, 0.06, 0.012, 0.0024, 0.0024]
-
-
-def test_tensorboard_logger_is_optional(run_cli, tmp_path):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        code, _, err = run_cli("train", *TINY, "logger=tensorboard", f"hydra.run.dir={tmp_path / 'tb'}")
-        assert code == 2 and "needs the tensorboard package" in err
-        return
-    code, _, err = run_cli("train", *TINY, "logger=tensorboard", f"hydra.run.dir={tmp_path / 'tb'}")
-    assert code == 0, err
-    assert any((tmp_path / "tb" / "tensorboard").iterdir())
