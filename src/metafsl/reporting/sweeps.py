@@ -7,6 +7,7 @@ from typing import Any, Dict, List
 
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from metafsl.engine.sweep import collect, write_csv
 from metafsl.reporting import console
@@ -17,7 +18,7 @@ def show(sweep_dir: Path, rows: List[Dict[str, Any]]) -> None:
     cols = ["overrides", "val acc", "test acc ± ci95"] + (["untrained"] if show_untrained else []) + ["train s"]
     table_rows = []
     for r in rows:
-        row = [r["overrides"] or "(defaults)", console.fmt_acc(r["val_acc"]),
+        row = [escape(r["overrides"]) or "(defaults)", console.fmt_acc(r["val_acc"]),
                console.fmt_acc(r["test_acc"], r["ci95"])]
         if show_untrained:
             row.append(console.fmt_acc(r["untrained_acc"]))
