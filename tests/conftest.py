@@ -62,3 +62,23 @@ def split_table(out: str) -> dict:
         if len(cells) >= 3 and cells[0] in ("train", "val", "test"):
             rows[cells[0]] = {"classes": int(cells[1]), "images": int(cells[2])}
     return rows
+
+
+def metrics_rows(run: Path) -> list:
+    """A run's metrics.jsonl rows without their wall-clock times."""
+    import json
+
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+            for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_run(run: Path, full: Path) -> None:
+    """A resumed ``run`` ended exactly like the uninterrupted ``full``: metrics, summary, weights."""
+    import json
+
+    assert metrics_rows(run) == metrics_rows(full)
+    a, b = (json.loads((r / "summary.json").read_text()) for r in (full, run))
+    assert a["test"]["acc"] == b["test"]["acc"] and a["val"] == b["val"]
+    wa = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    wb = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

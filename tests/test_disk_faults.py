@@ -13,9 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import TINY
+from conftest import TINY, same_run
 
 #: 8 iterations, validation (and best.pt/last.pt) at 4 and 8, a train row every 2 iterations
 SHORT = [*TINY, "trainer.iterations=8", "trainer.val_every=4", "trainer.log_every=2",
@@ -80,11 +79,6 @@ def _train(capsys, run: Path, *extra: str, fill_at: tuple = (), keep: int = 0):
     return code, " ".join(text.split()), filled[0] if filled else None
 
 
-def _metrics(run: Path):
-    return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
-            for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     """The uninterrupted reference run."""
@@ -93,15 +87,6 @@ def full(tmp_path_factory):
     run = tmp_path_factory.mktemp("full") / "run"
     assert main(["train", f"hydra.run.dir={run}", *SHORT]) == 0
     return run
-
-
-def _same_as_full(run: Path, full: Path) -> None:
-    assert _metrics(run) == _metrics(full)
-    a, b = (json.loads((r / "summary.json").read_text()) for r in (full, run))
-    assert a["test"]["acc"] == b["test"]["acc"] and a["val"] == b["val"]
-    wa = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
-    wb = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def _no_temp_files(disk: Path) -> None:
@@ -121,7 +106,7 @@ def test_a_full_disk_at_the_first_checkpoint_then_resume(mount, full, capsys):
     filler.unlink()
     code, msg, _ = _train(capsys, run, "resume=true")
     assert code == 0 and "starting it again from iteration 0" in msg
-    _same_as_full(run, full)
+    same_run(run, full)
 
 
 def test_a_full_disk_mid_run_keeps_earlier_checkpoints_and_resumes_identically(mount, full, capsys):
@@ -140,7 +125,7 @@ def test_a_full_disk_mid_run_keeps_earlier_checkpoints_and_resumes_identically(m
     filler.unlink()
     code, msg, _ = _train(capsys, run, "resume=true")
     assert code == 0 and "Resuming" in msg and "from iteration 4" in msg
-    _same_as_full(run, full)
+    same_run(run, full)
 
 
 def test_a_full_disk_at_a_metrics_row_leaves_no_partial_line(mount, full, capsys):
@@ -154,7 +139,7 @@ def test_a_full_disk_at_a_metrics_row_leaves_no_partial_line(mount, full, capsys
     filler.unlink()
     code, msg, _ = _train(capsys, run, "resume=true")
     assert code == 0 and "starting it again from iteration 0" in msg
-    _same_as_full(run, full)
+    same_run(run, full)
 
 
 def test_a_metrics_row_cut_short_by_a_full_disk_is_taken_back(mount):
@@ -188,7 +173,7 @@ def test_a_full_disk_at_the_summary_shows_the_result_and_resume_writes_it(mount,
     filler.unlink()
     code, msg, _ = _train(capsys, run, "resume=true")
     assert code == 0
-    _same_as_full(run, full)
+    same_run(run, full)
 
 
 # ----------------------------------------------------------------------------- read-only

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, metrics_rows, same_run
 
 METAFSL = [sys.executable, "-m", "metafsl.cli"]
 FAULT = [sys.executable, str(REPO / "tests" / "fault_runner.py")]
@@ -52,11 +52,6 @@ def _train(run_dir: Path, *extra: str, fault: tuple = ()):
     return code
 
 
-def _metrics(run: Path):
-    return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
-            for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _digest(run: Path) -> dict:
     """Every file of a run dir (but its lock file) -> sha256 of its bytes."""
     return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -76,15 +71,6 @@ def full(tmp_path_factory):
     run = tmp_path_factory.mktemp("full") / "run"
     assert _train(run) == 0
     return run
-
-
-def _same_as_full(run: Path, full: Path) -> None:
-    assert _metrics(run) == _metrics(full)
-    a, b = (json.loads((r / "summary.json").read_text()) for r in (full, run))
-    assert a["test"]["acc"] == b["test"]["acc"] and a["val"] == b["val"]
-    wa = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
-    wb = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 # ----------------------------------------------------------------------------- 18.1 lock
@@ -107,7 +93,7 @@ def test_a_second_training_in_a_locked_run_dir_refuses(tmp_path, full, capsys):
     assert (run / "metrics.jsonl").is_file() and not (run / "checkpoints").exists()
     assert _train(run, "resume=true") == 0
     assert "starting it again from iteration 0" in capsys.readouterr().out
-    _same_as_full(run, full)
+    same_run(run, full)
 
 
 # ----------------------------------------------------------------------------- 18.2 divergence
@@ -122,7 +108,7 @@ def test_divergence_stops_with_one_sentence_and_keeps_good_checkpoints(tmp_path,
     for name in ("best.pt", "last.pt"):
         ck = torch.load(run / "checkpoints" / name, weights_only=True)
         assert all(torch.isfinite(t).all() for t in ck["model"].values() if t.is_floating_point())
-    assert [r for r in _metrics(run) if r["split"] == "diverged"]
+    assert [r for r in metrics_rows(run) if r["split"] == "diverged"]
 
 
 # ----------------------------------------------------------------------------- 18.4 preemption
@@ -133,7 +119,7 @@ def test_a_signal_saves_the_step_and_the_run_resumes_identically(tmp_path, full,
     assert f"Stopped by {action} after iteration 3" in _one_sentence(capsys.readouterr())
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 3
     assert _train(run, "resume=true", "trainer.checkpoint_every_minutes=null") == 0
-    _same_as_full(run, full)
+    same_run(run, full)
 
 
 def test_time_based_checkpoints_let_a_run_killed_before_validation_resume(tmp_path, full):
@@ -143,7 +129,7 @@ def test_time_based_checkpoints_let_a_run_killed_before_validation_resume(tmp_pa
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ck["iteration"] == 3 and ck["state"]["val_iteration"] == 0  # no validation yet
     assert _train(run, "resume=true", "trainer.checkpoint_every_minutes=1e-9") == 0
-    _same_as_full(run, full)
+    same_run(run, full)
 
 
 # ----------------------------------------------------------------------------- 18.3 / 21.2 resume
@@ -157,7 +143,7 @@ def test_resume_applies_schedule_changes_and_keeps_every_record(tmp_path, full, 
                              "trainer.iterations=10", "trainer.optimizer.lr=0.0005")
     assert code == 0, err
     assert "trainer.optimizer.lr 0.001 -> 0.0005" in " ".join(out.split())
-    records = _metrics(run)
+    records = metrics_rows(run)
     change = [r for r in records if r["split"] == "resume"]
     assert change and change[0]["iteration"] == 8
     assert change[0]["changed"]["trainer.optimizer.lr"] == {"from": 0.001, "to": 0.0005}
