@@ -51,3 +51,21 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path, monkeypa
         checkpoint.save(path, {"iteration": 8, "model": {"w": torch.zeros(2)}})
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_atomic_writes_keep_the_modes_open_would_give(tmp_path):
+    """Records are readable by others as any file the user writes (not mkstemp's 0600), and a
+    replaced file keeps its own mode."""
+    import os
+
+    from metafsl.engine.run_dir import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "new.json", "{}")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "new.json").chmod(0o640)
+        write_text(tmp_path / "new.json", "{}\n")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

@@ -40,6 +40,7 @@ def replace_atomically(path: Path, write: Callable[[IO], None], binary: bool = F
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600: give the file the mode open() would
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -49,6 +50,16 @@ def replace_atomically(path: Path, write: Callable[[IO], None], binary: bool = F
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _mode_for(path: Path) -> int:
+    """The mode of the file being replaced, or what a new file gets under the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0o022)  # read it (there is no other way), then put it back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_text(path: Path, text: str, what: str = "",
