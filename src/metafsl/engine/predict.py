@@ -208,15 +208,18 @@ class Predictions:
     def unknown(self) -> int:
         return self.predicted.count(UNKNOWN)
 
+    @property
+    def k(self) -> int:
+        """Classes listed per image."""
+        return self.top_k or min(3, len(self.names))
+
     def top(self) -> Tuple[List[List[float]], List[List[int]]]:
-        """Per query, the ``top_k`` probabilities and class indices, best first."""
-        k = self.top_k or min(3, len(self.names))
-        values, indices = self.probs.topk(k, dim=-1)
+        """Per query, the ``k`` best probabilities and their class indices, best first."""
+        values, indices = self.probs.topk(self.k, dim=-1)
         return values.tolist(), indices.tolist()
 
     def header(self) -> List[str]:
-        k = self.top_k or min(3, len(self.names))
-        tops = [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_probability")]
+        tops = [c for i in range(1, self.k + 1) for c in (f"top{i}", f"top{i}_probability")]
         return ["file", "predicted", "probability", *tops, *[f"p_{n}" for n in self.names], "error"]
 
     def rows(self) -> List[List[Any]]:
