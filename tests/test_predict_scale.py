@@ -196,6 +196,10 @@ def test_unreadable_query_files_are_named_and_skipped(run_cli, case, tmp_path):
     (bad / "c1" / "1.png").write_bytes(b"garbage")
     msg = _one_sentence(run_cli("predict", f"run={run}", f"support={bad}", f"query={query}"))
     assert "Cannot read" in msg and "1.png" in msg
+    (bad / "c1" / "1.png").unlink()
+    (bad / "c1").rename(bad / "unknown")  # a folder named like predict's own answers
+    msg = _one_sentence(run_cli("predict", f"run={run}", f"support={bad}", f"query={query}"))
+    assert "Support class folder 'unknown'" in msg and "rename the folder" in msg
 
 
 @pytest.mark.parametrize("option, words", [

@@ -125,7 +125,8 @@ held-out images classified correctly; every class needs 2 images; the threshold 
 chosen are printed.
 
 A query file that cannot be read as an image is skipped and listed by name (a row with
-predicted=skipped and the reason in the CSV); an unreadable support image is an error.  Prints,
+predicted=skipped and the reason in the CSV); an unreadable support image is an error, and so
+is a support folder named unknown or skipped (the CSV's own answers).  Prints,
 then writes as CSV (default: a new <run>/predictions/<time>_<suffix>.csv; an existing out= file
 only with overwrite=true) one row per query file: file, predicted (a class, unknown or skipped),
 probability, top1, top1_probability ... topk, topk_probability, p_<class> for every class, error.""",
