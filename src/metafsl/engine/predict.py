@@ -8,8 +8,7 @@ trained on: ``invert=None`` decides by the dataset).  A colour image given to a 
 is refused unless ``convert=True``.
 
 The query set (folders, list files, globs: ``metafsl.engine.predict_inputs``) is read and
-classified ``batch_size`` images at a time (the next batch is decoded while the model scores
-this one), so memory stays flat however many images there are; a query file that cannot be
+classified ``batch_size`` images at a time, so memory stays flat however many images there are; a query file that cannot be
 read as an image is skipped and kept with its reason, while a support image that cannot be
 read is an error (the support set defines the classes).  Each image gets the probabilities of
 every support class, its ``top_k`` classes, and "unknown" when its top probability is below a
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -261,25 +259,21 @@ def read_batch(paths: Sequence[Path], read: Reader) -> Tuple[List[np.ndarray], L
 def classify_batches(classify: Callable[[torch.Tensor], torch.Tensor], files: List[Path], read: Reader,
                      to_tensor: Callable[[List[np.ndarray]], torch.Tensor], batch_size: int,
                      callbacks: Callback) -> Tuple[torch.Tensor, List[Path], List[Tuple[Path, str]]]:
-    """Softmax probabilities of ``files``, ``batch_size`` at a time, reading the next batch while
-    this one is scored; returns (probs, the files classified, the files skipped with why)."""
-    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    """Softmax probabilities of ``files``, read and scored ``batch_size`` at a time; returns
+    (probs, the files classified, the files skipped with why)."""
     probs: List[torch.Tensor] = []
     kept: List[Path] = []
     skipped: List[Tuple[Path, str]] = []
     callbacks.on_eval_start(f"predict {len(files)} images", len(files))
     try:
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(read_batch, batches[0], read) if batches else None
-            for i, batch in enumerate(batches):
-                arrays, good, bad = pending.result()
-                if i + 1 < len(batches):
-                    pending = pool.submit(read_batch, batches[i + 1], read)
-                skipped.extend(bad)
-                if arrays:
-                    probs.append(classify(to_tensor(arrays)).float().softmax(-1).cpu())
-                    kept.extend(good)
-                callbacks.on_eval_advance(len(batch))
+        for start in range(0, len(files), batch_size):
+            batch = files[start:start + batch_size]
+            arrays, good, bad = read_batch(batch, read)
+            skipped.extend(bad)
+            if arrays:
+                probs.append(classify(to_tensor(arrays)).float().softmax(-1).cpu())
+                kept.extend(good)
+            callbacks.on_eval_advance(len(batch))
     finally:
         callbacks.on_eval_end()
     return (torch.cat(probs) if probs else torch.zeros(0, 0)), kept, skipped
