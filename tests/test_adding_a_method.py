@@ -106,4 +106,5 @@ def test_a_new_method_named_only_in_its_config_runs_through_the_cli(run_cli, tmp
                              f"query={tmp_path / 'query'}", f"out={tmp_path / 'pred.csv'}")
     assert code == 0, err
     rows = (tmp_path / "pred.csv").read_text().splitlines()
-    assert rows[0] == "file,predicted,probability,p_c0,p_c1,p_c2" and len(rows) == 4
+    assert rows[0] == ("file,predicted,probability,top1,top1_probability,top2,top2_probability,top3,"
+                       "top3_probability,p_c0,p_c1,p_c2,error") and len(rows) == 4

@@ -178,9 +178,10 @@ def test_predict_with_mann_says_how_many_classes_it_holds(run_cli, tmp_path_fact
     assert code == 0, err
     with open(out) as f:
         header, *rows = list(csv.reader(f))
-    assert header == ["file", "predicted", "probability", "p_c0", "p_c1", "p_c2"]
+    assert header == ["file", "predicted", "probability", "top1", "top1_probability", "top2", "top2_probability",
+                      "top3", "top3_probability", "p_c0", "p_c1", "p_c2", "error"]
     assert rows and all(len(r) == len(header) for r in rows)
-    assert all(sum(float(x) for x in r[3:]) == pytest.approx(1.0, abs=1e-3) for r in rows)
+    assert all(sum(float(x) for x in r[9:12]) == pytest.approx(1.0, abs=1e-3) for r in rows)
 
 
 def test_testing_a_fixed_head_on_more_classes_names_the_head(run_cli, tmp_path_factory, tmp_path):

@@ -514,12 +514,30 @@ def _validate_test(run: PathLike, overrides: Sequence[str], checkpoint: str) -> 
 # ----------------------------------------------------------------------------- predict
 def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequence[PathLike]],
             checkpoint: str = "best", device: str = "cpu", invert: Optional[bool] = None,
-            convert: bool = False):
-    """Classify ``query`` images with the run's learner adapted to ``support`` (one sub-folder of
-    images per class); returns ``metafsl.engine.predict.Predictions`` (nothing is written:
-    ``Predictions.write_csv(path)`` writes them)."""
+            convert: bool = False, *, batch_size: int = 256, top_k: Optional[int] = None,
+            reject_below: Optional[float] = None, reject: Optional[str] = None,
+            callbacks: Callbacks = None):
+    """Classify ``query`` images with the run's learner adapted once to ``support`` (one
+    sub-folder of images per class, named after its class); nothing is written.
+
+    ``query``: a folder (walked recursively), a ``.txt`` list file (one path per line, relative
+    to the list), a file, or a glob (``"shots/*.png"``); a string is split on commas, a sequence
+    gives one such part per item.  Images are read and classified ``batch_size`` at a time (the
+    MAML family and Reptile normalise each batch with its own statistics, so their probabilities
+    depend on it).  ``top_k``: classes listed per image (default min(3, classes)).
+    ``reject_below=p`` (0 < p < 1): an image whose top probability is below p is "unknown";
+    ``reject="auto"`` calibrates that threshold by leave-one-out on the support set (every class
+    needs 2 images).  ``callbacks`` hear the progress (``on_eval_start/advance/end``).
+
+    Returns ``metafsl.engine.predict.Predictions``: ``names`` (the classes), ``queries`` and
+    ``probs`` (each classified image's probabilities), ``predicted`` (class or "unknown"),
+    ``top()``, ``threshold`` and ``calibration``, ``skipped`` ((file, reason) of the query files
+    that are not readable images; an unreadable support image raises ``UserError``), and
+    ``write_csv(path)``."""
+    from metafsl.engine.predict import PredictOptions
     from metafsl.engine.predict import predict as run_predict
 
-    if not isinstance(query, (str, Path)):
-        query = ",".join(str(q) for q in query)
-    return run_predict(Path(run_dir), Path(support), str(query), checkpoint, device, invert, convert)
+    options = PredictOptions(batch_size, top_k, reject_below, reject)
+    query = query if isinstance(query, (str, Path)) else [str(q) for q in query]
+    return run_predict(Path(run_dir), Path(support), query, checkpoint, device, invert, convert,
+                       options, as_list(callbacks))

@@ -1,15 +1,48 @@
-"""`metafsl predict run=<run dir> support=<dir> query=<dir or files>`: classify your own images
-with a trained run (``metafsl.api.predict``), print the predictions, then write them as CSV."""
+"""`metafsl predict run=<run dir> support=<dir> query=<folders, lists, globs, files>`: classify
+your own images with a trained run (``metafsl.api.predict``), print the predictions, then write
+them as CSV.
+
+The command's own ``key=value`` arguments say what to classify and where the CSV goes (``run=``,
+``support=``, ``query=``, ``out=`` ...); the ``predict.*`` keys (``predict.batch_size``,
+``predict.top_k``, ``predict.reject_below``, ``predict.reject``) say how, spelled as issue 28
+names them.  Every value is checked, in one sentence, before any work."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from metafsl.arguments import boolean, parse
 from metafsl.commands.base import Command
 from metafsl.errors import UserError
 
-OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device")
+#: how predict classifies (``metafsl.engine.predict.PredictOptions``)
+PREDICT_KEYS = ("predict.batch_size", "predict.top_k", "predict.reject_below", "predict.reject")
+OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device",
+            *PREDICT_KEYS)
+
+
+def predict_options(own: Dict[str, str]):
+    """``metafsl.engine.predict.PredictOptions`` from the ``predict.*`` arguments, checked."""
+    from metafsl.engine.predict import PredictOptions
+
+    def number(key: str, kind: type, words: str):
+        text = own.get(key)
+        if text is None:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise UserError(f"{key} must be {words} (got '{text}').") from None
+
+    batch = number("predict.batch_size", int, "an integer >= 1")
+    reject = own.get("predict.reject")
+    options = PredictOptions(
+        PredictOptions.batch_size if batch is None else batch,
+        number("predict.top_k", int, "an integer >= 1"),
+        number("predict.reject_below", float, "a probability strictly between 0 and 1"),
+        None if reject is None or reject.lower() == "none" else reject)
+    options.check()
+    return options
 
 
 def output_path(run: Path, out: Optional[str], overwrite: bool) -> Path:
@@ -34,26 +67,26 @@ def output_path(run: Path, out: Optional[str], overwrite: bool) -> Path:
 def run(args: List[str]) -> int:
     from metafsl import api
     from metafsl.reporting import console
+    from metafsl.reporting.predict_report import print_predictions
+    from metafsl.reporting.run_report import ConsoleReport
 
     own, _ = parse(args, OWN_KEYS, "predict", overrides=False)
     for key in ("run", "support", "query"):
         if not own.get(key):
             raise UserError("metafsl predict needs run=<run dir> support=<dir of class folders> "
-                            "query=<dir or files>.")
+                            "query=<folders, list files, globs or files>.")
     run = Path(own["run"])
     invert_opt = own.get("invert", "auto")
     invert = None if invert_opt == "auto" else boolean("invert", invert_opt)
     overwrite = boolean("overwrite", own.get("overwrite"))
+    options = predict_options(own)
     if own.get("out"):  # refuse a bad out= before the work, not after
         output_path(run, own["out"], overwrite)
     result = api.predict(run, Path(own["support"]), own["query"], own.get("checkpoint", "best"),
-                     own.get("device", "cpu"), invert, boolean("convert", own.get("convert")))
-    shots = ", ".join(f"{n} ({len(fs)})" for n, fs in zip(result.names, result.support_files))
-    console.info(f"[bold]metafsl predict[/] {result.algo} from {run}; support classes: {shots}")
-    best_p, best = result.best
-    console.table(f"Predictions for {len(result.queries)} images", ["file", "predicted class", "probability"],
-              [[str(q), result.names[k], f"{p:.3f}"] for q, k, p in zip(result.queries, best, best_p)],
-              justify_right=["probability"])
+                         own.get("device", "cpu"), invert, boolean("convert", own.get("convert")),
+                         batch_size=options.batch_size, top_k=options.top_k, reject_below=options.reject_below,
+                         reject=options.reject, callbacks=[ConsoleReport()])
+    print_predictions(result, run)
     target = output_path(run, own.get("out"), overwrite)
     try:
         result.write_csv(target)
@@ -67,19 +100,39 @@ def run(args: List[str]) -> int:
 
 COMMAND = Command(
     name="predict",
-    summary="classify your images: metafsl predict run=<run dir> support=<dir> query=<dir or files>",
-    usage="metafsl predict run=<run dir> support=<dir> query=<dir or files> [out=<csv>] "
+    summary="classify your images: metafsl predict run=<run dir> support=<dir> query=<dirs, lists, globs>",
+    usage="metafsl predict run=<run dir> support=<dir> query=<dirs, list.txt, 'glob', files> [out=<csv>] "
+          "[predict.top_k=3] [predict.reject_below=<p> | predict.reject=auto] [predict.batch_size=256] "
           "[checkpoint=best|last] [invert=auto|true|false] [convert=false] [device=cpu]",
     description="""
-Adapts a trained learner to *your* labelled images and classifies new ones: support is a folder
-with one sub-folder of images per class (support/cat/*.png, support/dog/*.png); query is a
-folder of images or a comma-separated list of files.  Images are converted to the run's image
-size, channels and normalisation (Omniglot runs invert dark-on-light drawings to the bright-ink
-form they were trained on: invert=auto).  A colour image given to a grayscale model is refused
-unless convert=true.  Prints, then writes as CSV (default: a new
-<run>/predictions/<time>_<suffix>.csv; an existing out= file only with overwrite=true), each
-query's predicted class and its probability.""",
+Adapts a trained learner once to *your* labelled images and classifies new ones: support is a
+folder with one sub-folder of images per class (support/cat/*.png, support/dog/*.png), the
+classes named after the folders; query is any comma-separated mix of folders (walked
+recursively; files without an image extension are ignored and counted), list files (.txt, one
+path per line, relative to the list), globs ('shots/*.png', quoted) and files.  Images are read
+and classified predict.batch_size at a time (default 256; memory stays flat) with a progress
+bar; the MAML family and Reptile normalise each batch with its own statistics, so their
+answers depend on the batch size.  Images are converted to the run's image size, channels and
+normalisation (Omniglot runs invert dark-on-light drawings to the bright-ink form they were
+trained on: invert=auto).  A colour image given to a grayscale model is refused unless
+convert=true.
+
+predict.top_k=<k>: classes listed per image (default min(3, classes)).
+predict.reject_below=<p> (0 < p < 1): an image whose top probability is below p is "unknown".
+predict.reject=auto: that threshold calibrated by leave-one-out on the support images (each
+held out in turn, the learner adapted to the others): the largest one that keeps 95% of the
+held-out images classified correctly; every class needs 2 images; the threshold and how it was
+chosen are printed.
+
+A query file that cannot be read as an image is skipped and listed by name (a row with
+predicted=skipped and the reason in the CSV); an unreadable support image is an error, and so
+is a support folder named unknown or skipped (the CSV's own answers).  Prints,
+then writes as CSV (default: a new <run>/predictions/<time>_<suffix>.csv; an existing out= file
+only with overwrite=true) one row per query file: file, predicted (a class, unknown or skipped),
+probability, top1, top1_probability ... topk, topk_probability, p_<class> for every class, error.""",
     examples=("metafsl predict run=outputs/train/<run> support=my_support/ query=my_queries/",
-              "metafsl predict run=outputs/train/<run> support=s/ query=a.png,b.png out=preds.csv"),
+              "metafsl predict run=outputs/train/<run> support=s/ query=a.png,b.png out=preds.csv",
+              "metafsl predict run=outputs/train/<run> support=s/ query='shots/*.png',more.txt predict.reject=auto",
+              "metafsl predict run=outputs/train/<run> support=s/ query=q/ predict.reject_below=0.6 predict.top_k=1"),
     run=run,
 )

@@ -1,31 +1,58 @@
-"""Classify new images with a trained run: adapt its learner to a labelled support folder (one
-sub-folder of images per class) and score query images; the core of ``metafsl.api.predict`` and
-``metafsl predict``.
+"""Classify new images with a trained run: adapt its learner once to a labelled support folder
+(one sub-folder of images per class) and score query images in batches; the core of
+``metafsl.api.predict`` and ``metafsl predict``.
 
 Images are converted to the run's image size, channels and normalisation, taken from the
 checkpoint alone (Omniglot runs invert dark-on-light drawings to the bright-ink form they were
 trained on: ``invert=None`` decides by the dataset).  A colour image given to a grayscale model
 is refused unless ``convert=True``.
+
+The query set (folders, list files, globs: ``metafsl.engine.predict_inputs``) is read and
+classified ``batch_size`` images at a time, so memory stays flat however many images there are; a query file that cannot be
+read as an image is skipped and kept with its reason, while a support image that cannot be
+read is an error (the support set defines the classes).  Each image gets the probabilities of
+every support class, its ``top_k`` classes, and "unknown" when its top probability is below a
+threshold (given, or calibrated on the support set: ``metafsl.engine.predict_reject``).
+
+Methods whose batch norm uses the current batch's statistics (the MAML family, Reptile) classify
+an image together with the others of its batch (transductively, as in their papers): their
+probabilities depend on ``batch_size``; every other method's do not.
 """
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from metafsl.data.images import is_image, to_chw
-from metafsl.engine import checkpoint
+from metafsl.engine import checkpoint, runtime
+from metafsl.engine.callbacks import Callback, CallbackList
 from metafsl.engine.components import build_learner, resolve_device
+from metafsl.engine.predict_inputs import gather
+from metafsl.engine.predict_reject import Calibration, calibrate, check_calibration_possible
 from metafsl.engine.run_dir import find, write_text
 from metafsl.errors import UserError
 
 #: datasets metafsl presents with bright ink on a dark background (user drawings are the reverse)
 INVERTED = {"omniglot"}
+#: the answer for an image whose top probability is below the rejection threshold
+UNKNOWN = "unknown"
+#: the ``predicted`` value of a query file that could not be read (its reason in ``error``)
+SKIPPED = "skipped"
+
+
+class UnreadableImage(UserError):
+    """A file that cannot be read as an image; ``reason`` says why in a few words."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"Cannot read {path} as an image ({reason}).")
+        self.path, self.reason = path, reason
 
 
 def load_image(path: Path, size: int, channels: int, invert: bool, convert: bool) -> np.ndarray:
@@ -36,8 +63,13 @@ def load_image(path: Path, size: int, channels: int, invert: bool, convert: bool
         with Image.open(path) as im:
             im.load()
             rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise UserError(f"Cannot read {path} as an image (unreadable or corrupt file).") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage(path, "not an image file") from None
+    except OSError as exc:
+        raise UnreadableImage(path, f"cannot open it: {exc.strerror}" if exc.strerror
+                              else "unreadable or corrupt image file") from None
+    except ValueError:
+        raise UnreadableImage(path, "unreadable or corrupt image file") from None
     colour = bool((np.abs(rgb[..., 0] - rgb[..., 1]).max() > 8) or (np.abs(rgb[..., 1] - rgb[..., 2]).max() > 8))
     if channels == 1 and colour and not convert:
         raise UserError(f"{path} is a colour image but this model was trained on grayscale (1-channel) "
@@ -66,21 +98,6 @@ def read_support(root: Path) -> Tuple[List[str], List[List[Path]]]:
     return [c.name for c in classes], files
 
 
-def read_queries(spec: str) -> List[Path]:
-    files: List[Path] = []
-    for part in [p for p in spec.split(",") if p]:
-        path = Path(part)
-        if path.is_dir():
-            files.extend(image_files(path))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"Query {path} does not exist.")
-    if not files:
-        raise UserError(f"No query images found in query={spec}.")
-    return files
-
-
 def load_learner(run: Path, which: str, device: torch.device):
     """The trained algorithm and the pixel pipeline of a run dir, from its checkpoint alone
     (checkpoints before version 2 carry no normalisation statistics: those reload the dataset)."""
@@ -107,50 +124,207 @@ def _legacy_preprocessing(cfg: Dict[str, Any]) -> checkpoint.Preprocessing:
     return pre
 
 
+
+# ----------------------------------------------------------------------------- options
+@dataclass
+class PredictOptions:
+    """How many images are scored at once, how many classes each row lists and when the answer
+    is "unknown" (``predict.*`` on the command line)."""
+
+    #: images read and classified at once (memory is about that many images' activations)
+    batch_size: int = 256
+    #: classes listed per image, best first; None: min(3, number of support classes)
+    top_k: Optional[int] = None
+    #: an image whose top probability is below this (0 < p < 1) is "unknown"
+    reject_below: Optional[float] = None
+    #: "auto": calibrate that threshold on the support set (leave-one-out); None: no rejection
+    reject: Optional[str] = None
+
+    def check(self) -> None:
+        """One sentence for the first bad value (before any work)."""
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        if not whole(self.batch_size):
+            raise UserError(f"predict.batch_size must be an integer >= 1 (got {self.batch_size!r}).")
+        if self.top_k is not None and not whole(self.top_k):
+            raise UserError(f"predict.top_k must be an integer >= 1 (got {self.top_k!r}).")
+        p = self.reject_below
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1):
+            raise UserError(f"predict.reject_below must be a probability strictly between 0 and 1 (got {p!r}).")
+        if self.reject not in (None, "auto"):
+            raise UserError(f"predict.reject must be auto (got {self.reject!r}); "
+                            "for a fixed threshold give predict.reject_below=<p>.")
+        if self.reject is not None and p is not None:
+            raise UserError("Give either predict.reject_below=<p> or predict.reject=auto, not both.")
+
+    def k(self, n_classes: int) -> int:
+        """The number of classes listed per image, checked against the support classes."""
+        if self.top_k is None:
+            return min(3, n_classes)
+        if self.top_k > n_classes:
+            raise UserError(f"predict.top_k={self.top_k} is more than the {n_classes} support classes.")
+        return self.top_k
+
+
+# ----------------------------------------------------------------------------- result
 @dataclass
 class Predictions:
-    """Each query's predicted class and the probabilities of every support class."""
+    """Each classified query's probabilities of every support class (``probs``, rows in the
+    order of ``queries``), the files skipped with their reason, and the rejection threshold."""
 
     names: List[str]
     queries: List[Path]
     probs: torch.Tensor
     support_files: List[List[Path]]
     algo: str
+    #: (file, reason) of query files that could not be read as images, in the order met
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    #: classes listed per image (0: min(3, classes))
+    top_k: int = 0
+    #: top probability below which an image is "unknown" (None: no rejection)
+    threshold: Optional[float] = None
+    #: how ``predict.reject=auto`` chose ``threshold`` (None when it was given or not asked for)
+    calibration: Optional[Calibration] = None
+    #: files without an image extension in the walked folders and patterns, and files met twice
+    ignored: int = 0
+    duplicates: int = 0
 
     @property
     def best(self) -> Tuple[List[float], List[int]]:
         best_p, best = self.probs.max(-1)
         return best_p.tolist(), best.tolist()
 
+    @property
+    def predicted(self) -> List[str]:
+        """Each query's answer: a support class name, or "unknown" (top probability below the threshold)."""
+        best_p, best = self.best
+        t = self.threshold
+        return [UNKNOWN if t is not None and p < t else self.names[k] for p, k in zip(best_p, best)]
+
+    @property
+    def unknown(self) -> int:
+        return self.predicted.count(UNKNOWN)
+
+    @property
+    def k(self) -> int:
+        """Classes listed per image."""
+        return self.top_k or min(3, len(self.names))
+
+    def top(self) -> Tuple[List[List[float]], List[List[int]]]:
+        """Per query, the ``k`` best probabilities and their class indices, best first."""
+        values, indices = self.probs.topk(self.k, dim=-1)
+        return values.tolist(), indices.tolist()
+
+    def header(self) -> List[str]:
+        tops = [c for i in range(1, self.k + 1) for c in (f"top{i}", f"top{i}_probability")]
+        return ["file", "predicted", "probability", *tops, *[f"p_{n}" for n in self.names], "error"]
+
+    def rows(self) -> List[List[Any]]:
+        """The CSV rows: classified queries in order, then the skipped files (empty numbers, the reason)."""
+        values, indices = self.top()
+        rows = []
+        for q, answer, row, vs, ks in zip(self.queries, self.predicted, self.probs.tolist(), values, indices):
+            tops = [x for v, k in zip(vs, ks) for x in (self.names[k], round(v, 6))]
+            rows.append([str(q), answer, round(vs[0], 6), *tops, *[round(x, 6) for x in row], ""])
+        blanks = [""] * (len(self.header()) - 3)
+        rows.extend([str(path), SKIPPED, *blanks, reason] for path, reason in self.skipped)
+        return rows
+
     def write_csv(self, target: Path) -> None:
-        """One row per query: file, predicted class, its probability, every class's probability."""
+        """One row per query file: see ``header()`` and ``rows()``."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["file", "predicted", "probability"] + [f"p_{n}" for n in self.names])
+        w.writerow(self.header())
         w.writerows(self.rows())
         write_text(target, buf.getvalue(), what=f"the predictions to {target}")
 
-    def rows(self) -> List[List[Any]]:
-        best_p, best = self.best
-        return [[str(q), self.names[k], round(p, 6)] + [round(x, 6) for x in row]
-                for q, k, p, row in zip(self.queries, best, best_p, self.probs.tolist())]
+
+# ----------------------------------------------------------------------------- work
+Reader = Callable[[Path], np.ndarray]
 
 
-def predict(run: Path, support: Path, query: str, which: str = "best", device_name: str = "cpu",
-            invert: Optional[bool] = None, convert: bool = False) -> Predictions:
-    """Adapt the run's learner to ``support`` and classify ``query`` (invert=None: auto)."""
+def read_batch(paths: Sequence[Path], read: Reader) -> Tuple[List[np.ndarray], List[Path], List[Tuple[Path, str]]]:
+    """(the images read, their paths, (path, reason) of the files that are not readable images)."""
+    arrays, good, bad = [], [], []
+    for path in paths:
+        try:
+            arrays.append(read(path))
+            good.append(path)
+        except UnreadableImage as exc:
+            bad.append((path, exc.reason))
+    return arrays, good, bad
+
+
+def classify_batches(classify: Callable[[torch.Tensor], torch.Tensor], files: List[Path], read: Reader,
+                     to_tensor: Callable[[List[np.ndarray]], torch.Tensor], batch_size: int,
+                     callbacks: Callback) -> Tuple[torch.Tensor, List[Path], List[Tuple[Path, str]]]:
+    """Softmax probabilities of ``files``, read and scored ``batch_size`` at a time; returns
+    (probs, the files classified, the files skipped with why)."""
+    probs: List[torch.Tensor] = []
+    kept: List[Path] = []
+    skipped: List[Tuple[Path, str]] = []
+    callbacks.on_eval_start(f"predict {len(files)} images", len(files))
+    try:
+        for start in range(0, len(files), batch_size):
+            batch = files[start:start + batch_size]
+            arrays, good, bad = read_batch(batch, read)
+            skipped.extend(bad)
+            if arrays:
+                probs.append(classify(to_tensor(arrays)).float().softmax(-1).cpu())
+                kept.extend(good)
+            callbacks.on_eval_advance(len(batch))
+    finally:
+        callbacks.on_eval_end()
+    return (torch.cat(probs) if probs else torch.zeros(0, 0)), kept, skipped
+
+
+def _check_support_names(names: List[str]) -> None:
+    for reserved in (UNKNOWN, SKIPPED):
+        if reserved in names:
+            raise UserError(f"Support class folder '{reserved}' has a name predict uses for its own answers "
+                            f"({UNKNOWN}: below the threshold, {SKIPPED}: unreadable file); rename the folder.")
+
+
+def _prepare(algo, cfg: Dict[str, Any], device: torch.device) -> None:
+    """The run's speed settings that leave results alone (allocator cache, channels-last)."""
+    rt = runtime.from_config(cfg, device)
+    runtime.Runtime(device, channels_last=rt.channels_last).prepare(algo)
+
+
+def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str, Path]]], which: str = "best",
+            device_name: str = "cpu", invert: Optional[bool] = None, convert: bool = False,
+            options: Optional[PredictOptions] = None, callbacks: Optional[Callback] = None) -> Predictions:
+    """Adapt the run's learner once to ``support`` and classify the query set in batches
+    (``invert=None``: by the dataset; ``query``: see ``metafsl.engine.predict_inputs``)."""
+    options = options or PredictOptions()
+    options.check()
+    callbacks = callbacks if callbacks is not None else CallbackList()
     device = resolve_device(device_name)
     algo, preprocess, cfg, channels, size = load_learner(run, which, device)
-    if invert is None:
-        invert = cfg["dataset"]["name"] in INVERTED
     names, support_files = read_support(support)
-    queries = read_queries(query)
+    _check_support_names(names)
+    top_k = options.k(len(names))
+    if options.reject == "auto":
+        check_calibration_possible(names, [len(f) for f in support_files])
+    queries = gather(query)
+    _prepare(algo, cfg, device)
+    invert = cfg["dataset"]["name"] in INVERTED if invert is None else invert
+    read: Reader = partial(load_image, size=size, channels=channels, invert=invert, convert=convert)
 
-    def tensor(paths: List[Path]) -> torch.Tensor:
-        arr = np.stack([load_image(p, size, channels, invert, convert) for p in paths])
-        return preprocess(torch.from_numpy(arr).to(device), train=False)
+    def to_tensor(arrays: List[np.ndarray]) -> torch.Tensor:
+        return preprocess(torch.from_numpy(np.stack(arrays)).to(device), train=False)
 
-    flat = [p for files in support_files for p in files]
+    support_x = to_tensor([read(p) for files in support_files for p in files])
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
-    probs = algo.adapt(tensor(flat), labels)(tensor(queries)).float().softmax(-1).cpu()
-    return Predictions(names, queries, probs, support_files, cfg["algo"]["name"])
+    calibration = calibrate(algo, support_x, labels, len(names), callbacks) if options.reject == "auto" else None
+    classify = algo.adapt(support_x, labels, len(names))
+    probs, kept, skipped = classify_batches(classify, queries.files, read, to_tensor, options.batch_size, callbacks)
+    result = Predictions(names, kept, probs, support_files, cfg["algo"]["name"], queries.missing + skipped, top_k,
+                         calibration.threshold if calibration else options.reject_below, calibration,
+                         queries.ignored, queries.duplicates)
+    if not kept:
+        path, reason = result.skipped[0]
+        raise UserError(f"Cannot read any of the {len(result.skipped)} query files as an image "
+                        f"(e.g. {path}: {reason}).")
+    return result
