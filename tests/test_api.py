@@ -41,6 +41,11 @@ def test_evaluate_appends_to_the_history(run, tmp_path):
     assert len(summary.tests) == before + 1 and summary.tests[-1]["episode"]["n_shot"] == 5
     assert json.loads((tmp_path / "t" / "result.json").read_text())["acc"] == summary.tests[-1]["acc"]
     assert (tmp_path / "t" / ".hydra" / "config.yaml").is_file()
+    for record in (summary.tests[-1], summary.test):  # this test's, and the training's final test
+        for name in ("precision", "recall", "f1"):
+            assert 0 <= record[f"macro_{name}"] <= 100 and record[f"macro_{name}_ci95"] >= 0
+        assert record["macro_recall"] == pytest.approx(record["acc"], abs=1e-4)  # balanced episodes
+    assert not (tmp_path / "t" / "per_class.csv").exists()  # glyphs: no named classes, no per-class report
 
 
 def test_compose_errors_are_one_sentence():

@@ -62,6 +62,7 @@ def test_predict_writes_class_and_probability(run_cli, protonet_run, images, tmp
         assert float(r["probability"]) == pytest.approx(max(probs), abs=1e-4)
         assert float(r[f"p_{r['predicted']}"]) == pytest.approx(max(probs), abs=1e-6)
     assert "Predictions for 3 images" in text
+    assert "Per class" not in text and not list(tmp_path.glob("*per_class*"))  # queries not in class folders
 
 
 def test_predict_errors(run_cli, protonet_run, images, tmp_path):

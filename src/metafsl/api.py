@@ -188,6 +188,7 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
                 summary.continue_from(RunSummary.read_or_none(run_dir) or start.previous)
             summary.write(run_dir, failed=lambda exc: write_failed(run_dir, SUMMARY, exc,
                                                                    kept="the results are shown above"))
+        _write_class_report(recipe.class_report, run_dir)
     return summary
 
 
@@ -233,12 +234,13 @@ def evaluate(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str =
         _check_out_dir(Path(out_dir), overwrite)
     plan = test_plan(run_dir, overrides, checkpoint)
     every = as_list(callbacks)
-    record = _score(plan, every)
+    record, report = _score(plan, every)
     record["overrides"] = list(overrides)
     every.on_test_end(plan.info, record)  # shown before anything is written: a failed write loses nothing
     out = Path(out_dir) if out_dir is not None else _new_dir(plan.run / "tests")
     write_snapshot(out, plan.cfg, [f"run={plan.run}", *overrides])
     write_json(out / RESULT, record)
+    _write_class_report(report, out)
     return RunSummary.append_test(plan.run, record, default=RunSummary.from_config(plan.ck["config"]))
 
 
@@ -307,15 +309,16 @@ def _test_parts(plan: PlannedTest):
     return parts
 
 
-def _score(plan: PlannedTest, callbacks: Callback) -> Dict[str, Any]:
-    """Evaluate the checkpoint on episodes (or a protocol); the test record."""
-    from metafsl.engine.evaluate import EvalSpec
-    from metafsl.engine.evaluate import evaluate as run_episodes
+def _score(plan: PlannedTest, callbacks: Callback):
+    """Evaluate the checkpoint on episodes (or a protocol): (the test record, the per-class report
+    of a dataset with named classes or None)."""
+    from metafsl.engine.evaluate import EvalSpec, score_test
 
     cfg, proto = plan.cfg, plan.protocol
     parts = _test_parts(plan)
     callbacks.on_test_start(plan.info)
     t0 = time.perf_counter()
+    report = None
     if proto is not None:  # e.g. protocol=lake20: not sampled episodes
         from metafsl.engine.protocols import run_protocol
 
@@ -324,12 +327,20 @@ def _score(plan: PlannedTest, callbacks: Callback) -> Dict[str, Any]:
         spec = EvalSpec.from_config(cfg)
         if spec.split not in parts.dataset.splits:
             raise UserError(f"Dataset '{parts.dataset.name}' has no '{spec.split}' split.")
-        result = run_episodes(parts.algorithm, parts.dataset[spec.split], spec, parts.device, parts.preprocess,
-                              callbacks, parts.runtime)
+        result, report = score_test(parts.algorithm, parts.dataset[spec.split], spec, parts.device,
+                                    parts.preprocess, callbacks, parts.runtime, cfg["dataset"]["name"])
         result.update(episode=cfg["episode"]["test"], eval_seed=cfg["eval"]["seed"])
     return {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": plan.info.checkpoint,
             "iteration": plan.ck["iteration"], "dataset": cfg["dataset"]["name"],
-            "time": _dt.datetime.now().isoformat(timespec="seconds")}
+            "time": _dt.datetime.now().isoformat(timespec="seconds")}, report
+
+
+def _write_class_report(report, folder: Path) -> None:
+    """The per-class report's files (``metafsl.reporting.per_class``) in a test's record dir."""
+    if report is not None:
+        from metafsl.reporting.per_class import write
+
+        write(report, folder)
 
 
 def _without_dataset(cfg: Dict[str, Any], pre):

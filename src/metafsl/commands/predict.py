@@ -66,7 +66,7 @@ def output_path(run: Path, out: Optional[str], overwrite: bool) -> Path:
 
 def run(args: List[str]) -> int:
     from metafsl import api
-    from metafsl.reporting import console
+    from metafsl.reporting import console, per_class
     from metafsl.reporting.predict_report import print_predictions
     from metafsl.reporting.run_report import ConsoleReport
 
@@ -87,15 +87,34 @@ def run(args: List[str]) -> int:
                          batch_size=options.batch_size, top_k=options.top_k, reject_below=options.reject_below,
                          reject=options.reject, callbacks=[ConsoleReport()])
     print_predictions(result, run)
+    report = _labelled_report(result, own["query"])
     target = output_path(run, own.get("out"), overwrite)
     try:
+        if report is not None:  # refused before anything is written
+            per_class.check_free(target.parent, f"{target.stem}_", overwrite)
         result.write_csv(target)
     except UserError:
         if not own.get("out") and target.exists() and target.stat().st_size == 0:
             target.unlink()
         raise
     console.info(f"Wrote {target}.")
+    if report is not None:
+        written = per_class.write(report, target.parent, f"{target.stem}_")
+        console.info(f"Wrote the per-class report beside it: {', '.join(p.name for p in written)}.")
     return 0
+
+
+def _labelled_report(result, query: str):
+    """Queries labelled by sub-folders named like the support classes (query/cat/*.png): the
+    per-class report of the predictions, shown (None for unlabelled queries)."""
+    from metafsl.engine.predict import query_classes
+    from metafsl.reporting import per_class
+
+    truth = query_classes(query, result.queries, result.names)
+    if truth is None:
+        return None
+    _, best = result.best
+    return per_class.report_predictions(truth, [result.names[k] for k in best], result.names)
 
 
 COMMAND = Command(
@@ -129,7 +148,12 @@ predicted=skipped and the reason in the CSV); an unreadable support image is an 
 is a support folder named unknown or skipped (the CSV's own answers).  Prints,
 then writes as CSV (default: a new <run>/predictions/<time>_<suffix>.csv; an existing out= file
 only with overwrite=true) one row per query file: file, predicted (a class, unknown or skipped),
-probability, top1, top1_probability ... topk, topk_probability, p_<class> for every class, error.""",
+probability, top1, top1_probability ... topk, topk_probability, p_<class> for every class, error.
+
+When the query folder is labelled by sub-folders named like the support classes
+(query/cat/*.png, query/dog/*.png), also a per-class table (precision, recall, F1, support, of
+each image's most probable class) and the confusion matrix, written beside the CSV as
+<name>_per_class.csv, <name>_confusion_matrix.csv and <name>_confusion_matrix.png.""",
     examples=("metafsl predict run=outputs/train/<run> support=my_support/ query=my_queries/",
               "metafsl predict run=outputs/train/<run> support=s/ query=a.png,b.png out=preds.csv",
               "metafsl predict run=outputs/train/<run> support=s/ query='shots/*.png',more.txt predict.reject=auto",

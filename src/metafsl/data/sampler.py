@@ -158,9 +158,13 @@ class EpisodeSampler:
 
     # -- tasks ---------------------------------------------------------------------------
     def sample(self, n_episodes: int = 1, train: bool = False) -> TaskBatch:
-        idx = self.indices(n_episodes).to(self.device, non_blocking=True)
+        return self.tasks(self.indices(n_episodes), train)
+
+    def tasks(self, indices: torch.Tensor, train: bool = False) -> TaskBatch:
+        """The episodes of ``indices`` (B, n_way, n_shot + n_query), as ``indices`` returns them."""
+        idx = indices.to(self.device, non_blocking=True)
         x = self._images[idx]  # (B, n_way, shot+query, C, H, W) uint8
-        b = n_episodes
+        b = idx.shape[0]
         img = x.shape[-3:]
         support = x[:, :, : self.n_shot].reshape(b, self.n_way * self.n_shot, *img)
         query = x[:, :, self.n_shot:].reshape(b, self.n_way * self.n_query, *img)

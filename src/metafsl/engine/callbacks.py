@@ -81,6 +81,11 @@ class Callback:
     def on_test_end(self, test: TestInfo, record: Dict[str, Any]) -> None:
         """The test's record, before it is written to the run dir."""
 
+    def on_class_report(self, report: Any) -> None:
+        """The per-class report of a test on a dataset with named classes (a
+        ``metafsl.engine.metrics.ClassReport``), before ``on_test_end`` (``metafsl test``) or
+        ``on_train_end`` (a training's final test) and before it is written."""
+
     def on_eval_start(self, description: str, episodes: int) -> None:
         """An evaluation of ``episodes`` episodes begins."""
 
@@ -127,6 +132,9 @@ class CallbackList(Callback):
 
     def on_test_end(self, test: TestInfo, record: Dict[str, Any]) -> None:
         self._each("on_test_end", test, record)
+
+    def on_class_report(self, report: Any) -> None:
+        self._each("on_class_report", report)
 
     def on_eval_start(self, description: str, episodes: int) -> None:
         self._each("on_eval_start", description, episodes)

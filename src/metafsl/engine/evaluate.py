@@ -1,10 +1,12 @@
-"""Evaluation on fixed episodes: accuracy in percent, mean ± 1.96·std/sqrt(n)."""
+"""Evaluation on fixed episodes: accuracy in percent, mean ± 1.96·std/sqrt(n); a test adds macro
+precision, recall and F1 (each episode's macro average over its classes, then the same mean ±
+CI over episodes) and, for datasets with named classes, a per-class report."""
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -12,9 +14,13 @@ from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import fast_eval
 from metafsl.engine.callbacks import Callback
+from metafsl.engine.metrics import MACRO, ClassReport, class_report, macro_per_episode
 
 #: upper bound on images per evaluation forward pass (keeps memory flat for big episodes)
 MAX_IMAGES_PER_BATCH = 2400
+#: datasets whose class names mean something to a person (the user's folders): their tests get a
+#: per-class report (precision, recall, F1, support, confusion matrix)
+NAMED_CLASSES = ("folder",)
 
 
 def mean_ci95(accs: torch.Tensor) -> Dict[str, float]:
@@ -51,36 +57,101 @@ class EvalSpec:
                    split="val" if validation else ev.get("split", "test"))
 
 
+@dataclass
+class EpisodePredictions:
+    """Every query prediction of evaluated episodes: ``predicted`` and ``labels`` (E, n_way *
+    n_query) are episode labels 0..n_way-1; ``classes`` (E, n_way) is the split's class id of
+    each episode label."""
+
+    predicted: torch.Tensor
+    labels: torch.Tensor
+    classes: torch.Tensor
+
+    def accuracies(self) -> torch.Tensor:
+        """(E,) fraction of each episode's queries classified right."""
+        return (self.predicted == self.labels).float().mean(-1)
+
+    def split_ids(self, episode_labels: torch.Tensor) -> torch.Tensor:
+        """Episode labels (E, Nq) mapped back to the split's class ids."""
+        return self.classes.gather(1, episode_labels)
+
+
+def scores(preds: EpisodePredictions) -> Dict[str, float]:
+    """A test's numbers, in percent: accuracy and macro precision, recall, F1, each mean ± CI
+    over the episodes."""
+    out: Dict[str, float] = mean_ci95(preds.accuracies() * 100.0)
+    macro = macro_per_episode(preds.predicted, preds.labels, preds.classes.shape[1])
+    for name in MACRO:
+        m = mean_ci95(macro[name] * 100.0)
+        out[f"macro_{name}"], out[f"macro_{name}_ci95"] = m["acc"], m["ci95"]
+    return out
+
+
+def per_class(preds: EpisodePredictions, split: FewShotSplit) -> ClassReport:
+    """Precision, recall, F1, support and confusion of each test class over all test queries."""
+    return class_report(preds.split_ids(preds.labels), preds.split_ids(preds.predicted), split.class_names,
+                        present_only=True)
+
+
 def evaluate(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", preprocess: Optional[Preprocess] = None,
              callbacks: Optional[Callback] = None, runtime=None) -> Dict[str, float]:
-    """Accuracy (percent) of ``algorithm`` on ``split`` over the episodes ``spec`` describes.
+    """Accuracy (percent) of ``algorithm`` on ``split`` over the episodes ``spec`` describes (a
+    validation)."""
+    preds = predict_episodes(algorithm, split, spec, device, preprocess, callbacks, runtime)
+    return mean_ci95(preds.accuracies() * 100.0)
+
+
+def score_test(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", preprocess: Optional[Preprocess] = None,
+               callbacks: Optional[Callback] = None, runtime=None, dataset: str = ""
+               ) -> Tuple[Dict[str, float], Optional[ClassReport]]:
+    """A test: ``scores`` (accuracy and macro precision, recall, F1) of the episodes, and, when
+    ``dataset`` (its name) has named classes (``NAMED_CLASSES``), the per-class report of all
+    its queries, told to ``callbacks.on_class_report`` (else None)."""
+    preds = predict_episodes(algorithm, split, spec, device, preprocess, callbacks, runtime)
+    report = per_class(preds, split) if dataset in NAMED_CLASSES else None
+    if report is not None and callbacks is not None:
+        callbacks.on_class_report(report)
+    return scores(preds), report
+
+
+def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu",
+                     preprocess: Optional[Preprocess] = None, callbacks: Optional[Callback] = None,
+                     runtime=None) -> EpisodePredictions:
+    """Every query prediction of ``algorithm`` on the episodes of ``split`` that ``spec`` describes.
 
     ``callbacks`` hear of the progress (``on_eval_start/advance/end``); ``runtime``
     (``metafsl.engine.runtime.Runtime``) supplies the autocast context (GPU bf16)."""
     n_way, n_shot, n_query = spec.n_way, spec.n_shot, spec.n_query
-    episodes, batch_episodes, split_name = spec.episodes, spec.batch_episodes, spec.split
-    seed, within_group = spec.seed, spec.within_group
-    sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=seed, preprocess=preprocess,
-                             within_group=within_group, split_name=split_name)
+    sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=spec.seed, preprocess=preprocess,
+                             within_group=spec.within_group, split_name=spec.split)
     algorithm.check_episode(n_way, train=False)
-    per_episode = n_way * (n_shot + n_query)
-    step = max(1, min(batch_episodes, MAX_IMAGES_PER_BATCH // per_episode))
+    step = max(1, min(spec.batch_episodes, MAX_IMAGES_PER_BATCH // (n_way * (n_shot + n_query))))
+    idx = sampler.indices(spec.episodes)  # (E, n_way, shot + query): the episodes, from the seed alone
     was_training = algorithm.training
     algorithm.eval()
-    accs = []
     callbacks = callbacks or Callback()
-    callbacks.on_eval_start(f"{split_name} {n_way}w{n_shot}s", episodes)
+    callbacks.on_eval_start(f"{spec.split} {n_way}w{n_shot}s", spec.episodes)
     autocast = runtime.autocast() if runtime is not None else contextlib.nullcontext()
     try:
         with autocast:
             if fast_eval.supported(algorithm):  # metric methods: embed each distinct image once
-                accs.append(fast_eval.episode_accuracies(algorithm, sampler, split.images, episodes,
-                                                         MAX_IMAGES_PER_BATCH, step, callbacks.on_eval_advance))
-            for start in range(0, episodes if not accs else 0, step):
-                b = min(step, episodes - start)
-                accs.append(algorithm.evaluate(sampler.sample(b)).float().cpu())
-                callbacks.on_eval_advance(b)
+                predicted = fast_eval.episode_predictions(algorithm, sampler, split.images, idx,
+                                                          MAX_IMAGES_PER_BATCH, step, callbacks.on_eval_advance)
+            else:
+                predicted = _episode_loop(algorithm, sampler, idx, step, callbacks)
     finally:
         algorithm.train(was_training)
         callbacks.on_eval_end()
-    return mean_ci95(torch.cat(accs) * 100.0)
+    labels = torch.arange(n_way).repeat_interleave(n_query).expand(len(idx), -1)
+    return EpisodePredictions(predicted, labels, split.labels.cpu()[idx[:, :, 0]])
+
+
+def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int,
+                  callbacks: Callback) -> torch.Tensor:
+    """(E, Nq) predictions, adapting to each task (``episode_logits``), ``step`` episodes at a time."""
+    predicted = []
+    for start in range(0, len(idx), step):
+        batch = sampler.tasks(idx[start: start + step])
+        predicted.append(algorithm.episode_logits(batch).argmax(-1).cpu())
+        callbacks.on_eval_advance(len(batch))
+    return torch.cat(predicted) if predicted else torch.zeros(0, sampler.n_way * sampler.n_query, dtype=torch.long)

@@ -100,23 +100,29 @@ def frozen_for_inference(backbone: nn.Module, example: torch.Tensor):
 
 def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, max_images: int,
                        episodes_per_step: int, on_progress=None) -> torch.Tensor:
-    """Per-episode query accuracy (fraction) of ``episodes`` episodes drawn from ``sampler``.
+    """Per-episode query accuracy (fraction) of ``episodes`` episodes drawn from ``sampler``
+    (``episode_predictions`` of ``sampler.indices(episodes)``)."""
+    predicted = episode_predictions(algorithm, sampler, images, sampler.indices(episodes), max_images,
+                                    episodes_per_step, on_progress)
+    labels = torch.arange(sampler.n_way).repeat_interleave(sampler.n_query)
+    return (predicted == labels).float().mean(-1)
 
-    ``images`` is the split's uint8 tensor the sampler indexes; ``max_images`` bounds each
-    embedding forward pass; ``on_progress(n)`` is called as episodes complete.
+
+def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Tensor, max_images: int,
+                        episodes_per_step: int, on_progress=None) -> torch.Tensor:
+    """Predicted label (0..n_way-1) of every query of the episodes ``idx``: (E, n_way * n_query),
+    on the CPU, queries in the order of ``sampler.tasks(idx).query_y``.
+
+    ``idx`` (E, n_way, n_shot + n_query) indexes ``images``, the split's uint8 tensor, as
+    ``sampler.indices`` draws it; ``max_images`` bounds each embedding forward pass;
+    ``on_progress(n)`` is called as episodes complete.
     """
     device = sampler.device
     n_way, n_shot, n_query = sampler.n_way, sampler.n_shot, sampler.n_query
-    idx = sampler.indices(episodes)  # (E, n_way, shot + query): the very episodes sample() draws
     uniq, inverse = torch.unique(idx, return_inverse=True)
     inverse = inverse.to(device)
     backbone = algorithm.backbone
-    forward = backbone
-    if device.type == "cpu":
-        one = sampler.preprocess(images[uniq[:1].to(images.device)], False)
-        max_images = min(max_images, images_per_pass(backbone, one))
-        example = sampler.preprocess(images[uniq[:max_images].to(images.device)], False)
-        forward = frozen_for_inference(backbone, example)
+    forward, max_images = _inference_forward(backbone, sampler, images, uniq, max_images)
     with torch.inference_mode(), channels_last_weights(backbone):
         chunks: list[torch.Tensor] = []
         for start in range(0, len(uniq), max_images):
@@ -125,15 +131,25 @@ def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, 
             chunks.append(forward(x).flatten(1))
         z = torch.cat(chunks)
         support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)
-        query_y = torch.arange(n_way, device=device).repeat_interleave(n_query)
-        accs = []
-        for start in range(0, episodes, episodes_per_step):
+        predicted = []
+        for start in range(0, len(idx), episodes_per_step):
             e = z[inverse[start: start + episodes_per_step]]  # (b, n_way, shot + query, D)
             b = e.shape[0]
             support = e[:, :, :n_shot].reshape(b, n_way * n_shot, -1)
             query = e[:, :, n_shot:].reshape(b, n_way * n_query, -1)
             logits = algorithm.logits_from_embeddings(support, support_y.expand(b, -1), query, n_way)
-            accs.append((logits.argmax(-1) == query_y).float().mean(-1).cpu())
+            predicted.append(logits.argmax(-1).cpu())
             if on_progress is not None:
                 on_progress(b)
-    return torch.cat(accs)
+    return torch.cat(predicted) if predicted else torch.zeros(0, n_way * n_query, dtype=torch.long)
+
+
+def _inference_forward(backbone: nn.Module, sampler, images: torch.Tensor, uniq: torch.Tensor, max_images: int):
+    """(the embedding function, images per pass): on the CPU a frozen TorchScript copy and a pass
+    size that fits the memory bound; elsewhere the backbone itself."""
+    if sampler.device.type != "cpu":
+        return backbone, max_images
+    one = sampler.preprocess(images[uniq[:1].to(images.device)], False)
+    max_images = min(max_images, images_per_pass(backbone, one))
+    example = sampler.preprocess(images[uniq[:max_images].to(images.device)], False)
+    return frozen_for_inference(backbone, example), max_images

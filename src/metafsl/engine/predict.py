@@ -98,6 +98,20 @@ def read_support(root: Path) -> Tuple[List[str], List[List[Path]]]:
     return [c.name for c in classes], files
 
 
+def query_classes(query: str, queries: List[Path], names: List[str]) -> Optional[List[str]]:
+    """The true class of each query when the query folder is labelled by sub-folders named like
+    the support classes (``query/cat/*.png``, ``query/dog/*.png``): the sub-folder's name; None
+    when any query is not inside such a sub-folder of a query folder."""
+    roots = [Path(p) for p in query.split(",") if p and Path(p).is_dir()]
+    known, truth = set(names), []
+    for q in queries:
+        parts = next((q.relative_to(r).parts for r in roots if q.is_relative_to(r)), ())
+        if len(parts) < 2 or parts[0] not in known:
+            return None
+        truth.append(parts[0])
+    return truth
+
+
 def load_learner(run: Path, which: str, device: torch.device):
     """The trained algorithm and the pixel pipeline of a run dir, from its checkpoint alone
     (checkpoints before version 2 carry no normalisation statistics: those reload the dataset)."""

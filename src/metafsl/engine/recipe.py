@@ -23,7 +23,7 @@ from metafsl.engine import checkpoint, hooks
 from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
 from metafsl.engine.components import build, build_train_stream
-from metafsl.engine.evaluate import EvalSpec, evaluate
+from metafsl.engine.evaluate import EvalSpec, evaluate, score_test
 from metafsl.engine.preflight import check_episodes, has_validation
 from metafsl.engine.resume import StartPlan
 from metafsl.engine.run_dir import BEST, LAST, metrics_log
@@ -50,6 +50,8 @@ class TrainRecipe:
         self.callbacks = as_list([*callbacks, hooks.Listeners()])
         self.run_info = run_info or RunInfo(self.run_dir, cfg)
         self.untrained: Optional[Dict[str, float]] = None
+        #: the per-class report of the final test (datasets with named classes), written by the caller
+        self.class_report = None
         self.stop_signal: Optional[int] = None
         self.saved_iteration = -1  # the iteration last.pt holds
         self.seconds = 0.0
@@ -293,13 +295,19 @@ class TrainRecipe:
             self.save_checkpoint(BEST)
         self.save_checkpoint(LAST)
 
-    def test(self) -> Dict[str, float]:
-        """Accuracy of the learner as it is now on the run's test episodes (``eval.*``)."""
+    def test(self, per_class: bool = False) -> Dict[str, float]:
+        """Accuracy and macro precision, recall, F1 of the learner as it is now on the run's test
+        episodes (``eval.*``); ``per_class``: keep the per-class report (``self.class_report``) of
+        a dataset with named classes."""
         spec = EvalSpec.from_config(self.cfg)
         if spec.split not in self.ds.splits:
             raise UserError(f"Dataset '{self.ds.name}' has no '{spec.split}' split.")
-        return evaluate(self.algo, self.ds[spec.split], spec, self.device, self.parts.preprocess,
-                        self.callbacks, self.parts.runtime)
+        result, report = score_test(self.algo, self.ds[spec.split], spec, self.device, self.parts.preprocess,
+                                    self.callbacks, self.parts.runtime,
+                                    self.cfg["dataset"]["name"] if per_class else "")
+        if per_class:
+            self.class_report = report
+        return result
 
     def final_test(self) -> Dict[str, Any]:
         """Test the best checkpoint (the last one without a validation split)."""
@@ -307,7 +315,7 @@ class TrainRecipe:
         checkpoint.load_weights(self.algo, best["model"], self.run_dir / BEST)
         self.callbacks.on_event("test_start", int(best["iteration"]))
         t0 = time.perf_counter()
-        res = self.test()
+        res = self.test(per_class=True)
         return {**res, "seconds": round(time.perf_counter() - t0, 2),
                 "checkpoint": "best" if self.has_val else "last", "iteration": best["iteration"]}
 

@@ -160,8 +160,10 @@ class RunSummary:
 
 
 #: the fields of summary.json that are records, and the numbers in them
+#: a test's macro precision, recall and F1 (percent) and their CIs
+_MACRO = tuple(f"macro_{m}{ci}" for m in ("precision", "recall", "f1") for ci in ("", "_ci95"))
 _NUMBERS = {"train": ("iterations", "seconds", "planned_iterations"), "val": ("best_acc", "best_iteration"),
-            "test": ("acc", "ci95", "seconds", "iteration", "episodes"), "untrained": ("acc", "ci95"),
+            "test": ("acc", "ci95", "seconds", "iteration", "episodes", *_MACRO), "untrained": ("acc", "ci95"),
             "published": ("acc", "ci95")}
 _TEXTS = ("algo", "dataset", "backbone", "name", "trained_by", "code_version")
 
@@ -207,7 +209,7 @@ def type_problem(data: Dict[str, Any]) -> Optional[str]:
     if tests is not None and not (isinstance(tests, list) and all(isinstance(t, dict) for t in tests)):
         return "'tests' is not a list of test records"
     for i, record in enumerate(tests or []):
-        checks += [(record, ("acc", "ci95", "error"), _number, "a number", f"tests[{i}]."),
+        checks += [(record, ("acc", "ci95", "error", *_MACRO), _number, "a number", f"tests[{i}]."),
                    (record, ("episode",), _mapping, "a mapping", f"tests[{i}]."),
                    (record, ("overrides",), _overrides, "a list of overrides", f"tests[{i}].")]
     return next((p for p in (_wrong(*c) for c in checks) if p), None)

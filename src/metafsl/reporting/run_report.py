@@ -10,6 +10,9 @@ from typing import Any, Dict
 from metafsl.engine.callbacks import Callback, RunInfo, TestInfo
 from metafsl.reporting import console
 
+#: the macro scores of a test record (``macro_<key>``), as the tables name them
+MACRO_LABELS = (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))
+
 
 class ConsoleReport(Callback):
     """What ``metafsl train``, ``test``, ``reproduce`` and ``demo`` show while they work."""
@@ -17,6 +20,7 @@ class ConsoleReport(Callback):
     def __init__(self) -> None:
         self.train_bar = self.eval_bar = None
         self.train_task = self.eval_task = None
+        self.class_report = None  # shown after the test's table
 
     # ------------------------------------------------------------------ training
     def on_run_start(self, run: RunInfo) -> None:
@@ -54,6 +58,7 @@ class ConsoleReport(Callback):
 
     def on_train_end(self, summary: Any, run_dir: Path) -> None:
         print_train_summary(summary, run_dir)
+        self._show_class_report()
 
     # ------------------------------------------------------------------ tests and evaluations
     def on_test_start(self, test: TestInfo) -> None:
@@ -65,6 +70,17 @@ class ConsoleReport(Callback):
 
     def on_test_end(self, test: TestInfo, record: Dict[str, Any]) -> None:
         print_test(test.run_dir, record)
+        self._show_class_report()
+
+    def on_class_report(self, report: Any) -> None:
+        self.class_report = report
+
+    def _show_class_report(self) -> None:
+        if self.class_report is not None:
+            from metafsl.reporting import per_class
+
+            per_class.show(self.class_report)
+        self.class_report = None
 
     def on_eval_start(self, description: str, episodes: int) -> None:
         if self.train_bar is not None:  # validation inside a training: the training bar says enough
@@ -98,6 +114,8 @@ def print_train_summary(summary, run_dir: Path) -> None:
     if summary.test:
         t = summary.test
         rows.append([f"test acc (%), {t['episodes']} episodes", console.fmt_acc(t["acc"], t["ci95"])])
+        rows += [[f"test macro {label} (%)", console.fmt_acc(t[f"macro_{key}"], t.get(f"macro_{key}_ci95"))]
+                 for key, label in MACRO_LABELS if t.get(f"macro_{key}") is not None]
     rows.append(["run dir", str(run_dir)])
     console.table("Results", ["", "value"], rows)
 
@@ -113,3 +131,8 @@ def print_test(run: Path, record: Dict[str, Any]) -> None:
     console.table("Test", ["run", "dataset", "episode", "episodes", "test acc (%)"],
                   [[str(run), record["dataset"], f"{spec['n_way']}w{spec['n_shot']}s", record["episodes"],
                     console.fmt_acc(record["acc"], record["ci95"])]])
+    macro = [(f"macro {label} (%)", console.fmt_acc(record[f"macro_{key}"], record.get(f"macro_{key}_ci95")))
+             for key, label in MACRO_LABELS if record.get(f"macro_{key}") is not None]
+    if macro:  # each episode's average over its classes, then mean ± CI over the episodes
+        console.table(f"Test, per-episode macro averages ({record['episodes']} episodes)",
+                      [m[0] for m in macro], [[m[1] for m in macro]], justify_right=[m[0] for m in macro])
