@@ -42,7 +42,7 @@ import datetime as _dt
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -109,7 +109,6 @@ class Exported:
     n_checked: int = 0
     usage_path: Optional[Path] = None
     snippet: str = ""
-    notes: List[str] = field(default_factory=list)
 
     @property
     def transductive(self) -> bool:
@@ -196,6 +195,8 @@ def check_choice(fmt: str, quantize: str) -> None:
         raise UserError(f"format must be one of {', '.join(FORMATS)} (got '{fmt}').")
     if quantize not in QUANTIZE:
         raise UserError(f"quantize must be one of {', '.join(QUANTIZE)} (got '{quantize}').")
+    if fmt == "onnx":
+        onnx_modules()  # before any work
     if fmt == "torchscript" and quantize != "none":
         raise UserError(f"quantize={quantize} is for format=onnx (onnxruntime's quantisation); "
                         "TorchScript files are written in fp32.")
@@ -209,7 +210,7 @@ def _write_torchscript(model: Deployable, images: torch.Tensor, meta: Dict[str, 
 
 def _write_onnx(model: Deployable, images: torch.Tensor, meta: Dict[str, Any], quantize: str,
                 path: Path) -> None:
-    onnx = _onnx_modules()[0]
+    onnx = onnx_modules()[0]
     fp32 = path.with_name("fp32.onnx")
     torch.onnx.export(model, (images,), str(fp32), input_names=["images"], output_names=["probabilities"],
                       dynamic_axes={"images": {0: "N"}, "probabilities": {0: "N"}}, opset_version=OPSET,
@@ -262,20 +263,22 @@ def run_file(path: Path, fmt: str, images: torch.Tensor) -> torch.Tensor:
     if fmt == "torchscript":
         with torch.no_grad():
             return torch.jit.load(str(path))(images).float()
-    ort = _onnx_modules()[1]
+    ort = onnx_modules()[1]
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: not onnxruntime's notes on the graph
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(None, {"images": images.numpy()})[0]).float()
 
 
-def _onnx_modules():
+def onnx_modules():
+    """(onnx, onnxruntime), or the sentence saying how to install them."""
     try:
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise UserError(f"format=onnx needs the onnx and onnxruntime packages ({exc.name} is missing); "
-                        "install them with pip install 'metafsl[export]'.") from None
+        raise UserError(f"format=onnx needs the onnx and onnxruntime packages ({exc.name} is missing): "
+                        "make setup installs them (the export extra), or pip install onnx onnxruntime; "
+                        "format=torchscript needs torch only.") from None
     onnxruntime.set_default_logger_severity(3)  # quantisation's own sessions: errors only
     return onnx, onnxruntime
 
