@@ -7,10 +7,10 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench faults lint clean
+.PHONY: help setup demo test check-noop bench bench-export faults lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
@@ -29,6 +29,9 @@ check-noop: setup  ## with every optimiser step a no-op, each learning test must
 
 bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 	@$(PY) scripts/bench.py $(BENCH_ARGS)
+
+bench-export: setup  ## exported classifiers: file size, CPU images/s, fp32 vs int8 accuracy (BENCH_ARGS=--smoke)
+	@nice -n 10 $(PY) scripts/bench_export.py --out docs/evidence/export $(BENCH_ARGS)
 
 faults: setup  ## kill trainings at random points, resume, compare (docs/benchmarks.md; FAULTS_ARGS=--trials 30)
 	@nice -n 10 $(PY) scripts/faults.py $(FAULTS_ARGS)

@@ -20,8 +20,8 @@ step "installing torch 2.14.1 + torchvision 0.29.1"
 run "${PIP[@]}" "torch==2.14.1" "torchvision==0.29.1"
 step "building/caching the learn2learn 0.2.0 wheel"
 wheel="$(bash scripts/build_learn2learn.sh "$PY" 2>>"$log")" || { tail -n 40 "$log" >&2; exit 1; }
-step "installing metafsl, its dependencies, the sweep plugins and the experiment loggers"
-run "${PIP[@]}" -e ".[dev,sweep,loggers]"
+step "installing metafsl, its dependencies, the sweep plugins, the experiment loggers and ONNX export"
+run "${PIP[@]}" -e ".[dev,sweep,loggers,export]"
 # learn2learn's runtime needs at import time (its gsutil/qpth extras are not needed).
 run "${PIP[@]}" scipy requests tqdm cloudpickle
 run "${PIP[@]}" --no-deps "gym==0.26.2" "$wheel"

@@ -3,6 +3,9 @@ classifier, evaluation agrees with it, the fast path of metric learners agrees w
 one, and one ``check_episode`` says in one sentence what a learner cannot do."""
 from __future__ import annotations
 
+import io
+import warnings
+
 import pytest
 import torch
 
@@ -191,3 +194,37 @@ def test_the_engine_builds_the_training_stream_the_method_declares(name):
     images = (lambda b: b.x) if algo.train_stream == "batches" else (lambda b: b.support_x)
     sampler.load_state_dict(state)  # what a checkpoint keeps of the stream
     assert torch.equal(images(sampler.sample(2, train=True)), images(batch))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_adapt_module_is_adapt_as_a_standalone_network(variant):
+    """``adapt_module`` (what `metafsl export` writes) gives ``adapt``'s logits from a module of its
+    own (copies, no gradients) that torch.jit.trace and the ONNX exporter record for any batch
+    size; MANN refuses in one sentence."""
+    algo, batch = learner(variant), tasks()
+    sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+    if variant == "mann":
+        with pytest.raises(UserError, match=r"^MANN cannot be exported: [^.]*; use metafsl predict\.$"):
+            algo.adapt_module(sx, sy)
+        return
+    torch.manual_seed(5)  # the same random draws both ways (fine-tuned heads, Reptile's batches)
+    expected = algo.adapt(sx, sy)(qx)
+    torch.manual_seed(5)
+    module = algo.adapt_module(sx, sy)
+    with torch.no_grad():
+        for p in algo.parameters():  # the module holds copies: the learner may change
+            p.add_(1.0)
+    assert not any(p.requires_grad for p in module.parameters()) and not module.training
+    ort = pytest.importorskip("onnxruntime")
+    file = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's and the legacy exporter's notices
+        assert torch.allclose(module(qx), expected, atol=1e-5)
+        traced = torch.jit.trace(module, qx, check_trace=False)
+        assert torch.allclose(traced(qx[:4]), module(qx[:4]), atol=1e-6)
+        torch.onnx.export(module, (qx,), file, input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False,
+                          opset_version=17)
+    session = ort.InferenceSession(file.getvalue(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(session.run(None, {"x": qx[:4].numpy()})[0]), module(qx[:4]),
+                              atol=1e-5)

@@ -5,6 +5,7 @@
     summary = api.train(cfg, "runs/maml")                 # -> RunSummary (summary.json)
     summary = api.evaluate("runs/maml", ["episode=20w1s"]) # a test record appended to summary.tests
     result = api.predict("runs/maml", "support/", "query/")
+    exported = api.export("runs/maml", "support/", "onnx", "maml.onnx")  # one standalone file
     problems = api.validate(["algo=maml", "episode=20w1s"])  # every check made before work
 
 The commands, ``reproduce``, ``demo`` and the tests call these; nothing here re-enters the
@@ -552,3 +553,53 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     query = query if isinstance(query, (str, Path)) else [str(q) for q in query]
     return run_predict(Path(run_dir), Path(support), query, checkpoint, device, invert, convert,
                        options, as_list(callbacks))
+
+
+# ----------------------------------------------------------------------------- export
+#: file name endings that name a format when ``format`` is not given
+_FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
+                     ".torchscript": "torchscript"}
+
+
+def export(run_dir: PathLike, support: PathLike, format: Optional[str] = None, out: Optional[PathLike] = None,
+           checkpoint: str = "best", quantize: str = "none", invert: Optional[bool] = None,
+           convert: bool = False, overwrite: bool = False):
+    """Write the run's learner adapted to ``support`` (one sub-folder of images per class) as one
+    standalone classifier file, ``format`` ``onnx`` or ``torchscript`` (default: from ``out``'s
+    ending, else onnx), with ``<out>.usage.py`` beside it; ``quantize=int8|fp16`` for ONNX.
+    ``out`` defaults to a new ``<run>/exports/<time>_<suffix>.onnx|.pt``; an existing file is
+    replaced only with ``overwrite``.  Returns ``metafsl.engine.export.Exported`` (what was
+    written, the check of the file against the model, the usage snippet)."""
+    from metafsl.engine import export as ex
+    from metafsl.engine.export_usage import snippet, usage_script
+    from metafsl.engine.run_dir import stamp, write_text
+
+    if format is not None:
+        ex.check_choice(format, quantize)
+    fmt = _export_format(format, out)
+    ex.check_choice(fmt, quantize)
+    suffix = ("" if quantize == "none" else f".{quantize}") + ex.SUFFIX[fmt]
+    target = Path(out) if out is not None else Path(run_dir) / "exports" / f"{stamp()}{suffix}"
+    usage = target.with_name(target.name + ".usage.py")
+    for path in (target, usage):
+        if path.is_dir():
+            raise UserError(f"{path} is a directory; give a file name such as out={path / ('model' + suffix)}.")
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} already exists; pass overwrite=true to replace it, or another out=.")
+    prepared = ex.prepare(Path(run_dir), Path(support), checkpoint, invert, convert)
+    result = ex.write(prepared, fmt, quantize, target)
+    result.usage_path, result.snippet = usage, snippet(result.metadata, target)
+    write_text(usage, usage_script(result.metadata, target, usage, ex.describe(result.metadata)),
+               what=f"the usage script {usage}")
+    return result
+
+
+def _export_format(fmt: Optional[str], out: Optional[PathLike]) -> str:
+    named = _FORMAT_OF_SUFFIX.get(Path(out).suffix.lower()) if out is not None else None
+    if fmt is None:
+        return named or "onnx"
+    if named is not None and named != fmt:
+        kind = {"onnx": "an ONNX", "torchscript": "a TorchScript"}[named]
+        raise UserError(f"out={out} names {kind} file but format={fmt}; end the file name in "
+                        f"{'.onnx' if fmt == 'onnx' else '.pt'}, or pass format={named}.")
+    return fmt

@@ -10,7 +10,7 @@ inside the inner loop.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -45,9 +45,21 @@ class ANIL(GradientLearner):
             head.adapt(nn.functional.cross_entropy(head(support), labels), first_order=first_order)
         return head
 
-    def adapted_model(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
-        """The body embeds, the adapted head classifies; at test time the body runs without a graph."""
+    def adapted_head(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool):
+        """The head adapted on the support embeddings; at test time the body runs without a graph."""
         with contextlib.nullcontext() if training else torch.no_grad():
             support = self.backbone(support_x)
-        head = self.adapt_head(support, support_y, *self.inner_loop_settings(training))
+        return self.adapt_head(support, support_y, *self.inner_loop_settings(training))
+
+    def adapted_model(self, support_x: torch.Tensor, support_y: torch.Tensor, training: bool) -> Classifier:
+        """The body embeds, the adapted head classifies."""
+        head = self.adapted_head(support_x, support_y, training)
         return lambda query_x: head(self.backbone(query_x))
+
+    def adapted_network(self, support_x: torch.Tensor, support_y: torch.Tensor
+                        ) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
+        """The body, unchanged, followed by the adapted head."""
+        head = self.adapted_head(support_x, support_y, training=False)
+        weights = {f"0.{k}": v for k, v in self.backbone.named_parameters()}
+        weights.update({f"1.{k}": v for k, v in head.module.named_parameters()})
+        return nn.Sequential(self.backbone, self.head.module), weights

@@ -7,7 +7,11 @@ An ``Algorithm`` is an ``nn.Module`` holding all trainable state, with two verbs
   ``meta_loss`` followed by ``backward()``); the training loop only calls ``meta_backward``;
 - test time: ``adapt(support_x, support_y)`` returns a classifier for that one task, a callable
   from query images to logits (``n_query, n_way``).  Evaluation (``evaluate``), ``metafsl
-  predict`` and the fast batched evaluation of metric learners all derive from it.
+  predict`` and the fast batched evaluation of metric learners all derive from it;
+- export (optional): ``adapt_module(support_x, support_y)`` returns the same classifier as a
+  standalone, traceable ``nn.Module`` (``metafsl export``; see ``algorithms/standalone.py``),
+  from the hook ``fit_module``, which each family base provides; a method that cannot says why
+  in ``export_refusal``.
 
 A method implements ``fit(support_x, support_y, n_way)`` (the classifier for one task) and
 ``meta_loss``; ``adapt`` wraps ``fit`` with the episode check and the right autograd mode.
@@ -38,6 +42,7 @@ from typing import Any, Callable, ContextManager, Dict, Literal, Mapping, Option
 import torch
 from torch import nn
 
+from metafsl.algorithms.standalone import frozen
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
 
@@ -92,6 +97,8 @@ class Algorithm(nn.Module):
     train_batch_size: Optional[int] = None
     #: state-dict key prefixes renamed since (old -> new): checkpoints written before still load
     renamed_state_keys: Dict[str, str] = {}
+    #: why ``adapt_module`` cannot give this method's classifier as a standalone network (one clause)
+    export_refusal: str = "its classifier is not a network that can be written on its own"
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -105,6 +112,11 @@ class Algorithm(nn.Module):
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """(loss, mean query accuracy) of a meta-batch, differentiable w.r.t. the parameters."""
         raise NotImplementedError
+
+    def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
+        """Optional: ``fit`` as an ``nn.Module`` of its own (see ``algorithms/standalone.py``);
+        the family bases provide it.  Called in eval mode, with the autograd mode of ``adapt``."""
+        raise UserError(f"{type(self).__name__} cannot be exported: {self.export_refusal}.")
 
     # -- derived --------------------------------------------------------------------------
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: Optional[int] = None) -> Classifier:
@@ -123,6 +135,18 @@ class Algorithm(nn.Module):
                 return classifier(query_x).detach()
 
         return classify
+
+    def adapt_module(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                     n_way: Optional[int] = None) -> nn.Module:
+        """``adapt``'s classifier as a standalone ``nn.Module`` (images -> logits, the same logits):
+        copies of what it uses, eval mode, no gradients, batch statistics as plain operations, so
+        that ``torch.jit.trace`` and the ONNX exporter can record it.  Raises ``UserError`` (one
+        sentence) for a method that cannot."""
+        n_way = class_count(support_y) if n_way is None else n_way
+        self.check_episode(n_way, train=False)
+        with torch.set_grad_enabled(self.adapts_with_gradients):
+            module = self.fit_module(support_x, support_y, n_way)
+        return frozen(module)
 
     def episode_logits(self, batch: TaskBatch) -> torch.Tensor:
         """Test-time query logits (B, Nq, n_way) of every task of ``batch`` (no graph kept)."""

@@ -13,7 +13,9 @@ picks those of meta-training or of test time.  From the hook:
   backpropagates task by task, so only one task's inner-loop graph is alive at a time (the
   same gradient as the batch mean, lower peak memory);
 - ``fit`` (and so ``adapt``, evaluation and ``metafsl predict``): test-time adaptation;
-- ``check_episode``: the head has ``n_way`` outputs, episodes must have as many classes.
+- ``check_episode``: the head has ``n_way`` outputs, episodes must have as many classes;
+- ``fit_module`` (``metafsl export``): a copy of the network holding the adapted weights, from
+  ``adapted_network`` (default: the learn2learn wrapper ``l2l_model`` after ``adapted_model``).
 
 MAML, FOMAML and MAML++ (``maml``), Meta-SGD, ANIL and Reptile derive from it; the first four
 adapt through learn2learn's ``MAML``/``MetaSGD`` wrappers (``clone()`` + ``adapt()``).
@@ -21,12 +23,13 @@ adapt through learn2learn's ``MAML``/``MetaSGD`` wrappers (``clone()`` + ``adapt
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, NamedTuple, Optional, Tuple
+from typing import Callable, ContextManager, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
 from metafsl.algorithms.base import Algorithm, Classifier, accuracy
+from metafsl.algorithms.standalone import network_with
 from metafsl.data.sampler import TaskBatch
 
 
@@ -87,6 +90,17 @@ class GradientLearner(Algorithm):
 
     def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
         return self.adapted_model(support_x, support_y, training=False)
+
+    def adapted_network(self, support_x: torch.Tensor, support_y: torch.Tensor
+                        ) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
+        """The network and its weights after test-time adaptation (name -> tensor).  Default: the
+        learn2learn wrapper ``l2l_model`` (MAML, Meta-SGD), adapted by ``adapted_model``."""
+        clone = self.adapted_model(support_x, support_y, training=False)
+        return self.l2l_model.module, dict(clone.module.named_parameters())
+
+    def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
+        """A copy of the network with the weights adapted to the support set."""
+        return network_with(*self.adapted_network(support_x, support_y))
 
     def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Query loss and accuracy of task ``i`` after the training inner loop."""

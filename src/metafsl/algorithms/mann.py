@@ -77,6 +77,8 @@ class MANN(SequenceLearner):
     #: labels enter as one-hot inputs of n_way slots; a task may use fewer of them
     fewer_classes_ok = True
     head_noun = "{n} label slots"
+    export_refusal = ("its classifier is the state of its controller and memory after reading the support "
+                      "set in a random order, not a network of weights; use metafsl predict")
 
     def __init__(self, backbone: nn.Module, n_way: int, controller_size: int = 200, memory_slots: int = 128,
                  memory_size: int = 40, read_heads: int = 4, gamma: float = 0.95, input_norm: bool = True):

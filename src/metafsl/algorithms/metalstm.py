@@ -12,6 +12,8 @@ All weights are shared across coordinates (each coordinate is a batch element). 
 initial cell state theta_0 is the network's own (meta-learned) parameters.  As in the
 paper, gradients and losses are inputs: no second derivatives flow through them.  The
 forget-gate bias starts high (f ~ 1) and the input-gate bias low (small initial steps).
+Exported (``metafsl export``), the classifier is the network with the weights read from the
+support set, like a MAML-family learner's.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from torch.nn import functional as F
 from metafsl.algorithms.base import Classifier
 from metafsl.algorithms.gradient import use_batch_statistics
 from metafsl.algorithms.sequence import SequenceLearner
+from metafsl.algorithms.standalone import network_with
 
 
 def preprocess(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -117,3 +120,9 @@ class MetaLSTM(SequenceLearner):
             with torch.no_grad():
                 theta = self.adapted_params(support_x, support_y, self.test_steps)
         return lambda query_x: self.net_logits(theta, query_x)
+
+    def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
+        """Reading the support set yields the network's new weights: a copy of it holding them."""
+        with torch.no_grad():
+            theta = self.adapted_params(support_x, support_y, self.test_steps)
+        return network_with(self.net, self.unflatten(theta))

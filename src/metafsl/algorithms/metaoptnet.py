@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from metafsl.algorithms.base import accuracy
 from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.standalone import linear_on
 from metafsl.data.sampler import TaskBatch
 
 
@@ -120,6 +121,14 @@ class MetaOptNet(MetricLearner):
             steps = self.svm_steps if self.training else self.test_svm_steps
             logits = svm_head(query, support, onehot, self.svm_c, steps)
         return self.scale * logits
+
+    def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
+        """The backbone and the solved head as one linear map: the logits are linear in the query
+        embedding, so scoring the identity's rows gives the head's weights (D, n_way)."""
+        support = self.embed(support_x)
+        basis = torch.eye(support.shape[-1], device=support.device, dtype=support.dtype)
+        weight = self.logits_from_embeddings(support[None], support_y[None], basis[None], n_way)[0]
+        return linear_on(self.backbone, weight.T)
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         logits = self.batch_logits(batch)

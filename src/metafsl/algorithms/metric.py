@@ -10,7 +10,8 @@ so a metric learner must compute its logits from per-image embeddings only (the 
 is what ``fast_eval`` traces: change the embedding through the backbone, not ``embed``).
 
 ProtoNet, Matching Networks, Relation Network, Siamese networks and MetaOptNet are metric
-learners.
+learners.  Exported (``fit_module``), a metric learner's classifier is its backbone and its rule
+with the support embeddings fixed (``algorithms/standalone.py``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from metafsl.algorithms.base import Algorithm, Classifier, accuracy
+from metafsl.algorithms.standalone import SupportRule
 from metafsl.data.sampler import TaskBatch
 
 
@@ -46,6 +48,10 @@ class MetricLearner(Algorithm):
     def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
         support, labels = self.embed(support_x)[None], support_y[None]
         return lambda query_x: self.logits_from_embeddings(support, labels, self.embed(query_x)[None], n_way)[0]
+
+    def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
+        """The backbone and this method's rule, with the support embeddings fixed."""
+        return SupportRule(self, self.embed(support_x), support_y, n_way)
 
     def episode_logits(self, batch: TaskBatch) -> torch.Tensor:
         """The tasks of ``batch`` at once (in eval mode each image's embedding is its own, so

@@ -20,6 +20,7 @@ from torch import nn
 from metafsl._l2l import learn2learn
 from metafsl.algorithms.base import Classifier
 from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.standalone import SupportRule
 
 
 def prototypes(support: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -72,3 +73,8 @@ class ProtoNet(MetricLearner):
         classifier = learn2learn().nn.PrototypicalClassifier(self.embed(support_x), support_y, distance)
         scale = self.temperature if self.distance == "cosine" else 1.0
         return lambda query_x: scale * classifier(self.embed(query_x))
+
+    def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
+        """The backbone and the prototypes (each the only member of its class: the same rule)."""
+        protos = prototypes(self.embed(support_x)[None], support_y[None], n_way)[0]
+        return SupportRule(self, protos, torch.arange(n_way, device=protos.device), n_way)

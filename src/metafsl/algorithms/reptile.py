@@ -31,6 +31,7 @@ from torch.func import functional_call
 from metafsl.algorithms.base import Classifier, accuracy
 from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
+from metafsl.errors import UserError
 
 Params = Dict[str, torch.Tensor]
 
@@ -125,3 +126,11 @@ class Reptile(GradientLearner):
             (self.test_inner_steps, self.test_inner_batch)
         phi = self.task_weights(support_x, support_y, steps, batch)
         return lambda query_x: self.query_logits(phi, support_x, query_x)
+
+    def adapted_network(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Tuple[nn.Module, Params]:
+        """The network with the task weights (transductive prediction only)."""
+        if not self.transductive:
+            raise UserError("Reptile with algo.transductive=false cannot be exported: it classifies each "
+                            "query in one batch with the whole support set, which a file of weights does "
+                            "not hold; use metafsl predict.")
+        return self.net, self.task_weights(support_x, support_y, self.test_inner_steps, self.test_inner_batch)

@@ -12,7 +12,8 @@ A ``TransferBaseline`` names its head family with three hooks: ``make_classifier
 task head, tensors with a leading task dim of 1) and ``head_logits(head, x, n_way)``.  The heads
 of all tasks of a batch are fitted together as one batched tensor; their gradients are
 independent and each task draws its initialisation and its mini-batch orders in turn, so
-fitting a batch of tasks gives the same heads as fitting them one by one.
+fitting a batch of tasks gives the same heads as fitting them one by one.  Exported
+(``fit_module``), the classifier is the backbone and the fitted head.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from metafsl.algorithms.base import Algorithm, Classifier, accuracy
+from metafsl.algorithms.standalone import FittedHead
 from metafsl.data.batches import LabelledBatch
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
@@ -125,11 +127,19 @@ class TransferBaseline(Algorithm):
                     opt.step()
         return {k: v.detach() for k, v in head.items()}
 
-    def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
+    def fit_head(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Head:
+        """The head of one task (a batch of one), fitted on its support set."""
         with torch.no_grad():
             support = self.backbone(support_x)
-        head = self.fit_heads(support[None], support_y[None], n_way)
+        return self.fit_heads(support[None], support_y[None], n_way)
+
+    def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
+        head = self.fit_head(support_x, support_y, n_way)
         return lambda query_x: self.head_logits(head, self.backbone(query_x)[None], n_way)[0]
+
+    def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
+        """The backbone and the fitted head (the pre-training classifier is left out)."""
+        return FittedHead(self, self.fit_head(support_x, support_y, n_way), n_way)
 
     def episode_logits(self, batch: TaskBatch) -> torch.Tensor:
         """All tasks' heads fitted at once (the same heads as task by task)."""
