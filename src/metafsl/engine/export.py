@@ -34,7 +34,10 @@ library, and the usage snippet written beside the file does it with Pillow as pr
   inserted casts, slower than fp32.
 
 Every file is read back after writing and run on the support images: an fp32 file must give
-the eager module's probabilities (within 1e-4), a quantised one reports how far it is.
+the eager module's probabilities within 1e-3 and its top class for every image (float32 kernels
+of another runtime differ by about 1e-4 on a sharp 84x84 classifier whose logits are squared
+distances in the hundreds; the tests hold tiny runs to 1e-4), a quantised one reports how far
+it is.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ QUANTIZE = ("none", "int8", "fp16")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 OPSET = 17
 #: the largest difference in probability an fp32 file may show against the eager module
-TOLERANCE = 1e-4
+TOLERANCE = 1e-3
 
 
 class Deployable(nn.Module):
@@ -180,9 +183,10 @@ def write(prepared: Prepared, fmt: str, quantize: str, out: Path) -> Exported:
     result.max_difference = float((probs - reference).abs().max())
     result.same_top_class = int((probs.argmax(-1) == reference.argmax(-1)).sum())
     result.n_checked = len(prepared.images)
-    if quantize == "none" and result.max_difference > TOLERANCE:  # a bug of the export, not the user's
-        raise RuntimeError(f"The exported file's probabilities differ from the model's by "
-                           f"{result.max_difference:.2e} on the support images.")
+    if quantize == "none" and (result.max_difference > TOLERANCE or result.same_top_class < result.n_checked):
+        raise UserError(f"The exported {fmt} file's probabilities differ from the model's by "
+                        f"{result.max_difference:.2e} on the support images (more than {TOLERANCE:g}); "
+                        "nothing was written: please report this run's method and backbone.")
     try:
         replace_atomically(out, lambda f: f.write(data), binary=True)
     except OSError as exc:
