@@ -227,11 +227,6 @@ def write_snapshot(run_dir: Path, cfg: Any, overrides: Iterable[str], hydra_cfg:
         write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
 
 
-def is_run_dir(path: Path) -> bool:
-    path = Path(path)
-    return any((path / p).exists() for p in (LAST, BEST, SUMMARY, METRICS))
-
-
 # ----------------------------------------------------------------------------- metrics
 class MetricsLog:
     """Append-only ``metrics.jsonl``: one JSON record per logged step."""
