@@ -34,7 +34,7 @@ from metafsl.data.images import is_image, to_chw
 from metafsl.engine import checkpoint, runtime
 from metafsl.engine.callbacks import Callback, CallbackList
 from metafsl.engine.components import build_learner, resolve_device
-from metafsl.engine.predict_inputs import gather
+from metafsl.engine.predict_inputs import gather, split_spec
 from metafsl.engine.predict_reject import Calibration, calibrate, check_calibration_possible
 from metafsl.engine.run_dir import find, write_text
 from metafsl.errors import UserError
@@ -102,7 +102,7 @@ def query_classes(query: str, queries: List[Path], names: List[str]) -> Optional
     """The true class of each query when the query folder is labelled by sub-folders named like
     the support classes (``query/cat/*.png``, ``query/dog/*.png``): the sub-folder's name; None
     when any query is not inside such a sub-folder of a query folder."""
-    roots = [Path(p) for p in query.split(",") if p and Path(p).is_dir()]
+    roots = [Path(p) for p in split_spec(query) if Path(p).is_dir()]
     known, truth = set(names), []
     for q in queries:
         parts = next((q.relative_to(r).parts for r in roots if q.is_relative_to(r)), ())
