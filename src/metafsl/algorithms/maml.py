@@ -30,11 +30,20 @@ import torch
 from torch import nn
 
 from metafsl._l2l import learn2learn
-from metafsl.algorithms import maml_vmap
+from metafsl.algorithms import maml_recompute, maml_vmap
 from metafsl.algorithms.base import Classifier, accuracy
 from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
 from metafsl.errors import UserError
+
+
+def _check_recompute(recompute: bool, backend: str, first_order: bool, maml_plus_plus: bool) -> None:
+    """One sentence when ``recompute_inner`` is asked for where it does not apply."""
+    if not recompute:
+        return
+    if backend != "l2l" or first_order or maml_plus_plus:
+        raise UserError("algo.recompute_inner=true applies to second-order MAML with algo.backend=l2l and "
+                        "without the MAML++ options (first order keeps no inner-loop graph to save).")
 
 
 class MAML(GradientLearner):
@@ -46,6 +55,8 @@ class MAML(GradientLearner):
         per_step_lr: MAML++ LSLR: a learned inner rate per tensor and per step, from inner_lr (l2l backend).
         multi_step_loss: MAML++ MSL: the query loss after every inner step, annealed to the last (l2l backend).
         msl_iterations: training iterations over which the multi-step loss anneals to the last step.
+        recompute_inner: second order, l2l backend: recompute each inner step in the backward pass
+            instead of keeping its activations (the same meta-gradient, far less memory, a little slower).
 
     Example:
         metafsl train algo=maml algo.backend=vmap algo.inner_steps=5 algo.test_inner_steps=10
@@ -56,12 +67,14 @@ class MAML(GradientLearner):
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False, backend: Literal["l2l", "vmap"] = "l2l", per_step_lr: bool = False,
-                 multi_step_loss: bool = False, msl_iterations: int = 7500):
+                 multi_step_loss: bool = False, msl_iterations: int = 7500, recompute_inner: bool = False):
         if backend == "vmap" and (per_step_lr or multi_step_loss):
             raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
+        _check_recompute(recompute_inner, backend, first_order, per_step_lr or multi_step_loss)
         super().__init__(backbone, n_way, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_lr=test_inner_lr,
                          test_inner_steps=test_inner_steps, first_order=first_order)
         self.backend = backend
+        self.recompute_inner = bool(recompute_inner)
         self.backprop_per_task = backend == "l2l"  # vmap: all tasks in one graph, one backward
         self.head = nn.Linear(backbone.out_features, n_way)
         l2l = learn2learn()
@@ -109,6 +122,9 @@ class MAML(GradientLearner):
         return w
 
     def adapted_model(self, support_x, support_y, training: bool) -> Classifier:
+        if training and self.recompute_inner:
+            return maml_recompute.adapted(self.l2l_model.module, support_x, support_y, self.inner_steps,
+                                          self.inner_lr)
         return self.inner_loop(support_x, support_y, *self.inner_loop_settings(training))
 
     def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:

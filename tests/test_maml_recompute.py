@@ -1,0 +1,70 @@
+"""Memory-lean second-order MAML (``algo.recompute_inner``): the same meta-gradient as the
+learn2learn reference, a user error where it does not apply."""
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+
+from metafsl.algorithms.maml import MAML
+from metafsl.errors import UserError
+from metafsl.models import build_backbone
+from test_maml_vmap import WAY, meta_gradient, tiny_batch
+
+
+def tiny(recompute: bool, steps: int = 3) -> MAML:
+    torch.manual_seed(0)
+    backbone = build_backbone("conv4", 1, 12, hidden=4, layers=2)
+    return MAML(backbone, WAY, inner_lr=0.3, inner_steps=steps, test_inner_steps=2,
+                recompute_inner=recompute).to(torch.float64)
+
+
+def test_recomputed_inner_steps_give_the_reference_meta_gradient():
+    batch = tiny_batch()
+    ref_loss, ref_acc, ref = meta_gradient(tiny(False), batch)
+    loss, acc, got = meta_gradient(tiny(True), batch)
+    assert loss == pytest.approx(ref_loss, abs=1e-12) and acc == ref_acc
+    for k in ref:
+        assert ref[k].abs().max() > 0, k
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_per_task_backward_and_test_time_are_unchanged():
+    batch = tiny_batch()
+    ref, lean = tiny(False), tiny(True)
+    ref.meta_backward(batch)
+    lean.meta_backward(batch)
+    for (k, a), (_, b) in zip(ref.named_parameters(), lean.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12, msg=k)
+    ref.eval(), lean.eval()
+    torch.testing.assert_close(lean.episode_logits(batch), ref.episode_logits(batch))
+
+
+@pytest.mark.parametrize("options", [{"backend": "vmap"}, {"first_order": True}, {"per_step_lr": True}])
+def test_recompute_where_it_does_not_apply_is_one_sentence(options):
+    backbone = build_backbone("conv4", 1, 12, hidden=4, layers=2)
+    with pytest.raises(UserError, match="recompute_inner=true applies to second-order MAML"):
+        MAML(backbone, WAY, recompute_inner=True, **options)
+
+
+def saved_bytes(algo: MAML, batch) -> int:
+    """Bytes that autograd still holds for the backward pass once the meta-loss is computed
+    (tensors saved by graphs freed on the way, such as a recomputed step's, do not count)."""
+    saved = []
+
+    def pack(t: torch.Tensor):
+        saved.append(weakref.ref(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = algo.meta_loss(batch)
+    alive = {t.data_ptr(): t.numel() * t.element_size() for t in (r() for r in saved) if t is not None}
+    del loss
+    return sum(alive.values())
+
+
+def test_recompute_keeps_far_less_for_the_backward_pass():
+    batch = tiny_batch()
+    ref, lean = saved_bytes(tiny(False, steps=6), batch), saved_bytes(tiny(True, steps=6), batch)
+    assert lean < ref / 3, (lean, ref)
