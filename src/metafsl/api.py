@@ -25,6 +25,7 @@ import copy
 import datetime as _dt
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,7 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
     try:
         plain = apply_budget(resolved(cfg))
         own = run_callbacks(plain)  # checks the loggers' packages before any work
+        _set_threads(plain, hydra_cfg)
     except UserError:
         if run_dir is not None and created:
             with contextlib.suppress(OSError):
@@ -213,6 +215,21 @@ def _start(info: RunInfo, cfg: Any, hydra_cfg: Any, callbacks: Callback):
     # after the checks of setup (data, episodes): a refused resume leaves the run's snapshot as it was
     write_snapshot(run_dir, cfg, info.overrides, hydra_cfg)
     return recipe, start
+
+
+def _set_threads(plain: Dict[str, Any], hydra_cfg: Any) -> None:
+    from metafsl.engine.runtime import apply_threads
+
+    apply_threads(plain, parallel_jobs(hydra_cfg))
+
+
+def parallel_jobs(hydra_cfg: Any) -> int:
+    """How many jobs of this training's sweep run at once on this machine: the joblib launcher's
+    ``n_jobs`` (joblib's meaning: -1 all cores, -2 all but one, ...); 1 outside a sweep."""
+    n = OmegaConf.select(hydra_cfg, "hydra.launcher.n_jobs") if _in_sweep(hydra_cfg) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n == 0:
+        return 1
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
 
 
 def _in_sweep(hydra_cfg: Any) -> bool:

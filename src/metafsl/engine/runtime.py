@@ -7,6 +7,11 @@
 - ``channels_last`` (on by default, CPU and GPU, for methods without an inner loop to
   differentiate through): store conv weights and activations NHWC.  Same maths, only float
   rounding differs; faster conv4 training steps on the CPU (measured in docs/benchmarks.md).
+- ``threads`` (``auto`` by default): CPU threads of this process.  ``auto`` leaves torch's
+  default for a process alone on the machine, and gives each of ``W`` processes that share it
+  ``cores // W`` threads (the parallel jobs of a ``metafsl sweep`` with ``hydra/launcher=joblib``):
+  two trainings at once with the default threads each ran 2.6x slower than with one thread each
+  on a 2-core machine, as their threads fought over the cores.
 - GPU options, no-ops on the CPU:
   ``amp=bf16`` runs forward passes under ``torch.autocast(dtype=bfloat16)`` (changes results
   slightly, so off by default); ``compile`` wraps the backbone's forward with
@@ -17,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -115,3 +121,29 @@ def from_config(cfg: dict[str, Any], device: torch.device) -> Runtime:
     if rc.get("cpu_allocator_cache", True):
         tune_cpu_allocator()
     return Runtime(device, amp, bool(rc.get("channels_last", True)), bool(rc.get("compile", False)))
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_for(setting: Any, processes: int = 1) -> Optional[int]:
+    """Threads for one of ``processes`` processes sharing the machine: an integer setting as
+    given; ``auto``: ``cores // processes`` (at least 1), or None (torch's default) for a
+    process alone."""
+    if str(setting) == "auto":
+        return None if processes <= 1 else max(1, cpu_cores() // processes)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise UserError(f"runtime.threads must be auto or a whole number of at least 1, got {setting!r}.")
+    return setting
+
+
+def apply_threads(cfg: dict[str, Any], processes: int = 1) -> None:
+    """Set torch's CPU threads from ``cfg['runtime']['threads']`` for one of ``processes``."""
+    threads = threads_for((cfg.get("runtime") or {}).get("threads", "auto"), processes)
+    if threads is not None:
+        torch.set_num_threads(threads)
