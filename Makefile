@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench bench-export faults lint clean
+.PHONY: help setup demo test check-noop bench bench-export bench-taskmap faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 
 bench-export: setup  ## exported classifiers: file size, CPU images/s, fp32 vs int8 accuracy (BENCH_ARGS=--smoke)
 	@nice -n 10 $(PY) scripts/bench_export.py --out docs/evidence/export $(BENCH_ARGS)
+
+bench-taskmap: setup  ## the map of tasks of RUN=<run dir> into docs/evidence/taskmap (TASKS_ARGS=episodes=400 ...)
+	@nice -n 10 bash scripts/bench_taskmap.sh docs/evidence/taskmap "$(RUN)" $(TASKS_ARGS)
 
 faults: setup  ## kill trainings at random points, resume, compare (docs/benchmarks.md; FAULTS_ARGS=--trials 30)
 	@nice -n 10 $(PY) scripts/faults.py $(FAULTS_ARGS)

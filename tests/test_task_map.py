@@ -24,11 +24,20 @@ def test_mean_prototype_weighs_every_class_the_same():
     torch.testing.assert_close(mean_prototype(z, torch.tensor([0, 0, 1]), 2), torch.tensor([2.5, 2.0]))
 
 
+def learner(name: str):
+    """A 3-way method on a tiny conv4, in eval mode."""
+    from metafsl.engine.components import build_learner
+    from metafsl.options import shipped_option
+
+    torch.manual_seed(0)
+    cfg = {"backbone": {**shipped_option("backbone", "conv4"), "hidden": 6, "layers": 2},
+           "algo": shipped_option("algo", name), "episode": {"train": {"n_way": 3}}}
+    return build_learner(cfg, channels=1, image_size=12).eval()
+
+
 def test_a_gradient_learner_embeds_a_task_by_its_weight_change():
     """MAML with one test step of size a: the change is -a * the support loss's gradient; ANIL's
     is its head's alone."""
-    from test_contract import learner
-
     algo = learner("maml")
     algo.test_inner_steps, algo.test_inner_lr = 1, 0.3
     x, y = torch.rand(6, 1, 12, 12), torch.arange(3).repeat_interleave(2)
@@ -52,6 +61,19 @@ def test_pca_finds_the_main_axes_and_places_new_points_with_them():
     assert xy[:, 0].var() / xy[:, 1].var() > 10
     torch.testing.assert_close(proj(x[:1] + torch.tensor([[1.0, 0.0, 0.0]]))[0, 0] - xy[0, 0], torch.tensor(1.0),
                                atol=0.05, rtol=0)
+
+
+def test_long_embeddings_are_sketched_keeping_their_distances():
+    sketch = task_map.Sketch(dims=4096, limit=1000)
+    short = torch.rand(1000)
+    assert sketch(short) is short and not sketch.used
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(200_000, generator=g) for _ in range(3))
+    c = a + 0.1 * c  # near a
+    sa, sb, sc = sketch(a), sketch(b), sketch(c)
+    assert sa.shape == (4096,) and sketch.used and torch.equal(sketch(a), sa)
+    for x, y, sx, sy in ((a, b, sa, sb), (a, c, sa, sc)):
+        assert abs(float((sx - sy).norm() / (x - y).norm()) - 1) < 0.1
 
 
 # ----------------------------------------------------------------------------- episodes

@@ -5,7 +5,10 @@ Episodes: the run's test episodes, drawn as ``metafsl test`` draws them (``EvalS
 seed: the first episodes of the map are the first episodes of a test).  When the split has
 class groups (Omniglot's alphabets, FC100's superclasses) a fraction ``within`` of the episodes
 is drawn within one group instead (``EpisodeSampler(within_group=True)``, same seed), so that
-the map can show whether tasks of one alphabet lie together.  An episode's group is the name of
+the map can show whether tasks of one alphabet lie together.  An embedding longer than
+``MAX_DIMS`` (the weight change of a large network) is reduced to ``SKETCH_DIMS`` by a seeded
+count sketch (each coordinate added, with a random sign, into one of ``SKETCH_DIMS`` buckets),
+which keeps distances and inner products in expectation while the episodes' vectors fit in memory.  An episode's group is the name of
 its classes' group when they share one, ``mixed`` when they do not, and the dataset's name for a
 dataset without groups (which also names the domain of a run tested on another dataset).  A
 user's task (a support folder) is placed on the map among episodes of the *training* split drawn
@@ -40,6 +43,29 @@ MIXED = "mixed"
 USER = "user"
 #: episodes embedded per sampler call
 STEP = 16
+#: embeddings longer than this are count-sketched to ``SKETCH_DIMS`` coordinates
+MAX_DIMS, SKETCH_DIMS = 1 << 18, 1 << 16
+
+
+class Sketch:
+    """A seeded count sketch of vectors of any length to ``dims`` coordinates (the identity for
+    vectors of at most ``limit`` coordinates); the same buckets and signs for every vector."""
+
+    def __init__(self, dims: int = SKETCH_DIMS, limit: int = MAX_DIMS, seed: int = 0):
+        self.dims, self.limit, self.seed = dims, limit, seed
+        self.buckets: Optional[torch.Tensor] = None
+        self.signs: Optional[torch.Tensor] = None
+        self.used = False
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if v.numel() <= self.limit:
+            return v
+        if self.buckets is None or len(self.buckets) != v.numel():
+            g = torch.Generator().manual_seed(self.seed)
+            self.buckets = torch.randint(self.dims, (v.numel(),), generator=g).to(v.device)
+            self.signs = (torch.randint(2, (v.numel(),), generator=g) * 2 - 1).to(v.device, v.dtype)
+        self.used = True
+        return torch.zeros(self.dims, dtype=v.dtype, device=v.device).index_add_(0, self.buckets, v * self.signs)
 
 
 @dataclass
@@ -91,6 +117,8 @@ class TaskMap:
     user_classes: List[str] = field(default_factory=list)
     #: the run dir the map was made from
     run: Optional[Path] = None
+    #: whether the embeddings were count-sketched to ``dims`` coordinates (``Sketch``)
+    sketched: bool = False
 
     def row(self, task_id: str) -> int:
         return self.ids.index(task_id)
@@ -151,8 +179,8 @@ def draw(split: FewShotSplit, spec: EvalSpec, within: float, dataset: str, devic
                     [[split.class_names[int(k)] for k in c] for c in labels], samplers)
 
 
-def embed(algorithm, episodes: Episodes, callbacks: Callback, label: str) -> torch.Tensor:
-    """(E, D) task embeddings of ``episodes`` (float32, on the CPU), with progress."""
+def embed(algorithm, episodes: Episodes, callbacks: Callback, label: str, sketch: Sketch) -> torch.Tensor:
+    """(E, D) task embeddings of ``episodes`` (float32, on the CPU; ``sketch``ed), with progress."""
     out: List[torch.Tensor] = []
     callbacks.on_eval_start(label, len(episodes.groups))
     try:
@@ -160,8 +188,8 @@ def embed(algorithm, episodes: Episodes, callbacks: Callback, label: str) -> tor
             idx = episodes.indices[part]
             for start in range(0, len(idx), STEP):
                 batch = sampler.tasks(idx[start:start + STEP])
-                out += [algorithm.task_embedding(batch.support_x[i], batch.support_y[i], batch.n_way).float().cpu()
-                        for i in range(len(batch))]
+                out += [sketch(algorithm.task_embedding(batch.support_x[i], batch.support_y[i], batch.n_way)
+                               .float()).cpu() for i in range(len(batch))]
                 callbacks.on_eval_advance(len(batch))
     finally:
         callbacks.on_eval_end()
@@ -231,13 +259,17 @@ def build(algorithm, test_split: FewShotSplit, spec: EvalSpec, *, dataset: str, 
                          "train"))
     was_training = algorithm.training
     algorithm.eval()
+    sketch = Sketch()
     try:
         with _seeded(spec.seed):  # methods that draw at test time (Reptile) give the same map each time
-            vectors = [embed(algorithm, s, callbacks, f"task embeddings ({s.split})") for s in sets]
-            user_vector = None if user is None else algorithm.task_embedding(user.x, user.y, len(user.names))
+            vectors = [embed(algorithm, s, callbacks, f"task embeddings ({s.split})", sketch) for s in sets]
+            user_vector = None if user is None else \
+                sketch(algorithm.task_embedding(user.x, user.y, len(user.names)).float()).cpu()
     finally:
         algorithm.train(was_training)
-    return _assemble(sets, vectors, None if user_vector is None else user_vector.float().cpu(), user, k, listed)
+    result = _assemble(sets, vectors, user_vector, user, k, listed)
+    result.sketched = sketch.used
+    return result
 
 
 def _assemble(sets: List[Episodes], vectors: List[torch.Tensor], user_vector: Optional[torch.Tensor],

@@ -33,7 +33,7 @@ def show(task_map: TaskMap) -> None:
     more = f", and {len(counts) - 6} more groups" if len(counts) > 6 else ""
     pc1, pc2 = (100 * e for e in task_map.explained)
     console.info(f"{escape(task_map.title)}: {len(task_map.ids)} tasks, task embedding = "
-                 f"{escape(task_map.embedding)} ({task_map.dims} dims); PCA axes hold {pc1:.1f}% and "
+                 f"{escape(task_map.embedding)} ({task_map.dims} dims{', count-sketched' if task_map.sketched else ''}); PCA axes hold {pc1:.1f}% and "
                  f"{pc2:.1f}% of the variance. Test episodes by group: {top}{more}.")
     rows = []
     for task, neighbours in task_map.nearest:
