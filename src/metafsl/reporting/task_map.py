@@ -17,15 +17,6 @@ from metafsl.reporting.plots import _pyplot, _save
 MAP_PNG, MAP_CSV, NEAREST_CSV = "task_map.png", "task_map.csv", "nearest.csv"
 #: groups coloured on the map, the most frequent first; the others are drawn as "other groups"
 COLOURED = 20
-#: classes named per task in the console listing
-NAMED = 4
-
-
-def _classes(names: List[str]) -> str:
-    shown = ", ".join(names[:NAMED])
-    return shown + (f", … ({len(names)} classes)" if len(names) > NAMED else "")
-
-
 def show(task_map: TaskMap) -> None:
     """What the map holds, the nearest tasks of the first test episodes and of the user's task."""
     counts = Counter(g for g, s in zip(task_map.groups, task_map.splits) if s != USER and s != "train")
@@ -47,11 +38,12 @@ def show(task_map: TaskMap) -> None:
                   justify_right=["rank", "distance"])
     if task_map.user_nearest:
         console.table(f"Training tasks nearest to your task ({escape(', '.join(task_map.user_classes))})",
-                      ["rank", "training episode", "distance", "group", "classes"],
-                      [[r, t, f"{d:.4g}", escape(task_map.groups[task_map.row(t)]),
-                        escape(_classes(task_map.classes[task_map.row(t)]))]
+                      ["rank", "training episode", "distance", "group"],
+                      [[r, t, f"{d:.4g}", escape(task_map.groups[task_map.row(t)])]
                        for r, (t, d) in enumerate(task_map.user_nearest, start=1)],
                       justify_right=["rank", "distance"])
+        for t, _ in task_map.user_nearest:
+            console.info(escape(f"  {t}: {', '.join(task_map.classes[task_map.row(t)])}"))
 
 
 def write(task_map: TaskMap, folder: Path) -> List[Path]:
