@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -626,7 +627,9 @@ def tasks(run_dir: PathLike, overrides: Sequence[str] = (), episodes: int = 200,
     _check_tasks_args(episodes, within, k, listed)
     names_files = read_support(Path(support)) if support is not None else None  # refused before any work
     plan = test_plan(run_dir, overrides, checkpoint)
-    spec = replace_spec(EvalSpec.from_config(plan.cfg), episodes)
+    if plan.protocol is not None:
+        raise UserError("metafsl tasks maps sampled episodes; a test protocol (protocol=...) has none to map.")
+    spec = dataclasses.replace(EvalSpec.from_config(plan.cfg), episodes=int(episodes))
     parts = _test_parts(plan)
     splits = parts.dataset.splits
     if spec.split not in splits or (support is not None and "train" not in splits):
@@ -642,13 +645,6 @@ def tasks(run_dir: PathLike, overrides: Sequence[str] = (), episodes: int = 200,
     result.title = f"{result.algo} on {parts.dataset.name} {spec.split} tasks, {ep} ({plan.run.name})"
     result.run = plan.run
     return result
-
-
-def replace_spec(spec, episodes: int):
-    """``spec`` with ``episodes`` episodes."""
-    import dataclasses
-
-    return dataclasses.replace(spec, episodes=int(episodes))
 
 
 def _check_tasks_args(episodes: Any, within: Any, k: Any, listed: Any) -> None:
