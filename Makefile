@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench bench-export bench-memory faults lint clean
+.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ bench-export: setup  ## exported classifiers: file size, CPU images/s, fp32 vs i
 
 bench-memory: setup  ## second-order MAML: peak memory and time with algo.recompute_inner on/off (BENCH_ARGS=--smoke)
 	@$(PY) scripts/bench_maml_memory.py --out docs/evidence/maml_memory $(BENCH_ARGS)
+
+bench-taskmap: setup  ## the map of tasks of RUN=<run dir> into docs/evidence/taskmap (TASKS_ARGS=episodes=400 ...)
+	@nice -n 10 bash scripts/bench_taskmap.sh docs/evidence/taskmap "$(RUN)" $(TASKS_ARGS)
 
 faults: setup  ## kill trainings at random points, resume, compare (docs/benchmarks.md; FAULTS_ARGS=--trials 30)
 	@nice -n 10 $(PY) scripts/faults.py $(FAULTS_ARGS)

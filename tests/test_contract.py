@@ -228,3 +228,24 @@ def test_adapt_module_is_adapt_as_a_standalone_network(variant):
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(session.run(None, {"x": qx[:4].numpy()})[0]), module(qx[:4]),
                               atol=1e-5)
+
+
+#: methods whose task embedding depends on the order of the support set: Reptile's test-time
+#: inner loop draws mini-batches of test_inner_batch images by position
+ORDER_DEPENDENT = {"reptile"}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_task_embedding_is_one_vector_per_task_free_of_support_order(variant):
+    """``task_embedding`` (what `metafsl tasks` maps): one finite vector of the same size for every
+    task, different for different tasks, nothing trained, and (where the method is) the same for
+    any order of the support set."""
+    algo, batch = learner(variant), tasks(b=2)
+    sx, sy = batch.support_x, batch.support_y
+    a, b = algo.task_embedding(sx[0], sy[0]), algo.task_embedding(sx[1], sy[1])
+    assert a.dim() == 1 and a.shape == b.shape and torch.isfinite(a).all() and not a.requires_grad
+    assert not torch.allclose(a, b)
+    assert all(p.grad is None for p in algo.parameters())
+    if variant.split("-")[0] not in ORDER_DEPENDENT:
+        perm = torch.tensor([5, 2, 0, 3, 1, 4])
+        torch.testing.assert_close(algo.task_embedding(sx[0][perm], sy[0][perm]), a, rtol=1e-4, atol=1e-6)

@@ -6,6 +6,8 @@
     summary = api.evaluate("runs/maml", ["episode=20w1s"]) # a test record appended to summary.tests
     result = api.predict("runs/maml", "support/", "query/")
     exported = api.export("runs/maml", "support/", "onnx", "maml.onnx")  # one standalone file
+    task_map = api.tasks("runs/maml", episodes=200)        # test episodes embedded, in 2-D
+    folder = api.write_tasks(task_map, "runs/maml")        # <run>/tasks/<stamp>/task_map.{png,csv}
     problems = api.validate(["algo=maml", "episode=20w1s"])  # every check made before work
 
 The commands, ``reproduce``, ``demo`` and the tests call these; nothing here re-enters the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import logging
 import math
@@ -620,3 +623,82 @@ def _export_format(fmt: Optional[str], out: Optional[PathLike]) -> str:
         raise UserError(f"out={out} names {kind} file but format={fmt}; end the file name in "
                         f"{'.onnx' if fmt == 'onnx' else '.pt'}, or pass format={named}.")
     return fmt
+
+
+# ----------------------------------------------------------------------------- tasks
+def tasks(run_dir: PathLike, overrides: Sequence[str] = (), episodes: int = 200,
+          support: Optional[PathLike] = None, checkpoint: str = "best", within: float = 0.5,
+          k: int = 3, listed: int = 5, invert: Optional[bool] = None, convert: bool = False,
+          callbacks: Callbacks = None):
+    """A map of tasks: ``episodes`` test episodes of the run (drawn as ``metafsl test`` draws them,
+    with ``overrides`` such as ``episode=5w5s`` or ``eval.seed=``; where the test classes have
+    groups, a ``within`` fraction drawn within one group) embedded by the learner's
+    ``task_embedding``, projected to 2-D by PCA; the ``listed`` first episodes with their ``k``
+    nearest.  ``support`` (one sub-folder of images per class, as for ``predict``) places your task
+    on the map among as many training episodes and names the nearest.  Nothing is written (see
+    ``write_tasks``).  Returns ``metafsl.engine.task_map.TaskMap``."""
+    from metafsl.engine import task_map
+    from metafsl.engine.evaluate import EvalSpec
+    from metafsl.engine.predict import read_support
+
+    _check_tasks_args(episodes, within, k, listed)
+    names_files = read_support(Path(support)) if support is not None else None  # refused before any work
+    plan = test_plan(run_dir, overrides, checkpoint)
+    if plan.protocol is not None:
+        raise UserError("metafsl tasks maps sampled episodes; a test protocol (protocol=...) has none to map.")
+    spec = dataclasses.replace(EvalSpec.from_config(plan.cfg), episodes=int(episodes))
+    parts = _test_parts(plan)
+    splits = parts.dataset.splits
+    if spec.split not in splits or (support is not None and "train" not in splits):
+        missing = spec.split if spec.split not in splits else "train"
+        raise UserError(f"Dataset '{parts.dataset.name}' has no '{missing}' split.")
+    parts.algorithm.check_episode(spec.n_way, train=False)
+    user = None if names_files is None else _user_task(plan, parts, *names_files, invert, convert)
+    result = task_map.build(parts.algorithm, splits[spec.split], spec, dataset=parts.dataset.name,
+                            device=parts.device, preprocess=parts.preprocess, within=within, k=k, listed=listed,
+                            train_split=splits.get("train"), user=user, callbacks=as_list(callbacks))
+    ep = f"{spec.n_way}-way {spec.n_shot}-shot"
+    result.algo, result.embedding = plan.cfg["algo"]["name"], parts.algorithm.task_embedding_kind
+    result.title = f"{result.algo} on {parts.dataset.name} {spec.split} tasks, {ep} ({plan.run.name})"
+    result.run = plan.run
+    return result
+
+
+def _check_tasks_args(episodes: Any, within: Any, k: Any, listed: Any) -> None:
+    def whole(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    if not whole(episodes, 2):
+        raise UserError(f"episodes must be an integer >= 2 (a map needs at least two tasks; got {episodes!r}).")
+    if isinstance(within, bool) or not isinstance(within, (int, float)) or not 0 <= within <= 1:
+        raise UserError(f"within must be a fraction between 0 and 1 (got {within!r}).")
+    if not whole(k, 1) or not whole(listed, 0):
+        raise UserError(f"nearest must be an integer >= 1 and listed >= 0 (got {k!r}, {listed!r}).")
+
+
+def _user_task(plan: PlannedTest, parts, names: List[str], files: List[List[Path]], invert: Optional[bool],
+               convert: bool):
+    """The user's support folder as a task of the run's image format (checked against the learner)."""
+    import numpy as np
+    import torch
+
+    from metafsl.engine.predict import INVERTED, load_image
+    from metafsl.engine.task_map import UserTask
+
+    parts.algorithm.check_episode(len(names), train=False)
+    invert = plan.cfg["dataset"]["name"] in INVERTED if invert is None else invert
+    size, channels = parts.dataset.image_size, parts.dataset.channels
+    arrays = [load_image(p, size, channels, invert, convert) for group in files for p in group]
+    x = parts.preprocess(torch.from_numpy(np.stack(arrays)).to(parts.device), train=False)
+    y = torch.tensor([i for i, group in enumerate(files) for _ in group], device=parts.device)
+    return UserTask(x, y, names)
+
+
+def write_tasks(task_map, run_dir: Optional[PathLike] = None) -> Path:
+    """Write a map of ``tasks`` (``task_map.png``, ``task_map.csv``, ``nearest.csv``) into a new
+    ``<run>/tasks/<stamp>/`` (``run_dir`` default: the map's run); returns that folder."""
+    from metafsl.reporting.task_map import write
+
+    folder = _new_dir(Path(run_dir if run_dir is not None else task_map.run) / "tasks")
+    write(task_map, folder)
+    return folder

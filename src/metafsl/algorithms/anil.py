@@ -56,6 +56,12 @@ class ANIL(GradientLearner):
         head = self.adapted_head(support_x, support_y, training)
         return lambda query_x: head(self.backbone(query_x))
 
+    def weight_change(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The head's change only (the body is never adapted)."""
+        head = self.adapted_head(support_x, support_y, training=False)
+        initial = dict(self.head.module.named_parameters())
+        return {k: v - initial[k] for k, v in head.module.named_parameters()}
+
     def adapted_network(self, support_x: torch.Tensor, support_y: torch.Tensor
                         ) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
         """The body, unchanged, followed by the adapted head."""

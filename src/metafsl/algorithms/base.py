@@ -8,6 +8,10 @@ An ``Algorithm`` is an ``nn.Module`` holding all trainable state, with two verbs
 - test time: ``adapt(support_x, support_y)`` returns a classifier for that one task, a callable
   from query images to logits (``n_query, n_way``).  Evaluation (``evaluate``), ``metafsl
   predict`` and the fast batched evaluation of metric learners all derive from it;
+- task map: ``task_embedding(support_x, support_y)`` -> one vector (D,) describing the task
+  (``metafsl tasks``): by default the mean of the class prototypes of the backbone's features;
+  gradient learners give the change of their adapted weights, metric learners the mean prototype
+  of their embedding; a method may override it with its own task representation;
 - export (optional): ``adapt_module(support_x, support_y)`` returns the same classifier as a
   standalone, traceable ``nn.Module`` (``metafsl export``; see ``algorithms/standalone.py``),
   from the hook ``fit_module``, which each family base provides; a method that cannot says why
@@ -63,6 +67,15 @@ def class_count(support_y: torch.Tensor) -> int:
     return n_way
 
 
+def mean_prototype(embeddings: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """The mean of the class means (prototypes) of ``embeddings`` (Ns, D) labelled 0..n_way-1:
+    (D,).  Every class weighs the same whatever its shots; invariant to the order of the rows."""
+    sums = torch.zeros(n_way, embeddings.shape[-1], dtype=embeddings.dtype, device=embeddings.device)
+    sums.index_add_(0, labels, embeddings)
+    counts = torch.bincount(labels, minlength=n_way).clamp(min=1).to(embeddings.dtype)
+    return (sums / counts[:, None]).mean(0)
+
+
 def renamed_keys(state: Mapping[str, Any], renames: Dict[str, str]) -> Mapping[str, Any]:
     """``state`` (a state dict) with the key prefixes of ``renames`` (old -> new) replaced, its
     per-module metadata too."""
@@ -97,6 +110,8 @@ class Algorithm(nn.Module):
     train_batch_size: Optional[int] = None
     #: state-dict key prefixes renamed since (old -> new): checkpoints written before still load
     renamed_state_keys: Dict[str, str] = {}
+    #: what ``task_embedding`` describes a task by (one clause, for ``metafsl tasks``)
+    task_embedding_kind: str = "the mean of the class prototypes of the backbone's features"
     #: why ``adapt_module`` cannot give this method's classifier as a standalone network (one clause)
     export_refusal: str = "its classifier is not a network that can be written on its own"
 
@@ -135,6 +150,18 @@ class Algorithm(nn.Module):
                 return classifier(query_x).detach()
 
         return classify
+
+    def task_embedding(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                       n_way: Optional[int] = None) -> torch.Tensor:
+        """One vector (D,) describing the task of a labelled support set (``metafsl tasks``),
+        detached; the same D for every task of this learner and shot.  Default: the mean of the
+        class prototypes of the backbone's features (``task_embedding_kind`` says what a method
+        uses; a method with its own task representation overrides this).  Test-time use: put the
+        learner in ``eval()`` mode first."""
+        n_way = class_count(support_y) if n_way is None else n_way
+        self.check_episode(n_way, train=False)
+        with torch.no_grad():
+            return mean_prototype(self.backbone(support_x).flatten(1), support_y, n_way).detach()
 
     def adapt_module(self, support_x: torch.Tensor, support_y: torch.Tensor,
                      n_way: Optional[int] = None) -> nn.Module:

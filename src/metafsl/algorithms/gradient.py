@@ -14,6 +14,8 @@ picks those of meta-training or of test time.  From the hook:
   same gradient as the batch mean, lower peak memory);
 - ``fit`` (and so ``adapt``, evaluation and ``metafsl predict``): test-time adaptation;
 - ``check_episode``: the head has ``n_way`` outputs, episodes must have as many classes;
+- ``task_embedding`` (``metafsl tasks``): the change of the weights by test-time adaptation,
+  adapted minus initial, flattened (``weight_change``; ANIL: its head only);
 - ``fit_module`` (``metafsl export``): a copy of the network holding the adapted weights, from
   ``adapted_network`` (default: the learn2learn wrapper ``l2l_model`` after ``adapted_model``).
 
@@ -28,7 +30,7 @@ from typing import Callable, ContextManager, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from metafsl.algorithms.base import Algorithm, Classifier, accuracy
+from metafsl.algorithms.base import Algorithm, Classifier, accuracy, class_count
 from metafsl.algorithms.standalone import network_with
 from metafsl.data.sampler import TaskBatch
 
@@ -64,6 +66,7 @@ class GradientLearner(Algorithm):
     """
 
     adapts_with_gradients = True
+    task_embedding_kind = "the change of the weights by test-time adaptation (adapted minus initial)"
     #: False when ``meta_loss`` builds one graph for the whole batch (MAML's vmap backend, Reptile)
     backprop_per_task: bool = True
 
@@ -97,6 +100,22 @@ class GradientLearner(Algorithm):
         learn2learn wrapper ``l2l_model`` (MAML, Meta-SGD), adapted by ``adapted_model``."""
         clone = self.adapted_model(support_x, support_y, training=False)
         return self.l2l_model.module, dict(clone.module.named_parameters())
+
+    def weight_change(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Each adapted tensor minus its initial value (name -> tensor), after test-time adaptation.
+        Default: every weight of ``adapted_network`` against the network's own."""
+        network, adapted = self.adapted_network(support_x, support_y)
+        initial = dict(network.named_parameters())
+        return {k: adapted[k] - initial[k] for k in initial}
+
+    def task_embedding(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                       n_way: Optional[int] = None) -> torch.Tensor:
+        """The change of the weights by test-time adaptation, flattened in name order: (D,)."""
+        n_way = class_count(support_y) if n_way is None else n_way
+        self.check_episode(n_way, train=False)
+        with torch.enable_grad():
+            change = self.weight_change(support_x, support_y)
+        return torch.cat([change[k].detach().flatten() for k in sorted(change)])
 
     def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
         """A copy of the network with the weights adapted to the support set."""

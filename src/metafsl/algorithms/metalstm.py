@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Classifier
+from metafsl.algorithms.base import Classifier, class_count
 from metafsl.algorithms.gradient import use_batch_statistics
 from metafsl.algorithms.sequence import SequenceLearner
 from metafsl.algorithms.standalone import network_with
@@ -73,6 +73,7 @@ class MetaLSTM(SequenceLearner):
     #: the network's loss gradient is an input at test time too
     adapts_with_gradients = True
     renamed_state_keys = {"learner.": "net."}  # how checkpoints of 0.1.0 name it
+    task_embedding_kind = "the change of the network's weights by the meta-learner's test-time updates"
 
     def __init__(self, backbone: nn.Module, n_way: int, steps: int = 5, test_steps: Optional[int] = None,
                  hidden: int = 20, preprocess_p: float = 10.0, forget_bias: float = 5.0,
@@ -120,6 +121,17 @@ class MetaLSTM(SequenceLearner):
             with torch.no_grad():
                 theta = self.adapted_params(support_x, support_y, self.test_steps)
         return lambda query_x: self.net_logits(theta, query_x)
+
+    def task_embedding(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                       n_way: Optional[int] = None) -> torch.Tensor:
+        """The change of the network's weights by the meta-learner's test-time updates, flattened:
+        (D,).  The meta-learner reads the whole support set at each step (full-batch gradients),
+        so the order of the support images does not matter."""
+        n_way = class_count(support_y) if n_way is None else n_way
+        self.check_episode(n_way, train=False)
+        with torch.no_grad():
+            theta = self.adapted_params(support_x, support_y, self.test_steps)
+            return (theta - torch.cat([p.flatten() for p in self.net.parameters()])).detach()
 
     def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
         """Reading the support set yields the network's new weights: a copy of it holding them."""

@@ -10,22 +10,25 @@ so a metric learner must compute its logits from per-image embeddings only (the 
 is what ``fast_eval`` traces: change the embedding through the backbone, not ``embed``).
 
 ProtoNet, Matching Networks, Relation Network, Siamese networks and MetaOptNet are metric
-learners.  Exported (``fit_module``), a metric learner's classifier is its backbone and its rule
+learners.  A metric learner's task embedding (``metafsl tasks``) is the mean of the class
+prototypes of its embeddings.  Exported (``fit_module``), a metric learner's classifier is its backbone and its rule
 with the support embeddings fixed (``algorithms/standalone.py``).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from metafsl.algorithms.base import Algorithm, Classifier, accuracy
+from metafsl.algorithms.base import Algorithm, Classifier, accuracy, class_count, mean_prototype
 from metafsl.algorithms.standalone import SupportRule
 from metafsl.data.sampler import TaskBatch
 
 
 class MetricLearner(Algorithm):
+    task_embedding_kind = "the mean of the class prototypes of the support embeddings"
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image embeddings (N, D) of images (N, C, H, W)."""
         return self.backbone(x)
@@ -48,6 +51,14 @@ class MetricLearner(Algorithm):
     def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
         support, labels = self.embed(support_x)[None], support_y[None]
         return lambda query_x: self.logits_from_embeddings(support, labels, self.embed(query_x)[None], n_way)[0]
+
+    def task_embedding(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                       n_way: Optional[int] = None) -> torch.Tensor:
+        """The mean of the class prototypes (class means) of the support embeddings, (D,)."""
+        n_way = class_count(support_y) if n_way is None else n_way
+        self.check_episode(n_way, train=False)
+        with torch.no_grad():
+            return mean_prototype(self.embed(support_x).flatten(1), support_y, n_way).detach()
 
     def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
         """The backbone and this method's rule, with the support embeddings fixed."""

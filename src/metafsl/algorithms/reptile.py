@@ -127,6 +127,12 @@ class Reptile(GradientLearner):
         phi = self.task_weights(support_x, support_y, steps, batch)
         return lambda query_x: self.query_logits(phi, support_x, query_x)
 
+    def weight_change(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+        """phi - theta after the test-time inner loop (its mini-batches are drawn at random: the
+        change depends on the order of the support set unless test_inner_batch covers it all)."""
+        phi = self.task_weights(support_x, support_y, self.test_inner_steps, self.test_inner_batch)
+        return {k: phi[k] - p.detach() for k, p in self.net.named_parameters()}
+
     def adapted_network(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Tuple[nn.Module, Params]:
         """The network with the task weights (transductive prediction only)."""
         if not self.transductive:
