@@ -100,6 +100,10 @@ def resolved(cfg: Union[DictConfig, Dict[str, Any]], check: bool = True) -> Dict
         raise UserError(f"The configuration is incomplete: {exc}".splitlines()[0]) from None
     if check:
         check_run_config(plain)
+        if isinstance(plain.get("algo"), dict) and "_target_" in plain["algo"]:
+            from metafsl.engine.evaluate import check_transductive
+
+            check_transductive(plain)
     return plain
 
 
