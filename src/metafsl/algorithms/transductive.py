@@ -1,6 +1,7 @@
 """Transductive inference: rules that classify an episode's queries *together*, from the
 embeddings of any metric learner (support (B, Ns, D), labels (B, Ns), query (B, Nq, D) ->
-scores (B, Nq, n_way) whose arg-max is the prediction), batched over episodes.
+scores (B, Nq, n_way) whose softmax is the rule's class probabilities and whose arg-max is the
+prediction), batched over episodes.
 
 - **TIM** (Boudiaf et al., "Transductive Information Maximization for Few-Shot Learning",
   NeurIPS 2020; TIM-GD): classifier weights start at the prototypes and are fitted by Adam to
@@ -116,11 +117,11 @@ def shifted(support: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
 
 def bdcspn(support, support_y, query, n_way: int, temperature: float = 10.0,
            shift_queries: bool = True) -> torch.Tensor:
-    """Cosine scores of the queries (shifted ones with ``shift_queries``, as in the paper;
-    the unshifted ones otherwise, as easyfsl) to the rectified prototypes."""
+    """``temperature`` x the cosine of the queries (shifted ones with ``shift_queries``, as in the
+    paper; the unshifted ones otherwise, as easyfsl) to the rectified prototypes."""
     moved = shifted(support, query)
     protos = rectified_prototypes(support, support_y, moved, n_way, temperature)
-    return cosine(moved if shift_queries else query, protos)
+    return temperature * cosine(moved if shift_queries else query, protos)
 
 
 # ------------------------------------------------------------------------------- PT-MAP
@@ -150,7 +151,7 @@ def ptmap_features(x: torch.Tensor, power: float, normalize: bool) -> torch.Tens
 
 def ptmap(support, support_y, query, n_way: int, power: float = 0.5, normalize: bool = True, steps: int = 20,
           alpha: float = 0.2, lam: float = 10.0) -> torch.Tensor:
-    """Soft query assignments (B, Nq, n_way) after ``steps`` rounds of PT-MAP."""
+    """Log soft query assignments (B, Nq, n_way) after ``steps`` rounds of PT-MAP."""
     support, query = ptmap_features(support, power, normalize), ptmap_features(query, power, normalize)
     if normalize:
         mean = torch.cat([support, query], 1).mean(1, keepdim=True)
@@ -162,7 +163,7 @@ def ptmap(support, support_y, query, n_way: int, power: float = 0.5, normalize: 
         weights = torch.cat([s_onehot, sinkhorn(sq_distances(query, protos), lam)], 1)  # (B, Ns+Nq, n)
         target = (weights.transpose(1, 2) @ both) / weights.sum(1)[..., None]
         protos = protos + alpha * (target - protos)
-    return sinkhorn(sq_distances(query, protos), lam)
+    return sinkhorn(sq_distances(query, protos), lam).clamp_min(1e-30).log()
 
 
 # ------------------------------------------------------------------------ LaplacianShot
@@ -180,7 +181,7 @@ def _bound(y: torch.Tensor, unary: torch.Tensor, pairwise: torch.Tensor, lam: fl
 
 def laplacianshot(support, support_y, query, n_way: int, knn: int = 3, lam: float = 0.7, steps: int = 20,
                   normalize: bool = True, rectify_temperature: float = 10.0) -> torch.Tensor:
-    """Soft query assignments (B, Nq, n_way) after at most ``steps`` bound updates."""
+    """Log soft query assignments (B, Nq, n_way) after at most ``steps`` bound updates."""
     if normalize:
         support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
     protos = rectified_prototypes(support, support_y, shifted(support, query), n_way, rectify_temperature)
@@ -197,7 +198,7 @@ def laplacianshot(support, support_y, query, n_way: int, knn: int = 3, lam: floa
         previous = torch.where(done, previous, bound)
         if bool(done.all()):
             break
-    return y
+    return y.clamp_min(1e-30).log()
 
 
 RULES: Dict[str, Callable[..., torch.Tensor]] = {"tim": tim, "bdcspn": bdcspn, "ptmap": ptmap,
