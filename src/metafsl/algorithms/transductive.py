@@ -128,14 +128,14 @@ def bdcspn(support, support_y, query, n_way: int, temperature: float = 10.0,
 def sinkhorn(cost: torch.Tensor, lam: float, tol: float = 1e-6, max_iterations: int = 1000) -> torch.Tensor:
     """Entropic transport plans (B, Nq, K) from costs (B, Nq, K): each query sends mass 1, each
     class receives Nq/K; each episode stops when its row sums move less than ``tol``."""
-    nq, k = cost.shape[1:]
+    nq, k = cost.shape[1:]  # balanced: each class receives nq / k
     plan = torch.exp(-lam * cost)
     plan = plan / plan.sum((1, 2), keepdim=True)
     done = torch.zeros(cost.shape[0], dtype=torch.bool, device=cost.device)
     for _ in range(max_iterations):
         rows = plan.sum(2)
         new = plan / (rows + 1e-10).unsqueeze(2)
-        new = new * ((nq // k) / (new.sum(1) + 1e-10)).unsqueeze(1)
+        new = new * ((nq / k) / (new.sum(1) + 1e-10)).unsqueeze(1)
         plan = torch.where(done[:, None, None], plan, new)
         done = done | ((rows - plan.sum(2)).abs().amax(1) < tol)
         if bool(done.all()):
@@ -169,7 +169,8 @@ def ptmap(support, support_y, query, n_way: int, power: float = 0.5, normalize: 
 # ------------------------------------------------------------------------ LaplacianShot
 def knn_affinity(x: torch.Tensor, knn: int) -> torch.Tensor:
     """(B, N, D) -> W (B, N, N): W[i, j] = 1 when j is among the ``knn`` nearest neighbours of i
-    (itself excluded)."""
+    (itself excluded; fewer when there are not ``knn`` others)."""
+    knn = min(knn, x.shape[1] - 1)
     near = torch.cdist(x, x).topk(knn + 1, largest=False).indices[..., 1:]
     return torch.zeros(x.shape[:2] + x.shape[1:2], dtype=x.dtype, device=x.device).scatter_(2, near, 1.0)
 
