@@ -231,3 +231,22 @@ def test_transductive_refused_for_a_non_metric_learner(run_cli, protonet_run, im
     code, _, err = run_cli("predict", f"run={protonet_run}", f"support={root / 'support'}",
                            f"query={root / 'query'}", "predict.transductive=tim", "predict.reject=auto")
     assert code == 2 and "predict.reject=auto" in err
+
+
+def test_bench_transductive_smoke(protonet_run, tmp_path):
+    """scripts/bench_transductive.py on a tiny run: a table row per rule and shot, a shot the
+    data cannot give listed as skipped."""
+    import importlib.util
+    import json
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_transductive", REPO / "scripts" / "bench_transductive.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([str(protonet_run), str(tmp_path / "ev"), "--smoke", "--shots", "1,50",
+                       "--methods", "none,bdcspn"]) == 0
+    rows = json.loads((tmp_path / "ev" / "transductive.json").read_text())["rows"]
+    assert [(r["shot"], r["method"]) for r in rows] == [(1, "none"), (1, "bdcspn"), (50, "none"), (50, "bdcspn")]
+    assert rows[1]["inference"].startswith("transductive bdcspn") and "skipped" in rows[2]
+    assert "| 1 | transductive bdcspn (25 queries at once) |" in (tmp_path / "ev" / "transductive.md").read_text()
