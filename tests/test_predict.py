@@ -193,3 +193,60 @@ def test_testing_a_fixed_head_on_more_classes_names_the_head(run_cli, tmp_path_f
     assert code == 2
     assert "This MAML learner has a 3-way output head: it classifies exactly 3 classes, got 20" in err
     assert "another version" not in err + out and "Traceback" not in err
+
+
+def test_transductive_predict_and_test_are_marked(run_cli, protonet_run, images, tmp_path):
+    """predict.transductive classifies the query folder together (and says so); a transductive
+    `metafsl test` is recorded and listed as such, never as an inductive result."""
+    import json
+
+    root, truth = images
+    out = tmp_path / "pred.csv"
+    code, text, err = run_cli("predict", f"run={protonet_run}", f"support={root / 'support'}",
+                              f"query={root / 'query'}", f"out={out}", "predict.transductive=ptmap")
+    assert code == 0, err
+    assert {Path(r["file"]).name: r["predicted"] for r in _rows(out)} == truth
+    assert "Transductive (ptmap): all 3 query images were classified together" in " ".join(text.split())
+    code, text, err = run_cli("test", f"run={protonet_run}", "eval=bdcspn", "eval.episodes=2",
+                              f"out={tmp_path / 'rec'}")
+    assert code == 0, err
+    record = json.loads((tmp_path / "rec" / "result.json").read_text())
+    assert (record["inference"], record["transductive"], record["query_batch"]) == ("transductive", "bdcspn", 25)
+    assert run_cli("test", f"run={protonet_run}", "eval.episodes=2", f"out={tmp_path / 'ind'}")[0] == 0
+    code, text, err = run_cli("results", str(protonet_run), "format=csv")
+    assert code == 0, err
+    inference = [row["inference"] for row in csv.DictReader(text.splitlines())]
+    assert "transductive bdcspn (25 queries at once)" in inference and "inductive" in inference
+
+
+def test_transductive_refused_for_a_non_metric_learner(run_cli, protonet_run, images, tmp_path):
+    from metafsl.engine.evaluate import check_transductive
+    from metafsl.errors import UserError
+
+    with pytest.raises(UserError, match="needs a metric learner's embeddings .* not maml"):
+        check_transductive({"algo": {"_target_": "metafsl.algorithms.maml.MAML", "name": "maml"},
+                            "eval": {"transductive": "tim"}})
+    check_transductive({"algo": {"_target_": "metafsl.algorithms.maml.MAML"}, "eval": {"transductive": "none"}})
+    root, _ = images
+    code, _, err = run_cli("predict", f"run={protonet_run}", f"support={root / 'support'}",
+                           f"query={root / 'query'}", "predict.transductive=tim", "predict.reject=auto")
+    assert code == 2 and "predict.reject=auto" in err
+
+
+def test_bench_transductive_smoke(protonet_run, tmp_path):
+    """scripts/bench_transductive.py on a tiny run: a table row per rule and shot, a shot the
+    data cannot give listed as skipped."""
+    import importlib.util
+    import json
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_transductive", REPO / "scripts" / "bench_transductive.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([str(protonet_run), str(tmp_path / "ev"), "--smoke", "--shots", "1,50",
+                       "--methods", "none,bdcspn"]) == 0
+    rows = json.loads((tmp_path / "ev" / "transductive.json").read_text())["rows"]
+    assert [(r["shot"], r["method"]) for r in rows] == [(1, "none"), (1, "bdcspn"), (50, "none"), (50, "bdcspn")]
+    assert rows[1]["inference"].startswith("transductive bdcspn") and "skipped" in rows[2]
+    assert "| 1 | transductive bdcspn (25 queries at once) |" in (tmp_path / "ev" / "transductive.md").read_text()

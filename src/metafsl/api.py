@@ -104,6 +104,10 @@ def resolved(cfg: Union[DictConfig, Dict[str, Any]], check: bool = True) -> Dict
         raise UserError(f"The configuration is incomplete: {exc}".splitlines()[0]) from None
     if check:
         check_run_config(plain)
+        if isinstance(plain.get("algo"), dict) and "_target_" in plain["algo"]:
+            from metafsl.engine.evaluate import check_transductive
+
+            check_transductive(plain)
     return plain
 
 
@@ -548,7 +552,7 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
             checkpoint: str = "best", device: str = "cpu", invert: Optional[bool] = None,
             convert: bool = False, *, batch_size: int = 256, top_k: Optional[int] = None,
             reject_below: Optional[float] = None, reject: Optional[str] = None,
-            callbacks: Callbacks = None):
+            transductive: str = "none", callbacks: Callbacks = None):
     """Classify ``query`` images with the run's learner adapted once to ``support`` (one
     sub-folder of images per class, named after its class); nothing is written.
 
@@ -559,7 +563,10 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     depend on it).  ``top_k``: classes listed per image (default min(3, classes)).
     ``reject_below=p`` (0 < p < 1): an image whose top probability is below p is "unknown";
     ``reject="auto"`` calibrates that threshold by leave-one-out on the support set (every class
-    needs 2 images).  ``callbacks`` hear the progress (``on_eval_start/advance/end``).
+    needs 2 images).  ``transductive`` (tim | bdcspn | ptmap | laplacianshot, metric learners):
+    every query image is classified together with all the others (the whole query set is the
+    rule's batch: a prediction depends on the other queries).  ``callbacks`` hear the progress
+    (``on_eval_start/advance/end``).
 
     Returns ``metafsl.engine.predict.Predictions``: ``names`` (the classes), ``queries`` and
     ``probs`` (each classified image's probabilities), ``predicted`` (class or "unknown"),
@@ -569,7 +576,7 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     from metafsl.engine.predict import PredictOptions
     from metafsl.engine.predict import predict as run_predict
 
-    options = PredictOptions(batch_size, top_k, reject_below, reject)
+    options = PredictOptions(batch_size, top_k, reject_below, reject, transductive)
     query = query if isinstance(query, (str, Path)) else [str(q) for q in query]
     return run_predict(Path(run_dir), Path(support), query, checkpoint, device, invert, convert,
                        options, as_list(callbacks))

@@ -107,6 +107,17 @@ RULES: Dict[str, Rule] = {
     "eval.seed": _int(0),
     "eval.batch_episodes": _int(1),
     "eval.split": _choice("train", "val", "test"),
+    "eval.transductive": _choice("none", "tim", "bdcspn", "ptmap", "laplacianshot"),
+    "eval.tim.iterations": _int(0),
+    "eval.tim.distance": _choice("sqeuclidean", "cosine"),
+    **{f"eval.{key}": _pos() for key in ("tim.lr", "tim.temperature", "bdcspn.temperature", "ptmap.power",
+                                         "ptmap.lam", "laplacianshot.rectify_temperature")},
+    **{f"eval.{key}": Rule("float", 0) for key in ("tim.ce_weight", "tim.marginal_weight",
+                                                   "tim.conditional_weight", "laplacianshot.lam")},
+    "eval.ptmap.alpha": Rule("float", 0, 1),
+    **{f"eval.{key}": _int(1) for key in ("ptmap.steps", "laplacianshot.steps", "laplacianshot.knn")},
+    **{f"eval.{key}": Rule("bool") for key in ("tim.normalize", "bdcspn.shift_queries", "ptmap.normalize",
+                                               "laplacianshot.normalize")},
     **{f"episode.{phase}.{key}": _int(low) for phase in ("train", "test")
        for key, low in (("n_way", 2), ("n_shot", 1), ("n_query", 1))},
     "episode.within_alphabet": Rule("bool"),
@@ -151,7 +162,7 @@ RULES: Dict[str, Rule] = {
 #: dataset keys that are not loader arguments (preprocessing and run-level choices)
 DATASET_RUN_KEYS = ("name", "normalize", "augment", "trainval")
 #: keys injected when a group's _target_ is built (not set in the YAML)
-INJECTED = {"algo": ("backbone", "n_way"), "backbone": ("channels", "image_size"),
+INJECTED = {"algo": ("backbone", "n_way", "n_shot"), "backbone": ("channels", "image_size"),
             "dataset": ("cache_dir",)}
 
 

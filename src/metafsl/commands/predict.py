@@ -16,7 +16,8 @@ from metafsl.commands.base import Command
 from metafsl.errors import UserError
 
 #: how predict classifies (``metafsl.engine.predict.PredictOptions``)
-PREDICT_KEYS = ("predict.batch_size", "predict.top_k", "predict.reject_below", "predict.reject")
+PREDICT_KEYS = ("predict.batch_size", "predict.top_k", "predict.reject_below", "predict.reject",
+                "predict.transductive")
 OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device",
             *PREDICT_KEYS)
 
@@ -40,7 +41,8 @@ def predict_options(own: Dict[str, str]):
         PredictOptions.batch_size if batch is None else batch,
         number("predict.top_k", int, "an integer >= 1"),
         number("predict.reject_below", float, "a probability strictly between 0 and 1"),
-        None if reject is None or reject.lower() == "none" else reject)
+        None if reject is None or reject.lower() == "none" else reject,
+        own.get("predict.transductive") or "none")
     options.check()
     return options
 
@@ -85,7 +87,7 @@ def run(args: List[str]) -> int:
     result = api.predict(run, Path(own["support"]), own["query"], own.get("checkpoint", "best"),
                          own.get("device", "cpu"), invert, boolean("convert", own.get("convert")),
                          batch_size=options.batch_size, top_k=options.top_k, reject_below=options.reject_below,
-                         reject=options.reject, callbacks=[ConsoleReport()])
+                         reject=options.reject, transductive=options.transductive, callbacks=[ConsoleReport()])
     print_predictions(result, run)
     report = _labelled_report(result, own["query"])
     target = output_path(run, own.get("out"), overwrite)
@@ -122,6 +124,7 @@ COMMAND = Command(
     summary="classify your images: metafsl predict run=<run dir> support=<dir> query=<dirs, lists, globs>",
     usage="metafsl predict run=<run dir> support=<dir> query=<dirs, list.txt, 'glob', files> [out=<csv>] "
           "[predict.top_k=3] [predict.reject_below=<p> | predict.reject=auto] [predict.batch_size=256] "
+          "[predict.transductive=none|tim|bdcspn|ptmap|laplacianshot] "
           "[checkpoint=best|last] [invert=auto|true|false] [convert=false] [device=cpu]",
     description="""
 Adapts a trained learner once to *your* labelled images and classifies new ones: support is a
@@ -142,6 +145,9 @@ predict.reject=auto: that threshold calibrated by leave-one-out on the support i
 held out in turn, the learner adapted to the others): the largest one that keeps 95% of the
 held-out images classified correctly; every class needs 2 images; the threshold and how it was
 chosen are printed.
+predict.transductive=tim|bdcspn|ptmap|laplacianshot (metric learners): the whole query set is
+classified at once (embedded predict.batch_size at a time, then one transductive episode of all
+of them, with the run's eval.<rule> settings): each prediction depends on the other queries.
 
 A query file that cannot be read as an image is skipped and listed by name (a row with
 predicted=skipped and the reason in the CSV); an unreadable support image is an error, and so

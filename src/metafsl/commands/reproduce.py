@@ -15,7 +15,7 @@ from metafsl.arguments import last_value, parse
 from metafsl.commands.base import Command
 from metafsl.conf import CONF_DIR, group_options
 from metafsl.engine.run_dir import LAST, SUMMARY, read_json, write_json, write_text
-from metafsl.engine.summary import RunSummary
+from metafsl.engine.summary import INFERENCE_KEYS, RunSummary, inference_label
 from metafsl.errors import UserError
 
 TABLE_DIR = CONF_DIR / "table"
@@ -184,6 +184,8 @@ def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], 
     test_spec = cfg["episode"]["test"]
     argv = [*[f"episode.test.{k}={v}" for k, v in test_spec.items()],
             *[f"eval.{k}={v}" for k, v in cfg["eval"].items() if not isinstance(v, (dict, list))],
+            *[f"eval.{rule}.{k}={v}" for rule in [cfg["eval"].get("transductive")]
+              if isinstance(cfg["eval"].get(rule), dict) for k, v in cfg["eval"][rule].items()],
             *[o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")]]
     try:
         record = api.evaluate(source_dir, argv, out_dir=row_dir, overwrite=True,
@@ -197,8 +199,8 @@ def test_row(row_dir: Path, source_dir: Path, source: str, cfg: Dict[str, Any], 
     summary.tests = []
     summary.name, summary.published, summary.trained_by = cfg.get("name") or "", cfg.get("published") or {}, source
     summary.episode = {**summary.episode, "test": dict(test_spec)}
-    summary.test = {k: record[k] for k in ("acc", "ci95", "episodes", "seconds", "checkpoint", "iteration")
-                    if k in record}
+    summary.test = {k: record[k] for k in ("acc", "ci95", "episodes", "seconds", "checkpoint", "iteration",
+                                           *INFERENCE_KEYS) if k in record}
     summary.write(row_dir)
     return 0
 
@@ -280,13 +282,13 @@ def compare(label: str, experiment: str, summary: Optional[Dict[str, Any]], row_
             "iterations": (s.get("train") or {}).get("iterations"),
             "train_seconds": (s.get("train") or {}).get("seconds"), "budget": s.get("budget", 1.0),
             "citation": pub.get("citation"), "run_dir": str(row_dir), "failed": summary is None,
-            "trained_by": s.get("trained_by")}
+            "trained_by": s.get("trained_by"), "inference": inference_label(test)}
 
 
-CSV_COLUMNS = ["row", "experiment", "algo", "dataset", "way", "shot", "our_acc", "our_ci95", "published_acc",
+CSV_COLUMNS = ["row", "experiment", "algo", "dataset", "way", "shot", "inference", "our_acc", "our_ci95", "published_acc",
                "published_ci95", "diff", "published_in_ci", "iterations", "train_seconds", "budget",
                "approximate", "trained_by", "citation", "run_dir"]
-SHOWN = ["row", "episode", "ours (%)", "published (%)", "diff", "in CI", "iters", "time"]
+SHOWN = ["row", "episode", "inference", "ours (%)", "published (%)", "diff", "in CI", "iters", "time"]
 
 
 def table_cells(r: Dict[str, Any]) -> List[str]:
@@ -298,7 +300,7 @@ def table_cells(r: Dict[str, Any]) -> List[str]:
     secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f} s"
     if r.get("trained_by"):
         secs = f"model of {r['trained_by']}"
-    return [r["row"], episode, fmt(r["our_acc"], r["our_ci95"]), fmt(r["published_acc"], r["published_ci95"]),
+    return [r["row"], episode, r.get("inference") or "inductive", fmt(r["our_acc"], r["our_ci95"]), fmt(r["published_acc"], r["published_ci95"]),
             diff, inside, "-" if r["iterations"] is None else str(r["iterations"]), secs]
 
 

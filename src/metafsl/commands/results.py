@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from metafsl.arguments import parse
 from metafsl.commands.base import Command
 from metafsl.engine.run_dir import SUMMARY, write_text
-from metafsl.engine.summary import RunSummary
+from metafsl.engine.summary import RunSummary, inference_label
 from metafsl.errors import UserError
 
-COLUMNS = ["run", "algo", "dataset", "backbone", "episode", "overrides", "val", "test", "ci95", "seconds",
+COLUMNS = ["run", "algo", "dataset", "backbone", "episode", "inference", "overrides", "val", "test", "ci95", "seconds",
            "iterations", "budget"]
 HEADERS = {"val": "val (%)", "test": "test (%)", "seconds": "time (s)"}
 NUMERIC = {"val", "test", "ci95", "seconds", "iterations", "budget"}
@@ -70,6 +70,7 @@ def rows_of(summary_path: Path) -> List[Dict[str, Any]]:
         row["way"], row["shot"] = spec.get("n_way"), spec.get("n_shot")
         row["episode"] = f"{row['way']}w{row['shot']}s" if row["way"] else "-"
         row["test"] = (rec or {}).get("acc")
+        row["inference"] = inference_label(rec) if rec else "-"
         row["ci95"] = (rec or {}).get("ci95")
         if extra:
             row["overrides"] = (row["overrides"] + " | test: " + extra).strip()
@@ -110,7 +111,7 @@ def _cell(row: Dict[str, Any], col: str) -> str:
     return str(v)
 
 
-SHOWN = ["run", "algo", "dataset", "backbone", "episode", "overrides", "val", "test", "seconds"]
+SHOWN = ["run", "algo", "dataset", "backbone", "episode", "inference", "overrides", "val", "test", "seconds"]
 
 
 def render_csv(rows: List[Dict[str, Any]]) -> str:

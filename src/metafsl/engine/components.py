@@ -49,12 +49,16 @@ class Components:
 
 
 def build_learner(cfg: Dict[str, Any], channels: int, image_size: int):
-    """The run's learner (``cfg.algo``) on its backbone (``cfg.backbone``), on the CPU."""
+    """The run's learner (``cfg.algo``) on its backbone (``cfg.backbone``), on the CPU; a method
+    whose constructor takes ``n_way`` or ``n_shot`` gets the training episodes' (a tested run's
+    config keeps the episodes it was trained on)."""
     backbone = options.instantiate("backbone", cfg["backbone"], channels=channels, image_size=image_size)
     supplied = {"backbone": backbone}
     target = options.with_target("algo", cfg["algo"])["_target_"]
-    if "n_way" in target_parameters(target):
-        supplied["n_way"] = cfg["episode"]["train"]["n_way"]
+    params = target_parameters(target)
+    for key in ("n_way", "n_shot"):  # the training episodes' way and shot, for methods that take them
+        if key in params and key in cfg["episode"]["train"]:
+            supplied[key] = cfg["episode"]["train"][key]
     return options.instantiate("algo", cfg["algo"], **supplied)
 
 

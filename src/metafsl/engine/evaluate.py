@@ -10,11 +10,14 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.transductive import Transduction
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import fast_eval
 from metafsl.engine.callbacks import Callback
 from metafsl.engine.metrics import MACRO, ClassReport, class_report, macro_per_episode
+from metafsl.errors import UserError
 
 #: upper bound on images per evaluation forward pass (keeps memory flat for big episodes)
 MAX_IMAGES_PER_BATCH = 2400
@@ -44,6 +47,8 @@ class EvalSpec:
     within_group: bool = False
     #: the split's name (messages, progress bars)
     split: str = "test"
+    #: a transductive rule over the episode's embeddings (``eval.transductive``; tests only)
+    transductive: Optional[Transduction] = None
 
     @classmethod
     def from_config(cls, cfg: Dict[str, Any], validation: bool = False) -> "EvalSpec":
@@ -54,7 +59,33 @@ class EvalSpec:
                    episodes=cfg["trainer"]["val_episodes"] if validation else ev["episodes"],
                    seed=ev["seed"] + 1 if validation else ev["seed"], batch_episodes=ev["batch_episodes"],
                    within_group=bool(ep.get("within_alphabet", False)),
-                   split="val" if validation else ev.get("split", "test"))
+                   split="val" if validation else ev.get("split", "test"),
+                   transductive=None if validation else transduction(ev))
+
+    def inference(self) -> Dict[str, Any]:
+        """How the queries were classified, for the test record: ``inference`` (inductive or
+        transductive), and for a transductive test its rule and the queries it saw at once."""
+        if self.transductive is None:
+            return {"inference": "inductive"}
+        return {"inference": "transductive", "transductive": self.transductive.method,
+                "query_batch": self.n_way * self.n_query}
+
+
+def transduction(ev: Dict[str, Any]) -> Optional[Transduction]:
+    """``eval.transductive``'s rule with its settings (``eval.<rule>``), or None."""
+    method = ev.get("transductive", "none") or "none"
+    return None if method == "none" else Transduction(method, dict(ev.get(method) or {}))
+
+
+def check_transductive(cfg: Dict[str, Any]) -> None:
+    """Refuse ``eval.transductive`` for a learner that is not a metric learner, before any work."""
+    from metafsl.config import target_object
+
+    method = (cfg.get("eval") or {}).get("transductive", "none") or "none"
+    target = target_object(cfg["algo"]["_target_"])
+    if method != "none" and not (isinstance(target, type) and issubclass(target, MetricLearner)):
+        raise UserError(f"eval.transductive={method} needs a metric learner's embeddings (ProtoNet, Matching "
+                        f"Networks, Relation Network, Siamese, MetaOptNet), not {cfg['algo'].get('name', target)}.")
 
 
 @dataclass
@@ -111,7 +142,7 @@ def score_test(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", pre
     report = per_class(preds, split) if dataset in NAMED_CLASSES else None
     if report is not None and callbacks is not None:
         callbacks.on_class_report(report)
-    return scores(preds), report
+    return {**scores(preds), **spec.inference()}, report
 
 
 def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu",
@@ -125,6 +156,8 @@ def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu
     sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=spec.seed, preprocess=preprocess,
                              within_group=spec.within_group, split_name=spec.split)
     algorithm.check_episode(n_way, train=False)
+    if spec.transductive is not None and not isinstance(algorithm, MetricLearner):
+        raise UserError(f"eval.transductive={spec.transductive.method} needs a metric learner's embeddings.")
     step = max(1, min(spec.batch_episodes, MAX_IMAGES_PER_BATCH // (n_way * (n_shot + n_query))))
     idx = sampler.indices(spec.episodes)  # (E, n_way, shot + query): the episodes, from the seed alone
     was_training = algorithm.training
@@ -135,10 +168,10 @@ def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu
     try:
         with autocast:
             if fast_eval.supported(algorithm):  # metric methods: embed each distinct image once
-                predicted = fast_eval.episode_predictions(algorithm, sampler, split.images, idx,
-                                                          MAX_IMAGES_PER_BATCH, step, callbacks.on_eval_advance)
+                predicted = fast_eval.episode_predictions(algorithm, sampler, split.images, idx, MAX_IMAGES_PER_BATCH,
+                                                          step, callbacks.on_eval_advance, spec.transductive)
             else:
-                predicted = _episode_loop(algorithm, sampler, idx, step, callbacks)
+                predicted = _episode_loop(algorithm, sampler, idx, step, callbacks, spec.transductive)
     finally:
         algorithm.train(was_training)
         callbacks.on_eval_end()
@@ -147,11 +180,18 @@ def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu
 
 
 def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int,
-                  callbacks: Callback) -> torch.Tensor:
-    """(E, Nq) predictions, adapting to each task (``episode_logits``), ``step`` episodes at a time."""
+                  callbacks: Callback, rule: Optional[Transduction] = None) -> torch.Tensor:
+    """(E, Nq) predictions, adapting to each task (``episode_logits``; with a transductive
+    ``rule``, that rule on the batch's embeddings), ``step`` episodes at a time."""
     predicted = []
     for start in range(0, len(idx), step):
         batch = sampler.tasks(idx[start: start + step])
-        predicted.append(algorithm.episode_logits(batch).argmax(-1).cpu())
+        if rule is None:
+            logits = algorithm.episode_logits(batch)
+        else:
+            with torch.no_grad():
+                support, query = algorithm.embed_episodes(batch)
+            logits = rule(support, batch.support_y, query, batch.n_way)
+        predicted.append(logits.argmax(-1).cpu())
         callbacks.on_eval_advance(len(batch))
     return torch.cat(predicted) if predicted else torch.zeros(0, sampler.n_way * sampler.n_query, dtype=torch.long)

@@ -109,13 +109,15 @@ def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, 
 
 
 def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Tensor, max_images: int,
-                        episodes_per_step: int, on_progress=None) -> torch.Tensor:
+                        episodes_per_step: int, on_progress=None, rule=None) -> torch.Tensor:
     """Predicted label (0..n_way-1) of every query of the episodes ``idx``: (E, n_way * n_query),
     on the CPU, queries in the order of ``sampler.tasks(idx).query_y``.
 
     ``idx`` (E, n_way, n_shot + n_query) indexes ``images``, the split's uint8 tensor, as
     ``sampler.indices`` draws it; ``max_images`` bounds each embedding forward pass;
-    ``on_progress(n)`` is called as episodes complete.
+    ``on_progress(n)`` is called as episodes complete; ``rule`` (a transductive rule,
+    ``metafsl.algorithms.transductive.Transduction``) replaces the learner's own
+    ``logits_from_embeddings``.
     """
     device = sampler.device
     n_way, n_shot, n_query = sampler.n_way, sampler.n_shot, sampler.n_query
@@ -137,7 +139,7 @@ def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Ten
             b = e.shape[0]
             support = e[:, :, :n_shot].reshape(b, n_way * n_shot, -1)
             query = e[:, :, n_shot:].reshape(b, n_way * n_query, -1)
-            logits = algorithm.logits_from_embeddings(support, support_y.expand(b, -1), query, n_way)
+            logits = (rule or algorithm.logits_from_embeddings)(support, support_y.expand(b, -1), query, n_way)
             predicted.append(logits.argmax(-1).cpu())
             if on_progress is not None:
                 on_progress(b)

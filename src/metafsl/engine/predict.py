@@ -30,10 +30,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.transductive import RULES
 from metafsl.data.images import is_image, to_chw
 from metafsl.engine import checkpoint, runtime
 from metafsl.engine.callbacks import Callback, CallbackList
 from metafsl.engine.components import build_learner, resolve_device
+from metafsl.engine.evaluate import transduction
 from metafsl.engine.predict_inputs import gather, split_spec
 from metafsl.engine.predict_reject import Calibration, calibrate, check_calibration_possible
 from metafsl.engine.run_dir import find, write_text
@@ -153,6 +156,9 @@ class PredictOptions:
     reject_below: Optional[float] = None
     #: "auto": calibrate that threshold on the support set (leave-one-out); None: no rejection
     reject: Optional[str] = None
+    #: a transductive rule (tim | bdcspn | ptmap | laplacianshot; metric learners) that classifies
+    #: every query image together, with the run's ``eval.<rule>`` settings; "none": each on its own
+    transductive: str = "none"
 
     def check(self) -> None:
         """One sentence for the first bad value (before any work)."""
@@ -171,6 +177,11 @@ class PredictOptions:
                             "for a fixed threshold give predict.reject_below=<p>.")
         if self.reject is not None and p is not None:
             raise UserError("Give either predict.reject_below=<p> or predict.reject=auto, not both.")
+        if self.transductive not in ("none", *RULES):
+            raise UserError(f"predict.transductive must be one of none, {', '.join(RULES)} (got {self.transductive!r}).")
+        if self.transductive != "none" and self.reject == "auto":
+            raise UserError("predict.reject=auto calibrates each image classified on its own; with "
+                            "predict.transductive give predict.reject_below=<p> instead.")
 
     def k(self, n_classes: int) -> int:
         """The number of classes listed per image, checked against the support classes."""
@@ -203,6 +214,8 @@ class Predictions:
     #: files without an image extension in the walked folders and patterns, and files met twice
     ignored: int = 0
     duplicates: int = 0
+    #: the transductive rule that classified all the queries together ("none": each on its own)
+    transductive: str = "none"
 
     @property
     def best(self) -> Tuple[List[float], List[int]]:
@@ -272,9 +285,10 @@ def read_batch(paths: Sequence[Path], read: Reader) -> Tuple[List[np.ndarray], L
 
 def classify_batches(classify: Callable[[torch.Tensor], torch.Tensor], files: List[Path], read: Reader,
                      to_tensor: Callable[[List[np.ndarray]], torch.Tensor], batch_size: int,
-                     callbacks: Callback) -> Tuple[torch.Tensor, List[Path], List[Tuple[Path, str]]]:
-    """Softmax probabilities of ``files``, read and scored ``batch_size`` at a time; returns
-    (probs, the files classified, the files skipped with why)."""
+                     callbacks: Callback, softmax: bool = True) -> Tuple[torch.Tensor, List[Path], List[Tuple[Path, str]]]:
+    """Softmax probabilities of ``files`` (``softmax=False``: ``classify``'s outputs as they are),
+    read and scored ``batch_size`` at a time; returns (probs, the files classified, the files
+    skipped with why)."""
     probs: List[torch.Tensor] = []
     kept: List[Path] = []
     skipped: List[Tuple[Path, str]] = []
@@ -285,7 +299,8 @@ def classify_batches(classify: Callable[[torch.Tensor], torch.Tensor], files: Li
             arrays, good, bad = read_batch(batch, read)
             skipped.extend(bad)
             if arrays:
-                probs.append(classify(to_tensor(arrays)).float().softmax(-1).cpu())
+                out = classify(to_tensor(arrays)).float()
+                probs.append(out.softmax(-1).cpu() if softmax else out.cpu())
                 kept.extend(good)
             callbacks.on_eval_advance(len(batch))
     finally:
@@ -316,6 +331,9 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     callbacks = callbacks if callbacks is not None else CallbackList()
     device = resolve_device(device_name)
     algo, preprocess, cfg, channels, size = load_learner(run, which, device)
+    if options.transductive != "none" and not isinstance(algo, MetricLearner):
+        raise UserError(f"predict.transductive={options.transductive} needs a metric learner's embeddings "
+                        f"(ProtoNet, Matching Networks, Relation Network, Siamese, MetaOptNet), not {cfg['algo']['name']}.")
     names, support_files = read_support(support)
     _check_support_names(names)
     top_k = options.k(len(names))
@@ -332,13 +350,31 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     support_x = to_tensor([read(p) for files in support_files for p in files])
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
     calibration = calibrate(algo, support_x, labels, len(names), callbacks) if options.reject == "auto" else None
-    classify = algo.adapt(support_x, labels, len(names))
-    probs, kept, skipped = classify_batches(classify, queries.files, read, to_tensor, options.batch_size, callbacks)
-    result = Predictions(names, kept, probs, support_files, cfg["algo"]["name"], queries.missing + skipped, top_k,
-                         calibration.threshold if calibration else options.reject_below, calibration,
-                         queries.ignored, queries.duplicates)
+    probs, kept, skipped = _classify(algo, support_x, labels, len(names), queries.files, read, to_tensor, options,
+                                     cfg, callbacks)
     if not kept:
-        path, reason = result.skipped[0]
-        raise UserError(f"Cannot read any of the {len(result.skipped)} query files as an image "
-                        f"(e.g. {path}: {reason}).")
-    return result
+        skipped = queries.missing + skipped
+        path, reason = skipped[0]
+        raise UserError(f"Cannot read any of the {len(skipped)} query files as an image (e.g. {path}: {reason}).")
+    return Predictions(names, kept, probs, support_files, cfg["algo"]["name"], queries.missing + skipped, top_k,
+                       calibration.threshold if calibration else options.reject_below, calibration,
+                       queries.ignored, queries.duplicates, transductive=options.transductive)
+
+
+def _classify(algo, support_x: torch.Tensor, labels: torch.Tensor, n_way: int, files: List[Path], read: Reader,
+              to_tensor, options: PredictOptions, cfg: Dict[str, Any], callbacks: Callback):
+    """(probs, the files classified, the files skipped): each query on its own (the learner adapted
+    once), or, with ``options.transductive``, every query embedded batch by batch, then all
+    classified together by the rule (the run's ``eval.<rule>`` settings)."""
+    if options.transductive == "none":
+        return classify_batches(algo.adapt(support_x, labels, n_way), files, read, to_tensor, options.batch_size,
+                                callbacks)
+    rule = transduction({**cfg.get("eval", {}), "transductive": options.transductive})
+    with torch.no_grad():
+        support_z = algo.embed(support_x)
+        query_z, kept, skipped = classify_batches(algo.embed, files, read, to_tensor, options.batch_size, callbacks,
+                                                  softmax=False)
+    if not kept:
+        return query_z, kept, skipped
+    scores = rule(support_z[None], labels[None], query_z[None].to(support_z.device), n_way)[0]
+    return scores.softmax(-1).cpu(), kept, skipped

@@ -168,6 +168,19 @@ _NUMBERS = {"train": ("iterations", "seconds", "planned_iterations"), "val": ("b
 _TEXTS = ("algo", "dataset", "backbone", "name", "trained_by", "code_version")
 
 
+def inference_label(record: Optional[Dict[str, Any]]) -> str:
+    """How a test record's queries were classified, for every table: "inductive" (also records
+    written before transductive tests existed), or e.g. "transductive tim (75 queries at once)"."""
+    rec = record or {}
+    if rec.get("inference") != "transductive":
+        return "inductive"
+    return f"transductive {rec.get('transductive', '?')} ({rec.get('query_batch', '?')} queries at once)"
+
+
+#: the keys of a test record that say how its queries were classified (``inference_label``)
+INFERENCE_KEYS = ("inference", "transductive", "query_batch")
+
+
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "true or false"}.get(
         type(value), type(value).__name__)

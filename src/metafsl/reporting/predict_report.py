@@ -23,6 +23,9 @@ def print_predictions(result, run: Path) -> None:
         console.info(f"predict.reject=auto: unknown below {result.calibration.describe()}.")
     elif result.threshold is not None:
         console.info(f"predict.reject_below: unknown below top probability {result.threshold:g}.")
+    if result.transductive != "none":
+        console.info(f"Transductive ({result.transductive}): all {len(result.queries)} query images were classified "
+                     "together, so each prediction depends on the others; the query set should be one task.")
     _table(result)
     console.info(summary_line(result))
     _skipped(result)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from metafsl.engine.callbacks import Callback, RunInfo, TestInfo
+from metafsl.engine.summary import inference_label
 from metafsl.reporting import console
 
 #: the macro scores of a test record (``macro_<key>``), as the tables name them
@@ -114,6 +115,8 @@ def print_train_summary(summary, run_dir: Path) -> None:
     if summary.test:
         t = summary.test
         rows.append([f"test acc (%), {t['episodes']} episodes", console.fmt_acc(t["acc"], t["ci95"])])
+        if t.get("inference") == "transductive":
+            rows.append(["test inference", inference_label(t)])
         rows += [[f"test macro {label} (%)", console.fmt_acc(t[f"macro_{key}"], t.get(f"macro_{key}_ci95"))]
                  for key, label in MACRO_LABELS if t.get(f"macro_{key}") is not None]
     rows.append(["run dir", str(run_dir)])
@@ -128,9 +131,9 @@ def print_test(run: Path, record: Dict[str, Any]) -> None:
                       ["run", "error (%)"], rows, justify_right=["error (%)"])
         return
     spec = record["episode"]
-    console.table("Test", ["run", "dataset", "episode", "episodes", "test acc (%)"],
-                  [[str(run), record["dataset"], f"{spec['n_way']}w{spec['n_shot']}s", record["episodes"],
-                    console.fmt_acc(record["acc"], record["ci95"])]])
+    console.table("Test", ["run", "dataset", "episode", "inference", "episodes", "test acc (%)"],
+                  [[str(run), record["dataset"], f"{spec['n_way']}w{spec['n_shot']}s", inference_label(record),
+                    record["episodes"], console.fmt_acc(record["acc"], record["ci95"])]])
     macro = [(f"macro {label} (%)", console.fmt_acc(record[f"macro_{key}"], record.get(f"macro_{key}_ci95")))
              for key, label in MACRO_LABELS if record.get(f"macro_{key}") is not None]
     if macro:  # each episode's average over its classes, then mean ± CI over the episodes
