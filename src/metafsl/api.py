@@ -298,10 +298,29 @@ def test_plan(run_dir: PathLike, overrides: Sequence[str] = (), checkpoint: str 
     # the learner is built as trained (a fixed head's size comes from the training episodes);
     # test episodes it cannot classify are then refused by its check_episode, in one sentence
     cfg["episode"]["train"] = ck["config"]["episode"]["train"]
+    _as_trained(cfg, ck, path)
     protocol = fresh.get("protocol")
     proto = OmegaConf.to_container(protocol, resolve=True) if protocol is not None else None
     info = TestInfo(run, checkpoint, int(ck["iteration"]), cfg, (proto or {}).get("name", ""))
     return PlannedTest(run, path, ck, cfg, proto, info)
+
+
+def _as_trained(cfg: Dict[str, Any], ck: Dict[str, Any], path: Path) -> None:
+    """A test on another dataset than the run's (a cross-domain test) decodes its images at the
+    run's image size and channels where the loader takes them (the rest is converted once loaded,
+    ``metafsl.data.convert``); the run's normalisation is kept (``_test_parts``)."""
+    from metafsl.engine import checkpoint as ckpt
+
+    pre, node = ckpt.Preprocessing.from_checkpoint(ck), cfg["dataset"]
+    trained = ck["config"]["dataset"]
+    if pre is None:
+        if node.get("name") != trained.get("name"):
+            raise UserError(f"{path} was written before checkpoints recorded their image size, channels and "
+                            f"normalisation, so it can only be tested on dataset={trained.get('name')}.")
+        return
+    for key, value in (("image_size", pre.image_size), ("channels", pre.channels)):
+        if key in node:
+            node[key] = value
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -325,13 +344,27 @@ def _test_parts(plan: PlannedTest):
     protocol that brings its own images)."""
     from metafsl.engine import checkpoint as ckpt
     from metafsl.engine.components import build
+    from metafsl.engine.evaluate import EvalSpec, test_time_choices
 
     pre = ckpt.Preprocessing.from_checkpoint(plan.ck)
-    parts = _without_dataset(plan.cfg, pre) if plan.protocol is not None and pre is not None else build(plan.cfg)
+    if plan.protocol is not None and pre is not None:
+        parts = _without_dataset(plan.cfg, pre)
+    else:
+        parts = build(plan.cfg, _test_dataset(plan.cfg, pre), training=False)
     ckpt.load_weights(parts.algorithm, plan.ck["model"], plan.path)
     if pre is not None:  # the normalisation the model was trained with
         parts.preprocess = pre.preprocess()
+    test_time_choices(parts.algorithm, EvalSpec.from_config(plan.cfg))  # eval.bn, eval.finetune_*
     return parts
+
+
+def _test_dataset(cfg: Dict[str, Any], pre):
+    """The test data, its images of the run's size and channels (a cross-domain test)."""
+    from metafsl.data import load_dataset
+    from metafsl.data.convert import to_shape
+
+    ds = load_dataset(cfg["dataset"], cfg["paths"])
+    return ds if pre is None else to_shape(ds, pre.channels, pre.image_size)
 
 
 def _score(plan: PlannedTest, callbacks: Callback):
@@ -357,6 +390,7 @@ def _score(plan: PlannedTest, callbacks: Callback):
         result.update(episode=cfg["episode"]["test"], eval_seed=cfg["eval"]["seed"])
     return {**result, "seconds": round(time.perf_counter() - t0, 2), "checkpoint": plan.info.checkpoint,
             "iteration": plan.ck["iteration"], "dataset": cfg["dataset"]["name"],
+            "train_dataset": plan.ck["config"]["dataset"]["name"],
             "time": _dt.datetime.now().isoformat(timespec="seconds")}, report
 
 
@@ -552,7 +586,8 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
             checkpoint: str = "best", device: str = "cpu", invert: Optional[bool] = None,
             convert: bool = False, *, batch_size: int = 256, top_k: Optional[int] = None,
             reject_below: Optional[float] = None, reject: Optional[str] = None,
-            transductive: str = "none", callbacks: Callbacks = None):
+            transductive: str = "none", finetune_steps: Optional[int] = None,
+            finetune_lr: Optional[float] = None, callbacks: Callbacks = None):
     """Classify ``query`` images with the run's learner adapted once to ``support`` (one
     sub-folder of images per class, named after its class); nothing is written.
 
@@ -565,8 +600,9 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     ``reject="auto"`` calibrates that threshold by leave-one-out on the support set (every class
     needs 2 images).  ``transductive`` (tim | bdcspn | ptmap | laplacianshot, metric learners):
     every query image is classified together with all the others (the whole query set is the
-    rule's batch: a prediction depends on the other queries).  ``callbacks`` hear the progress
-    (``on_eval_start/advance/end``).
+    rule's batch: a prediction depends on the other queries).  ``finetune_steps``/``finetune_lr``:
+    fine-tune a metric learner's backbone on the support set first (default: the run's
+    ``eval.finetune_*``, 0 steps).  ``callbacks`` hear the progress (``on_eval_start/advance/end``).
 
     Returns ``metafsl.engine.predict.Predictions``: ``names`` (the classes), ``queries`` and
     ``probs`` (each classified image's probabilities), ``predicted`` (class or "unknown"),
@@ -576,7 +612,7 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     from metafsl.engine.predict import PredictOptions
     from metafsl.engine.predict import predict as run_predict
 
-    options = PredictOptions(batch_size, top_k, reject_below, reject, transductive)
+    options = PredictOptions(batch_size, top_k, reject_below, reject, transductive, finetune_steps, finetune_lr)
     query = query if isinstance(query, (str, Path)) else [str(q) for q in query]
     return run_predict(Path(run_dir), Path(support), query, checkpoint, device, invert, convert,
                        options, as_list(callbacks))

@@ -118,6 +118,9 @@ RULES: Dict[str, Rule] = {
     **{f"eval.{key}": _int(1) for key in ("ptmap.steps", "laplacianshot.steps", "laplacianshot.knn")},
     **{f"eval.{key}": Rule("bool") for key in ("tim.normalize", "bdcspn.shift_queries", "ptmap.normalize",
                                                "laplacianshot.normalize")},
+    "eval.bn": _choice("auto", "inductive", "transductive"),
+    "eval.finetune_steps": _int(0),
+    "eval.finetune_lr": _pos(),
     **{f"episode.{phase}.{key}": _int(low) for phase in ("train", "test")
        for key, low in (("n_way", 2), ("n_shot", 1), ("n_query", 1))},
     "episode.within_alphabet": Rule("bool"),

@@ -17,7 +17,7 @@ from metafsl.errors import UserError
 
 #: how predict classifies (``metafsl.engine.predict.PredictOptions``)
 PREDICT_KEYS = ("predict.batch_size", "predict.top_k", "predict.reject_below", "predict.reject",
-                "predict.transductive")
+                "predict.transductive", "eval.finetune_steps", "eval.finetune_lr")
 OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device",
             *PREDICT_KEYS)
 
@@ -42,7 +42,9 @@ def predict_options(own: Dict[str, str]):
         number("predict.top_k", int, "an integer >= 1"),
         number("predict.reject_below", float, "a probability strictly between 0 and 1"),
         None if reject is None or reject.lower() == "none" else reject,
-        own.get("predict.transductive") or "none")
+        own.get("predict.transductive") or "none",
+        number("eval.finetune_steps", int, "an integer >= 0"),
+        number("eval.finetune_lr", float, "a positive number"))
     options.check()
     return options
 
@@ -125,6 +127,7 @@ COMMAND = Command(
     usage="metafsl predict run=<run dir> support=<dir> query=<dirs, list.txt, 'glob', files> [out=<csv>] "
           "[predict.top_k=3] [predict.reject_below=<p> | predict.reject=auto] [predict.batch_size=256] "
           "[predict.transductive=none|tim|bdcspn|ptmap|laplacianshot] "
+          "[eval.finetune_steps=0] [eval.finetune_lr=0.01] "
           "[checkpoint=best|last] [invert=auto|true|false] [convert=false] [device=cpu]",
     description="""
 Adapts a trained learner once to *your* labelled images and classifies new ones: support is a
@@ -148,6 +151,9 @@ chosen are printed.
 predict.transductive=tim|bdcspn|ptmap|laplacianshot (metric learners): the whole query set is
 classified at once (embedded predict.batch_size at a time, then one transductive episode of all
 of them, with the run's eval.<rule> settings): each prediction depends on the other queries.
+eval.finetune_steps=<n> eval.finetune_lr=<lr>: a metric learner's backbone is first fine-tuned
+on the support images (n SGD steps of its own loss on augmented views, P>M>F); default: the
+run's eval.finetune_* (0 steps).
 
 A query file that cannot be read as an image is skipped and listed by name (a row with
 predicted=skipped and the reason in the CSV); an unreadable support image is an error, and so

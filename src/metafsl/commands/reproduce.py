@@ -22,12 +22,13 @@ TABLE_DIR = CONF_DIR / "table"
 MANIFEST = "reproduce.json"
 #: overrides that do not change what a row computes (where data lives, which device)
 NEUTRAL_KEYS = ("paths.", "device", "verbose", "resume", "hydra.")
-OWN_KEYS = ("table", "budget", "out", "rows")
+OWN_KEYS = ("table", "budget", "out", "rows", "run")
 
 
 @dataclass
 class TableRow:
-    experiment: str
+    # The preset the row trains (none in a table of tests of a given run).
+    experiment: Optional[str] = None
     # Name of the row's run dir and of the row in the table (default: the experiment name).
     label: Optional[str] = None
     # Train overrides for this row only, applied after the preset.
@@ -41,6 +42,9 @@ class TableSpec:
     description: str = ""
     # Train overrides for every row, applied after the preset and before the row's own.
     overrides: List[str] = field(default_factory=list)
+    # A table of tests of one trained run (``run=<run dir>``): each row is ``metafsl test`` with
+    # the table's and the row's overrides (e.g. a cross-domain test), nothing is trained.
+    test_of_run: bool = False
 
 
 def table_names() -> List[str]:
@@ -65,10 +69,13 @@ def load_table(name: str) -> TableSpec:
         raise UserError(f"Table {path} has no rows.")
     known = set(group_options("experiment"))
     for row in spec.rows:
-        if row.experiment not in known:
+        if spec.test_of_run:
+            if not row.label:
+                raise UserError(f"Table '{name}' tests a run: give each row a label.")
+        elif row.experiment not in known:
             raise UserError(f"Table '{name}' names experiment '{row.experiment}', which has no preset "
                             f"in conf/experiment/.")
-        row.label = row.label or row.experiment
+        row.label = row.label or str(row.experiment)
         row.overrides = [*spec.overrides, *row.overrides]
     labels = [r.label for r in spec.rows]
     if len(set(labels)) != len(labels):
@@ -276,7 +283,8 @@ def compare(label: str, experiment: str, summary: Optional[Dict[str, Any]], row_
     p_acc, p_ci = pub.get("acc"), pub.get("ci95")
     diff = None if acc is None or p_acc is None else acc - p_acc
     inside = None if diff is None else abs(diff) <= (ci or 0.0)
-    return {"row": label, "experiment": experiment, "algo": s.get("algo"), "dataset": s.get("dataset"),
+    return {"row": label, "experiment": experiment, "algo": s.get("algo"),
+            "dataset": test.get("dataset") or s.get("dataset"),
             "way": ep.get("n_way"), "shot": ep.get("n_shot"), "our_acc": acc, "our_ci95": ci,
             "published_acc": p_acc, "published_ci95": p_ci, "diff": diff, "published_in_ci": inside,
             "iterations": (s.get("train") or {}).get("iterations"),
@@ -349,6 +357,45 @@ def select_rows(spec: TableSpec, name: str, wanted: Optional[str]) -> None:
     spec.rows = [r for r in spec.rows if r.label in labels]
 
 
+def test_of_run_row(row: TableRow, row_dir: Path, run: Path, overrides: List[str]) -> int:
+    """A row of a table of tests: ``metafsl test run=<run> <row overrides>`` into the row's dir,
+    whose summary.json then holds that test as its own (so the row reads like a trained one)."""
+    from metafsl import api
+    from metafsl.reporting.console import error
+    from metafsl.reporting.run_report import ConsoleReport
+
+    neutral = [o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")]
+    try:
+        summary = api.evaluate(run, [*row.overrides, *neutral], out_dir=row_dir, overwrite=True,
+                               callbacks=[ConsoleReport()])
+    except UserError as exc:
+        error(str(exc))
+        return 2
+    record = summary.tests[-1]
+    summary.tests, summary.trained_by, summary.published = [], str(run), {}
+    summary.episode = {**summary.episode, "test": dict(record.get("episode") or {})}
+    summary.test = {k: v for k, v in record.items() if k != "overrides"}
+    summary.write(row_dir)
+    return 0
+
+
+def run_test_rows(spec: TableSpec, table_dir: Path, run: Path, overrides: List[str]):
+    """Each row of a table of tests of ``run``: done rows are skipped."""
+    from metafsl.reporting import console
+
+    code, results, n = 0, [], len(spec.rows)
+    for i, row in enumerate(spec.rows, 1):
+        row_dir = table_dir / row.label
+        if row_state(row_dir) == "done":
+            console.info(f"[{i}/{n}] {row.label}: done, skipped ({row_dir / SUMMARY}).")
+        else:
+            console.info(f"[{i}/{n}] {row.label}: testing {run} ({' '.join(row.overrides)}).")
+            code = test_of_run_row(row, row_dir, run, overrides) or code
+        results.append(compare(row.label, "-", row_summary(row_dir), row_dir))
+        code = code or (2 if results[-1]["failed"] else 0)
+    return code, results
+
+
 def run_rows(spec: TableSpec, table_dir: Path, budget: float, overrides: List[str]):
     """Train, resume, test or skip each row; (exit code, comparison rows), or None when interrupted."""
     from metafsl.reporting import console
@@ -394,11 +441,13 @@ def run(args: List[str]) -> int:
     select_rows(spec, name, own.get("rows"))
     suffix = "" if budget == 1.0 else f"_budget{budget:g}"
     table_dir = Path(own["out"]) if own.get("out") else output_root(overrides) / "reproduce" / f"{name}{suffix}"
-    check_manifest(table_dir, name, budget, overrides)
+    run_dir = _table_run(spec, name, own.get("run"))
+    check_manifest(table_dir, name, budget, overrides + ([f"run={run_dir}"] if run_dir else []))
     if budget != 1.0:
         console.info(f"[bold yellow]{approximate_note(budget)}[/]")
     console.info(f"[bold]metafsl reproduce[/] {spec.title}: {len(spec.rows)} rows  →  {table_dir}")
-    code, results = run_rows(spec, table_dir, budget, overrides)
+    code, results = run_test_rows(spec, table_dir, run_dir, overrides) if run_dir else \
+        run_rows(spec, table_dir, budget, overrides)
     if results is None:
         return code
     title = spec.title + (f"  [APPROXIMATE, budget={budget:g}]" if budget != 1.0 else "")
@@ -414,10 +463,24 @@ def run(args: List[str]) -> int:
     return 0
 
 
+def _table_run(spec: TableSpec, name: str, run: Optional[str]) -> Optional[Path]:
+    """The run a table of tests tests (``run=``), checked; None for a table that trains."""
+    if not spec.test_of_run:
+        if run:
+            raise UserError(f"Table '{name}' trains its own models; run= is for a table of tests of a run.")
+        return None
+    if not run:
+        raise UserError(f"Table '{name}' tests a trained run: metafsl reproduce table={name} run=<run dir>.")
+    if not Path(run).is_dir():
+        raise UserError(f"Run dir {run} does not exist.")
+    return Path(run)
+
+
 COMMAND = Command(
     name="reproduce",
     summary="run a published table's rows and compare: metafsl reproduce table=<name> [budget=0.1]",
-    usage="metafsl reproduce table=<name> [budget=<fraction>] [out=<dir>] [rows=a,b] [train overrides]",
+    usage="metafsl reproduce table=<name> [run=<run dir>] [budget=<fraction>] [out=<dir>] [rows=a,b] "
+          "[train overrides]",
     description="""
 A driver over the `train` app: each row of ``conf/table/<name>.yaml`` (an experiment preset,
 optionally with its own overrides) becomes a real train run dir
@@ -428,9 +491,12 @@ test episode, ``eval``, name and published figure) share one trained model, as t
 (Snell et al. train one 1-shot model and report it at 5 and 20 ways): the first such row
 trains, the others run ``metafsl test`` on its checkpoint in their own dir.  Then ``table.md``
 and ``table.csv`` compare, row by row, our test accuracy ± 95% CI with the published one, and
-say whether the published mean lies inside our interval.""",
+say whether the published mean lies inside our interval.  A table with ``test_of_run: true``
+(``table=bscdfsl``) trains nothing: each row tests the run given as ``run=<run dir>`` with its
+overrides (another dataset, shots), e.g. a miniImageNet run on the BSCD-FSL targets.""",
     examples=("metafsl reproduce table=snell2017_omniglot paths.data_dir=../shared/data",
               "metafsl reproduce table=zoo_omniglot_5w1s budget=0.1 paths.data_dir=../shared/data",
+              "metafsl reproduce table=bscdfsl run=outputs/train/<mini_imagenet run> paths.data_dir=data",
               "metafsl list table"),
     run=run,
     interrupted="Reproduction interrupted; rerun the same command to resume it.",

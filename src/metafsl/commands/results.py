@@ -15,7 +15,7 @@ from metafsl.engine.summary import RunSummary, inference_label
 from metafsl.errors import UserError
 
 COLUMNS = ["run", "algo", "dataset", "backbone", "episode", "inference", "overrides", "val", "test", "ci95", "seconds",
-           "iterations", "budget"]
+           "iterations", "budget", "test_dataset"]
 HEADERS = {"val": "val (%)", "test": "test (%)", "seconds": "time (s)"}
 NUMERIC = {"val", "test", "ci95", "seconds", "iterations", "budget"}
 OWN_KEYS = ("sort", "format", "out", "plot", "plot_file")
@@ -71,6 +71,9 @@ def rows_of(summary_path: Path) -> List[Dict[str, Any]]:
         row["episode"] = f"{row['way']}w{row['shot']}s" if row["way"] else "-"
         row["test"] = (rec or {}).get("acc")
         row["inference"] = inference_label(rec) if rec else "-"
+        row["test_dataset"] = (rec or {}).get("dataset") or base["dataset"]
+        if row["test_dataset"] != base["dataset"]:  # a cross-domain test: trained on -> tested on
+            row["dataset"] = f"{base['dataset']} → {row['test_dataset']}"
         row["ci95"] = (rec or {}).get("ci95")
         if extra:
             row["overrides"] = (row["overrides"] + " | test: " + extra).strip()
@@ -196,7 +199,8 @@ COMMAND = Command(
     description="""
 Reads every summary.json under the given run, sweep or reproduction dirs (a run's later
 `metafsl test` records included, one row each) into one table: algo, dataset, backbone,
-episode, overrides, val, test ± CI, time.  sort=<col> sorts (accuracies and times descending,
+episode, overrides, val, test ± CI, time; a test on another dataset than the run's (a
+cross-domain test) shows its dataset as ``trained → tested``.  sort=<col> sorts (accuracies and times descending,
 text ascending); format=csv|md prints CSV or Markdown; out=<file> writes it (format from the
 extension when not given); plot=shots draws test accuracy vs shots and vs ways across the runs
 (plot_file, default accuracy_vs_shots.png beside out or in the first dir).""",

@@ -62,12 +62,16 @@ def build_learner(cfg: Dict[str, Any], channels: int, image_size: int):
     return options.instantiate("algo", cfg["algo"], **supplied)
 
 
-def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None) -> Components:
-    """cfg is a plain (resolved) dict of the run config."""
+def build(cfg: Dict[str, Any], dataset: FewShotDataset | None = None, training: bool = True) -> Components:
+    """cfg is a plain (resolved) dict of the run config; ``training=False``: for a test of a
+    trained run (a test-only dataset is welcome)."""
     device = resolve_device(cfg["device"])
     rt = runtime.from_config(cfg, device)
     ds = dataset if dataset is not None else load_dataset(cfg["dataset"], cfg["paths"])
-    if "train" not in ds.splits or "test" not in ds.splits:
+    if training and set(ds.splits) == {"test"}:
+        raise UserError(f"dataset={ds.name} is test-only (all its classes are test classes); train on another "
+                        f"dataset, then test the run on it: metafsl test run=<run dir> dataset={ds.name}.")
+    if training and ("train" not in ds.splits or "test" not in ds.splits):
         raise UserError(f"Dataset '{ds.name}' needs at least a train and a test split.")
     algorithm = build_learner(cfg, ds.channels, ds.image_size).to(device)
     rt.prepare(algorithm)

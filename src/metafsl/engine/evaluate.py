@@ -11,10 +11,11 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.test_time import check_finetune, resolve_bn
 from metafsl.algorithms.transductive import Transduction
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Preprocess
-from metafsl.engine import fast_eval
+from metafsl.engine import episode_adapt, fast_eval
 from metafsl.engine.callbacks import Callback
 from metafsl.engine.metrics import MACRO, ClassReport, class_report, macro_per_episode
 from metafsl.errors import UserError
@@ -49,18 +50,28 @@ class EvalSpec:
     split: str = "test"
     #: a transductive rule over the episode's embeddings (``eval.transductive``; tests only)
     transductive: Optional[Transduction] = None
+    #: test-time choices (``eval.bn``, ``eval.finetune_*``; a validation keeps the defaults)
+    bn: str = "auto"
+    finetune_steps: int = 0
+    finetune_lr: float = 0.01
+
+    @property
+    def per_episode(self) -> bool:
+        """Whether each episode is adapted on its own (episode statistics or fine-tuning)."""
+        return self.bn == "transductive" or self.finetune_steps > 0
 
     @classmethod
     def from_config(cls, cfg: Dict[str, Any], validation: bool = False) -> "EvalSpec":
         """A run's validation spec, or its test spec (on ``eval.split``)."""
         ep, ev = cfg["episode"], cfg["eval"]
         test = ep["test"]
+        own = {} if validation else {k: ev[k] for k in ("bn", "finetune_steps", "finetune_lr") if k in ev}
         return cls(test["n_way"], test["n_shot"], test["n_query"],
                    episodes=cfg["trainer"]["val_episodes"] if validation else ev["episodes"],
                    seed=ev["seed"] + 1 if validation else ev["seed"], batch_episodes=ev["batch_episodes"],
                    within_group=bool(ep.get("within_alphabet", False)),
                    split="val" if validation else ev.get("split", "test"),
-                   transductive=None if validation else transduction(ev))
+                   transductive=None if validation else transduction(ev), **own)
 
     def inference(self) -> Dict[str, Any]:
         """How the queries were classified, for the test record: ``inference`` (inductive or
@@ -138,11 +149,24 @@ def score_test(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu", pre
     """A test: ``scores`` (accuracy and macro precision, recall, F1) of the episodes, and, when
     ``dataset`` (its name) has named classes (``NAMED_CLASSES``), the per-class report of all
     its queries, told to ``callbacks.on_class_report`` (else None)."""
+    chosen = test_time_choices(algorithm, spec)
     preds = predict_episodes(algorithm, split, spec, device, preprocess, callbacks, runtime)
     report = per_class(preds, split) if dataset in NAMED_CLASSES else None
     if report is not None and callbacks is not None:
         callbacks.on_class_report(report)
-    return {**scores(preds), **spec.inference()}, report
+    return {**scores(preds), **spec.inference(), **chosen}, report
+
+
+def test_time_choices(algorithm, spec: EvalSpec) -> Dict[str, Any]:
+    """What a test record says of its test-time choices: ``bn`` (the batch-norm statistics used,
+    ``metafsl.algorithms.test_time``) and ``finetune`` (steps, lr) when fine-tuned; one sentence
+    when the learner cannot use them."""
+    name = type(algorithm).__name__
+    chosen: Dict[str, Any] = {"bn": resolve_bn(algorithm, spec.bn, name)}
+    check_finetune(algorithm, spec.finetune_steps, name)
+    if spec.finetune_steps:
+        chosen["finetune"] = {"steps": spec.finetune_steps, "lr": spec.finetune_lr}
+    return chosen
 
 
 def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu",
@@ -167,7 +191,9 @@ def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu
     autocast = runtime.autocast() if runtime is not None else contextlib.nullcontext()
     try:
         with autocast:
-            if fast_eval.supported(algorithm):  # metric methods: embed each distinct image once
+            if spec.per_episode:  # eval.bn=transductive, eval.finetune_steps: one episode at a time
+                predicted = episode_adapt.episode_predictions(algorithm, sampler, idx, spec, callbacks.on_eval_advance)
+            elif fast_eval.supported(algorithm):  # metric methods: embed each distinct image once
                 predicted = fast_eval.episode_predictions(algorithm, sampler, split.images, idx, MAX_IMAGES_PER_BATCH,
                                                           step, callbacks.on_eval_advance, spec.transductive)
             else:

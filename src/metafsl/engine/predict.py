@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.test_time import check_finetune, finetune_backbone
 from metafsl.algorithms.transductive import RULES
 from metafsl.data.images import is_image, to_chw
 from metafsl.engine import checkpoint, runtime
@@ -159,6 +160,11 @@ class PredictOptions:
     #: a transductive rule (tim | bdcspn | ptmap | laplacianshot; metric learners) that classifies
     #: every query image together, with the run's ``eval.<rule>`` settings; "none": each on its own
     transductive: str = "none"
+    #: SGD steps fine-tuning a metric learner's backbone on the support set before classifying
+    #: (``eval.finetune_steps``); None: the run's own ``eval.finetune_steps`` (0 by default)
+    finetune_steps: Optional[int] = None
+    #: their learning rate; None: the run's ``eval.finetune_lr``
+    finetune_lr: Optional[float] = None
 
     def check(self) -> None:
         """One sentence for the first bad value (before any work)."""
@@ -182,6 +188,17 @@ class PredictOptions:
         if self.transductive != "none" and self.reject == "auto":
             raise UserError("predict.reject=auto calibrates each image classified on its own; with "
                             "predict.transductive give predict.reject_below=<p> instead.")
+        if self.finetune_steps is not None and not (whole(self.finetune_steps) or self.finetune_steps == 0):
+            raise UserError(f"eval.finetune_steps must be an integer >= 0 (got {self.finetune_steps!r}).")
+        lr = self.finetune_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise UserError(f"eval.finetune_lr must be a positive number (got {lr!r}).")
+
+    def finetune(self, cfg: Dict[str, Any]) -> Tuple[int, float]:
+        """(steps, lr) of the test-time fine-tuning: these options, else the run's ``eval``."""
+        ev = cfg.get("eval") or {}
+        steps = self.finetune_steps if self.finetune_steps is not None else ev.get("finetune_steps", 0)
+        return int(steps), float(self.finetune_lr if self.finetune_lr is not None else ev.get("finetune_lr", 0.01))
 
     def k(self, n_classes: int) -> int:
         """The number of classes listed per image, checked against the support classes."""
@@ -334,6 +351,8 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     if options.transductive != "none" and not isinstance(algo, MetricLearner):
         raise UserError(f"predict.transductive={options.transductive} needs a metric learner's embeddings "
                         f"(ProtoNet, Matching Networks, Relation Network, Siamese, MetaOptNet), not {cfg['algo']['name']}.")
+    steps, lr = options.finetune(cfg)
+    check_finetune(algo, steps, cfg["algo"]["name"])
     names, support_files = read_support(support)
     _check_support_names(names)
     top_k = options.k(len(names))
@@ -349,6 +368,8 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
 
     support_x = to_tensor([read(p) for files in support_files for p in files])
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
+    if steps:  # P>M>F's last stage: the backbone tuned on this support set (a copy loaded for this call)
+        finetune_backbone(algo, support_x, labels, len(names), steps, lr, torch.Generator().manual_seed(0))
     calibration = calibrate(algo, support_x, labels, len(names), callbacks) if options.reject == "auto" else None
     probs, kept, skipped = _classify(algo, support_x, labels, len(names), queries.files, read, to_tensor, options,
                                      cfg, callbacks)

@@ -23,7 +23,7 @@ from metafsl.engine import checkpoint, hooks
 from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
 from metafsl.engine.components import build, build_train_stream
-from metafsl.engine.evaluate import EvalSpec, evaluate, score_test
+from metafsl.engine.evaluate import EvalSpec, evaluate, score_test, test_time_choices
 from metafsl.engine.preflight import check_episodes, has_validation
 from metafsl.engine.resume import StartPlan
 from metafsl.engine.run_dir import BEST, LAST, metrics_log
@@ -65,6 +65,7 @@ class TrainRecipe:
         if self.data_report:  # one line naming unreadable files and classes too small
             log.info(self.data_report.line())
         self._check_episodes()
+        test_time_choices(self.algo, EvalSpec.from_config(self.cfg))  # eval.bn, eval.finetune_*: before training
         self.sampler = build_train_stream(self.algo, self.ds["train"], self.ep, self.device, self.cfg["seed"],
                                           self.parts.preprocess)
         params = [p for p in self.algo.parameters() if p.requires_grad]

@@ -1,0 +1,48 @@
+"""A dataset's images converted to another image size and number of channels: a run tested on
+a domain it was not trained on sees the images as it was trained to (``metafsl test run=<run>
+dataset=<another>``).  Grey to RGB repeats the channel; RGB to grey is the ITU-R 601 luma
+(as PIL's ``convert("L")``); sizes change by antialiased bilinear resizing."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from metafsl.data.base import FewShotDataset
+from metafsl.errors import UserError
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def convert_images(images: torch.Tensor, channels: int, image_size: int, name: str = "the dataset") -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, channels, image_size, image_size)."""
+    c = images.shape[1]
+    if (c, channels) not in ((1, 1), (3, 3), (1, 3), (3, 1)):
+        raise UserError(f"The images of {name} have {c} channels and the run was trained on {channels}; "
+                        "only grey (1) and RGB (3) images convert into each other.")
+    x = images
+    if c == 3 and channels == 1:
+        w = torch.tensor(LUMA).view(1, 3, 1, 1)
+        x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    if x.shape[-2:] != (image_size, image_size):
+        out = []
+        for i in range(0, len(x), 2048):  # bounded memory for large splits
+            chunk = torch.nn.functional.interpolate(x[i:i + 2048].float(), size=(image_size, image_size),
+                                                    mode="bilinear", antialias=True, align_corners=False)
+            out.append(chunk.round().clamp(0, 255).to(torch.uint8))
+        x = torch.cat(out) if out else x.new_zeros(0, x.shape[1], image_size, image_size)
+    if c == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x.contiguous()
+
+
+def to_shape(ds: FewShotDataset, channels: int, image_size: int) -> FewShotDataset:
+    """``ds`` with every split's images of ``channels`` channels and ``image_size`` pixels a side
+    (``ds`` itself when they already are)."""
+    if ds.channels == channels and ds.image_size == image_size:
+        return ds
+    splits = {k: dataclasses.replace(s, images=convert_images(s.images, channels, image_size, f"dataset={ds.name}"))
+              for k, s in ds.splits.items()}
+    return dataclasses.replace(ds, splits=splits)
+
+
