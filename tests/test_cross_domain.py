@@ -227,3 +227,27 @@ def test_table_of_tests_of_a_run(run_cli, glyphs_run, tmp_path):
     row = json.loads((tmp_path / "out" / "sat_1s" / "summary.json").read_text())
     assert row["test"]["dataset"] == "eurosat" and row["test"]["train_dataset"] == "glyphs"
     assert "eurosat" in (tmp_path / "out" / "table.csv").read_text()
+
+
+def test_predict_fine_tunes_on_the_support_set(run_cli, glyphs_run, tmp_path):
+    from PIL import Image
+
+    from metafsl.data import glyphs
+
+    split = glyphs.generate(n_classes=20, examples_per_class=3, image_size=28, seed=7)["test"]
+    support = tmp_path / "support"
+    for k in range(3):
+        (support / f"c{k}").mkdir(parents=True)
+        for j, i in enumerate(torch.nonzero(split.labels == k).flatten().tolist()[:2]):
+            Image.fromarray(split.images[i, 0].numpy()).save(support / f"c{k}" / f"{j}.png")
+    probs = []
+    for steps in (0, 3):
+        out = tmp_path / f"p{steps}.csv"
+        code, _, err = run_cli("predict", f"run={glyphs_run}", f"support={support}", f"query={support}",
+                               f"out={out}", f"eval.finetune_steps={steps}", "eval.finetune_lr=0.5")
+        assert code == 0, err
+        probs.append(out.read_text())
+    assert probs[0] != probs[1]
+    code, _, err = run_cli("predict", f"run={glyphs_run}", f"support={support}", f"query={support}",
+                           "eval.finetune_steps=-1")
+    assert code == 2 and "eval.finetune_steps must be" in err

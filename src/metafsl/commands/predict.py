@@ -89,7 +89,9 @@ def run(args: List[str]) -> int:
     result = api.predict(run, Path(own["support"]), own["query"], own.get("checkpoint", "best"),
                          own.get("device", "cpu"), invert, boolean("convert", own.get("convert")),
                          batch_size=options.batch_size, top_k=options.top_k, reject_below=options.reject_below,
-                         reject=options.reject, transductive=options.transductive, callbacks=[ConsoleReport()])
+                         reject=options.reject, transductive=options.transductive,
+                         finetune_steps=options.finetune_steps, finetune_lr=options.finetune_lr,
+                         callbacks=[ConsoleReport()])
     print_predictions(result, run)
     report = _labelled_report(result, own["query"])
     target = output_path(run, own.get("out"), overwrite)
