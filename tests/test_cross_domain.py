@@ -222,10 +222,12 @@ def test_table_of_tests_of_a_run(run_cli, glyphs_run, tmp_path):
                      "rows:\n  - {label: sat_1s, overrides: [episode.test.n_shot=1]}\n")
     code, _, err = run_cli("reproduce", f"table={table}", f"out={tmp_path / 'out'}")
     assert code == 2 and "run=<run dir>" in err
-    code, out, err = run_cli("reproduce", f"table={table}", f"run={glyphs_run}", f"out={tmp_path / 'out'}")
+    code, out, err = run_cli("reproduce", f"table={table}", f"run={glyphs_run}", f"out={tmp_path / 'out'}",
+                             "eval.bn=transductive")
     assert code == 0, err
     row = json.loads((tmp_path / "out" / "sat_1s" / "summary.json").read_text())
     assert row["test"]["dataset"] == "eurosat" and row["test"]["train_dataset"] == "glyphs"
+    assert row["test"]["bn"] == "transductive" and row["test"]["episode"]["n_shot"] == 1
     assert "eurosat" in (tmp_path / "out" / "table.csv").read_text()
 
 

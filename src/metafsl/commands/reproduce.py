@@ -364,9 +364,9 @@ def test_of_run_row(row: TableRow, row_dir: Path, run: Path, overrides: List[str
     from metafsl.reporting.console import error
     from metafsl.reporting.run_report import ConsoleReport
 
-    neutral = [o for o in overrides if o.lstrip("+~").startswith(NEUTRAL_KEYS) and not o.startswith("hydra")]
+    given = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]  # e.g. eval.finetune_steps=5
     try:
-        summary = api.evaluate(run, [*row.overrides, *neutral], out_dir=row_dir, overwrite=True,
+        summary = api.evaluate(run, [*row.overrides, *given], out_dir=row_dir, overwrite=True,
                                callbacks=[ConsoleReport()])
     except UserError as exc:
         error(str(exc))
