@@ -85,6 +85,7 @@ def test_cross_domain_test_converts_images_and_records_the_domain(run_cli, glyph
     assert rec["bn"] == "transductive" and rec["finetune"] == {"steps": 2, "lr": 0.01}
     code, out, _ = run_cli("results", str(glyphs_run), "format=md")
     assert code == 0 and "glyphs→eurosat" in flat(out)
+    assert "transductivebatchnorm+fine-tuned2steps" in flat(out)
 
 
 def test_training_on_a_test_only_dataset_is_one_sentence(run_cli, tmp_path):

@@ -172,13 +172,24 @@ def inference_label(record: Optional[Dict[str, Any]]) -> str:
     """How a test record's queries were classified, for every table: "inductive" (also records
     written before transductive tests existed), or e.g. "transductive tim (75 queries at once)"."""
     rec = record or {}
+    extra = "".join(f" + {t}" for t in _test_time(rec))
     if rec.get("inference") != "transductive":
-        return "inductive"
-    return f"transductive {rec.get('transductive', '?')} ({rec.get('query_batch', '?')} queries at once)"
+        return ("inductive" + extra) if not rec.get("bn") == "transductive" else "transductive batch norm" + extra
+    return f"transductive {rec.get('transductive', '?')} ({rec.get('query_batch', '?')} queries at once)" + extra
+
+
+def _test_time(rec: Dict[str, Any]) -> List[str]:
+    """The test-time adaptations of a record besides its rule (``eval.bn``, ``eval.finetune_*``)."""
+    out = []
+    if rec.get("inference") == "transductive" and rec.get("bn") == "transductive":
+        out.append("transductive batch norm")
+    if isinstance(rec.get("finetune"), dict):
+        out.append(f"fine-tuned {rec['finetune'].get('steps', '?')} steps")
+    return out
 
 
 #: the keys of a test record that say how its queries were classified (``inference_label``)
-INFERENCE_KEYS = ("inference", "transductive", "query_batch")
+INFERENCE_KEYS = ("inference", "transductive", "query_batch", "bn", "finetune")
 
 
 def _kind(value: Any) -> str:
