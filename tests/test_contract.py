@@ -29,9 +29,9 @@ OPTIONS = {
     "metalstm": {"steps": 2},
 }
 METHODS = group_options("algo")
-VARIANTS = METHODS + ["maml-vmap", "matchingnet-fce", "metaoptnet-ridge"]
+VARIANTS = METHODS + ["maml-vmap", "matchingnet-fce", "metaoptnet-ridge", "protonet-learned"]
 EXTRA = {"maml-vmap": {"backend": "vmap"}, "matchingnet-fce": {"fce": True, "fce_steps": 2},
-         "metaoptnet-ridge": {"head": "ridge"}}
+         "metaoptnet-ridge": {"head": "ridge"}, "protonet-learned": {"metric_scale": "learned", "scale_init": 2.0}}
 
 
 def learner(variant: str, n_way: int = 3, size: int = 12):
