@@ -54,6 +54,10 @@ def test_the_task_embedding_ignores_the_order_of_the_support_set():
     torch.testing.assert_close(algo.task_embedding(sx, sy), algo.task_embedding(sx[perm], sy[perm]))
     assert algo.task_embedding(sx, sy).shape == (algo.backbone.out_features,)
     torch.testing.assert_close(algo.adapt(sx, sy)(qx), algo.adapt(sx[perm], sy[perm])(qx))
+    # each image's embedding depends on its task: no one-embedding-per-image fast evaluation
+    from metafsl.engine import fast_eval
+
+    assert not fast_eval.supported(algo) and fast_eval.supported(feat())
 
 
 def test_metric_scaling_multiplies_the_logits():

@@ -68,7 +68,7 @@ class FEAT(MetricLearner):
         balance: weight of the contrastive regulariser (0: off).
 
     Example:
-        metafsl train algo=feat backbone.weights=runs/pretrain algo.temperature=64 algo.balance=1
+        metafsl train algo=feat algo.temperature=32 algo.balance=0.1
     """
 
     def __init__(self, backbone: nn.Module, set_function: Literal["transformer", "none"] = "transformer",
