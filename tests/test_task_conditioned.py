@@ -136,8 +136,9 @@ def test_list_algo_tadam_and_feat(run_cli):
 
 
 def test_tadam_learning_run_exports(run_cli, tmp_path, tmp_path_factory):
-    """The TADAM learning run (trained once per session, tests/test_learning.py) exports: the
-    conditioned backbone with the task's FiLM parameters fixed."""
+    """The TADAM learning run (trained and tested once per session by tests/test_learning.py,
+    which also predicts with it) exports: the conditioned backbone with the task's FiLM
+    parameters fixed."""
     from test_learning import easy_case, trained_run
 
     run = trained_run("tadam", run_cli, tmp_path_factory)
