@@ -90,6 +90,7 @@ def test_a_new_method_named_only_in_its_config_runs_through_the_cli(run_cli, tmp
     run = tmp_path / "run"
     code, out, err = run_cli("train", *TINY, "algo=protonet", "algo.name=nearest_centroid",
                              f"algo._target_={__name__}.NearestCentroid", "~algo.distance", "~algo.temperature",
+                             "~algo.metric_scale", "~algo.scale_init",
                              "backbone.hidden=8", f"hydra.run.dir={run}")
     assert code == 0, err + out
     summary = json.loads((run / "summary.json").read_text())

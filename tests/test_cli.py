@@ -176,7 +176,7 @@ def test_user_errors_are_one_clear_sentence(tmp_path, run_cli, trained):
         code, out, err = run_cli("train", *bad)
         text = (out + err).strip()
         assert code == 2 and "HYDRA_FULL_ERROR" not in text and len(text.splitlines()) <= 3, text
-    assert "Unknown option 'algo.backend'; 'algo' has: distance, name, temperature" in _err(
+    assert "Unknown option 'algo.backend'; 'algo' has: distance, metric_scale, name, scale_init, temperature" in _err(
         run_cli("train", "algo.backend=vmap"))
     assert "Cannot parse the override 'algo.inner_lr=[1'" in _err(run_cli("train", "algo.inner_lr=[1"))
     msg = _err(run_cli("train", f"hydra.run.dir={tmp_path / 'a'}", *TINY, "episode.train.n_way=80"))

@@ -144,7 +144,7 @@ def test_an_unknown_key_in_any_group_is_one_sentence_naming_the_valid_ones(capsy
     ("algo=reptile algo.inner_optimizer=rmsprop", "algo.inner_optimizer must be one of adam, sgd (got 'rmsprop')"),
     ("algo=metaoptnet algo.head=lasso", "algo.head must be one of svm, ridge (got 'lasso')"),
     ("algo=mann algo.gamma=abc", "algo.gamma must be a number (got 'abc')"),
-    ("+algo.tau=1", "algo 'protonet' has no option 'tau'; its options are: distance, temperature"),
+    ("+algo.tau=1", "algo 'protonet' has no option 'tau'; its options are: distance, metric_scale, scale_init, temperature"),
     ("+trainer.optimizer.bogus=1", "trainer.optimizer 'torch.optim.Adam' has no option 'bogus'"),
     ("=5", "Cannot parse the override '=5': it needs a key"),
     ("dataset=folder dataset.channels=2", "dataset.channels must be one of 1, 3 (got 2)"),

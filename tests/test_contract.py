@@ -29,9 +29,9 @@ OPTIONS = {
     "metalstm": {"steps": 2},
 }
 METHODS = group_options("algo")
-VARIANTS = METHODS + ["maml-vmap", "matchingnet-fce", "metaoptnet-ridge"]
+VARIANTS = METHODS + ["maml-vmap", "matchingnet-fce", "metaoptnet-ridge", "protonet-learned"]
 EXTRA = {"maml-vmap": {"backend": "vmap"}, "matchingnet-fce": {"fce": True, "fce_steps": 2},
-         "metaoptnet-ridge": {"head": "ridge"}}
+         "metaoptnet-ridge": {"head": "ridge"}, "protonet-learned": {"metric_scale": "learned", "scale_init": 2.0}}
 
 
 def learner(variant: str, n_way: int = 3, size: int = 12):
@@ -60,7 +60,7 @@ def tasks(b=3, n_way=3, shot=2, query=2, size=12, seed=0) -> TaskBatch:
 
 
 def test_every_method_is_covered():
-    assert len(METHODS) == 14
+    assert len(METHODS) == 16
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -99,7 +99,7 @@ METRIC = [v for v in VARIANTS if isinstance(learner(v), MetricLearner)]
 
 
 def test_the_metric_learners_are_the_five_metric_methods():
-    assert sorted({v.split("-")[0] for v in METRIC}) == ["matchingnet", "metaoptnet", "protonet", "relationnet",
+    assert sorted({v.split("-")[0] for v in METRIC}) == ["feat", "matchingnet", "metaoptnet", "protonet", "relationnet",
                                                           "siamese"]
 
 

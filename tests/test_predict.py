@@ -148,7 +148,7 @@ def _tiny_run(tmp_path_factory, name: str, n_way: int) -> Path:
 
 @pytest.mark.parametrize("name", group_options("algo"))
 def test_predict_works_for_every_method(run_cli, tmp_path_factory, images, tmp_path, name):
-    """A tiny 3-way run of each of the 14 methods predicts the fixture's 3 classes."""
+    """A tiny 3-way run of every method predicts the fixture's 3 classes."""
     root, truth = images
     run = _tiny_run(tmp_path_factory, name, n_way=3)
     out = tmp_path / "pred.csv"

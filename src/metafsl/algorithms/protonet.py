@@ -49,30 +49,39 @@ class ProtoNet(MetricLearner):
     Arguments:
         distance: sqeuclidean, squared Euclidean distance (Snell et al.); cosine, scaled cosine similarity.
         temperature: scale of cosine logits (not used with sqeuclidean).
+        metric_scale: fixed, the logits as they are; learned, multiplied by a learned scalar alpha
+            (TADAM's learned metric scaling, Oreshkin et al. 2018), initialised at scale_init.
+        scale_init: initial value of the learned scale (metric_scale=learned only).
 
     Example:
-        metafsl train algo=protonet algo.distance=cosine algo.temperature=20
+        metafsl train algo=protonet algo.distance=cosine algo.temperature=20 algo.metric_scale=learned
     """
 
     def __init__(self, backbone: nn.Module, distance: Literal["sqeuclidean", "cosine"] = "sqeuclidean",
-                 temperature: float = 10.0):
+                 temperature: float = 10.0, metric_scale: Literal["fixed", "learned"] = "fixed",
+                 scale_init: float = 1.0):
         super().__init__(backbone)
         self.distance = distance
         self.temperature = temperature
+        # only a learned scale is a parameter: checkpoints of fixed-scale runs keep their keys
+        self.alpha = nn.Parameter(torch.tensor(float(scale_init))) if metric_scale == "learned" else None
+
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.alpha is None else self.alpha * logits
 
     def logits_from_embeddings(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
                                n_way: int) -> torch.Tensor:
         protos = prototypes(support, support_y, n_way)
         if self.distance == "cosine":
-            return cosine_logits(query, protos, self.temperature)
-        return sq_euclidean_logits(query, protos)
+            return self.scaled(cosine_logits(query, protos, self.temperature))
+        return self.scaled(sq_euclidean_logits(query, protos))
 
     def fit(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> Classifier:
         """One task through learn2learn's ``PrototypicalClassifier`` (same logits as above)."""
         distance = "cosine" if self.distance == "cosine" else "euclidean"
         classifier = learn2learn().nn.PrototypicalClassifier(self.embed(support_x), support_y, distance)
         scale = self.temperature if self.distance == "cosine" else 1.0
-        return lambda query_x: scale * classifier(self.embed(query_x))
+        return lambda query_x: self.scaled(scale * classifier(self.embed(query_x)))
 
     def fit_module(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> nn.Module:
         """The backbone and the prototypes (each the only member of its class: the same rule)."""

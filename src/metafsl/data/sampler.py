@@ -28,6 +28,9 @@ class TaskBatch:
     n_way: int
     n_shot: int
     n_query: int
+    #: (B, n_way) the split's class index of each episode label (None where unknown, e.g. a
+    #: user's folders); methods with a head over the training classes (TADAM) read it
+    classes: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -35,7 +38,7 @@ class TaskBatch:
     def task(self, i: int) -> "TaskBatch":
         s = slice(i, i + 1)
         return TaskBatch(self.support_x[s], self.support_y[s], self.query_x[s], self.query_y[s],
-                         self.n_way, self.n_shot, self.n_query)
+                         self.n_way, self.n_shot, self.n_query, None if self.classes is None else self.classes[s])
 
 
 class Preprocess:
@@ -136,6 +139,7 @@ class EpisodeSampler:
             if not self.groups:
                 raise UserError(f"Impossible episode: no alphabet of the {split_name} split has {self.n_way} classes.")
         self._images = split.images.to(self.device)
+        self._labels = split.labels.to(self.device)
         self._support_y = torch.arange(self.n_way).repeat_interleave(self.n_shot)
         self._query_y = torch.arange(self.n_way).repeat_interleave(self.n_query)
 
@@ -173,7 +177,7 @@ class EpisodeSampler:
             self._support_y.to(self.device).expand(b, -1),
             self.preprocess(query, train),
             self._query_y.to(self.device).expand(b, -1),
-            self.n_way, self.n_shot, self.n_query,
+            self.n_way, self.n_shot, self.n_query, self._labels[idx[:, :, 0]],
         )
 
     def state_dict(self) -> dict:
