@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from metafsl.algorithms.base import Algorithm, Classifier, accuracy
+from metafsl.algorithms.base import Algorithm, Classifier, accuracy, class_count
 from metafsl.algorithms.film import Film, FilmedBackbone, TaskEmbeddingNetwork, attach, conditioned
 from metafsl.algorithms.protonet import cosine_logits, prototypes, sq_euclidean_logits
 from metafsl.data.sampler import TaskBatch
@@ -103,11 +103,16 @@ class TADAM(Algorithm):
         with conditioned(self.backbone, per_image):
             return self.backbone(x.flatten(0, 1)).view(b, n, -1)
 
-    def task_embedding(self, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+    task_embedding_kind = "TADAM's task representation (the mean class prototype its task network reads)"
+
+    def task_embedding(self, support_x: torch.Tensor, support_y: torch.Tensor,
+                       n_way: Optional[int] = None) -> torch.Tensor:
         """TADAM's task representation (D,) of one labelled support set (what its TEN reads)."""
-        n_way = int(support_y.max()) + 1
-        support = self.backbone(support_x)[None]
-        return self.task_representation(support, support_y[None], n_way)[0]
+        n_way = class_count(support_y) if n_way is None else n_way
+        self.check_episode(n_way, train=False)
+        with torch.no_grad():
+            support = self.backbone(support_x)[None]
+            return self.task_representation(support, support_y[None], n_way)[0].detach()
 
     # -- training ---------------------------------------------------------------------------
     def prepare_training(self, n_classes: int) -> None:
