@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap faults lint clean
+.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap bench-pretrained faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ bench-memory: setup  ## second-order MAML: peak memory and time with algo.recomp
 
 bench-taskmap: setup  ## the map of tasks of RUN=<run dir> into docs/evidence/taskmap (TASKS_ARGS=episodes=400 ...)
 	@nice -n 10 bash scripts/bench_taskmap.sh docs/evidence/taskmap "$(RUN)" $(TASKS_ARGS)
+
+bench-pretrained: setup  ## torchvision/timm backbones: frozen SimpleShot, meta-trained, fine-tuned vs conv4 (~25 min)
+	@nice -n 10 $(PY) scripts/bench_pretrained.py --out docs/evidence/pretrained $(BENCH_ARGS)
 
 faults: setup  ## kill trainings at random points, resume, compare (docs/benchmarks.md; FAULTS_ARGS=--trials 30)
 	@nice -n 10 $(PY) scripts/faults.py $(FAULTS_ARGS)

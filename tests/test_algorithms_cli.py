@@ -43,7 +43,7 @@ def test_sweep_over_every_method_ranks_them(run_cli, tmp_path):
     """The issue's acceptance: `metafsl sweep algo=<all>` on glyphs completes and its summary
     ranks the methods (best validation accuracy first)."""
     every = group_options("algo")
-    assert len(every) == 16
+    assert len(every) == 17
     code, out, err = run_cli("sweep", f"hydra.sweep.dir={tmp_path}", f"algo={','.join(every)}", *TINY,
                              "backbone.hidden=8", "trainer.iterations=4", "trainer.val_every=2",
                              "eval.episodes=4")

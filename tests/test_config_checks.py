@@ -19,11 +19,11 @@ from conftest import split_table
 from metafsl import cli, options
 from metafsl.conf import group_options
 from metafsl.config import (
-    DATASET_RUN_KEYS,
     INJECTED,
     RULES,
     check_run_config,
     hint_rule,
+    run_keys,
     target_parameters,
 )
 from metafsl.errors import UserError
@@ -31,7 +31,8 @@ from metafsl.errors import UserError
 TARGET_GROUPS = ("dataset", "backbone", "algo")
 OPTIONS = [(g, o) for g in TARGET_GROUPS for o in group_options(g)]
 #: options that are another option's class with a different setting: what differs on purpose
-VARIANTS = {"fomaml": {"first_order"}, "conv4_32": {"hidden"}}
+VARIANTS = {"fomaml": {"first_order"}, "conv4_32": {"hidden"},
+            **{arch: {"model"} for arch in ("resnet50", "vit_b_16", "convnext_tiny")}}
 
 
 def _compose(overrides=()):
@@ -43,7 +44,7 @@ def _compose(overrides=()):
 def test_option_file_declares_its_targets_arguments_with_their_defaults(group, option):
     node = options.shipped_option(group, option)
     params = target_parameters(node["_target_"])
-    not_arguments = set(DATASET_RUN_KEYS) if group == "dataset" else {"name"}
+    not_arguments = set(run_keys(group)) - (set(params) if group == "backbone" else set())
     declared = {k for k in node if not k.startswith("_") and k not in not_arguments}
     wanted = {k for k, p in params.items() if k not in INJECTED[group]
               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}

@@ -60,7 +60,7 @@ def tasks(b=3, n_way=3, shot=2, query=2, size=12, seed=0) -> TaskBatch:
 
 
 def test_every_method_is_covered():
-    assert len(METHODS) == 16
+    assert len(METHODS) == 17
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -98,9 +98,9 @@ def random_split(classes=10, per_class=6, size=12) -> FewShotSplit:
 METRIC = [v for v in VARIANTS if isinstance(learner(v), MetricLearner)]
 
 
-def test_the_metric_learners_are_the_five_metric_methods():
+def test_the_metric_learners_are_the_seven_metric_methods():
     assert sorted({v.split("-")[0] for v in METRIC}) == ["feat", "matchingnet", "metaoptnet", "protonet", "relationnet",
-                                                          "siamese"]
+                                                          "siamese", "simpleshot"]
 
 
 @pytest.mark.parametrize("variant", METRIC)

@@ -146,6 +146,8 @@ def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
         return cfg
     cfg = copy.deepcopy(cfg)
     tr = cfg["trainer"]
+    if int(tr["iterations"]) == 0:  # an evaluation of the model as built: nothing to scale
+        return cfg
     tr["iterations"] = _scale(int(tr["iterations"]), budget)
     for key in ("val_every", "log_every"):
         tr[key] = min(_scale(int(tr[key]), budget), tr["iterations"])
@@ -350,7 +352,8 @@ def _test_parts(plan: PlannedTest):
     if plan.protocol is not None and pre is not None:
         parts = _without_dataset(plan.cfg, pre)
     else:
-        parts = build(plan.cfg, _test_dataset(plan.cfg, pre), training=False)
+        parts = build(plan.cfg, _test_dataset(plan.cfg, pre), training=False,
+                      input_size=pre.input_size if pre is not None else None)
     ckpt.load_weights(parts.algorithm, plan.ck["model"], plan.path)
     if pre is not None:  # the normalisation the model was trained with
         parts.preprocess = pre.preprocess()
@@ -411,7 +414,7 @@ def _without_dataset(cfg: Dict[str, Any], pre):
 
     device = resolve_device(cfg["device"])
     rt = runtime.from_config(cfg, device)
-    algorithm = build_learner(cfg, pre.channels, pre.image_size).to(device)
+    algorithm = build_learner(cfg, pre.channels, pre.image_size, input_size=pre.input_size).to(device)
     rt.prepare(algorithm)
     shape = SimpleNamespace(name=cfg["dataset"]["name"], image_size=pre.image_size, channels=pre.channels)
     return Components(device, shape, pre.preprocess(), algorithm, rt)

@@ -146,6 +146,10 @@ RULES: Dict[str, Rule] = {
     "backbone.widen": _int(1),
     "backbone.dropout": Rule("float", 0, 1),
     "backbone.dropblock": Rule("float", 0, 1),
+    "backbone.weights": Rule("str"),
+    "backbone.freeze": Rule("bool"),
+    "backbone.lr": _pos(optional=True),
+    "backbone.input_size": _int(8, optional=True),
     **{f"algo.{key}": _pos() for key in ("inner_lr", "lr_init_max", "finetune_lr", "svm_c",
                                          "ridge_lambda", "temperature")},
     "algo.scale": _pos(optional=True),
@@ -159,11 +163,14 @@ RULES: Dict[str, Rule] = {
     "algo.test_steps": _int(1, optional=True),
     "algo.hidden": _int(1),
     "algo.gamma": _FRACTION,
+    "algo.momentum": _FRACTION,
     "algo.label_smoothing": Rule("float", 0, 1),
 }
 
 #: dataset keys that are not loader arguments (preprocessing and run-level choices)
 DATASET_RUN_KEYS = ("name", "normalize", "augment", "trainval")
+#: backbone keys applied around its factory (``engine.components``), passed to it only if it takes them
+BACKBONE_RUN_KEYS = ("name", "weights", "freeze", "lr")
 #: keys injected when a group's _target_ is built (not set in the YAML)
 INJECTED = {"algo": ("backbone", "n_way", "n_shot"), "backbone": ("channels", "image_size"),
             "dataset": ("cache_dir",)}
@@ -238,7 +245,7 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
     params = target_parameters(node["_target_"])
     hints = target_hints(node["_target_"])
     reserved = set(INJECTED.get(group, ())) | set(skip)
-    ignored = set(DATASET_RUN_KEYS) if group == "dataset" else {"name"}
+    ignored = set(run_keys(group)) - (set(params) if group == "backbone" else set())
     for key, value in node.items():
         if key.startswith("_") or key in ignored:
             continue
@@ -251,6 +258,11 @@ def check_target_arguments(group: str, node: Dict[str, Any], skip: Tuple[str, ..
         problem = rule.problem(value) if rule else None
         if problem:
             raise UserError(f"{group}.{key} {problem}.")
+
+
+def run_keys(group: str) -> tuple:
+    """Keys of a group's option that are not (necessarily) arguments of its ``_target_``."""
+    return {"dataset": DATASET_RUN_KEYS, "backbone": BACKBONE_RUN_KEYS}.get(group, ("name",))
 
 
 def check_loader_arguments(node: Dict[str, Any]) -> None:

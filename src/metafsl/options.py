@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping
 
 from metafsl.conf import CONF_DIR
-from metafsl.config import DATASET_RUN_KEYS, check_target_arguments
+from metafsl.config import check_target_arguments, run_keys, target_parameters
 
 
 def shipped_option(group: str, name: str) -> Dict[str, Any]:
@@ -38,8 +38,10 @@ def with_target(group: str, node: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def arguments(group: str, node: Mapping[str, Any]) -> Dict[str, Any]:
-    """The node without the keys that are not arguments of its target."""
-    dropped = DATASET_RUN_KEYS if group == "dataset" else ("name",)
+    """The node without the keys that are not arguments of its target (a backbone's ``name``
+    and ``weights`` reach a factory that takes them: torchvision/timm)."""
+    taken = set(target_parameters(node["_target_"])) if group == "backbone" else set()
+    dropped = set(run_keys(group)) - taken
     return {k: v for k, v in node.items() if k not in dropped}
 
 

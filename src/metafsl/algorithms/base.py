@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from typing import Any, Callable, ContextManager, Dict, Literal, Mapping, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, Literal, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -108,6 +108,9 @@ class Algorithm(nn.Module):
     train_stream: Literal["episodes", "batches"] = "episodes"
     #: images per mini-batch of the "batches" stream
     train_batch_size: Optional[int] = None
+    #: whether ``prepare_training_images`` is given the training split's images before training
+    #: (SimpleShot's mean feature of the training classes); even a run of 0 iterations gets them
+    sees_training_images: bool = False
     #: state-dict key prefixes renamed since (old -> new): checkpoints written before still load
     renamed_state_keys: Dict[str, str] = {}
     #: what ``task_embedding`` describes a task by (one clause, for ``metafsl tasks``)
@@ -216,6 +219,10 @@ class Algorithm(nn.Module):
         nq = batch.query_x.shape[1]
         z = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
         return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, nq, -1)
+
+    def prepare_training_images(self, batches: Iterable[torch.Tensor]) -> None:
+        """Called once before training, after ``prepare_training``, when ``sees_training_images``:
+        every image of the training split, preprocessed, in batches (N, C, H, W)."""
 
     def prepare_training(self, n_classes: int) -> None:
         """Called once before training starts (before the optimiser takes the parameters), with the

@@ -57,9 +57,9 @@ class Preprocess:
         x = x.reshape(-1, *shape[-3:]).float().div_(255.0)
         if train and self.augment == "metaoptnet":
             x = metaoptnet_augment(x)
-        if self.mean is not None:
+        if self.mean is not None:  # 3 statistics on grey images: the grey channel repeated (pretrained)
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return x.reshape(shape)
+        return x.reshape(*shape[:-3], x.shape[-3], *shape[-2:])
 
 
 def metaoptnet_augment(x: torch.Tensor) -> torch.Tensor:

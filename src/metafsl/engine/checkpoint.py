@@ -59,6 +59,9 @@ class Preprocessing:
     channels: int
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
+    #: the size a torchvision/timm backbone resizes the images to (its own business; recorded for a
+    #: run initialised from this one, ``backbone.weights=<run>``)
+    input_size: Optional[int] = None
 
     def preprocess(self):
         """The test-time pipeline (uint8 -> float, this normalisation; no augmentation)."""

@@ -126,7 +126,7 @@ def load_learner(run: Path, which: str, device: torch.device):
     cfg = ck["config"]
     pre = checkpoint.Preprocessing.from_checkpoint(ck) or _legacy_preprocessing(cfg)
     preprocess = pre.preprocess()
-    algo = build_learner(cfg, pre.channels, pre.image_size)
+    algo = build_learner(cfg, pre.channels, pre.image_size, input_size=pre.input_size)
     checkpoint.load_weights(algo, ck["model"], path)
     return algo.to(device).eval(), preprocess, cfg, pre.channels, pre.image_size
 

@@ -22,7 +22,7 @@ from metafsl.data.report import episode_need
 from metafsl.engine import checkpoint, hooks
 from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
-from metafsl.engine.components import build, build_train_stream
+from metafsl.engine.components import build, build_train_stream, parameter_groups
 from metafsl.engine.evaluate import EvalSpec, evaluate, score_test, test_time_choices
 from metafsl.engine.preflight import check_episodes, has_validation
 from metafsl.engine.resume import StartPlan
@@ -59,7 +59,7 @@ class TrainRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self, start: StartPlan) -> None:
         torch.manual_seed(self.cfg["seed"])
-        self.parts = build(self.cfg)
+        self.parts = build(self.cfg, initialise=True)
         self.algo, self.ds, self.device = self.parts.algorithm, self.parts.dataset, self.parts.device
         self.data_report = self.ds.report(episode_need(self.ep))
         if self.data_report:  # one line naming unreadable files and classes too small
@@ -68,8 +68,12 @@ class TrainRecipe:
         test_time_choices(self.algo, EvalSpec.from_config(self.cfg))  # eval.bn, eval.finetune_*: before training
         self.sampler = build_train_stream(self.algo, self.ds["train"], self.ep, self.device, self.cfg["seed"],
                                           self.parts.preprocess)
-        params = [p for p in self.algo.parameters() if p.requires_grad]
-        self.optimizer = instantiate(self.tr["optimizer"])(params=params)
+        groups = parameter_groups(self.algo, self.cfg["backbone"].get("lr"))
+        if self.tr["iterations"] > 0 and not any(g["params"] for g in groups):
+            raise UserError(f"Nothing to train: algo {self.cfg['algo']['name']} has no parameters besides "
+                            "its backbone and backbone.freeze=true; set trainer.iterations=0 to evaluate "
+                            "the frozen backbone, or backbone.freeze=false.")
+        self.optimizer = instantiate(self.tr["optimizer"])(params=groups)
         self.scheduler = instantiate(self.tr["scheduler"])(optimizer=self.optimizer) \
             if self.tr.get("scheduler") else None
         if start.checkpoint is not None:
@@ -250,10 +254,12 @@ class TrainRecipe:
         }
 
     def preprocessing(self) -> Dict[str, Any]:
-        normalised = self.cfg["dataset"].get("normalize", "none") == "dataset"
+        """The run's pixel pipeline (``dataset.normalize``'s statistics or a pretrained backbone's)."""
+        pre = self.parts.preprocess
         return {"image_size": int(self.ds.image_size), "channels": int(self.ds.channels),
-                "mean": list(self.ds.mean) if normalised else None,
-                "std": list(self.ds.std) if normalised else None}
+                "mean": None if pre.mean is None else pre.mean.flatten().tolist(),
+                "std": None if pre.std is None else pre.std.flatten().tolist(),
+                "input_size": getattr(getattr(self.algo, "backbone", None), "input_size", None)}
 
     @contextlib.contextmanager
     def _stop_on_signals(self):

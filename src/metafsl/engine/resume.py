@@ -33,6 +33,9 @@ FIXED = ("algo.", "backbone.", "dataset.", "episode.", "seed", "trainer.meta_bat
 FREE = ("dataset.root", "dataset.download", "dataset.cache_check", "episode.name", "algo.description",
         "backbone.description")
 
+#: options added since runs were first written, with the value an older run had in effect
+ADDED = {"backbone.weights": "none", "backbone.freeze": False, "backbone.lr": None}
+
 
 @dataclass
 class StartPlan:
@@ -50,6 +53,7 @@ class StartPlan:
 def compare(old: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[str], Dict[str, Tuple[Any, Any]]]:
     """(refused keys, applied changes) between a checkpoint's config and a new one."""
     a, b = flatten(old), flatten(new)
+    a.update({k: v for k, v in ADDED.items() if k not in a})
     differing = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     fixed = [k for k in differing if _is_fixed(k)]
     applied = {k: (a.get(k), b.get(k)) for k in differing if k in APPLIED}

@@ -57,7 +57,7 @@ class RunSummary:
     @classmethod
     def from_config(cls, cfg: Dict[str, Any]) -> "RunSummary":
         return cls(algo=cfg["algo"]["name"], dataset=cfg["dataset"]["name"],
-                   backbone=cfg["backbone"]["name"], episode=dict(cfg["episode"]),
+                   backbone=backbone_label(cfg["backbone"]), episode=dict(cfg["episode"]),
                    seed=cfg.get("seed", 0), name=cfg.get("name") or "",
                    published=dict(cfg.get("published") or {}), budget=float(cfg.get("budget", 1.0)),
                    threads=_threads(), code_version=code_version())
@@ -271,3 +271,9 @@ def code_version() -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     return _CODE_VERSION
+
+
+def backbone_label(node: Dict[str, Any]) -> str:
+    """``timm:resnet10t`` for a generic torchvision/timm option, else the option's name."""
+    model = node.get("model")
+    return node["name"] if not model or model == node["name"] else f"{node['name']}:{model}"

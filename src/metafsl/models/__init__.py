@@ -29,8 +29,8 @@ def with_out_features(model: nn.Module, channels: int, image_size: int) -> nn.Mo
     return model
 
 
-def build_backbone(name: str, channels: int, image_size: int, **overrides) -> nn.Module:
-    """The shipped option ``backbone=<name>`` with ``overrides`` (library and test convenience)."""
+def build_backbone(option: str, channels: int, image_size: int, **overrides) -> nn.Module:
+    """The shipped option ``backbone=<option>`` with ``overrides`` (library and test convenience)."""
     from metafsl.options import build_option
 
-    return build_option("backbone", name, overrides, channels=channels, image_size=image_size)
+    return build_option("backbone", option, overrides, channels=channels, image_size=image_size)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from metafsl.engine.callbacks import Callback, RunInfo, TestInfo
-from metafsl.engine.summary import inference_label
+from metafsl.engine.summary import backbone_label, inference_label
 from metafsl.reporting import console
 
 #: the macro scores of a test record (``macro_<key>``), as the tables name them
@@ -29,7 +29,7 @@ class ConsoleReport(Callback):
         budget = float(cfg.get("budget", 1.0))
         note = f"  [yellow](budget={budget:g}: {cfg['trainer']['iterations']} iterations, approximate)[/]" \
             if budget != 1.0 else ""
-        console.info(f"[bold]metafsl train[/] {cfg['algo']['name']} · {cfg['backbone']['name']} · "
+        console.info(f"[bold]metafsl train[/] {cfg['algo']['name']} · {backbone_label(cfg['backbone'])} · "
                      f"{cfg['dataset']['name']} · {cfg['episode']['name']}  →  {run.run_dir}{note}")
 
     def on_train_start(self, run: RunInfo) -> None:
