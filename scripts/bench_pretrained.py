@@ -16,7 +16,8 @@ On tiny-fewshot (``--data``, miniImageNet CSV layout, 84x84 RGB), for 5-way 1-sh
   (a) frozen + SimpleShot, no training (``trainer.iterations=0``),
   (b) meta-trained with ProtoNet for ``--minutes``,
   (c) (b) tested with test-time fine-tuning (``eval.finetune_steps``/``eval.finetune_lr``, passed
-      only when this metafsl has them: otherwise the row says so).
+      only when this metafsl has them: otherwise the row says so), on the first
+      ``--finetune-episodes`` of the same episodes (fine-tuning costs steps per episode).
 
 Each run goes through the library (``metafsl.api.train`` / ``evaluate``: what the CLI runs) in a
 run dir under ``--out``/runs (an existing one is reused).  Time per 600 test episodes: the test's
@@ -58,6 +59,8 @@ def arguments(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", default="none", help="backbone.weights of the torchvision/timm backbones")
     p.add_argument("--finetune-steps", type=int, default=10, help="eval.finetune_steps of rows (c)")
     p.add_argument("--finetune-lr", type=float, default=0.01, help="eval.finetune_lr of rows (c)")
+    p.add_argument("--finetune-episodes", type=int, default=100,
+                   help="test episodes of rows (c) (the first of the same seeded sequence; fine-tuning is slow)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--smoke", action="store_true", help="glyphs, a few iterations and episodes: seconds")
     return p.parse_args(argv)
@@ -101,11 +104,12 @@ def train(run: Path, overrides):
     return run
 
 
-def test(run: Path, name: str, shot: int, args, extra=()):
+def test(run: Path, name: str, shot: int, args, extra=(), episodes=None):
     """The test record of ``run`` on the benchmark's test episodes (reused when written)."""
     out = run / "tests" / name
     if not (out / RESULT).exists():
-        overrides = [f"episode=5w{shot}s", "episode.test.n_query=15", f"eval.episodes={args.episodes}", *extra]
+        episodes = episodes or args.episodes
+        overrides = [f"episode=5w{shot}s", "episode.test.n_query=15", f"eval.episodes={episodes}", *extra]
         api.evaluate(run, overrides, checkpoint="last", out_dir=out, overwrite=True)
     record = json.loads((out / RESULT).read_text())
     return {"acc": record["acc"], "ci95": record["ci95"], "episodes": record["episodes"],
@@ -126,7 +130,8 @@ def rows_for_shot(shot: int, args, runs: Path, data, finetune: bool):
         rows.append((label, "(b) meta-trained ProtoNet", test(meta, f"5w{shot}s", shot, args)))
         if finetune:
             extra = [f"eval.finetune_steps={args.finetune_steps}", f"eval.finetune_lr={args.finetune_lr}"]
-            rows.append((label, "(c) meta-trained + fine-tuned", test(meta, f"5w{shot}s_ft", shot, args, extra)))
+            rows.append((label, "(c) meta-trained + fine-tuned",
+                         test(meta, f"5w{shot}s_ft", shot, args, extra, min(args.episodes, args.finetune_episodes))))
         else:
             rows.append((label, "(c) meta-trained + fine-tuned", None))
     return [{"shot": shot, "backbone": b, "pipeline": p, "result": r} for b, p, r in rows]
@@ -135,14 +140,16 @@ def rows_for_shot(shot: int, args, runs: Path, data, finetune: bool):
 def table(rows, args, finetune: bool) -> str:
     lines = [f"Machine: {machine(torch.device('cpu'))}",
              f"Data: {'glyphs (smoke)' if args.smoke else args.data}; meta-training budget {args.minutes} min "
-             f"per run; backbone.weights={args.weights}; {args.episodes} test episodes (5-way, 15 queries).", "",
-             "| shots | backbone | pipeline | test acc (%) | s / 600 episodes |", "|---|---|---|---|---|"]
+             f"per run; backbone.weights={args.weights}; the same seeded 5-way 15-query test episodes; fine-tuning: "
+             f"eval.finetune_steps={args.finetune_steps}, eval.finetune_lr={args.finetune_lr}.", "",
+             "| shots | backbone | pipeline | test acc (%) | episodes | s / 600 episodes |", "|---|---|---|---|---|---|"]
     for r in rows:
         res = r["result"]
         acc = f"{res['acc']:.2f} ± {res['ci95']:.2f}" if res else \
             "n/a (this metafsl has no eval.finetune_steps)" if not finetune else "-"
         secs = f"{res['seconds_per_600']:.1f}" if res else "-"
-        lines.append(f"| {r['shot']} | {r['backbone']} | {r['pipeline']} | {acc} | {secs} |")
+        count = res["episodes"] if res else "-"
+        lines.append(f"| {r['shot']} | {r['backbone']} | {r['pipeline']} | {acc} | {count} | {secs} |")
     return "\n".join(lines) + "\n"
 
 
