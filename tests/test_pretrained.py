@@ -102,6 +102,12 @@ def test_offline_without_cache_is_one_sentence_naming_the_file(tmp_path, monkeyp
         assert time.perf_counter() - t0 < 2
         text = str(err.value)
         assert str(where) in text and "backbone.weights=<path>" in text and text.count(". ") == 0
+        node = {"_target_": f"metafsl.models.pretrained.{option}_backbone", "weights": "imagenet",
+                "model": kw["model"]}
+        with pytest.raises(UserError, match="cannot be reached"):  # the same check before any data loads
+            weights.check_available(node)
+    with pytest.raises(UserError, match="no such file"):
+        weights.check_available({"_target_": "metafsl.models.conv4.conv4", "weights": str(tmp_path / "x.pth")})
 
 
 def test_weight_files_load_pth_safetensors_and_full_model_state(tmp_path):

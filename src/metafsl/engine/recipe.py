@@ -29,6 +29,7 @@ from metafsl.engine.resume import StartPlan
 from metafsl.engine.run_dir import BEST, LAST, metrics_log
 from metafsl.engine.summary import RunSummary
 from metafsl.errors import Interrupted, UserError
+from metafsl.models import weights
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class TrainRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self, start: StartPlan) -> None:
         torch.manual_seed(self.cfg["seed"])
+        weights.check_available(self.cfg["backbone"])  # offline without the weights: before the data loads
         self.parts = build(self.cfg, initialise=True)
         self.algo, self.ds, self.device = self.parts.algorithm, self.parts.dataset, self.parts.device
         self.data_report = self.ds.report(episode_need(self.ep))

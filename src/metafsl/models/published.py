@@ -30,6 +30,24 @@ def load(model: Pretrained, tag: str) -> None:
         _timm(model)
 
 
+def check(source: str, arch: str, tag: str) -> None:
+    """The offline sentence now, before any data is loaded, when the weights are neither cached
+    nor downloadable (nothing is downloaded here)."""
+    if source == "torchvision":
+        meta = torchvision_weights(arch, tag)
+        hub_file(meta.url, f"backbone.weights={tag}: torchvision's {meta}", download=False)
+        return
+    import timm
+
+    from metafsl.models.pretrained import timm_model_name
+
+    cfg = timm.models.get_pretrained_cfg(timm_model_name(arch, tag))
+    if cfg is not None and cfg.hf_hub_id:
+        _timm_file(cfg.hf_hub_id, download=False)
+    elif cfg is not None and cfg.url:
+        hub_file(cfg.url, f"backbone.weights: timm's {arch} weights", download=False)
+
+
 def reachable(host: str) -> bool:
     try:
         socket.create_connection((host, 443), timeout=PROBE_TIMEOUT).close()
@@ -44,9 +62,9 @@ def _torchvision(model: Pretrained, tag: str) -> None:
     load_state(model, torch.load(path, map_location="cpu", weights_only=True), str(path))
 
 
-def hub_file(url: str, what: str) -> Path:
+def hub_file(url: str, what: str, download: bool = True) -> Path:
     """``url``'s file in the torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded when
-    missing and the host answers; one sentence if neither."""
+    missing and the host answers (``download``); one sentence if neither."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / Path(urlparse(url).path).name
     if not path.is_file():
@@ -55,12 +73,13 @@ def hub_file(url: str, what: str) -> Path:
             raise UserError(f"{what} are not cached and {host} cannot be reached; put {url} as {path} "
                             "(the torch hub checkpoints folder, $TORCH_HOME/hub/checkpoints) or pass "
                             "the file as backbone.weights=<path>.")
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(path), progress=False)
+        if download:
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
     return path
 
 
-def _timm_file(repo: str) -> str:
+def _timm_file(repo: str, download: bool = True) -> str:
     """The cached file of a Hugging Face repo of timm weights, or downloaded; one sentence if neither."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
@@ -74,7 +93,7 @@ def _timm_file(repo: str) -> str:
                         f"and {HOSTS['timm']} cannot be reached; fill that cache on a machine with network "
                         f"(huggingface-cli download {repo}) and copy it under $HF_HOME/hub, or download "
                         "model.safetensors and pass it as backbone.weights=<path>.")
-    return hf_hub_download(repo, "model.safetensors")
+    return hf_hub_download(repo, "model.safetensors") if download else ""
 
 
 def _timm(model: Pretrained) -> None:

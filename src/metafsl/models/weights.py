@@ -60,6 +60,28 @@ def run_preprocessing(spec: str) -> Optional[Dict[str, Any]]:
     return None
 
 
+#: the factories whose published weights ``metafsl.models.published`` fetches, by source
+SOURCES = {"metafsl.models.pretrained.torchvision_backbone": "torchvision",
+           "metafsl.models.pretrained.timm_backbone": "timm"}
+
+
+def check_available(node: Dict[str, Any]) -> None:
+    """Before any work: a weight file that does not exist, or published weights that are neither
+    cached nor downloadable, is one sentence now rather than after the data is loaded."""
+    spec = str(node.get("weights", "none"))
+    if spec == "none":
+        return
+    if is_file_spec(spec):
+        if not Path(spec).expanduser().exists():
+            raise UserError(f"backbone.weights={spec}: no such file or run dir.")
+        return
+    source = SOURCES.get(str(node.get("_target_")))
+    if source is not None:
+        from metafsl.models import published
+
+        published.check(source, str(node.get("model")), spec)
+
+
 def _checkpoint_file(path: Path) -> Path:
     for name in ("best.pt", "last.pt"):
         if (path / "checkpoints" / name).is_file():
