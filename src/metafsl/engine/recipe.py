@@ -258,10 +258,13 @@ class TrainRecipe:
     def preprocessing(self) -> Dict[str, Any]:
         """The run's pixel pipeline (``dataset.normalize``'s statistics or a pretrained backbone's)."""
         pre = self.parts.preprocess
-        return {"image_size": int(self.ds.image_size), "channels": int(self.ds.channels),
-                "mean": None if pre.mean is None else pre.mean.flatten().tolist(),
-                "std": None if pre.std is None else pre.std.flatten().tolist(),
-                "input_size": getattr(getattr(self.algo, "backbone", None), "input_size", None)}
+        out = {"image_size": int(self.ds.image_size), "channels": int(self.ds.channels),
+               "mean": None if pre.mean is None else pre.mean.flatten().tolist(),
+               "std": None if pre.std is None else pre.std.flatten().tolist()}
+        input_size = getattr(getattr(self.algo, "backbone", None), "input_size", None)
+        if input_size is not None:  # a torchvision/timm backbone resizes to it (models/pretrained.py)
+            out["input_size"] = int(input_size)
+        return out
 
     @contextlib.contextmanager
     def _stop_on_signals(self):
