@@ -96,7 +96,8 @@ def check_transductive(cfg: Dict[str, Any]) -> None:
     target = target_object(cfg["algo"]["_target_"])
     if method != "none" and not (isinstance(target, type) and issubclass(target, MetricLearner)):
         raise UserError(f"eval.transductive={method} needs a metric learner's embeddings (ProtoNet, Matching "
-                        f"Networks, Relation Network, Siamese, MetaOptNet), not {cfg['algo'].get('name', target)}.")
+                        "Networks, Relation Network, Siamese, MetaOptNet, FEAT, SimpleShot), not "
+                        f"{cfg['algo'].get('name', target)}.")
 
 
 @dataclass

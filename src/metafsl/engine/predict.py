@@ -350,7 +350,8 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     algo, preprocess, cfg, channels, size = load_learner(run, which, device)
     if options.transductive != "none" and not isinstance(algo, MetricLearner):
         raise UserError(f"predict.transductive={options.transductive} needs a metric learner's embeddings "
-                        f"(ProtoNet, Matching Networks, Relation Network, Siamese, MetaOptNet), not {cfg['algo']['name']}.")
+                        "(ProtoNet, Matching Networks, Relation Network, Siamese, MetaOptNet, FEAT, SimpleShot), "
+                        f"not {cfg['algo']['name']}.")
     steps, lr = options.finetune(cfg)
     check_finetune(algo, steps, cfg["algo"]["name"])
     names, support_files = read_support(support)
