@@ -54,12 +54,14 @@ def test_every_experiment_preset_composes(name):
         # zoo_ presets cover methods whose paper reports no such figure, _pretrain_ presets the
         # first stage of a two-stage recipe (a backbone, no figure of its own); they say so
         if pub["acc"] is None:
-            assert name.startswith("zoo_") or "_pretrain_" in name, name
+            assert name.startswith(("zoo_", "pretrained_")) or "_pretrain_" in name, name
             assert pub["citation"].startswith("no published")
         else:
             assert 0 < pub["acc"] <= 100
         assert pub["ci95"] is None or 0 < pub["ci95"] < 5
-        assert resolved["trainer"]["iterations"] >= 1000
+        # a frozen pretrained backbone is evaluated without training (trainer.iterations=0)
+        frozen = resolved["backbone"].get("freeze") and resolved["trainer"]["iterations"] == 0
+        assert resolved["trainer"]["iterations"] >= 1000 or frozen
 
 
 def test_paper_presets_follow_the_papers():
