@@ -9,6 +9,7 @@ import torch
 
 from metafsl.data.base import FewShotDataset, FewShotSplit, channel_stats
 from metafsl.data.checks import check_disjoint
+from metafsl.data.convert import grey, resized
 from metafsl.data.images import decode_many
 from metafsl.errors import UserError
 
@@ -40,17 +41,7 @@ def resize_array(images: np.ndarray, image_size: int, channels: int) -> torch.Te
     """uint8 (N, H, W, 3) RGB array -> uint8 (N, channels, s, s) tensor (antialiased resize,
     ITU-R 601 luma for grayscale)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    if channels == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    if x.shape[-2:] != (image_size, image_size):
-        out = []
-        for i in range(0, len(x), 2048):  # bounded memory for large splits
-            chunk = torch.nn.functional.interpolate(x[i:i + 2048].float(), size=(image_size, image_size),
-                                                    mode="bilinear", antialias=True, align_corners=False)
-            out.append(chunk.round().clamp(0, 255).to(torch.uint8))
-        x = torch.cat(out) if out else x.new_zeros(0, x.shape[1], image_size, image_size)
-    return x.contiguous()
+    return resized(grey(x) if channels == 1 else x, image_size).contiguous()
 
 
 def finish_dataset(splits: Dict[str, FewShotSplit], skipped: List[str], name: str,

@@ -14,23 +14,32 @@ from metafsl.errors import UserError
 LUMA = (0.299, 0.587, 0.114)
 
 
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, 3, H, W) -> uint8 grey (N, 1, H, W), ITU-R 601 luma."""
+    w = torch.tensor(LUMA).view(1, 3, 1, 1)
+    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def resized(x: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, image_size, image_size), antialiased bilinear, in chunks
+    (bounded memory for large splits)."""
+    if x.shape[-2:] == (image_size, image_size):
+        return x
+    out = []
+    for i in range(0, len(x), 2048):
+        chunk = torch.nn.functional.interpolate(x[i:i + 2048].float(), size=(image_size, image_size),
+                                                mode="bilinear", antialias=True, align_corners=False)
+        out.append(chunk.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out) if out else x.new_zeros(0, x.shape[1], image_size, image_size)
+
+
 def convert_images(images: torch.Tensor, channels: int, image_size: int, name: str = "the dataset") -> torch.Tensor:
     """uint8 (N, C, H, W) -> uint8 (N, channels, image_size, image_size)."""
     c = images.shape[1]
     if (c, channels) not in ((1, 1), (3, 3), (1, 3), (3, 1)):
         raise UserError(f"The images of {name} have {c} channels and the run was trained on {channels}; "
                         "only grey (1) and RGB (3) images convert into each other.")
-    x = images
-    if c == 3 and channels == 1:
-        w = torch.tensor(LUMA).view(1, 3, 1, 1)
-        x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    if x.shape[-2:] != (image_size, image_size):
-        out = []
-        for i in range(0, len(x), 2048):  # bounded memory for large splits
-            chunk = torch.nn.functional.interpolate(x[i:i + 2048].float(), size=(image_size, image_size),
-                                                    mode="bilinear", antialias=True, align_corners=False)
-            out.append(chunk.round().clamp(0, 255).to(torch.uint8))
-        x = torch.cat(out) if out else x.new_zeros(0, x.shape[1], image_size, image_size)
+    x = resized(grey(images) if c == 3 and channels == 1 else images, image_size)
     if c == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     return x.contiguous()
