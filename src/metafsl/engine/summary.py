@@ -170,11 +170,14 @@ _TEXTS = ("algo", "dataset", "backbone", "name", "trained_by", "code_version")
 
 def inference_label(record: Optional[Dict[str, Any]]) -> str:
     """How a test record's queries were classified, for every table: "inductive" (also records
-    written before transductive tests existed), or e.g. "transductive tim (75 queries at once)"."""
+    written before transductive tests existed), e.g. "transductive tim (75 queries at once)", or
+    "query-batch norm" for learners whose batch norm normalises the episode's queries together
+    (the MAML family, as Finn et al.'s code: the queries see each other through the statistics)."""
     rec = record or {}
     extra = "".join(f" + {t}" for t in _test_time(rec))
     if rec.get("inference") != "transductive":
-        return ("inductive" + extra) if not rec.get("bn") == "transductive" else "transductive batch norm" + extra
+        return {"transductive": "transductive batch norm", "batch": "query-batch norm"}.get(
+            rec.get("bn"), "inductive") + extra
     return f"transductive {rec.get('transductive', '?')} ({rec.get('query_batch', '?')} queries at once)" + extra
 
 
