@@ -81,3 +81,27 @@ def test_ci95_is_1_96_standard_errors_of_the_episode_accuracies():
     assert res["episodes"] == 4 and res["acc"] == pytest.approx(80.0)
     assert res["ci95"] == pytest.approx(1.96 * math.sqrt(800 / 3) / 2)  # 16.00
     assert mean_ci95(torch.tensor([40.0]))["ci95"] == 0.0  # one episode: no spread to estimate
+
+
+def test_the_episode_loop_bounds_its_batches_and_keeps_the_predictions(monkeypatch):
+    """Learners off the fast path (MAML, TADAM) evaluate a batch of episodes at once; on the
+    CPU the batch is bounded by the activation memory, which changes no prediction."""
+    from metafsl.algorithms.maml import MAML
+    from metafsl.data.base import FewShotSplit
+    from metafsl.engine import evaluate as ev
+    from metafsl.engine import fast_eval
+    from metafsl.models import build_backbone
+
+    g = torch.Generator().manual_seed(0)
+    split = FewShotSplit(torch.randint(0, 256, (60, 1, 12, 12), generator=g, dtype=torch.uint8),
+                         torch.arange(6).repeat_interleave(10), [str(i) for i in range(6)])
+    torch.manual_seed(0)
+    algo = MAML(build_backbone("conv4", 1, 12, hidden=4, layers=2), 3, test_inner_steps=1)
+    spec = ev.EvalSpec(3, 1, 2, episodes=10, seed=3, batch_episodes=16)
+    steps = []
+    loop = ev._episode_loop
+    monkeypatch.setattr(ev, "_episode_loop", lambda *a, **k: steps.append(a[3]) or loop(*a, **k))
+    whole = ev.predict_episodes(algo, split, spec).predicted
+    monkeypatch.setattr(fast_eval, "images_per_pass", lambda backbone, x: 18 // len(x))  # 2 episodes of 9 images
+    bounded = ev.predict_episodes(algo, split, spec).predicted
+    assert steps == [16, 2] and torch.equal(bounded, whole)

@@ -198,12 +198,26 @@ def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu
                 predicted = fast_eval.episode_predictions(algorithm, sampler, split.images, idx, MAX_IMAGES_PER_BATCH,
                                                           step, callbacks.on_eval_advance, spec.transductive)
             else:
+                step = _bounded_step(algorithm, sampler, idx, step)
                 predicted = _episode_loop(algorithm, sampler, idx, step, callbacks, spec.transductive)
     finally:
         algorithm.train(was_training)
         callbacks.on_eval_end()
     labels = torch.arange(n_way).repeat_interleave(n_query).expand(len(idx), -1)
     return EpisodePredictions(predicted, labels, split.labels.cpu()[idx[:, :, 0]])
+
+
+def _bounded_step(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int) -> int:
+    """Episodes per batch of the episode loop on the CPU, bounded by the backbone's activation
+    memory as the fast path bounds its passes (``fast_eval.images_per_pass``): a method that
+    embeds a whole batch of episodes at once (TADAM, batched MAML) held 11 GB at 16 episodes of
+    100 84x84 images."""
+    backbone = getattr(algorithm, "backbone", None)
+    if sampler.device.type != "cpu" or not isinstance(backbone, torch.nn.Module) or not len(idx):
+        return step
+    two = sampler.tasks(idx[:1]).support_x[0, :2]  # two images: batch norm on batch statistics needs two
+    per_episode = idx.shape[1] * idx.shape[2]
+    return max(1, min(step, len(two) * fast_eval.images_per_pass(backbone, two) // per_episode))
 
 
 def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int,
