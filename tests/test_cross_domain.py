@@ -82,7 +82,7 @@ def test_cross_domain_test_converts_images_and_records_the_domain(run_cli, glyph
                            "eval.finetune_steps=2", "eval.bn=transductive")
     assert code == 0, err
     rec = json.loads((glyphs_run / "summary.json").read_text())["tests"][-1]
-    assert rec["bn"] == "transductive" and rec["finetune"] == {"steps": 2, "lr": 0.01}
+    assert rec["bn"] == "transductive" and rec["finetune"] == {"steps": 2, "lr": 0.001}
     code, out, _ = run_cli("results", str(glyphs_run), "format=md")
     assert code == 0 and "glyphs→eurosat" in flat(out)
     assert "transductivebatchnorm+fine-tuned2steps" in flat(out)

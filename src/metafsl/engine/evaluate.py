@@ -53,7 +53,7 @@ class EvalSpec:
     #: test-time choices (``eval.bn``, ``eval.finetune_*``; a validation keeps the defaults)
     bn: str = "auto"
     finetune_steps: int = 0
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.001
 
     @property
     def per_episode(self) -> bool:

@@ -198,7 +198,7 @@ class PredictOptions:
         """(steps, lr) of the test-time fine-tuning: these options, else the run's ``eval``."""
         ev = cfg.get("eval") or {}
         steps = self.finetune_steps if self.finetune_steps is not None else ev.get("finetune_steps", 0)
-        return int(steps), float(self.finetune_lr if self.finetune_lr is not None else ev.get("finetune_lr", 0.01))
+        return int(steps), float(self.finetune_lr if self.finetune_lr is not None else ev.get("finetune_lr", 0.001))
 
     def k(self, n_classes: int) -> int:
         """The number of classes listed per image, checked against the support classes."""
