@@ -45,7 +45,7 @@ def test_sweep_over_every_method_ranks_them(run_cli, tmp_path):
     every = group_options("algo")
     assert len(every) == 17
     code, out, err = run_cli("sweep", f"hydra.sweep.dir={tmp_path}", f"algo={','.join(every)}", *TINY,
-                             "backbone.hidden=8", "trainer.iterations=4", "trainer.val_every=2",
+                             "backbone.hidden=8", "trainer.iterations=2", "trainer.val_every=2",
                              "eval.episodes=4")
     assert code == 0, err + out
     rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))

@@ -2,7 +2,8 @@
 same metrics, the same final weights, optimiser and scheduler state as an uninterrupted run, for
 every kind of state a run carries beyond ProtoNet with Adam (tests/test_cli.py has that one):
 a learning-rate schedule (StepLR as in the Snell presets; Reptile's linear annealing), MAML's
-two backends, MAML++'s multi-step-loss annealing, the Baseline's mini-batch sampler, MANN."""
+two backends (the l2l one through the MAML++ case, which adds its learned rates and multi-step-loss
+annealing), the Baseline's mini-batch sampler, MANN."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,6 @@ CASES = {
     # trainer=reptile: SGD lr 1 linearly annealed to 0 over trainer.iterations, 5 tasks a batch
     "reptile_schedule": ["algo=reptile", "trainer=reptile", "trainer.meta_batch_size=2",
                          "algo.inner_steps=2", "algo.test_inner_steps=3"],
-    "maml_l2l": ["algo=maml", "algo.backend=l2l", "trainer.meta_batch_size=2"],
     "maml_vmap": ["algo=maml", "algo.backend=vmap", "trainer.meta_batch_size=2"],
     # the kill at iteration 5 falls inside the annealing (msl_iterations=7), the run ends after it
     "maml_plus_plus": ["algo=maml", "algo.multi_step_loss=true", "algo.per_step_lr=true",
