@@ -25,6 +25,9 @@ from metafsl.algorithms.base import Algorithm, Classifier, accuracy, class_count
 from metafsl.algorithms.standalone import SupportRule
 from metafsl.data.sampler import TaskBatch
 
+#: the shipped metric learners, named in the sentences that refuse a test-time option to others
+METRIC_LEARNERS = "ProtoNet, Matching Networks, Relation Network, Siamese, MetaOptNet, FEAT, SimpleShot"
+
 
 class MetricLearner(Algorithm):
     task_embedding_kind = "the mean of the class prototypes of the support embeddings"

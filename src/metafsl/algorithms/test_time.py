@@ -62,11 +62,11 @@ def resolve_bn(algorithm: nn.Module, bn: str, name: str = "this learner") -> str
 
 def check_finetune(algorithm: nn.Module, steps: int, name: str = "this learner") -> None:
     """Fine-tuning at test time is for metric learners (an embedding and a rule on it)."""
-    from metafsl.algorithms.metric import MetricLearner
+    from metafsl.algorithms.metric import METRIC_LEARNERS, MetricLearner
 
     if steps and not isinstance(algorithm, MetricLearner):
-        raise UserError(f"eval.finetune_steps is for metric learners (protonet, matchingnet, relationnet, "
-                        f"siamese, metaoptnet); {name} adapts to the support set its own way, so leave it at 0.")
+        raise UserError(f"eval.finetune_steps is for metric learners ({METRIC_LEARNERS}); {name} adapts to the "
+                        "support set its own way, so leave it at 0.")
 
 
 @contextlib.contextmanager

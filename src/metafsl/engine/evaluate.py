@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.metric import METRIC_LEARNERS, MetricLearner
 from metafsl.algorithms.test_time import check_finetune, resolve_bn
 from metafsl.algorithms.transductive import Transduction
 from metafsl.data.base import FewShotSplit
@@ -95,9 +95,8 @@ def check_transductive(cfg: Dict[str, Any]) -> None:
     method = (cfg.get("eval") or {}).get("transductive", "none") or "none"
     target = target_object(cfg["algo"]["_target_"])
     if method != "none" and not (isinstance(target, type) and issubclass(target, MetricLearner)):
-        raise UserError(f"eval.transductive={method} needs a metric learner's embeddings (ProtoNet, Matching "
-                        "Networks, Relation Network, Siamese, MetaOptNet, FEAT, SimpleShot), not "
-                        f"{cfg['algo'].get('name', target)}.")
+        raise UserError(f"eval.transductive={method} needs a metric learner's embeddings ({METRIC_LEARNERS}), "
+                        f"not {cfg['algo'].get('name', target)}.")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from metafsl.algorithms.metric import MetricLearner
+from metafsl.algorithms.metric import METRIC_LEARNERS, MetricLearner
 from metafsl.algorithms.test_time import check_finetune, finetune_backbone
 from metafsl.algorithms.transductive import RULES
 from metafsl.data.images import is_image, to_chw
@@ -350,8 +350,7 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     algo, preprocess, cfg, channels, size = load_learner(run, which, device)
     if options.transductive != "none" and not isinstance(algo, MetricLearner):
         raise UserError(f"predict.transductive={options.transductive} needs a metric learner's embeddings "
-                        "(ProtoNet, Matching Networks, Relation Network, Siamese, MetaOptNet, FEAT, SimpleShot), "
-                        f"not {cfg['algo']['name']}.")
+                        f"({METRIC_LEARNERS}), not {cfg['algo']['name']}.")
     steps, lr = options.finetune(cfg)
     check_finetune(algo, steps, cfg["algo"]["name"])
     names, support_files = read_support(support)
