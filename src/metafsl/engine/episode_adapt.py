@@ -6,22 +6,25 @@ those of the unadapted backbone."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
 from metafsl.algorithms.test_time import episode_statistics, finetuned
 
 
-def episode_predictions(algorithm, sampler, idx: torch.Tensor, spec, on_progress: Optional[Callable] = None
-                        ) -> torch.Tensor:
-    """(E, n_way * n_query) predicted labels of the episodes ``idx``, each adapted on its own;
-    the augmentations of episode ``i`` are drawn from a generator seeded with ``spec.seed + i``."""
+def episode_predictions(algorithm, sampler, idx: torch.Tensor, spec, on_progress: Optional[Callable] = None,
+                        first: int = 0) -> torch.Tensor:
+    """(E, n_way * n_query) predicted labels of the episodes ``idx``, episodes ``first..`` of an
+    evaluation, each adapted on its own; the augmentations of episode ``i`` are drawn from a
+    generator seeded with ``spec.seed + i``, the learner's own random draws from the global one
+    seeded alike (``seeded``)."""
     predicted = []
     for i in range(len(idx)):
         task = sampler.tasks(idx[i: i + 1])
-        gen = torch.Generator().manual_seed(spec.seed + i)
+        gen = torch.Generator().manual_seed(spec.seed + first + i)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(seeded(spec.seed + first + i, sampler.device))
             stack.enter_context(finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way,
                                           spec.finetune_steps, spec.finetune_lr, gen))
             if spec.bn == "transductive":
@@ -32,6 +35,19 @@ def episode_predictions(algorithm, sampler, idx: torch.Tensor, spec, on_progress
             on_progress(1)
     n_q = sampler.n_way * sampler.n_query
     return torch.cat(predicted) if predicted else torch.zeros(0, n_q, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """The global random generators of the CPU and of ``device`` (a GPU) seeded with ``seed``
+    inside, and restored afterwards: what a learner draws at random at test time then depends
+    on its episodes alone, not on what ran before (one process or several scoring blocks)."""
+    gpus = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        for gpu in gpus:
+            torch.cuda.default_generators[gpu].manual_seed(seed)
+        yield
 
 
 def _logits(algorithm, task, rule=None) -> torch.Tensor:

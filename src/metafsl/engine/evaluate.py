@@ -1,12 +1,16 @@
 """Evaluation on fixed episodes: accuracy in percent, mean ± 1.96·std/sqrt(n); a test adds macro
 precision, recall and F1 (each episode's macro average over its classes, then the same mean ±
-CI over episodes) and, for datasets with named classes, a per-class report."""
+CI over episodes) and, for datasets with named classes, a per-class report.
+
+In a ``torch.distributed`` run an evaluation is collective: every worker calls it alike, scores
+one block of the episodes, and ends with all of them in order (``metafsl.engine.ranks``), so every
+worker holds the numbers one process gets on the same episodes."""
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -15,7 +19,7 @@ from metafsl.algorithms.test_time import check_finetune, resolve_bn
 from metafsl.algorithms.transductive import Transduction
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Preprocess
-from metafsl.engine import episode_adapt, fast_eval
+from metafsl.engine import episode_adapt, fast_eval, ranks
 from metafsl.engine.callbacks import Callback
 from metafsl.engine.metrics import MACRO, ClassReport, class_report, macro_per_episode
 from metafsl.errors import UserError
@@ -174,8 +178,10 @@ def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu
                      runtime=None) -> EpisodePredictions:
     """Every query prediction of ``algorithm`` on the episodes of ``split`` that ``spec`` describes.
 
-    ``callbacks`` hear of the progress (``on_eval_start/advance/end``); ``runtime``
-    (``metafsl.engine.runtime.Runtime``) supplies the autocast context (GPU bf16)."""
+    ``callbacks`` hear of the progress (``on_eval_start/advance/end``; in a torch.distributed
+    run, rank 0's alone, told the progress of all); ``runtime``
+    (``metafsl.engine.runtime.Runtime``) supplies the autocast context (GPU bf16).  In a
+    torch.distributed run every worker must call it with the same arguments (a collective)."""
     n_way, n_shot, n_query = spec.n_way, spec.n_shot, spec.n_query
     sampler = EpisodeSampler(split, n_way, n_shot, n_query, device=device, seed=spec.seed, preprocess=preprocess,
                              within_group=spec.within_group, split_name=spec.split)
@@ -186,24 +192,61 @@ def predict_episodes(algorithm, split: FewShotSplit, spec: EvalSpec, device="cpu
     idx = sampler.indices(spec.episodes)  # (E, n_way, shot + query): the episodes, from the seed alone
     was_training = algorithm.training
     algorithm.eval()
-    callbacks = callbacks or Callback()
+    # in a torch.distributed run every worker scores its block of episodes; rank 0 shows the progress
+    callbacks = callbacks if callbacks is not None and ranks.rank() == 0 else Callback()
     callbacks.on_eval_start(f"{spec.split} {n_way}w{n_shot}s", spec.episodes)
     autocast = runtime.autocast() if runtime is not None else contextlib.nullcontext()
     try:
         with autocast:
-            if spec.per_episode:  # eval.bn=transductive, eval.finetune_steps: one episode at a time
-                predicted = episode_adapt.episode_predictions(algorithm, sampler, idx, spec, callbacks.on_eval_advance)
-            elif fast_eval.supported(algorithm):  # metric methods: embed each distinct image once
-                predicted = fast_eval.episode_predictions(algorithm, sampler, split.images, idx, MAX_IMAGES_PER_BATCH,
-                                                          step, callbacks.on_eval_advance, spec.transductive)
-            else:
-                step = _bounded_step(algorithm, sampler, idx, step)
-                predicted = _episode_loop(algorithm, sampler, idx, step, callbacks, spec.transductive)
+            predicted = _predict(algorithm, sampler, idx, spec, step, callbacks)
     finally:
         algorithm.train(was_training)
         callbacks.on_eval_end()
     labels = torch.arange(n_way).repeat_interleave(n_query).expand(len(idx), -1)
     return EpisodePredictions(predicted, labels, split.labels.cpu()[idx[:, :, 0]])
+
+
+def _predict(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, spec: EvalSpec, step: int,
+             callbacks: Callback) -> torch.Tensor:
+    """(E, Nq) predictions of the episodes ``idx`` by the path that fits the learner and ``spec``.
+
+    Across the workers of a torch.distributed run (``metafsl.engine.ranks``) each scores one
+    contiguous block of whole batches and the blocks are gathered in order: each episode is
+    scored in the same batch, with the same random draws, as by one process."""
+    fast = not spec.per_episode and fast_eval.supported(algorithm)
+    if not spec.per_episode and not fast:
+        step = _bounded_step(algorithm, sampler, idx, step)
+    unit = step if not spec.per_episode and not fast else 1
+    block = ranks.share(len(idx), unit)
+    mine = idx[block]
+    advance = _global_progress(callbacks.on_eval_advance, len(idx), len(mine))
+    if not len(mine):  # more workers than batches: this one has none
+        predicted = torch.zeros(0, sampler.n_way * sampler.n_query, dtype=torch.long)
+    elif spec.per_episode:  # eval.bn=transductive, eval.finetune_steps: one episode at a time
+        predicted = episode_adapt.episode_predictions(algorithm, sampler, mine, spec, advance, first=block.start)
+    elif fast:  # metric methods: embed each distinct image once
+        predicted = fast_eval.episode_predictions(algorithm, sampler, sampler.split.images, mine,
+                                                  MAX_IMAGES_PER_BATCH, step, advance, spec.transductive)
+    else:
+        predicted = _episode_loop(algorithm, sampler, mine, step, advance, spec.transductive,
+                                  seed=spec.seed + block.start)
+    return ranks.gather_in_order(predicted, len(idx), unit)
+
+
+def _global_progress(advance: Callable[[int], None], total: int, mine: int) -> Callable[[int], None]:
+    """``advance`` told this worker's progress through its ``mine`` episodes as the progress of
+    all ``total`` (the workers run at about the same pace); ``advance`` itself in one process."""
+    if mine == total:
+        return advance
+    done = [0, 0]  # this worker's episodes scored, episodes shown
+
+    def scaled(n: int) -> None:
+        done[0] += n
+        shown = done[0] * total // mine
+        advance(shown - done[1])
+        done[1] = shown
+
+    return scaled
 
 
 def _bounded_step(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int) -> int:
@@ -220,18 +263,21 @@ def _bounded_step(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: i
 
 
 def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int,
-                  callbacks: Callback, rule: Optional[Transduction] = None) -> torch.Tensor:
+                  advance: Callable[[int], None], rule: Optional[Transduction] = None, seed: int = 0) -> torch.Tensor:
     """(E, Nq) predictions, adapting to each task (``episode_logits``; with a transductive
-    ``rule``, that rule on the batch's embeddings), ``step`` episodes at a time."""
+    ``rule``, that rule on the batch's embeddings), ``step`` episodes at a time; a learner's own
+    random draws (MANN's support order, Reptile's test mini-batches) in the batch of episodes
+    ``i..`` come from the global generator seeded with ``seed + i``, then restored."""
     predicted = []
     for start in range(0, len(idx), step):
         batch = sampler.tasks(idx[start: start + step])
-        if rule is None:
-            logits = algorithm.episode_logits(batch)
-        else:
-            with torch.no_grad():
-                support, query = algorithm.embed_episodes(batch)
-            logits = rule(support, batch.support_y, query, batch.n_way)
+        with episode_adapt.seeded(seed + start, sampler.device):
+            if rule is None:
+                logits = algorithm.episode_logits(batch)
+            else:
+                with torch.no_grad():
+                    support, query = algorithm.embed_episodes(batch)
+                logits = rule(support, batch.support_y, query, batch.n_way)
         predicted.append(logits.argmax(-1).cpu())
-        callbacks.on_eval_advance(len(batch))
+        advance(len(batch))
     return torch.cat(predicted) if predicted else torch.zeros(0, sampler.n_way * sampler.n_query, dtype=torch.long)

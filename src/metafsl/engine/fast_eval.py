@@ -11,7 +11,8 @@ A learner opts in by being a ``metafsl.algorithms.metric.MetricLearner``: it dec
 (its backbone) and ``logits_from_embeddings(support, support_y, query, n_way)`` (support
 (B, Ns, D), query (B, Nq, D) -> logits (B, Nq, n_way)), from which its own evaluation derives
 too.  A backbone whose batch norm has no running statistics falls back to the episode loop
-(embeddings would depend on the batch).
+(embeddings would depend on the batch).  In a torch.distributed evaluation each worker is given
+its block of episodes and so embeds only the images those episodes hold.
 """
 from __future__ import annotations
 
