@@ -121,6 +121,7 @@ RULES: Dict[str, Rule] = {
     "eval.bn": _choice("auto", "inductive", "transductive"),
     "eval.finetune_steps": _int(0),
     "eval.finetune_lr": _pos(),
+    "eval.tta": Rule("int", 1, 10),
     **{f"episode.{phase}.{key}": _int(low) for phase in ("train", "test")
        for key, low in (("n_way", 2), ("n_shot", 1), ("n_query", 1))},
     "episode.within_alphabet": Rule("bool"),
@@ -128,7 +129,7 @@ RULES: Dict[str, Rule] = {
     "dataset.image_size": _int(8),
     "dataset.channels": Rule("int", choices=(1, 3)),
     "dataset.normalize": _choice("none", "dataset"),
-    "dataset.augment": _choice("none", "metaoptnet"),
+    "dataset.augment": _choice("none", "metaoptnet", "koch", "stroke", "koch_stroke"),
     "dataset.train_fraction": _FRACTION,
     "dataset.val_fraction": _FRACTION,
     "dataset.split": _choice("vinyals", "lake"),

@@ -20,6 +20,9 @@ backend only:
   inner step.  The weights start uniform (1/S each) and move linearly towards the last step
   over the first ``msl_iterations`` training iterations (non-final weights floor at 0.03/S, as
   in the MAML++ code); after that only the last step counts, as in plain MAML.
+
+And MAML++'s derivative-order annealing (DA): ``first_order_iterations`` training iterations of
+first-order meta-gradients (cheaper), then second order (``first_order`` must be false).
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ class MAML(GradientLearner):
         per_step_lr: MAML++ LSLR: a learned inner rate per tensor and per step, from inner_lr (l2l backend).
         multi_step_loss: MAML++ MSL: the query loss after every inner step, annealed to the last (l2l backend).
         msl_iterations: training iterations over which the multi-step loss anneals to the last step.
+        first_order_iterations: MAML++ derivative-order annealing: first order for this many training
+            iterations, then second order (0: off).
         recompute_inner: second order, l2l backend: recompute each inner step in the backward pass
             instead of keeping its activations (the same meta-gradient, far less memory, a little slower).
 
@@ -67,7 +72,8 @@ class MAML(GradientLearner):
     def __init__(self, backbone: nn.Module, n_way: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False, backend: Literal["l2l", "vmap"] = "l2l", per_step_lr: bool = False,
-                 multi_step_loss: bool = False, msl_iterations: int = 7500, recompute_inner: bool = False):
+                 multi_step_loss: bool = False, msl_iterations: int = 7500, recompute_inner: bool = False,
+                 first_order_iterations: int = 0):
         if backend == "vmap" and (per_step_lr or multi_step_loss):
             raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
         _check_recompute(recompute_inner, backend, first_order, per_step_lr or multi_step_loss)
@@ -92,6 +98,18 @@ class MAML(GradientLearner):
         self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)
         if self.multi_step_loss:
             self.register_buffer("msl_iteration", torch.zeros((), dtype=torch.long))
+        if first_order_iterations < 0 or (first_order_iterations and first_order):
+            raise UserError("algo.first_order_iterations needs a non-negative count and algo.first_order=false.")
+        self.first_order_iterations = int(first_order_iterations)
+        if self.first_order_iterations:  # DA: training iterations seen (kept in checkpoints)
+            self.register_buffer("da_iteration", torch.zeros((), dtype=torch.long))
+
+    def inner_loop_settings(self, training: bool):
+        """As ``GradientLearner``'s, first order during the derivative-order annealing phase."""
+        settings = super().inner_loop_settings(training)
+        if training and self.first_order_iterations and int(self.da_iteration) < self.first_order_iterations:
+            return settings._replace(first_order=True)
+        return settings
 
     def inner_loop(self, support_x, support_y, steps: int, lr: float, first_order: bool,
                    after_step: Optional[Callable[[nn.Module], None]] = None):
@@ -122,7 +140,7 @@ class MAML(GradientLearner):
         return w
 
     def adapted_model(self, support_x, support_y, training: bool) -> Classifier:
-        if training and self.recompute_inner:
+        if training and self.recompute_inner and not self.inner_loop_settings(True).first_order:
             return maml_recompute.adapted(self.l2l_model.module, support_x, support_y, self.inner_steps,
                                           self.inner_lr)
         return self.inner_loop(support_x, support_y, *self.inner_loop_settings(training))
@@ -144,12 +162,14 @@ class MAML(GradientLearner):
         result = super().meta_backward(batch, autocast)
         if self.multi_step_loss:
             self.msl_iteration += 1  # one training iteration: advances the MSL schedule
+        if self.first_order_iterations:
+            self.da_iteration += 1
         return result
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "vmap":
             loss, logits = maml_vmap.meta_loss(self.l2l_model.module, batch, self.inner_steps,
-                                               self.inner_lr, self.first_order)
+                                               self.inner_lr, self.inner_loop_settings(True).first_order)
             return loss, accuracy(logits.detach(), batch.query_y).mean()
         return super().meta_loss(batch)
 

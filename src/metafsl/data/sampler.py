@@ -13,6 +13,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from metafsl.data import augment
+from metafsl.data.augment import AUGMENTATIONS
 from metafsl.data.base import FewShotSplit
 from metafsl.errors import UserError
 
@@ -48,8 +50,8 @@ class Preprocess:
                  augment: str = "none"):
         self.mean = None if mean is None else torch.tensor(mean).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(1, -1, 1, 1)
-        if augment not in ("none", "metaoptnet"):
-            raise UserError(f"Unknown augmentation '{augment}'; choose one of: none, metaoptnet.")
+        if augment not in AUGMENTATIONS:
+            raise UserError(f"Unknown augmentation '{augment}'; choose one of: {', '.join(AUGMENTATIONS)}.")
         self.augment = augment
 
     def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -57,6 +59,8 @@ class Preprocess:
         x = x.reshape(-1, *shape[-3:]).float().div_(255.0)
         if train and self.augment == "metaoptnet":
             x = metaoptnet_augment(x)
+        elif train and self.augment != "none":  # koch, stroke, koch_stroke (metafsl.data.augment)
+            x = augment.apply(self.augment, x)
         if self.mean is not None:  # 3 statistics on grey images: the grey channel repeated (pretrained)
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x.reshape(*shape[:-3], x.shape[-3], *shape[-2:])

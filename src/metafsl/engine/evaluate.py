@@ -58,6 +58,9 @@ class EvalSpec:
     bn: str = "auto"
     finetune_steps: int = 0
     finetune_lr: float = 0.001
+    #: test-time augmentation (``eval.tta``): embeddings averaged over this many fixed views
+    #: (``metafsl.data.augment.tta_views``); 1: off
+    tta: int = 1
 
     @property
     def per_episode(self) -> bool:
@@ -69,7 +72,7 @@ class EvalSpec:
         """A run's validation spec, or its test spec (on ``eval.split``)."""
         ep, ev = cfg["episode"], cfg["eval"]
         test = ep["test"]
-        own = {} if validation else {k: ev[k] for k in ("bn", "finetune_steps", "finetune_lr") if k in ev}
+        own = {} if validation else {k: ev[k] for k in ("bn", "finetune_steps", "finetune_lr", "tta") if k in ev}
         return cls(test["n_way"], test["n_shot"], test["n_query"],
                    episodes=cfg["trainer"]["val_episodes"] if validation else ev["episodes"],
                    seed=ev["seed"] + 1 if validation else ev["seed"], batch_episodes=ev["batch_episodes"],
@@ -93,14 +96,20 @@ def transduction(ev: Dict[str, Any]) -> Optional[Transduction]:
 
 
 def check_transductive(cfg: Dict[str, Any]) -> None:
-    """Refuse ``eval.transductive`` for a learner that is not a metric learner, before any work."""
+    """Refuse ``eval.transductive`` and ``eval.tta`` for a learner that is not a metric learner,
+    before any work."""
     from metafsl.config import target_object
 
-    method = (cfg.get("eval") or {}).get("transductive", "none") or "none"
+    ev = cfg.get("eval") or {}
+    method = ev.get("transductive", "none") or "none"
     target = target_object(cfg["algo"]["_target_"])
-    if method != "none" and not (isinstance(target, type) and issubclass(target, MetricLearner)):
+    metric = isinstance(target, type) and issubclass(target, MetricLearner)
+    if method != "none" and not metric:
         raise UserError(f"eval.transductive={method} needs a metric learner's embeddings ({METRIC_LEARNERS}), "
                         f"not {cfg['algo'].get('name', target)}.")
+    if int(ev.get("tta", 1) or 1) > 1 and not metric:
+        raise UserError(f"eval.tta={ev['tta']} averages a metric learner's embeddings ({METRIC_LEARNERS}); "
+                        f"{cfg['algo'].get('name', target)} has none: use eval.tta=1.")
 
 
 @dataclass
@@ -170,6 +179,11 @@ def test_time_choices(algorithm, spec: EvalSpec) -> Dict[str, Any]:
     check_finetune(algorithm, spec.finetune_steps, name)
     if spec.finetune_steps:
         chosen["finetune"] = {"steps": spec.finetune_steps, "lr": spec.finetune_lr}
+    if spec.tta > 1:
+        if spec.per_episode or not fast_eval.supported(algorithm):
+            raise UserError(f"eval.tta={spec.tta} needs a metric learner with running batch-norm statistics "
+                            "and no per-episode adaptation (eval.bn=transductive, eval.finetune_steps).")
+        chosen["tta"] = spec.tta
     return chosen
 
 
@@ -226,7 +240,7 @@ def _predict(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, spec: EvalSp
         predicted = episode_adapt.episode_predictions(algorithm, sampler, mine, spec, advance, first=block.start)
     elif fast:  # metric methods: embed each distinct image once
         predicted = fast_eval.episode_predictions(algorithm, sampler, sampler.split.images, mine,
-                                                  MAX_IMAGES_PER_BATCH, step, advance, spec.transductive)
+                                                  MAX_IMAGES_PER_BATCH, step, advance, spec.transductive, spec.tta)
     else:
         predicted = _episode_loop(algorithm, sampler, mine, step, advance, spec.transductive,
                                   seed=spec.seed + block.start)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from metafsl.algorithms.metric import MetricLearner
+from metafsl.data.augment import tta_views
 from metafsl.engine.runtime import keep_channels_last
 
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
@@ -109,8 +110,17 @@ def episode_accuracies(algorithm, sampler, images: torch.Tensor, episodes: int, 
     return (predicted == labels).float().mean(-1)
 
 
+def embed_views(forward, x: torch.Tensor, tta: int = 1) -> torch.Tensor:
+    """(N, D) embeddings of images ``x`` by ``forward``, averaged over the first ``tta`` fixed
+    views of ``metafsl.data.augment.tta_views`` (test-time augmentation; 1: the images alone)."""
+    if tta <= 1:
+        return forward(x).flatten(1)
+    views = tta_views(x, tta)
+    return torch.stack([forward(v.contiguous()).flatten(1) for v in views]).mean(0)
+
+
 def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Tensor, max_images: int,
-                        episodes_per_step: int, on_progress=None, rule=None) -> torch.Tensor:
+                        episodes_per_step: int, on_progress=None, rule=None, tta: int = 1) -> torch.Tensor:
     """Predicted label (0..n_way-1) of every query of the episodes ``idx``: (E, n_way * n_query),
     on the CPU, queries in the order of ``sampler.tasks(idx).query_y``.
 
@@ -118,7 +128,7 @@ def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Ten
     ``sampler.indices`` draws it; ``max_images`` bounds each embedding forward pass;
     ``on_progress(n)`` is called as episodes complete; ``rule`` (a transductive rule,
     ``metafsl.algorithms.transductive.Transduction``) replaces the learner's own
-    ``logits_from_embeddings``.
+    ``logits_from_embeddings``; ``tta``: each embedding averaged over that many views (``embed_views``).
     """
     device = sampler.device
     n_way, n_shot, n_query = sampler.n_way, sampler.n_shot, sampler.n_query
@@ -131,7 +141,7 @@ def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Ten
         for start in range(0, len(uniq), max_images):
             sel = uniq[start: start + max_images].to(images.device)
             x = sampler.preprocess(images[sel].to(device, non_blocking=True), False)
-            chunks.append(forward(x).flatten(1))
+            chunks.append(embed_views(forward, x, tta))
         z = torch.cat(chunks)
         support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)
         predicted = []

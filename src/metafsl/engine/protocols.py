@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
+import torch
+
 from metafsl.data.lake_runs import read_runs
+from metafsl.engine.fast_eval import embed_views
 from metafsl.errors import UserError
 
 PROTOCOLS = {"lake20": "Lake et al. 2015 one-shot classification runs (20 x 20 trials, error %)"}
@@ -23,8 +26,20 @@ def lake_root(proto: Dict[str, Any], data_dir: str) -> Path:
     return Path(os.path.expanduser(str(root)))
 
 
-def score_runs(algorithm, runs, preprocess, device) -> Dict[str, Any]:
-    """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run."""
+def run_accuracy(algorithm, task, tta: int = 1) -> float:
+    """Fraction of one run's trials right; ``tta`` > 1: a metric learner's embeddings averaged
+    over that many fixed views (``fast_eval.embed_views``), as ``eval.tta`` does for episodes."""
+    if tta <= 1:
+        return float(algorithm.evaluate(task).float().cpu()[0])
+    with torch.inference_mode():
+        support = embed_views(algorithm.embed, task.support_x[0], tta).unsqueeze(0)
+        query = embed_views(algorithm.embed, task.query_x[0], tta).unsqueeze(0)
+        logits = algorithm.logits_from_embeddings(support, task.support_y, query, task.n_way)
+    return float((logits.argmax(-1) == task.query_y).float().mean().cpu())
+
+
+def score_runs(algorithm, runs, preprocess, device, tta: int = 1) -> Dict[str, Any]:
+    """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run (``tta``: ``run_accuracy``)."""
     was_training = algorithm.training
     algorithm.eval()
     per_run, wrong, trials = {}, 0.0, 0
@@ -32,7 +47,7 @@ def score_runs(algorithm, runs, preprocess, device) -> Dict[str, Any]:
         for run in runs:
             task = run.task(preprocess, device)
             algorithm.check_episode(task.n_way, train=False)
-            acc = float(algorithm.evaluate(task).float().cpu()[0])  # fraction of this run's trials
+            acc = run_accuracy(algorithm, task, tta)  # fraction of this run's trials
             n = task.query_y.shape[1]
             per_run[run.name] = round(100.0 * (1.0 - acc), 2)
             wrong += (1.0 - acc) * n
@@ -50,5 +65,6 @@ def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any]) -> Dict[str,
         raise UserError(f"Unknown protocol '{name}'; choose one of: {', '.join(PROTOCOLS)}.")
     root = lake_root(proto, cfg["paths"]["data_dir"])
     runs = read_runs(root, parts.dataset.image_size, parts.dataset.channels, proto.get("invert", True))
-    res = score_runs(parts.algorithm, runs, parts.preprocess, parts.device)  # evaluate() sets grad mode
-    return {"protocol": name, "root": str(root), **res}
+    tta = int((cfg.get("eval") or {}).get("tta", 1) or 1)
+    res = score_runs(parts.algorithm, runs, parts.preprocess, parts.device, tta)  # evaluate() sets grad mode
+    return {"protocol": name, "root": str(root), **res, **({"tta": tta} if tta > 1 else {})}

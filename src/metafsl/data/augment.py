@@ -1,0 +1,105 @@
+"""Batched image augmentations on the device, and the fixed views of test-time augmentation.
+
+Written here rather than taken from torchvision.transforms.v2: those draw one set of parameters
+per call (one affine for the whole batch), while episodes need one draw per image, batched, on
+the training device, from an optional seeded generator.
+
+- ``koch_affine``: Koch, Zemel & Salakhutdinov (2015)'s distortions of Omniglot characters:
+  rotation in [-10, 10] degrees, shear in [-0.3, 0.3], scale in [0.8, 1.2] (each axis) and
+  translation in [-2, 2] pixels of a 105-pixel image (scaled to the image size), each component
+  applied with probability 1/2; the uncovered border is background (0: the Omniglot loader
+  draws ink bright on black).
+- ``stroke_width``: thicker or thinner pen strokes, a grey-level dilation (3x3 max-pool) or
+  erosion (3x3 min-pool) blended in by a per-image amount in [-1, 1] (bright ink assumed).
+- ``tta_views``: deterministic views for test-time augmentation: the image, its shifts by 1/28
+  of its side in the four directions, then the horizontal flips of those five.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+#: ``dataset.augment`` choices (also listed in ``metafsl.config``; a test keeps them equal)
+AUGMENTATIONS = ("none", "metaoptnet", "koch", "stroke", "koch_stroke")
+#: how many distinct views ``tta_views`` has
+MAX_VIEWS = 10
+
+
+def _uniform(n: int, low: float, high: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def _coin(n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return (torch.rand(n, generator=generator) < 0.5).float()
+
+
+def koch_matrices(n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(n, 2, 3) random affine matrices in ``affine_grid``'s normalised coordinates."""
+    theta = math.radians(10.0) * _uniform(n, -1, 1, generator) * _coin(n, generator)
+    shear = _uniform(n, -0.3, 0.3, generator).mul(_coin(n, generator)), \
+        _uniform(n, -0.3, 0.3, generator).mul(_coin(n, generator))
+    on = _coin(n, generator)
+    scale = (1 + on * (_uniform(n, 0.8, 1.2, generator) - 1), 1 + on * (_uniform(n, 0.8, 1.2, generator) - 1))
+    shift = 2.0 * 2.0 / 105.0  # 2 pixels of 105, in units of half the side
+    on = _coin(n, generator)
+    tx, ty = on * _uniform(n, -shift, shift, generator), on * _uniform(n, -shift, shift, generator)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shr = torch.stack([torch.stack([torch.ones(n), shear[0]], -1), torch.stack([shear[1], torch.ones(n)], -1)], -2)
+    scl = torch.diag_embed(torch.stack(scale, -1))
+    # grid_sample maps output coordinates to input ones: the inverse of the drawn distortion
+    linear = torch.linalg.inv(rot @ shr @ scl)
+    offset = -(linear @ torch.stack([tx, ty], -1).unsqueeze(-1))
+    return torch.cat([linear, offset], -1)
+
+
+def koch_affine(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Koch et al.'s random affine distortion of each image of ``x`` (N, C, H, W) float."""
+    if not len(x):
+        return x
+    matrices = koch_matrices(len(x), generator).to(x.device, x.dtype)
+    grid = F.affine_grid(matrices, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def stroke_width(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    """Strokes of ``x`` (N, C, H, W), bright ink, thickened (``amount`` > 0, up to a 3x3 dilation
+    at 1) or thinned (< 0, up to a 3x3 erosion at -1); ``amount`` (N,) per image."""
+    a = amount.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    dilated = F.max_pool2d(x, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    target = torch.where(a >= 0, dilated, eroded)
+    return x + a.abs() * (target - x)
+
+
+def random_stroke(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``stroke_width`` with an amount drawn uniformly in [-1, 1] per image."""
+    return stroke_width(x, _uniform(len(x), -1, 1, generator))
+
+
+def apply(name: str, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The ``dataset.augment`` choice ``name`` (other than none, metaoptnet) on ``x`` (N, C, H, W)."""
+    if name in ("stroke", "koch_stroke"):
+        x = random_stroke(x, generator)
+    if name in ("koch", "koch_stroke"):
+        x = koch_affine(x, generator)
+    return x.clamp_(0, 1)
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` moved by (dy, dx) pixels, the uncovered border zero."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (abs(dx), abs(dx), abs(dy), abs(dy)))
+    top, left = abs(dy) - dy, abs(dx) - dx
+    return padded[..., top: top + h, left: left + w]
+
+
+def tta_views(x: torch.Tensor, n: int) -> list:
+    """The first ``n`` (1..10) deterministic views of images ``x`` (N, C, H, W)."""
+    s = max(1, round(x.shape[-1] / 28))
+    base = [x, _shift(x, 0, s), _shift(x, 0, -s), _shift(x, s, 0), _shift(x, -s, 0)]
+    views = base + [v.flip(-1) for v in base]
+    return views[:n]

@@ -1,0 +1,173 @@
+"""Issue 30's levers: Koch et al.'s distortions and stroke-width augmentation, test-time
+augmentation (eval.tta, also in protocol=lake20), MAML++'s derivative-order annealing, and the
+presets (lake2015_*, maml_omniglot_cpu_*, tiny_fewshot_cpu_*) run end to end on tiny data."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import data_fixtures as fx
+from metafsl import config
+from metafsl.algorithms.maml import MAML
+from metafsl.algorithms.protonet import ProtoNet
+from metafsl.data import augment
+from metafsl.data.sampler import EpisodeSampler, Preprocess
+from metafsl.engine import fast_eval
+from metafsl.engine.evaluate import EvalSpec, check_transductive, predict_episodes
+from metafsl.engine.protocols import run_accuracy
+from metafsl.errors import UserError
+from metafsl.models.conv4 import conv4
+from test_sampler import make_split
+
+
+def glyphs(n=6, size=16, seed=0):
+    """Bright strokes on black: a few random horizontal and vertical bars per image."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        r, c = torch.randint(3, size - 3, (2,), generator=g).tolist()
+        x[i, 0, r, 2:-2] = 1.0
+        x[i, 0, 2:-2, c] = 1.0
+    return x
+
+
+def test_augment_choices_are_the_configs():
+    assert set(augment.AUGMENTATIONS) == set(config.RULES["dataset.augment"].choices)
+
+
+@pytest.mark.parametrize("name", ["koch", "stroke", "koch_stroke"])
+def test_augmentations_keep_shape_and_range_change_images_and_follow_the_seed(name):
+    x = glyphs()
+    a = augment.apply(name, x.clone(), torch.Generator().manual_seed(3))
+    b = augment.apply(name, x.clone(), torch.Generator().manual_seed(3))
+    c = augment.apply(name, x.clone(), torch.Generator().manual_seed(4))
+    assert a.shape == x.shape and a.dtype == x.dtype and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a - x).abs().amax(dim=(1, 2, 3)).gt(1e-3).sum() >= 3  # most images changed
+    p = Preprocess(augment=name)  # the training pipeline: augmented at training only
+    u8 = (x * 255).to(torch.uint8)
+    assert torch.equal(p(u8, train=False), u8.float() / 255) and not torch.equal(p(u8, train=True), u8.float() / 255)
+
+
+def test_stroke_width_grows_and_shrinks_the_ink():
+    x = glyphs()
+    ink = x.sum(dim=(1, 2, 3))
+    thick = augment.stroke_width(x, torch.ones(len(x))).sum(dim=(1, 2, 3))
+    thin = augment.stroke_width(x, -torch.ones(len(x))).sum(dim=(1, 2, 3))
+    half = augment.stroke_width(x, torch.full((len(x),), 0.5)).sum(dim=(1, 2, 3))
+    assert (thick > ink).all() and (thin < ink).all() and ((half > ink) & (half < thick)).all()
+    assert torch.equal(augment.stroke_width(x, torch.zeros(len(x))), x)
+
+
+def test_koch_matrices_stay_near_the_identity():
+    m = augment.koch_matrices(2000, torch.Generator().manual_seed(0))
+    eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    dev = (m - eye).abs()
+    assert dev[:, :, :2].amax() < 0.8 and dev[:, :, 2].amax() < 0.1  # scale, shear, rotation; shift
+    assert 0.01 < float((dev.amax(dim=(1, 2)) < 1e-6).float().mean()) < 0.1  # 1/32: no component drawn
+
+
+def test_tta_views_are_fixed_shifts_and_flips():
+    x = torch.arange(2 * 28 * 28, dtype=torch.float).view(2, 1, 28, 28)
+    views = augment.tta_views(x, augment.MAX_VIEWS)
+    assert len(views) == 10 and torch.equal(views[0], x) and torch.equal(views[5], x.flip(-1))
+    assert torch.equal(views[1][..., 1:], x[..., :-1]) and views[1][..., 0].abs().sum() == 0
+    assert len(augment.tta_views(x, 3)) == 3
+
+
+def _protonet(seed=0):
+    torch.manual_seed(seed)
+    return ProtoNet(conv4(channels=1, image_size=16, hidden=8)).eval()
+
+
+def _embeddings_seen(learner, tta):
+    """The support embeddings the fast evaluation path hands to the classification rule."""
+    seen = []
+
+    def rule(support, support_y, query, n_way):
+        seen.append(support)
+        return learner.logits_from_embeddings(support, support_y, query, n_way)
+
+    split = make_split(n_classes=6, per_class=(4,), size=16)
+    sampler = EpisodeSampler(split, 3, 1, 2, seed=0)
+    fast_eval.episode_predictions(learner, sampler, split.images, sampler.indices(4), 64, 2, rule=rule, tta=tta)
+    return torch.cat(seen)
+
+
+def test_tta_of_one_is_the_plain_path_and_more_views_change_the_embeddings(monkeypatch):
+    monkeypatch.setattr(fast_eval, "frozen_for_inference", lambda backbone, example: backbone)  # (slow to trace)
+    learner = _protonet()
+    plain = _embeddings_seen(learner, 1)
+    assert torch.allclose(_embeddings_seen(learner, 1), plain)
+    assert not torch.allclose(_embeddings_seen(learner, 5), plain, rtol=1e-3, atol=0)
+    split = make_split(n_classes=6, per_class=(4,), size=16)
+    spec = EvalSpec(3, 1, 2, episodes=4, seed=0)
+    base = predict_episodes(learner, split, spec).predicted
+    assert torch.equal(predict_episodes(learner, split, dataclasses.replace(spec, tta=1)).predicted, base)
+
+
+def test_lake_runs_with_tta():
+    learner = _protonet()
+    split = make_split(n_classes=5, per_class=(2,), size=16)
+    task = EpisodeSampler(split, 5, 1, 1, seed=0).sample(1)
+    plain = run_accuracy(learner, task, 1)
+    assert plain == pytest.approx(float(learner.evaluate(task).float()[0]))
+    views = lambda x: torch.stack([learner.embed(v) for v in augment.tta_views(x, 3)]).mean(0)  # noqa: E731
+    logits = learner.logits_from_embeddings(views(task.support_x[0])[None], task.support_y,
+                                            views(task.query_x[0])[None], 5)
+    assert run_accuracy(learner, task, 3) == pytest.approx(float((logits.argmax(-1) == task.query_y).float().mean()))
+
+
+def test_tta_needs_a_metric_learner():
+    cfg = {"algo": {"_target_": "metafsl.algorithms.maml.MAML", "name": "maml"}, "eval": {"tta": 3}}
+    with pytest.raises(UserError, match="eval.tta=3"):
+        check_transductive(cfg)
+    check_transductive({**cfg, "eval": {"tta": 1}})
+
+
+def _maml(**kw):
+    torch.manual_seed(0)
+    return MAML(conv4(channels=1, image_size=16, hidden=4), n_way=2, inner_steps=1, test_inner_steps=1, **kw)
+
+
+def _meta_grads(learner, batch):
+    learner.zero_grad()
+    learner.meta_backward(batch)
+    return [p.grad.clone() for p in learner.parameters() if p.grad is not None]
+
+
+def test_derivative_order_annealing_is_first_order_then_second_order():
+    batch = EpisodeSampler(make_split(n_classes=4, per_class=(3,), size=16), 2, 1, 1, seed=0).sample(2)
+    da, fo, so = _maml(first_order_iterations=1), _maml(first_order=True), _maml()
+    assert all(torch.allclose(a, b) for a, b in zip(_meta_grads(da, batch), _meta_grads(fo, batch)))
+    first, second = _meta_grads(da, batch), _meta_grads(so, batch)  # DA's second iteration: second order
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, second))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, _meta_grads(fo, batch)))
+    assert int(da.state_dict()["da_iteration"]) == 2 and "da_iteration" not in so.state_dict()
+    with pytest.raises(UserError, match="first_order_iterations"):
+        _maml(first_order=True, first_order_iterations=5)
+
+
+def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_cli):
+    """experiment=lake2015_small1 (koch_stroke augmentation, within-alphabet episodes), cut to a
+    tiny run on a fixture release, then its lake20 test with and without eval.tta."""
+    root = tmp_path / "data" / "omniglot"
+    fx.omniglot_set(root, "images_background_small1", {"Greek": 2}, as_zip=True)
+    fx.omniglot_set(root, "images_evaluation", {"Tengwar": 2}, as_zip=False)
+    runs = fx.lake_runs(tmp_path / "runs.zip", n_runs=1, ways=3)
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        "train", "experiment=lake2015_small1", f"paths.data_dir={root.parent}", "dataset.image_size=16",
+        "dataset.lake_val_fraction=0.5", "episode.train.n_way=4", "episode.train.n_query=1",
+        "episode.test.n_way=4", "trainer.iterations=2", "trainer.val_every=2", "trainer.val_episodes=2",
+        "eval.episodes=2", "backbone.hidden=4", f"hydra.run.dir={run}")
+    assert code == 0, err
+    errors = {}
+    for tta in (1, 3):
+        code, _, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={runs}", f"eval.tta={tta}")
+        assert code == 0, err
+        errors[tta] = json.loads((run / "summary.json").read_text())["tests"][-1]
+    assert "tta" not in errors[1] and errors[3]["tta"] == 3 and errors[3]["trials"] == 3
