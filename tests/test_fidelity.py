@@ -141,19 +141,19 @@ def _meta_grads(learner, batch):
 
 def test_derivative_order_annealing_is_first_order_then_second_order():
     batch = EpisodeSampler(make_split(n_classes=4, per_class=(3,), size=16), 2, 1, 1, seed=0).sample(2)
-    da, fo, so = _maml(first_order_iterations=1), _maml(first_order=True), _maml()
+    da, fo, so = _maml(first_order_until=1), _maml(first_order=True), _maml()
     assert all(torch.allclose(a, b) for a, b in zip(_meta_grads(da, batch), _meta_grads(fo, batch)))
     first, second = _meta_grads(da, batch), _meta_grads(so, batch)  # DA's second iteration: second order
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, second))
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, _meta_grads(fo, batch)))
     assert int(da.state_dict()["da_iteration"]) == 2 and "da_iteration" not in so.state_dict()
-    with pytest.raises(UserError, match="first_order_iterations"):
-        _maml(first_order=True, first_order_iterations=5)
+    with pytest.raises(UserError, match="first_order_until"):
+        _maml(first_order=True, first_order_until=5)
 
 
 def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_cli):
     """experiment=lake2015_small1 (koch_stroke augmentation, within-alphabet episodes), cut to a
-    tiny run on a fixture release, then its lake20 test with and without eval.tta."""
+    tiny run on a fixture release, then its lake20 test with eval.tta."""
     root = tmp_path / "data" / "omniglot"
     fx.omniglot_set(root, "images_background_small1", {"Greek": 2}, as_zip=True)
     fx.omniglot_set(root, "images_evaluation", {"Tengwar": 2}, as_zip=False)
@@ -165,9 +165,27 @@ def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_
         "episode.test.n_way=4", "trainer.iterations=2", "trainer.val_every=2", "trainer.val_episodes=2",
         "eval.episodes=2", "backbone.hidden=4", f"hydra.run.dir={run}")
     assert code == 0, err
-    errors = {}
-    for tta in (1, 3):
-        code, _, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={runs}", f"eval.tta={tta}")
-        assert code == 0, err
-        errors[tta] = json.loads((run / "summary.json").read_text())["tests"][-1]
-    assert "tta" not in errors[1] and errors[3]["tta"] == 3 and errors[3]["trials"] == 3
+    code, _, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={runs}", "eval.tta=3")
+    assert code == 0, err
+    record = json.loads((run / "summary.json").read_text())["tests"][-1]
+    assert record["tta"] == 3 and record["trials"] == 3 and record["protocol"] == "lake20"
+
+
+def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
+    """scripts/run_fidelity.py --dry-run: the exact commands, in order, for every goal and the ablation."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("run_fidelity", REPO / "scripts" / "run_fidelity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["all", "ablate-lake", "--dry-run", "--minutes", "5", "--out", str(tmp_path)]) == 0
+    lines = [ln[2:] for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
+    trains = [ln.split()[2] for ln in lines if ln.startswith("metafsl train")]
+    assert trains[:8] == [f"experiment={n}" for n in (*script.LAKE, *script.MAML, "tiny_fewshot_cpu_pretrain_conv4",
+                                                         *script.TINY)]
+    assert len(trains) == 8 + len(script.LAKE_ABLATIONS)
+    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (3 + len(script.LAKE_ABLATIONS))
+    assert f"backbone.weights={tmp_path / 'tiny_pretrain'}" in " ".join(lines)
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing

@@ -21,7 +21,7 @@ backend only:
   over the first ``msl_iterations`` training iterations (non-final weights floor at 0.03/S, as
   in the MAML++ code); after that only the last step counts, as in plain MAML.
 
-And MAML++'s derivative-order annealing (DA): ``first_order_iterations`` training iterations of
+And MAML++'s derivative-order annealing (DA): ``first_order_until`` training iterations of
 first-order meta-gradients (cheaper), then second order (``first_order`` must be false).
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ class MAML(GradientLearner):
         per_step_lr: MAML++ LSLR: a learned inner rate per tensor and per step, from inner_lr (l2l backend).
         multi_step_loss: MAML++ MSL: the query loss after every inner step, annealed to the last (l2l backend).
         msl_iterations: training iterations over which the multi-step loss anneals to the last step.
-        first_order_iterations: MAML++ derivative-order annealing: first order for this many training
+        first_order_until: MAML++ derivative-order annealing: first order for this many training
             iterations, then second order (0: off).
         recompute_inner: second order, l2l backend: recompute each inner step in the backward pass
             instead of keeping its activations (the same meta-gradient, far less memory, a little slower).
@@ -73,7 +73,7 @@ class MAML(GradientLearner):
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False, backend: Literal["l2l", "vmap"] = "l2l", per_step_lr: bool = False,
                  multi_step_loss: bool = False, msl_iterations: int = 7500, recompute_inner: bool = False,
-                 first_order_iterations: int = 0):
+                 first_order_until: int = 0):
         if backend == "vmap" and (per_step_lr or multi_step_loss):
             raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
         _check_recompute(recompute_inner, backend, first_order, per_step_lr or multi_step_loss)
@@ -98,16 +98,16 @@ class MAML(GradientLearner):
         self.multi_step_loss, self.msl_iterations = bool(multi_step_loss), int(msl_iterations)
         if self.multi_step_loss:
             self.register_buffer("msl_iteration", torch.zeros((), dtype=torch.long))
-        if first_order_iterations < 0 or (first_order_iterations and first_order):
-            raise UserError("algo.first_order_iterations needs a non-negative count and algo.first_order=false.")
-        self.first_order_iterations = int(first_order_iterations)
-        if self.first_order_iterations:  # DA: training iterations seen (kept in checkpoints)
+        if first_order_until < 0 or (first_order_until and first_order):
+            raise UserError("algo.first_order_until needs a non-negative count and algo.first_order=false.")
+        self.first_order_until = int(first_order_until)
+        if self.first_order_until:  # DA: training iterations seen (kept in checkpoints)
             self.register_buffer("da_iteration", torch.zeros((), dtype=torch.long))
 
     def inner_loop_settings(self, training: bool):
         """As ``GradientLearner``'s, first order during the derivative-order annealing phase."""
         settings = super().inner_loop_settings(training)
-        if training and self.first_order_iterations and int(self.da_iteration) < self.first_order_iterations:
+        if training and self.first_order_until and int(self.da_iteration) < self.first_order_until:
             return settings._replace(first_order=True)
         return settings
 
@@ -162,7 +162,7 @@ class MAML(GradientLearner):
         result = super().meta_backward(batch, autocast)
         if self.multi_step_loss:
             self.msl_iteration += 1  # one training iteration: advances the MSL schedule
-        if self.first_order_iterations:
+        if self.first_order_until:
             self.da_iteration += 1
         return result
 

@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Issue 30's trainings and tests, one after the other, with the exact commands; results table.
+
+    python scripts/run_fidelity.py all --data-dir ../shared/data --out outputs/fidelity
+(with the project installed in the Python that runs it, or PYTHONPATH=src)
+    python scripts/run_fidelity.py lake maml tiny ...            # some goals only
+    python scripts/run_fidelity.py ablate-lake --minutes 10 --background images_background_small1
+    python scripts/run_fidelity.py all --dry-run                  # print the commands only
+
+Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
+  lake: experiment=lake2015_{background,small1,small2}, then `metafsl test protocol=lake20` on the
+        runs (--lake-runs: the official all_runs.zip; default: the stand-in, built first by
+        scripts/make_lake_standin.py), without and with test-time augmentation (eval.tta=5);
+  maml: experiment=maml_omniglot_cpu_{5w1s,20w1s} (each tests itself on 600 episodes);
+  tiny: experiment=tiny_fewshot_cpu_pretrain_conv4 (stage 1, 25 min), then
+        tiny_fewshot_cpu_{5w5s,5w1s} from it (35 min each), each tested again with eval.tta=10.
+ablate-lake: the Lake levers one at a time against the full recipe, each trained --minutes,
+  all tested with protocol=lake20 with and without eval.tta=5.
+
+Every command is printed and appended to <out>/commands.txt; a run dir that already has a
+summary.json is not trained again (rerun the same command after an interruption). The table
+(markdown) is printed and written to <out>/results.md, the records to <out>/results.json.
+--extra passes overrides to every training (e.g. a smoke test: trainer.iterations=2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+LAKE = ["lake2015_background", "lake2015_small1", "lake2015_small2"]
+MAML = ["maml_omniglot_cpu_5w1s", "maml_omniglot_cpu_20w1s"]
+TINY = ["tiny_fewshot_cpu_5w5s", "tiny_fewshot_cpu_5w1s"]
+#: name -> overrides of the Lake recipe with one lever taken away (or a backbone widened)
+LAKE_ABLATIONS = {
+    "full": [],
+    "no_within_alphabet": ["episode.within_alphabet=false"],
+    "res28": ["dataset.image_size=28"],
+    "no_augment": ["dataset.augment=none"],
+    "koch_only": ["dataset.augment=koch"],
+    "stroke_only": ["dataset.augment=stroke"],
+    "wide128": ["backbone.hidden=128"],
+}
+
+
+class Runner:
+    def __init__(self, args):
+        self.args, self.out = args, Path(args.out).resolve()
+        self.records: List[Dict] = []
+        self.metafsl = [sys.executable, "-m", "metafsl.cli"]
+
+    def call(self, argv: List[str]) -> int:
+        line = " ".join(shlex.quote(a) for a in ["metafsl", *argv])
+        print(f"$ {line}", flush=True)
+        if self.args.dry_run:
+            return 0
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "commands.txt", "a") as f:
+            f.write(line + "\n")
+        return subprocess.call([*self.metafsl, *argv])
+
+    def train(self, label: str, experiment: str, extra: List[str] = ()) -> Optional[Path]:
+        run = self.out / label
+        if (run / "summary.json").is_file():
+            print(f"{run}: trained already, skipped.")
+            return run
+        argv = ["train", f"experiment={experiment}", f"paths.data_dir={self.args.data_dir}", *extra,
+                *self.args.extra, f"hydra.run.dir={run}"]
+        if (run / "checkpoints" / "last.pt").is_file():
+            argv.append("resume=true")
+        return run if self.call(argv) == 0 or self.args.dry_run else None
+
+    def test(self, run: Path, extra: List[str]) -> Optional[Dict]:
+        if self.call(["test", f"run={run}", f"paths.data_dir={self.args.data_dir}", *extra]) or self.args.dry_run:
+            return None
+        return json.loads((run / "summary.json").read_text())["tests"][-1]
+
+    def record(self, label: str, run: Optional[Path], test: str, result: Optional[Dict]) -> None:
+        rec = {"row": label, "run": str(run), "test": test}
+        summary = _summary(run)
+        if summary:
+            rec.update(iterations=summary.get("train", {}).get("iterations"),
+                       minutes=round((summary.get("train", {}).get("seconds") or 0) / 60, 1))
+        result = result if result is not None else (summary or {}).get("test")
+        if result:
+            rec.update({k: result[k] for k in ("acc", "ci95", "error", "episodes", "trials", "tta") if k in result})
+        self.records.append(rec)
+
+
+def _summary(run: Optional[Path]) -> Optional[Dict]:
+    path = None if run is None else run / "summary.json"
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def lake_root(r: Runner) -> str:
+    if r.args.lake_runs:
+        return r.args.lake_runs
+    standin = r.out / "all_runs_standin.zip"
+    if not standin.is_file():
+        cmd = [sys.executable, str(ROOT / "scripts" / "make_lake_standin.py"), "--omniglot",
+               str(Path(r.args.data_dir) / "omniglot"), "--out", str(standin)]
+        print("$ " + " ".join(cmd), flush=True)
+        if not r.args.dry_run:
+            standin.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.check_call(cmd)
+    return str(standin)
+
+
+def lake_tests(r: Runner, label: str, run: Optional[Path], root: str) -> None:
+    for tta in (1, 5):
+        res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}"]) if run else None
+        r.record(label, run, f"lake20, tta={tta}", res)
+
+
+def goal_lake(r: Runner) -> None:
+    root = lake_root(r)
+    for name in LAKE:
+        lake_tests(r, name, r.train(name, name), root)
+
+
+def goal_maml(r: Runner) -> None:
+    for name in MAML:
+        r.record(name, r.train(name, name), "episodes", None)
+
+
+def goal_tiny(r: Runner) -> None:
+    pre = r.train("tiny_pretrain", "tiny_fewshot_cpu_pretrain_conv4")
+    r.record("tiny_pretrain", pre, "episodes", None)
+    for name in TINY:
+        run = r.train(name, name, [f"backbone.weights={pre}"]) if pre else None
+        r.record(name, run, "episodes", None)
+        r.record(name, run, "episodes, tta=10", r.test(run, ["eval.tta=10"]) if run else None)
+
+
+def ablate_lake(r: Runner) -> None:
+    root = lake_root(r)
+    budget = [f"trainer.max_minutes={r.args.minutes}", f"dataset.background={r.args.background}"]
+    if r.args.background != "images_background":
+        budget.append("dataset.lake_val_fraction=0.2")
+    for name, overrides in LAKE_ABLATIONS.items():
+        label = f"ablate_{r.args.background}_{r.args.minutes:g}min_{name}"
+        lake_tests(r, label, r.train(label, "lake2015_background", [*budget, *overrides]), root)
+
+
+def table(records: List[Dict]) -> str:
+    cols = ["row", "test", "acc", "ci95", "episodes", "error", "trials", "iterations", "minutes", "run"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for rec in records:
+        cells = [rec.get(c) for c in cols]
+        lines.append("| " + " | ".join("" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+                                      for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("goals", nargs="+", choices=["all", "lake", "maml", "tiny", "ablate-lake"])
+    p.add_argument("--data-dir", default="../shared/data")
+    p.add_argument("--out", default="outputs/fidelity")
+    p.add_argument("--lake-runs", default=None, help="all_runs.zip (default: the stand-in, built in --out)")
+    p.add_argument("--minutes", type=float, default=10.0, help="ablate-lake: training minutes per variant")
+    p.add_argument("--background", default="images_background", help="ablate-lake: the background set")
+    p.add_argument("--extra", nargs="*", default=[], help="overrides for every training")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    args.data_dir = str(Path(args.data_dir).resolve())
+    r = Runner(args)
+    goals = [g for goal in args.goals for g in (["lake", "maml", "tiny"] if goal == "all" else [goal])]
+    steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake}
+    for goal in goals:
+        steps[goal](r)
+    if args.dry_run:
+        return 0
+    text = table(r.records)
+    print(text)
+    r.out.mkdir(parents=True, exist_ok=True)
+    (r.out / "results.md").write_text(text + "\n")
+    (r.out / "results.json").write_text(json.dumps(r.records, indent=1) + "\n")
+    return 0 if all("acc" in rec for rec in r.records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
