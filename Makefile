@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap bench-pretrained faults lint clean
+.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap bench-pretrained fidelity faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench-taskmap: setup  ## the map of tasks of RUN=<run dir> into docs/evidence/ta
 
 bench-pretrained: setup  ## torchvision/timm backbones: frozen SimpleShot, meta-trained, fine-tuned vs conv4 (~25 min)
 	@nice -n 10 $(PY) scripts/bench_pretrained.py --out docs/evidence/pretrained $(BENCH_ARGS)
+
+fidelity: setup  ## issue 30's hour-long trainings + tests, table in outputs/fidelity (FIDELITY_ARGS=all; ~7 h)
+	@$(PY) scripts/run_fidelity.py $(or $(FIDELITY_ARGS),all) --data-dir ../shared/data --out outputs/fidelity
 
 faults: setup  ## kill trainings at random points, resume, compare (docs/benchmarks.md; FAULTS_ARGS=--trials 30)
 	@nice -n 10 $(PY) scripts/faults.py $(FAULTS_ARGS)
