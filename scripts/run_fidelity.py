@@ -5,6 +5,7 @@
 (with the project installed in the Python that runs it, or PYTHONPATH=src)
     python scripts/run_fidelity.py lake maml tiny ...            # some goals only
     python scripts/run_fidelity.py ablate-lake --minutes 10 --background images_background_small1
+    python scripts/run_fidelity.py ablate-maml --minutes 20 --budget 0.33 --maml maml_omniglot_cpu_5w1s
     python scripts/run_fidelity.py all --dry-run                  # print the commands only
 
 Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
@@ -15,7 +16,10 @@ Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
   tiny: experiment=tiny_fewshot_cpu_pretrain_conv4 (stage 1, 25 min), then
         tiny_fewshot_cpu_{5w5s,5w1s} from it (35 min each), each tested again with eval.tta=10.
 ablate-lake: the Lake levers one at a time against the full recipe, each trained --minutes,
-  all tested with protocol=lake20 with and without eval.tta=5.
+  all tested with protocol=lake20 with and without eval.tta=5 (no_within_alphabet also
+  validates on mixed-alphabet episodes: episode.within_alphabet steers both).
+ablate-maml: MAML++'s options one at a time off (and all off), preset --maml, each trained
+  --minutes with --budget of its iterations and schedules; the same 600 test episodes.
 
 Every command is printed and appended to <out>/commands.txt; a run dir that already has a
 summary.json is not trained again (rerun the same command after an interruption). The table
@@ -45,6 +49,17 @@ LAKE_ABLATIONS = {
     "koch_only": ["dataset.augment=koch"],
     "stroke_only": ["dataset.augment=stroke"],
     "wide128": ["backbone.hidden=128"],
+}
+
+#: name -> overrides of the MAML recipe with one MAML++ option off
+MAML_ABLATIONS = {
+    "full": [],
+    "no_lslr": ["algo.per_step_lr=false"],
+    "no_msl": ["algo.multi_step_loss=false"],
+    "no_da": ["algo.first_order_until=0"],
+    "no_cosine": ["trainer.scheduler=null"],
+    "plain_maml": ["algo.per_step_lr=false", "algo.multi_step_loss=false", "algo.first_order_until=0",
+                   "trainer.scheduler=null"],
 }
 
 
@@ -147,6 +162,15 @@ def ablate_lake(r: Runner) -> None:
         lake_tests(r, label, r.train(label, "lake2015_background", [*budget, *overrides]), root)
 
 
+def ablate_maml(r: Runner) -> None:
+    """Each MAML++ option off in turn, ``--minutes`` of training and ``--budget`` of the preset's
+    iterations and schedules each (the same 600 test episodes)."""
+    for name, overrides in MAML_ABLATIONS.items():
+        label = f"ablate_{r.args.maml}_{r.args.minutes:g}min_{name}"
+        extra = [f"trainer.max_minutes={r.args.minutes}", f"budget={r.args.budget}", *overrides]
+        r.record(label, r.train(label, r.args.maml, extra), "episodes", None)
+
+
 def table(records: List[Dict]) -> str:
     cols = ["row", "test", "acc", "ci95", "episodes", "error", "trials", "iterations", "minutes", "run"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -159,19 +183,23 @@ def table(records: List[Dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("goals", nargs="+", choices=["all", "lake", "maml", "tiny", "ablate-lake"])
+    p.add_argument("goals", nargs="+", choices=["all", "lake", "maml", "tiny", "ablate-lake", "ablate-maml"])
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--out", default="outputs/fidelity")
     p.add_argument("--lake-runs", default=None, help="all_runs.zip (default: the stand-in, built in --out)")
     p.add_argument("--minutes", type=float, default=10.0, help="ablate-lake: training minutes per variant")
     p.add_argument("--background", default="images_background", help="ablate-lake: the background set")
+    p.add_argument("--maml", default="maml_omniglot_cpu_5w1s", help="ablate-maml: the preset")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="ablate-maml: fraction of the preset's iterations and schedules (e.g. --minutes 20 --budget 0.33)")
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every training")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
     args.data_dir = str(Path(args.data_dir).resolve())
     r = Runner(args)
     goals = [g for goal in args.goals for g in (["lake", "maml", "tiny"] if goal == "all" else [goal])]
-    steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake}
+    steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake,
+             "ablate-maml": ablate_maml}
     for goal in goals:
         steps[goal](r)
     if args.dry_run:

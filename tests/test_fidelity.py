@@ -180,12 +180,25 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("run_fidelity", REPO / "scripts" / "run_fidelity.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.main(["all", "ablate-lake", "--dry-run", "--minutes", "5", "--out", str(tmp_path)]) == 0
+    assert script.main(["all", "ablate-lake", "ablate-maml", "--dry-run", "--minutes", "5", "--out", str(tmp_path)]) == 0
     lines = [ln[2:] for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
     trains = [ln.split()[2] for ln in lines if ln.startswith("metafsl train")]
     assert trains[:8] == [f"experiment={n}" for n in (*script.LAKE, *script.MAML, "tiny_fewshot_cpu_pretrain_conv4",
                                                          *script.TINY)]
-    assert len(trains) == 8 + len(script.LAKE_ABLATIONS)
+    assert len(trains) == 8 + len(script.LAKE_ABLATIONS) + len(script.MAML_ABLATIONS)
+    assert sum("trainer.scheduler=null" in ln for ln in lines) == 2
     assert sum("protocol=lake20" in ln for ln in lines) == 2 * (3 + len(script.LAKE_ABLATIONS))
     assert f"backbone.weights={tmp_path / 'tiny_pretrain'}" in " ".join(lines)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_budget_scales_maml_plus_plus_schedules_with_the_iterations():
+    from metafsl.api import apply_budget
+
+    cfg = {"budget": 0.1, "trainer": {"iterations": 6000, "val_every": 500, "log_every": 50,
+                                      "scheduler": {"T_max": 6000}},
+           "algo": {"msl_iterations": 2000, "first_order_until": 2000}}
+    out = apply_budget(cfg)
+    assert (out["trainer"]["iterations"], out["trainer"]["scheduler"]["T_max"]) == (600, 600)
+    assert (out["algo"]["msl_iterations"], out["algo"]["first_order_until"]) == (200, 200)
+    assert apply_budget({**cfg, "algo": {"first_order_until": 0}})["algo"]["first_order_until"] == 0

@@ -70,6 +70,8 @@ Callbacks = Optional[Sequence[Callback]]
 KEPT_GROUPS = ("dataset", "backbone", "algo", "episode", "trainer", "eval")
 #: scheduler arguments counted in iterations, scaled with ``budget``
 _SCHEDULE_KEYS = ("step_size", "T_max", "total_iters", "total_steps", "milestones", "T_0")
+#: algo options counted in training iterations, scaled by ``budget`` like the LR schedule
+_ALGO_SCHEDULE_KEYS = ("msl_iterations", "first_order_until")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -139,8 +141,8 @@ def _scale_schedule(node, budget: float):
 
 
 def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """``budget=<fraction>``: scale iterations, the validation and log cadence and the LR-schedule
-    steps, for a quick approximate run of a preset (recorded in summary.json)."""
+    """``budget=<fraction>``: scale iterations, the validation and log cadence, the LR-schedule
+    steps and MAML++'s schedules, for a quick approximate run of a preset (recorded in summary.json)."""
     budget = float(cfg.get("budget", 1.0))  # its range is checked with the config (config.RULES)
     if budget == 1.0:
         return cfg
@@ -153,6 +155,9 @@ def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
         tr[key] = min(_scale(int(tr[key]), budget), tr["iterations"])
     if tr.get("scheduler"):
         tr["scheduler"] = _scale_schedule(tr["scheduler"], budget)
+    for key in _ALGO_SCHEDULE_KEYS:  # a method's own schedules in training iterations (MAML++)
+        if int((cfg.get("algo") or {}).get(key) or 0) > 0:
+            cfg["algo"][key] = _scale(int(cfg["algo"][key]), budget)
     return cfg
 
 
