@@ -17,7 +17,8 @@ Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
         tiny_fewshot_cpu_{5w5s,5w1s} from it (35 min each), each tested again with eval.tta=10.
 ablate-lake: the Lake levers one at a time against the full recipe, each trained --minutes,
   all tested with protocol=lake20 with and without eval.tta=5 (no_within_alphabet also
-  validates on mixed-alphabet episodes: episode.within_alphabet steers both).
+  validates on mixed-alphabet episodes: episode.within_alphabet steers both); then the full
+  recipe's two seeds as an ensemble (protocol.ensemble=).
 ablate-maml: MAML++'s options one at a time off (and all off), preset --maml, each trained
   --minutes with --budget of its iterations and schedules; the same 600 test episodes.
 
@@ -49,6 +50,7 @@ LAKE_ABLATIONS = {
     "koch_only": ["dataset.augment=koch"],
     "stroke_only": ["dataset.augment=stroke"],
     "wide128": ["backbone.hidden=128"],
+    "seed1": ["seed=1"],  # the full recipe again: a second model for the ensemble below
 }
 
 #: name -> overrides of the MAML recipe with one MAML++ option off
@@ -157,9 +159,16 @@ def ablate_lake(r: Runner) -> None:
     budget = [f"trainer.max_minutes={r.args.minutes}", f"dataset.background={r.args.background}"]
     if r.args.background != "images_background":
         budget.append("dataset.lake_val_fraction=0.2")
+    runs = {}
     for name, overrides in LAKE_ABLATIONS.items():
         label = f"ablate_{r.args.background}_{r.args.minutes:g}min_{name}"
-        lake_tests(r, label, r.train(label, "lake2015_background", [*budget, *overrides]), root)
+        runs[name] = r.train(label, "lake2015_background", [*budget, *overrides])
+        lake_tests(r, label, runs[name], root)
+    if runs["full"] and runs["seed1"]:  # ensemble of the two full-recipe models (seeds 0 and 1)
+        ens = [f"protocol.ensemble=[{runs['seed1']}]"]
+        for tta in (1, 5):
+            res = r.test(runs["full"], ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}", *ens])
+            r.record(f"{runs['full'].name}+seed1", runs["full"], f"lake20 ensemble of 2, tta={tta}", res)
 
 
 def ablate_maml(r: Runner) -> None:

@@ -121,6 +121,22 @@ def test_lake_runs_with_tta():
     assert run_accuracy(learner, task, 3) == pytest.approx(float((logits.argmax(-1) == task.query_y).float().mean()))
 
 
+def test_a_lake_ensemble_averages_the_models_probabilities(tmp_path):
+    from metafsl.data.lake_runs import read_runs
+    from metafsl.engine.protocols import run_logits, score_runs
+
+    runs = read_runs(fx.lake_runs(tmp_path / "runs.zip", n_runs=2, ways=5), 16)
+    a, b, pre = _protonet(0), _protonet(1), Preprocess()
+    res = score_runs(a, runs, pre, "cpu", others=[(b, runs, pre, "cpu")])
+    for run in runs:
+        task = run.task(pre, "cpu")
+        probs = (run_logits(a, task).softmax(-1) + run_logits(b, task).softmax(-1)) / 2
+        expected = 100 * (1 - float((probs.argmax(-1) == task.query_y).float().mean()))
+        assert res["per_run_error"][run.name] == pytest.approx(round(expected, 2))
+    alone = score_runs(a, runs, pre, "cpu")
+    assert alone == score_runs(a, runs, pre, "cpu", others=[(a, runs, pre, "cpu")])  # itself twice: the same
+
+
 def test_tta_needs_a_metric_learner():
     cfg = {"algo": {"_target_": "metafsl.algorithms.maml.MAML", "name": "maml"}, "eval": {"tta": 3}}
     with pytest.raises(UserError, match="eval.tta=3"):
@@ -153,7 +169,7 @@ def test_derivative_order_annealing_is_first_order_then_second_order():
 
 def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_cli):
     """experiment=lake2015_small1 (koch_stroke augmentation, within-alphabet episodes), cut to a
-    tiny run on a fixture release, then its lake20 test with eval.tta."""
+    tiny run on a fixture release, then its lake20 test with eval.tta, alone and as an ensemble."""
     root = tmp_path / "data" / "omniglot"
     fx.omniglot_set(root, "images_background_small1", {"Greek": 2}, as_zip=True)
     fx.omniglot_set(root, "images_evaluation", {"Tengwar": 2}, as_zip=False)
@@ -165,10 +181,13 @@ def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_
         "episode.test.n_way=4", "trainer.iterations=2", "trainer.val_every=2", "trainer.val_episodes=2",
         "eval.episodes=2", "backbone.hidden=4", f"hydra.run.dir={run}")
     assert code == 0, err
-    code, _, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={runs}", "eval.tta=3")
-    assert code == 0, err
-    record = json.loads((run / "summary.json").read_text())["tests"][-1]
-    assert record["tta"] == 3 and record["trials"] == 3 and record["protocol"] == "lake20"
+    records = []
+    for extra in ([], [f"protocol.ensemble=[{run}]"]):  # an ensemble of the run with itself: the same votes
+        code, _, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={runs}", "eval.tta=3", *extra)
+        assert code == 0, err
+        records.append(json.loads((run / "summary.json").read_text())["tests"][-1])
+    assert records[0]["tta"] == 3 and records[0]["trials"] == 3 and records[0]["protocol"] == "lake20"
+    assert records[1]["ensemble"] == [str(run)] and records[1]["per_run_error"] == records[0]["per_run_error"]
 
 
 def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
@@ -187,7 +206,8 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
                                                          *script.TINY)]
     assert len(trains) == 8 + len(script.LAKE_ABLATIONS) + len(script.MAML_ABLATIONS)
     assert sum("trainer.scheduler=null" in ln for ln in lines) == 2
-    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (3 + len(script.LAKE_ABLATIONS))
+    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (3 + len(script.LAKE_ABLATIONS) + 1)
+    assert sum("protocol.ensemble=[" in ln for ln in lines) == 2
     assert f"backbone.weights={tmp_path / 'tiny_pretrain'}" in " ".join(lines)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 

@@ -388,7 +388,7 @@ def _score(plan: PlannedTest, callbacks: Callback):
     if proto is not None:  # e.g. protocol=lake20: not sampled episodes
         from metafsl.engine.protocols import run_protocol
 
-        result = run_protocol(proto, parts, cfg)
+        result = run_protocol(proto, parts, cfg, _ensemble(plan))
     else:
         spec = EvalSpec.from_config(cfg)
         if spec.split not in parts.dataset.splits:
@@ -408,6 +408,14 @@ def _write_class_report(report, folder: Path) -> None:
         from metafsl.reporting.per_class import write
 
         write(report, folder)
+
+
+def _ensemble(plan: PlannedTest) -> list:
+    """The models of ``protocol.ensemble`` (run dirs, their ``checkpoint`` alike), each built as
+    for its own test with this protocol, to vote with the tested run's (a lake20 ensemble)."""
+    runs = (plan.protocol or {}).get("ensemble") or []
+    name = plan.protocol["name"] if runs else ""
+    return [_test_parts(test_plan(r, [f"protocol={name}"], plan.info.checkpoint)) for r in runs]
 
 
 def _without_dataset(cfg: Dict[str, Any], pre):

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 
 from metafsl.data.lake_runs import read_runs
 from metafsl.engine.fast_eval import embed_views
 from metafsl.errors import UserError
+
+#: one model of an ensemble: (algorithm, its reading of the runs, its preprocess, its device)
+Member = Tuple[Any, list, Any, Any]
 
 PROTOCOLS = {"lake20": "Lake et al. 2015 one-shot classification runs (20 x 20 trials, error %)"}
 
@@ -26,45 +29,72 @@ def lake_root(proto: Dict[str, Any], data_dir: str) -> Path:
     return Path(os.path.expanduser(str(root)))
 
 
-def run_accuracy(algorithm, task, tta: int = 1) -> float:
-    """Fraction of one run's trials right; ``tta`` > 1: a metric learner's embeddings averaged
-    over that many fixed views (``fast_eval.embed_views``), as ``eval.tta`` does for episodes."""
+def run_logits(algorithm, task, tta: int = 1) -> torch.Tensor:
+    """(1, trials, 20) query logits of one run; ``tta`` > 1: a metric learner's embeddings
+    averaged over that many fixed views (``fast_eval.embed_views``), as ``eval.tta`` does for episodes."""
     if tta <= 1:
-        return float(algorithm.evaluate(task).float().cpu()[0])
+        return algorithm.episode_logits(task).detach()
+    if not hasattr(algorithm, "logits_from_embeddings"):
+        raise UserError(f"eval.tta={tta} averages a metric learner's embeddings; {type(algorithm).__name__} has none.")
     with torch.inference_mode():
         support = embed_views(algorithm.embed, task.support_x[0], tta).unsqueeze(0)
         query = embed_views(algorithm.embed, task.query_x[0], tta).unsqueeze(0)
-        logits = algorithm.logits_from_embeddings(support, task.support_y, query, task.n_way)
-    return float((logits.argmax(-1) == task.query_y).float().mean().cpu())
+        return algorithm.logits_from_embeddings(support, task.support_y, query, task.n_way)
 
 
-def score_runs(algorithm, runs, preprocess, device, tta: int = 1) -> Dict[str, Any]:
-    """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run (``tta``: ``run_accuracy``)."""
-    was_training = algorithm.training
-    algorithm.eval()
+def run_accuracy(algorithm, task, tta: int = 1) -> float:
+    """Fraction of one run's trials right (``run_logits``)."""
+    return float((run_logits(algorithm, task, tta).argmax(-1) == task.query_y).float().mean().cpu())
+
+
+def _probabilities(members: Sequence[Member], i: int, tta: int):
+    """Run ``i``'s task (as the first member reads it) and the members' mean class probabilities."""
+    probs, first = [], None
+    for algorithm, runs, preprocess, device in members:
+        task = runs[i].task(preprocess, device)
+        algorithm.check_episode(task.n_way, train=False)
+        probs.append(run_logits(algorithm, task, tta).float().softmax(-1).cpu())
+        first = task if first is None else first
+    return first, torch.stack(probs).mean(0)
+
+
+def score_runs(algorithm, runs, preprocess, device, tta: int = 1, others: Sequence[Member] = ()) -> Dict[str, Any]:
+    """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run (``tta``:
+    ``run_logits``); ``others``: more models (algorithm, their reading of the same runs,
+    preprocess, device) whose class probabilities are averaged with its own (an ensemble)."""
+    members = [(algorithm, runs, preprocess, device), *others]
+    modes = [m[0].training for m in members]
+    for m in members:
+        m[0].eval()
     per_run, wrong, trials = {}, 0.0, 0
     try:
-        for run in runs:
-            task = run.task(preprocess, device)
-            algorithm.check_episode(task.n_way, train=False)
-            acc = run_accuracy(algorithm, task, tta)  # fraction of this run's trials
+        for i, run in enumerate(runs):
+            task, probs = _probabilities(members, i, tta)
+            acc = float((probs.argmax(-1) == task.query_y.cpu()).float().mean())  # fraction of this run's trials
             n = task.query_y.shape[1]
             per_run[run.name] = round(100.0 * (1.0 - acc), 2)
             wrong += (1.0 - acc) * n
             trials += n
     finally:
-        algorithm.train(was_training)
+        for m, mode in zip(members, modes):
+            m[0].train(mode)
     error = 100.0 * wrong / max(trials, 1)
     return {"error": round(error, 3), "acc": round(100.0 - error, 3), "trials": trials, "runs": len(runs),
             "per_run_error": per_run}
 
 
-def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any]) -> Dict[str, Any]:
+def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any], ensemble: Sequence = ()) -> Dict[str, Any]:
+    """The protocol's scores of the tested model (``parts``: ``engine.components.Components``),
+    with the models of ``ensemble`` (more such parts, ``protocol.ensemble``) voting alongside."""
     name = proto.get("name")
     if name != "lake20":
         raise UserError(f"Unknown protocol '{name}'; choose one of: {', '.join(PROTOCOLS)}.")
     root = lake_root(proto, cfg["paths"]["data_dir"])
-    runs = read_runs(root, parts.dataset.image_size, parts.dataset.channels, proto.get("invert", True))
+    def read(p):  # each model sees the runs at its own image size
+        return read_runs(root, p.dataset.image_size, p.dataset.channels, proto.get("invert", True))
+
+    others = [(p.algorithm, read(p), p.preprocess, p.device) for p in ensemble]
     tta = int((cfg.get("eval") or {}).get("tta", 1) or 1)
-    res = score_runs(parts.algorithm, runs, parts.preprocess, parts.device, tta)  # evaluate() sets grad mode
-    return {"protocol": name, "root": str(root), **res, **({"tta": tta} if tta > 1 else {})}
+    res = score_runs(parts.algorithm, read(parts), parts.preprocess, parts.device, tta, others)
+    extra = {**({"tta": tta} if tta > 1 else {}), **({"ensemble": list(proto["ensemble"])} if ensemble else {})}
+    return {"protocol": name, "root": str(root), **res, **extra}
