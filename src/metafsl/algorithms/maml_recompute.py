@@ -99,7 +99,7 @@ def adapted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
 
 
 #: the most bytes of convolution output that one channel group of the query pass computes at once
-GROUP_BYTES = 8 * 2**20
+GROUP_BYTES = 4 * 2**20
 _BLOCK_PARAMS = ("block.conv.weight", "block.conv.bias", "block.normalize.weight", "block.normalize.bias")
 
 
