@@ -35,7 +35,7 @@ bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 bench-export: setup  ## exported classifiers: file size, CPU images/s, fp32 vs int8 accuracy (BENCH_ARGS=--smoke)
 	@nice -n 10 $(PY) scripts/bench_export.py --out docs/evidence/export $(BENCH_ARGS)
 
-bench-memory: setup  ## second-order MAML: peak memory and time with algo.recompute_inner on/off (BENCH_ARGS=--smoke)
+bench-memory: setup  ## second-order MAML: peak memory and time with algo.recompute_inner on/off (BENCH_ARGS=--smoke | --device cuda)
 	@$(PY) scripts/bench_maml_memory.py --out docs/evidence/maml_memory $(BENCH_ARGS)
 
 bench-taskmap: setup  ## the map of tasks of RUN=<run dir> into docs/evidence/taskmap (TASKS_ARGS=episodes=400 ...)

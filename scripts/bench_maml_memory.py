@@ -4,15 +4,24 @@ and time of one meta-iteration on the miniImageNet shape (conv4 with 32 filters,
 
     make bench-memory                             # writes docs/evidence/maml_memory/
     python scripts/bench_maml_memory.py --smoke   # tiny shapes, seconds (tests)
+    python scripts/bench_maml_memory.py --device cuda --out DIR   # on a GPU
 
-Each (option, steps) runs in a fresh process so that its peak resident memory is its own: the
-figure is the peak RSS during the meta-iterations minus the RSS before the first one (model and
-data already there).  The meta-gradients of both options are compared in the parent process.
+Each (option, steps) runs in a fresh process so that its peak memory is its own.  CPU: the
+peak RSS during the meta-iterations minus the RSS before the first one (model and data already
+there), with glibc's default malloc (what a user's process takes; its heap keeps freed memory
+of medium-sized tensors, so this includes the allocator's fragmentation), then again in another
+fresh process with ``MALLOC_MMAP_THRESHOLD_=65536`` ("live": nearly every tensor mapped on its own
+and returned when freed, so the RSS follows the tensors alive; its time is not used).  CUDA:
+``torch.cuda.max_memory_allocated`` (and reserved) over the memory allocated before.  The time is
+the mean of the meta-iterations after a first, warm-up one.  The meta-gradients of both options
+are compared in float64 in the parent process.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -54,17 +63,43 @@ def status_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def one(shape, steps: int, recompute: bool) -> dict:
-    """Peak memory over the RSS before the first meta-iteration, and seconds per meta-iteration."""
-    algo, tasks = learner(shape, steps, recompute), batch(shape)
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
-    before = status_mib("VmRSS")
-    start = time.perf_counter()
-    for _ in range(shape["iters"]):
+def meta_iterations(algo: MAML, tasks: TaskBatch, iters: int, sync) -> float:
+    """Seconds per meta-iteration, the first (warm-up) one left out of the mean."""
+    times = []
+    for _ in range(iters + 1):
+        start = time.perf_counter()
         algo.zero_grad()
         algo.meta_backward(tasks)
-    seconds = (time.perf_counter() - start) / shape["iters"]
-    return {"steps": steps, "recompute_inner": recompute, "peak_mib": status_mib("VmHWM") - before, "seconds": seconds}
+        sync()
+        times.append(time.perf_counter() - start)
+    return sum(times[1:]) / iters
+
+
+def one(shape, steps: int, recompute: bool, device: str = "cpu") -> dict:
+    """Peak memory over the memory before the first meta-iteration, and seconds per meta-iteration."""
+    algo, tasks = learner(shape, steps, recompute).to(device), batch(shape)
+    tasks = dataclasses.replace(tasks, **{k: getattr(tasks, k).to(device) for k in ("support_x", "support_y", "query_x", "query_y")})
+    row = {"steps": steps, "recompute_inner": recompute, "device": device}
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        row["seconds"] = meta_iterations(algo, tasks, shape["iters"], torch.cuda.synchronize)
+        row["peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        row["reserved_mib"] = (torch.cuda.max_memory_reserved() - before) / 2**20
+        return row
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
+    before = status_mib("VmRSS")
+    row["seconds"] = meta_iterations(algo, tasks, shape["iters"], lambda: None)
+    row["peak_mib"] = status_mib("VmHWM") - before
+    return row
+
+
+def measure(shape_flag, steps: int, recompute: int, device: str, env=None) -> dict:
+    """``one`` in a fresh process (with ``env`` added to its environment)."""
+    cmd = [sys.executable, __file__, "--one", str(steps), str(recompute), "--device", device] + shape_flag
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def same_gradient(shape, steps: int) -> float:
@@ -77,28 +112,49 @@ def same_gradient(shape, steps: int) -> float:
     return float((grads[0] - grads[1]).abs().max() / grads[0].abs().max())
 
 
+#: glibc: map every allocation of 64 KiB or more on its own, returned to the system when freed
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def table(rows, device: str):
+    """The rows as a Markdown table, with each option's peak as a fraction of the default's."""
+    extra = "live peak (MiB)" if device == "cpu" else "peak reserved (MiB)"
+    lines = [f"| inner steps | recompute_inner | device | peak memory (MiB over start) | {extra} | "
+             "s / meta-iteration | peak / default's | meta-grad rel. diff |", "|---|---|---|---|---|---|---|---|"]
+    default = {}
+    for r in rows:
+        default.setdefault(r["steps"], r)
+        other = r.get("live_peak_mib", r.get("reserved_mib", float("nan")))
+        ratio = r["peak_mib"] / default[r["steps"]]["peak_mib"]
+        live_ratio = other / default[r["steps"]].get("live_peak_mib", other) if device == "cpu" else None
+        ratios = f"{ratio:.2f}" + (f" (live {live_ratio:.2f})" if live_ratio is not None else "")
+        diff = f"{r['max_rel_grad_diff']:.1e}" if "max_rel_grad_diff" in r else ""
+        lines.append(f"| {r['steps']} | {str(bool(r['recompute_inner'])).lower()} | {r['device']} | "
+                     f"{r['peak_mib']:.0f} | {other:.0f} | {r['seconds']:.3f} | {ratios} | {diff} |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="evidence dir (results.json, results.md)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--one", nargs=2, type=int, metavar=("STEPS", "RECOMPUTE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shape = SMOKE if args.smoke else FULL
     if args.one:
-        print(json.dumps(one(shape, args.one[0], bool(args.one[1]))))
+        print(json.dumps(one(shape, args.one[0], bool(args.one[1]), args.device)))
         return 0
     rows = []
+    flag = ["--smoke"] if args.smoke else []
     for steps in ((1, 2) if args.smoke else (5, 10)):
         for recompute in (0, 1):
-            cmd = [sys.executable, __file__, "--one", str(steps), str(recompute)] + (["--smoke"] if args.smoke else [])
-            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+            row = measure(flag, steps, recompute, args.device)
+            if args.device == "cpu":
+                row["live_peak_mib"] = measure(flag, steps, recompute, "cpu", LIVE_ENV)["peak_mib"]
+            rows.append(row)
         rows[-1]["max_rel_grad_diff"] = same_gradient(SMOKE if args.smoke else dict(FULL, tasks=1), steps)
-    lines = ["| inner steps | recompute_inner | peak memory (MiB over start) | s / meta-iteration | meta-grad rel. diff |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        diff = f"{r['max_rel_grad_diff']:.1e}" if "max_rel_grad_diff" in r else ""
-        lines.append(f"| {r['steps']} | {str(bool(r['recompute_inner'])).lower()} | {r['peak_mib']:.0f} | "
-                     f"{r['seconds']:.2f} | {diff} |")
+    lines = table(rows, args.device)
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import weakref
 import pytest
 import torch
 
+from metafsl.algorithms import maml_recompute
 from metafsl.algorithms.maml import MAML
 from metafsl.errors import UserError
 from metafsl.models import build_backbone
@@ -20,7 +21,17 @@ def tiny(recompute: bool, steps: int = 3) -> MAML:
                 recompute_inner=recompute).to(torch.float64)
 
 
-def test_recomputed_inner_steps_give_the_reference_meta_gradient():
+@pytest.fixture
+def one_channel_groups(monkeypatch):
+    """The query pass computes its conv blocks one output channel at a time, and says how often."""
+    calls = []
+    grouped = maml_recompute.grouped_block
+    monkeypatch.setattr(maml_recompute, "GROUP_BYTES", 1)
+    monkeypatch.setattr(maml_recompute, "grouped_block", lambda block, x: calls.append(1) or grouped(block, x))
+    return calls
+
+
+def test_recomputed_inner_steps_give_the_reference_meta_gradient(one_channel_groups):
     batch = tiny_batch()
     ref_loss, ref_acc, ref = meta_gradient(tiny(False), batch)
     loss, acc, got = meta_gradient(tiny(True), batch)
@@ -28,6 +39,7 @@ def test_recomputed_inner_steps_give_the_reference_meta_gradient():
     for k in ref:
         assert ref[k].abs().max() > 0, k
         torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+    assert len(one_channel_groups) == 2 * len(batch)  # both conv blocks of each task's query pass
 
 
 def test_per_task_backward_and_test_time_are_unchanged():
@@ -68,3 +80,12 @@ def test_recompute_keeps_far_less_for_the_backward_pass():
     batch = tiny_batch()
     ref, lean = saved_bytes(tiny(False, steps=6), batch), saved_bytes(tiny(True, steps=6), batch)
     assert lean < ref / 3, (lean, ref)
+
+
+def test_the_query_pass_keeps_only_block_inputs(monkeypatch):
+    """Checkpointing the conv blocks of the query pass cuts what the lean meta-loss keeps by far
+    more than half (the query's activations are no longer kept, only each block's input)."""
+    batch = tiny_batch()
+    grouped = saved_bytes(tiny(True, steps=2), batch)
+    monkeypatch.setattr(maml_recompute, "channel_separable", lambda module: False)
+    assert grouped < saved_bytes(tiny(True, steps=2), batch) / 3

@@ -15,48 +15,75 @@ does not fit: its reentrant form runs the forward pass without autograd (the inn
 ``autograd.grad``), and its non-reentrant form would keep the inner gradient's graph anyway.
 The model is used functionally (``functional_call``), as the vmap backend does; batch norm uses
 each call's batch statistics (no running statistics, see ``gradient.use_batch_statistics``), so
-recomputation gives bit-identical steps.
+recomputation gives bit-identical steps.  (A Hessian-vector product by forward-over-reverse,
+``torch.func.jvp`` of ``torch.func.grad``, kept a little less but ran much slower on the CPU.)
+
+The query pass of the adapted model then dominates (15 queries per class against 1 support
+image, and the first conv4 block at full resolution keeps most of it).  A conv4 block
+is separable by output channel (``models.conv4.channel_separable``): channel ``c`` of
+conv -> batch norm with batch statistics -> ReLU/max-pool depends only on the block's input and
+on row ``c`` of its parameters.  ``query_forward`` computes each such block group of channels
+by group, each group under ``torch.utils.checkpoint`` (non-reentrant; the query's backward is
+first order): the forward pass keeps only each block's input, and the backward pass recomputes
+one group's activations at a time (``GROUP_BYTES`` of convolution output).  The statistics of
+the batch norm are per channel, so each group computes them exactly as the whole block would.
+Blocks of other backbones run as they are.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence
+import contextlib
+import functools
+from typing import Callable, Dict, Iterator, List, Sequence
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
-Step = Callable[[List[torch.Tensor], bool], List[torch.Tensor]]
+from metafsl.models.conv4 import channel_separable
+
+
+class SGDStep:
+    """The inner step on one support set: ``theta' = theta - lr * grad L(theta)``, for weights
+    in ``names`` order, and the vector-Jacobian product of that map."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor, lr: float):
+        self.model, self.names, self.x, self.y, self.lr = model, tuple(names), x, y, lr
+
+    def loss(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        logits = functional_call(self.model, dict(zip(self.names, params)), (self.x,))
+        return nn.functional.cross_entropy(logits, self.y)
+
+    def __call__(self, params: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        params = [p.detach().requires_grad_() for p in params]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(self.loss(params), params)
+        return [(p - self.lr * g).detach() for p, g in zip(params, grads)]
+
+    def vjp(self, params: Sequence[torch.Tensor], v: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The vector-Jacobian product of the step at ``params``: ``v - lr * H v`` (H the Hessian of
+        the support loss), by differentiating the step's graph, built here and freed on return."""
+        params = [p.detach().requires_grad_() for p in params]
+        with torch.enable_grad():
+            new = [p - self.lr * g for p, g in
+                   zip(params, torch.autograd.grad(self.loss(params), params, create_graph=True))]
+            return list(torch.autograd.grad(new, params, v, allow_unused=True))
 
 
 class _InnerStep(torch.autograd.Function):
     """One inner step, differentiable w.r.t. its input weights, that keeps no activations."""
 
     @staticmethod
-    def forward(ctx, step: Step, *params: torch.Tensor):
+    def forward(ctx, step: SGDStep, *params: torch.Tensor):
         ctx.step = step
         ctx.save_for_backward(*params)
-        with torch.enable_grad():
-            new = step([p.detach().requires_grad_() for p in params], False)
-        return tuple(t.detach() for t in new)
+        return tuple(step(params))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grad_new: torch.Tensor):
-        params = [p.detach().requires_grad_() for p in ctx.saved_tensors]
-        with torch.enable_grad():
-            new = ctx.step(params, True)
-            grads = torch.autograd.grad(new, params, grad_new, allow_unused=True)
-        return (None, *grads)
-
-
-def sgd_step(model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor, lr: float) -> Step:
-    """The inner step on one support set: weights (in ``names`` order) -> updated weights."""
-    def step(params: List[torch.Tensor], create_graph: bool) -> List[torch.Tensor]:
-        loss = nn.functional.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
-        grads = torch.autograd.grad(loss, params, create_graph=create_graph)
-        return [p - lr * g for p, g in zip(params, grads)]
-    return step
+        return (None, *ctx.step.vjp([p.detach() for p in ctx.saved_tensors], grad_new))
 
 
 def adapted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
@@ -64,8 +91,63 @@ def adapted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
     """``model`` after ``steps`` inner steps on (x, y), as a function of query images whose output
     is differentiable (second order) w.r.t. the model's parameters."""
     names, params = zip(*model.named_parameters())
-    step = sgd_step(model, names, x, y, lr)
+    step = SGDStep(model, names, x, y, lr)
     for _ in range(steps):
         params = _InnerStep.apply(step, *params)
     weights = dict(zip(names, params))
-    return lambda query_x: functional_call(model, weights, (query_x,))
+    return functools.partial(query_forward, model, weights)
+
+
+#: the most bytes of convolution output that one channel group of the query pass computes at once
+GROUP_BYTES = 4 * 2**20
+_BLOCK_PARAMS = ("block.conv.weight", "block.conv.bias", "block.normalize.weight", "block.normalize.bias")
+
+
+def query_forward(model: nn.Module, weights: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``model`` with ``weights`` on the query images ``x``, keeping for the backward pass only the
+    input of each channel-separable block (see ``grouped_block``), not its activations."""
+    with _grouped_blocks(model):
+        return functional_call(model, weights, (x,))
+
+
+@contextlib.contextmanager
+def _grouped_blocks(model: nn.Module) -> Iterator[None]:
+    """Within the context, each channel-separable block of ``model`` runs as ``grouped_block``."""
+    blocks = [m for m in model.modules() if channel_separable(m)]
+    for block in blocks:
+        block.forward = functools.partial(grouped_block, block)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
+
+
+class _ClassForward(nn.Module):
+    """A block's own forward pass (its class's), whatever its instance's ``forward`` is now."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.block).forward(self.block, x)
+
+
+def _group(call: _ClassForward, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    return functional_call(call, dict(zip(_BLOCK_PARAMS, params)), (x,))
+
+
+def grouped_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A channel-separable block on ``x``, its output channels computed group by group, each group
+    checkpointed: the backward pass recomputes one group's activations at a time (at most about
+    ``GROUP_BYTES`` of convolution output) instead of keeping the whole block's."""
+    params = [block.conv.weight, block.conv.bias, block.normalize.weight, block.normalize.bias]
+    stride = block.conv.stride[0] * block.conv.stride[1]
+    per_channel = x.shape[0] * x.shape[-2] * x.shape[-1] * x.element_size() // stride
+    size = max(1, GROUP_BYTES // max(1, per_channel))
+    call = _ClassForward(block)
+    outs = [checkpoint(_group, call, x, *(p[i:i + size] for p in params), use_reentrant=False,
+                       preserve_rng_state=False)
+            for i in range(0, params[0].shape[0], size)]
+    return torch.cat(outs, 1)

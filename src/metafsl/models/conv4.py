@@ -50,3 +50,14 @@ def conv4(channels: int, image_size: int, hidden: int = 64, layers: int = 4,
     if pool_first:
         pool_before_relu(model)
     return with_out_features(model, channels, image_size)
+
+
+def channel_separable(module: nn.Module) -> bool:
+    """Whether ``module`` is a conv4 block (either order) whose output channel ``c`` depends only
+    on its input and on row ``c`` of each of its four parameters (conv weight and bias, batch-norm
+    weight and bias): true when the batch norm normalises with batch statistics (no running
+    averages), as every operation after the convolution then works channel by channel."""
+    base, fast = _conv_block_class()
+    return (type(module) in (base, fast) and module.conv.groups == 1 and module.conv.bias is not None
+            and module.normalize.affine and module.normalize.running_mean is None
+            and "forward" not in vars(module))
