@@ -1,13 +1,14 @@
 """The single place where learn2learn is imported (a thin adapter).
 
 learn2learn 0.2.0's package ``__init__`` imports every part of it: ``vision.datasets`` pulls in
-torchvision (and through it ``torch._dynamo``), ``vision.models.cnn4`` scipy.stats, plus gym and
-the text datasets, about 3 s per process.  metafsl uses its ``algorithms``, ``nn``, ``utils`` and
-``vision.models``, so those are imported on their own: ``learn2learn`` and ``learn2learn.vision``
-are registered without running their ``__init__``, and the first name they lack (a part such as
-``l2l.data`` is imported on request) runs that ``__init__`` after all, so every name of the real
-package stays reachable.  The same classes and functions run: the numbers do not change.
-Third-party warnings stay off the console unless ``verbose=true``.
+torchvision, ``vision.models`` requests and (``cnn4``) scipy.stats, plus gym and the text
+datasets, seconds of every training process.  metafsl uses its ``algorithms``, ``nn``, ``utils``
+and the ``cnn4`` and ``resnet12`` modules of ``vision.models``, so those are imported on their
+own: ``learn2learn``, ``learn2learn.vision`` and ``learn2learn.vision.models`` are registered
+without running their ``__init__``, and the first name one lacks (a part such as ``l2l.data`` is
+imported on request) runs that ``__init__`` after all, so every name of the real package stays
+reachable.  The same classes and functions run: the numbers do not change.  Third-party
+warnings stay off the console unless ``verbose=true``.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import warnings
 _module = None
 
 #: the packages registered without their ``__init__`` (parents first), and the parts imported
-_SKIPPED_INITS = ("learn2learn", "learn2learn.vision")
-_PARTS = ("learn2learn.utils", "learn2learn.algorithms", "learn2learn.nn", "learn2learn.vision.models")
+_SKIPPED_INITS = ("learn2learn", "learn2learn.vision", "learn2learn.vision.models")
+_PARTS = ("learn2learn.utils", "learn2learn.algorithms", "learn2learn.nn", "learn2learn.vision.models.cnn4",
+          "learn2learn.vision.models.resnet12")
 
 
 def learn2learn(verbose: bool = False):
@@ -126,7 +128,7 @@ def _stand_in_names(module: str):
 def _on_first_use(module: str):
     """While in this block (the parts' import), ``module`` is a stand-in whose names import the
     real module when first used; it is gone from ``sys.modules`` afterwards.  For ``scipy.stats``:
-    learn2learn's ``vision.models.cnn4`` imports its ``truncnorm`` (~1 s) for the initialisation
+    learn2learn's ``vision.models.cnn4`` imports its ``truncnorm`` (a slow import) for the initialisation
     of its full classifiers (``fc_init_``), never of the backbones metafsl builds."""
     if module in sys.modules:
         yield

@@ -46,7 +46,7 @@ def conv4(channels: int, image_size: int, hidden: int = 64, layers: int = 4,
     from metafsl._l2l import learn2learn
     from metafsl.models import with_out_features
 
-    model = learn2learn().vision.models.CNN4Backbone(
+    model = learn2learn().vision.models.cnn4.CNN4Backbone(
         hidden_size=int(hidden), layers=int(layers), channels=channels, max_pool=True,
         max_pool_factor=1.0)
     if pool_first:
