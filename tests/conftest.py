@@ -82,3 +82,22 @@ def same_run(run: Path, full: Path) -> None:
     wa = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
     wb = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def session_run(tmp_path_factory, name: str, train) -> Path:
+    """The run dir ``train(run_dir)`` makes, once per pytest session: the tests that only read it
+    share it, whichever pytest-xdist worker comes first trains it (under a file lock)."""
+    import fcntl
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by this session's workers
+    run = root / "session-runs" / name
+    run.parent.mkdir(exist_ok=True)
+    with open(run.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run / "summary.json").exists():
+            shutil.rmtree(run, ignore_errors=True)  # left by an earlier failed attempt
+            train(run)
+    return run

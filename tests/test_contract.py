@@ -156,7 +156,8 @@ def test_mann_classifies_up_to_its_label_slots():
 
 def test_learn2learn_is_imported_only_by_the_modules_that_use_it():
     """Metric learners other than ProtoNet's single-task classifier, the engine's evaluation and
-    the WRN backbone never import learn2learn (its import pulls in gym and friends)."""
+    the WRN backbone never import learn2learn; those that do import only the parts of it they use
+    (src/metafsl/_l2l.py: its package's import pulls in torchvision, scipy and gym)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -166,7 +167,11 @@ def test_learn2learn_is_imported_only_by_the_modules_that_use_it():
             "from metafsl.algorithms.matchingnet import MatchingNet; "
             "net = MatchingNet(build_backbone('wrn28_10', 1, 16, depth=10, widen=1)).eval(); "
             "net.adapt(torch.rand(2, 1, 16, 16), torch.arange(2))(torch.rand(3, 1, 16, 16)); "
-            "assert 'learn2learn' not in sys.modules, 'imported'")
+            "assert 'learn2learn' not in sys.modules, 'imported'; "
+            # a learn2learn backbone and learner import only the parts of learn2learn they use
+            "from metafsl.algorithms.maml import MAML; MAML(build_backbone('conv4', 1, 28, hidden=8), 5); "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torchvision', 'scipy', 'gym', 'requests')]; "
+            "assert 'learn2learn' in sys.modules and not heavy, heavy")
     src = Path(__file__).resolve().parents[1] / "src"
     done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=120)

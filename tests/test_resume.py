@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, session_run
 
 METAFSL = [sys.executable, "-m", "metafsl.cli"]
 #: the Snell et al. presets' schedule (experiment=snell2017_*: StepLR, gamma 0.5) with a step of 3
@@ -59,6 +59,11 @@ def killed(run_dir: Path, *extra: str, iteration: int = 5) -> None:
     assert ck["iteration"] == iteration - 1 and not (run_dir / "summary.json").exists()
 
 
+def full_run(run_cli, tmp_path_factory, case: str) -> Path:
+    """The uninterrupted run of ``case``, trained once per session (read, never changed)."""
+    return session_run(tmp_path_factory, f"resume-{case}", lambda run: train(run_cli, run, *CASES[case]))
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -81,30 +86,29 @@ def assert_same_state(a, b, where: str = "") -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_resume_after_a_kill_matches_an_uninterrupted_run(run_cli, tmp_path, case):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(run_cli, tmp_path, tmp_path_factory, case):
     extra = CASES[case]
-    train(run_cli, tmp_path / "full", *extra)
+    full = full_run(run_cli, tmp_path_factory, case)
     killed(tmp_path / "crash", *extra)
     assert "Resuming" in train(run_cli, tmp_path / "crash", *extra, "resume=true")
-    assert metrics(tmp_path / "full") == metrics(tmp_path / "crash")
-    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert metrics(full) == metrics(tmp_path / "crash")
+    a = json.loads((full / "summary.json").read_text())
     b = json.loads((tmp_path / "crash" / "summary.json").read_text())
     assert (a["val"], a["test"]["acc"]) == (b["val"], b["test"]["acc"])
-    ca = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    ca = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
     cb = torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)
     for key in ("model", "optimizer", "scheduler", "sampler"):
         assert_same_state(ca[key], cb[key], key)
 
 
-def test_the_resumed_state_is_really_there(run_cli, tmp_path):
+def test_the_resumed_state_is_really_there(run_cli, tmp_path_factory):
     """The cases above compare state that changes during training: StepLR halves the rate every
-    3 iterations, Reptile's rate falls linearly, MAML++'s annealing counter advances."""
-    train(run_cli, tmp_path / "steplr", *CASES["steplr"])
-    lrs = [r["lr"] for r in metrics(tmp_path / "steplr") if r["split"] == "train"]
+    3 iterations, Reptile's rate falls linearly, MAML++'s annealing counter advances (their
+    uninterrupted runs, shared with the cases)."""
+    lrs = [r["lr"] for r in metrics(full_run(run_cli, tmp_path_factory, "steplr")) if r["split"] == "train"]
     assert lrs == [1e-3] * 2 + [5e-4] * 3 + [2.5e-4] * 3
-    train(run_cli, tmp_path / "reptile", *CASES["reptile_schedule"])
-    lrs = [r["lr"] for r in metrics(tmp_path / "reptile") if r["split"] == "train"]
+    lrs = [r["lr"] for r in metrics(full_run(run_cli, tmp_path_factory, "reptile_schedule")) if r["split"] == "train"]
     assert lrs == pytest.approx([1 - i / 8 for i in range(1, 9)])
-    train(run_cli, tmp_path / "msl", *CASES["maml_plus_plus"], "trainer.iterations=4")
-    model = torch.load(tmp_path / "msl" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert int(model["msl_iteration"]) == 4
+    msl = full_run(run_cli, tmp_path_factory, "maml_plus_plus")
+    model = torch.load(msl / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert int(model["msl_iteration"]) == 8  # one per training iteration

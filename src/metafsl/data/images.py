@@ -147,8 +147,18 @@ def walk(root: Path) -> Tuple[List[str], List[str]]:
 
 
 def is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not Path(name).name.startswith(".")
+    # os.path.basename, not Path(name).name: the same last part, without building a Path per name
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")
+
+
+def _listed_image(name: str) -> bool:
+    return is_image(name) and "__MACOSX" not in name
 
 
 def iter_images(names: Iterable[str]) -> List[str]:
-    return sorted(n for n in names if is_image(n) and "__MACOSX" not in n)
+    return sorted(filter(_listed_image, names))
+
+
+def has_images(names: Iterable[str]) -> bool:
+    """Whether ``iter_images(names)`` would list any (stops at the first)."""
+    return any(map(_listed_image, names))

@@ -23,7 +23,7 @@ from metafsl.data.base import FewShotDataset, channel_stats, from_class_lists
 from metafsl.data.cache import CacheSpec, cached
 from metafsl.data.checks import check_disjoint
 from metafsl.data.download import fetch
-from metafsl.data.images import Archive, decode_many, iter_images, walk
+from metafsl.data.images import Archive, decode_many, has_images, iter_images, walk
 from metafsl.errors import UserError
 
 VERSION = 2  # of this loader: a change rebuilds cached datasets
@@ -82,7 +82,7 @@ def check_has_images(path: Path, name: str, names: Optional[List[str]] = None) -
             names = archive.names()
         finally:
             archive.close()
-    if iter_images(names):
+    if has_images(names):
         return
     zipped = path.parent / f"{name}.zip"
     also = f", or remove it to use {zipped}" if path.is_dir() and zipped.is_file() else ""
@@ -97,12 +97,18 @@ def load_sets(root: Path, sets: List[str], image_size: int, cache_dir: str, down
     for name in sets:
         path = _locate(root, name, download)
         names = walk(path)[0] if path.is_dir() else None
-        check_has_images(path, name, names)
         files = [path] if names is None else [path / n for n in names]
         spec = CacheSpec(f"omniglot-{name}", root, cache_dir, {"size": image_size, "src": str(path.resolve())},
                          files, VERSION, cache_check)
-        out[name] = cached(spec, lambda p=path: _read_set(p, image_size))
+        out[name] = cached(spec, lambda p=path, n=name, listed=names: _read_checked_set(p, n, listed, image_size))
     return out
+
+
+def _read_checked_set(path: Path, name: str, names: Optional[List[str]], image_size: int) -> dict:
+    """A set read for its cache: checked for images first (a current cache was built from
+    images, and a changed set file or listing is not current, so the check runs then)."""
+    check_has_images(path, name, names)
+    return _read_set(path, image_size)
 
 
 def vinyals_split(path: Path = SPLIT_FILE) -> Dict[str, str]:

@@ -16,13 +16,15 @@ from torch import nn
 
 @functools.cache
 def _conv_block_class():
-    from learn2learn.vision.models.cnn4 import ConvBlock
+    from metafsl._l2l import learn2learn
 
-    class PoolFirstConvBlock(ConvBlock):
+    conv_block = learn2learn().vision.models.cnn4.ConvBlock
+
+    class PoolFirstConvBlock(conv_block):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.relu(self.max_pool(self.normalize(self.conv(x))))
 
-    return ConvBlock, PoolFirstConvBlock
+    return conv_block, PoolFirstConvBlock
 
 
 def pool_before_relu(model: nn.Module) -> nn.Module:
@@ -44,7 +46,7 @@ def conv4(channels: int, image_size: int, hidden: int = 64, layers: int = 4,
     from metafsl._l2l import learn2learn
     from metafsl.models import with_out_features
 
-    model = learn2learn().vision.models.CNN4Backbone(
+    model = learn2learn().vision.models.cnn4.CNN4Backbone(
         hidden_size=int(hidden), layers=int(layers), channels=channels, max_pool=True,
         max_pool_factor=1.0)
     if pool_first:

@@ -10,7 +10,7 @@ from metafsl.models import with_out_features
 def resnet12(channels: int, image_size: int, wider: bool = True, dropblock: float = 0.0,
              dropout: float = 0.0) -> nn.Module:
     """wider: channels 64-160-320-640 (MetaOptNet) instead of 64-128-256-512."""
-    model = learn2learn().vision.models.ResNet12Backbone(
+    model = learn2learn().vision.models.resnet12.ResNet12Backbone(
         avg_pool=True, wider=bool(wider), embedding_dropout=float(dropout),
         dropblock_dropout=float(dropblock), channels=channels)
     return with_out_features(model, channels, image_size)
