@@ -630,6 +630,8 @@ def validate(overrides: Sequence[str] = (), run: Optional[PathLike] = None,
 
     config_problems = run_config_problems(plain)
     problems += config_problems + problems_of(lambda: loggers(plain))
+    if not config_problems:
+        problems += problems_of(lambda: _check_distributed(plain))
     run_dir = last_value(overrides, "hydra.run.dir")
     if run_dir is not None and Path(run_dir).exists():
         from metafsl.engine.resume import plan
@@ -638,6 +640,12 @@ def validate(overrides: Sequence[str] = (), run: Optional[PathLike] = None,
     if not config_problems:  # the data and the learner are built from a valid config only
         problems += _episode_problems(lambda: _built(plain), plain)
     return problems
+
+
+def _check_distributed(plain: Dict[str, Any]) -> None:
+    from metafsl.engine import distributed, launch
+
+    distributed.check(plain, launch.world_size(plain))
 
 
 def _built(plain: Dict[str, Any]):
