@@ -73,15 +73,16 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1)[0])
 
 
-def backend_for(setting: str, device: str) -> str:
-    """``distributed.backend``: auto is nccl when every worker gets a GPU, else gloo."""
-    gpus = torch.cuda.is_available()
+def backend_for(setting: str, device: str, local_workers: int = 1) -> str:
+    """``distributed.backend``: auto is nccl when every worker of this machine gets its own GPU,
+    else gloo (which also carries CUDA tensors, e.g. two workers sharing one GPU)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if setting == "nccl" and not gpus:
         raise UserError("distributed.backend=nccl needs a CUDA GPU per worker and none is available here; "
                         "use distributed.backend=gloo (or auto).")
     if setting != "auto":
         return setting
-    return "nccl" if gpus and not str(device).startswith("cpu") else "gloo"
+    return "nccl" if gpus >= local_workers and not str(device).startswith("cpu") else "gloo"
 
 
 def worker_device(device: str, world: World) -> str:
@@ -125,7 +126,8 @@ def join(cfg: Dict[str, Any], world: World, timeout_s: float = 1800) -> None:
     """Join the process group the launcher set up (``MASTER_ADDR``/``MASTER_PORT`` in the env)."""
     if world.size <= 1 or dist.is_initialized():
         return
-    backend = backend_for(str((cfg.get("distributed") or {}).get("backend", "auto")), str(cfg["device"]))
+    backend = backend_for(str((cfg.get("distributed") or {}).get("backend", "auto")), str(cfg["device"]),
+                          world.local_size)
     if backend == "nccl":
         torch.cuda.set_device(torch.device(cfg["device"]))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
