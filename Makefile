@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap bench-pretrained fidelity faults lint clean
+.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap bench-pretrained bench-distributed fidelity faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 
 bench-export: setup  ## exported classifiers: file size, CPU images/s, fp32 vs int8 accuracy (BENCH_ARGS=--smoke)
 	@nice -n 10 $(PY) scripts/bench_export.py --out docs/evidence/export $(BENCH_ARGS)
+
+bench-distributed: setup  ## 1 process x 2 threads vs 2 workers x 1 thread, ProtoNet and MAML (BENCH_ARGS=--smoke | --device cuda)
+	@$(PY) scripts/bench_distributed.py docs/evidence/distributed $(BENCH_ARGS)
 
 bench-memory: setup  ## second-order MAML: peak memory and time with algo.recompute_inner on/off (BENCH_ARGS=--smoke | --device cuda)
 	@$(PY) scripts/bench_maml_memory.py --out docs/evidence/maml_memory $(BENCH_ARGS)

@@ -170,35 +170,51 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
     dir's lock, before anything is written into it.  ``callbacks`` hear of the run's progress
     (none: silent); the config's loggers and the run's figure are added to them.  ``created``:
     whether ``run_dir`` was made for this training (default: it does not exist yet, or is a new
-    empty default dir); a training refused before any work then leaves no trace of it."""
+    empty default dir); a training refused before any work then leaves no trace of it.
+
+    ``distributed.nproc_per_node=N`` (and ``nnodes``...): the training runs on N workers started
+    here by PyTorch's elastic launcher, and this call returns rank 0's summary; under a launcher
+    (an external ``torchrun``: ``RANK`` set) this process is one of the workers."""
     from metafsl.reporting.loggers import run_callbacks
 
     if run_dir is not None and created is None:
         created = made_for_this_run(Path(run_dir))
     try:
         plain = apply_budget(resolved(cfg))
-        own = run_callbacks(plain)  # checks the loggers' packages before any work
-        _set_threads(plain, hydra_cfg)
+        world = _world(plain)
+        own = run_callbacks(plain) if world.main else []  # checks the loggers' packages before any work
+        _set_threads(plain, hydra_cfg, world.local_size)
     except UserError:
-        if run_dir is not None and created:
-            with contextlib.suppress(OSError):
-                Path(run_dir).rmdir()  # only ever succeeds on an empty directory
+        _remove_if_empty(run_dir, created)
         raise
     if run_dir is None:
         run_dir, created = unique_dir(Path(plain["paths"]["output_dir"]) / "train"), True
-    run_dir = Path(run_dir)
-    every = as_list([*(callbacks or []), *own])
+    from metafsl.engine import launch
+
+    if launch.needs_launch(plain):
+        return _launched(plain, cfg, Path(run_dir), overrides, hydra_cfg, callbacks, created)
+    try:
+        return _train_here(plain, cfg, _shared_dir(Path(run_dir), created, world), overrides, hydra_cfg,
+                           as_list([*(callbacks or []), *own] if world.main else []), created, world)
+    finally:
+        if world.size > 1:
+            from metafsl.engine.distributed import leave
+
+            leave()
+
+
+def _train_here(plain: Dict[str, Any], cfg: Any, run_dir: Path, overrides: Sequence[str], hydra_cfg: Any,
+                every: Callback, created: Optional[bool], world) -> RunSummary:
+    """The training in this process (one of the workers of a distributed run, or the only one)."""
     info = RunInfo(run_dir, plain, overrides=list(overrides),
                    sweep_dir=run_dir.parent if _in_sweep(hydra_cfg) else None)
-    with RunLock(run_dir) as lock:
-        try:
-            recipe, start = _start(info, cfg, hydra_cfg, every)
-        except UserError:
-            lock.discard(remove_dir=bool(created))
-            raise
+    with contextlib.ExitStack() as stack:
+        recipe, start = _locked_start(stack, info, cfg, hydra_cfg, every, created, world)
         if recipe is None:
             return start.previous
         summary = recipe.run()
+        if not world.main:
+            return summary
         every.on_train_end(summary, run_dir)  # shown before it is written
         with RunSummary.locked(run_dir):
             if start.previous is not None:  # re-read: a `metafsl test` may have added a record since
@@ -209,32 +225,125 @@ def train(cfg: Union[DictConfig, Dict[str, Any]], run_dir: Optional[PathLike] = 
     return summary
 
 
-def _start(info: RunInfo, cfg: Any, hydra_cfg: Any, callbacks: Callback):
+def _locked_start(stack: contextlib.ExitStack, info: RunInfo, cfg: Any, hydra_cfg: Any, every: Callback,
+                  created: Optional[bool], world):
+    """``_start`` under the run dir's lock (held by rank 0); a refusal on any worker is raised on
+    every worker with its sentence, and leaves no trace of a run dir made for the training."""
+    from metafsl.engine import distributed
+
+    lock = None
+    try:
+        lock = stack.enter_context(RunLock(info.run_dir)) if world.main else None
+        started = _start(info, cfg, hydra_cfg, every, world)
+        distributed.first_error(None, world)
+        return started
+    except UserError as exc:
+        if lock is not None:
+            lock.discard(remove_dir=bool(created))
+        if not getattr(exc, "shared", False):
+            distributed.first_error(exc, world)
+        raise
+
+
+def _world(plain: Dict[str, Any]):
+    """This process's place among the run's workers (checked first; joined under a launcher)."""
+    from metafsl.engine import distributed, launch
+
+    distributed.check(plain, launch.world_size(plain))
+    world = distributed.env_world() or distributed.World()
+    if world.size > 1:
+        plain["device"] = distributed.worker_device(plain["device"], world)
+        if distributed.restarted():  # the launcher restarted the workers: continue from last.pt
+            plain["resume"] = True
+        distributed.join(plain, world)
+    return world
+
+
+def _shared_dir(run_dir: Path, created: Optional[bool], world) -> Path:
+    """Rank 0's run dir on every worker (an external torchrun gave each its own default dir)."""
+    from metafsl.engine.distributed import share
+
+    shared = Path(share(str(run_dir), world))
+    if shared != run_dir:
+        _remove_if_empty(run_dir, created)
+    return shared
+
+
+def _remove_if_empty(run_dir: Optional[PathLike], created: Optional[bool]) -> None:
+    if run_dir is not None and created:
+        with contextlib.suppress(OSError):
+            Path(run_dir).rmdir()  # only ever succeeds on an empty directory
+
+
+def _launched(plain: Dict[str, Any], cfg: Any, run_dir: Path, overrides: Sequence[str], hydra_cfg: Any,
+              callbacks: Callbacks, created: Optional[bool]) -> RunSummary:
+    """Start the workers ``distributed.*`` asks for, each running ``train`` (``_worker``); returns
+    the summary rank 0 wrote."""
+    from metafsl.engine import launch
+
+    plain_cfg = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg
+    args = (plain_cfg, str(run_dir), list(overrides), hydra_cfg, launch.picklable(callbacks or []),
+            bool(created), logging.getLogger("metafsl").getEffectiveLevel())
+    try:
+        launch.launch(plain, _worker, args)
+    except UserError:
+        _remove_if_empty(run_dir, created)
+        raise
+    summary = RunSummary.read_or_none(run_dir)
+    if summary is None:
+        raise UserError(f"The workers ended without writing {run_dir / SUMMARY}; see the messages above.")
+    return summary
+
+
+def _worker(cfg: Dict[str, Any], run_dir: str, overrides: List[str], hydra_cfg: Any, callbacks: list,
+            created: bool, log_level: int):
+    """One worker of a launched training (module-level: the launcher pickles it): rank 0 shows the
+    run; returns None, or the sentence and exit code of the user error that stopped it."""
+    import warnings
+
+    from metafsl.errors import exit_code
+
+    warnings.filterwarnings("ignore")
+    main = os.environ.get("RANK") == "0"
+    logging.basicConfig(level=log_level if main else logging.WARNING, format="%(message)s")
+    try:
+        train(cfg, run_dir, overrides, hydra_cfg, callbacks if main else None, created=created)
+    except UserError as exc:
+        return str(exc), exit_code(exc)
+    return None
+
+
+def _start(info: RunInfo, cfg: Any, hydra_cfg: Any, callbacks: Callback, world=None):
     """How the training starts, its recipe set up (data loaded, episodes checked) and its snapshot
     written: ``(recipe, start)``, or ``(None, start)`` for a finished run that is left alone."""
+    from metafsl.engine.distributed import World, restarted
     from metafsl.engine.recipe import TrainRecipe
     from metafsl.engine.resume import plan
 
+    world = world or World()
     run_dir, plain = info.run_dir, info.config
-    start = plan(plain, run_dir, start_missing=info.sweep_dir is not None)
+    start = plan(plain, run_dir, start_missing=info.sweep_dir is not None or restarted())
     if start.mode == "finished":
         done = (start.previous.train or {}).get("iterations")
         log.info(f"{run_dir} is a finished run ({done} iterations): nothing to resume, nothing changed; "
                  "pass a larger trainer.iterations to continue it.")
         return None, start
-    remove_orphan_temp_files(run_dir)  # a killed run's half-written files
+    if world.main:
+        remove_orphan_temp_files(run_dir)  # a killed run's half-written files
     callbacks.on_run_start(info)
-    recipe = TrainRecipe(plain, run_dir, callbacks, info)
+    recipe = TrainRecipe(plain, run_dir, callbacks, info, world)
     recipe.setup(start)
-    # after the checks of setup (data, episodes): a refused resume leaves the run's snapshot as it was
-    write_snapshot(run_dir, cfg, info.overrides, hydra_cfg)
+    if world.main:  # after the checks of setup (data, episodes): a refused resume leaves the snapshot as it was
+        write_snapshot(run_dir, cfg, info.overrides, hydra_cfg)
     return recipe, start
 
 
-def _set_threads(plain: Dict[str, Any], hydra_cfg: Any) -> None:
+def _set_threads(plain: Dict[str, Any], hydra_cfg: Any, workers: int = 1) -> None:
+    """``runtime.threads=auto``: the cores shared by the sweep's parallel jobs and this machine's
+    workers of a distributed run."""
     from metafsl.engine.runtime import apply_threads
 
-    apply_threads(plain, parallel_jobs(hydra_cfg))
+    apply_threads(plain, parallel_jobs(hydra_cfg) * workers)
 
 
 def parallel_jobs(hydra_cfg: Any) -> int:
@@ -534,6 +643,8 @@ def validate(overrides: Sequence[str] = (), run: Optional[PathLike] = None,
 
     config_problems = run_config_problems(plain)
     problems += config_problems + problems_of(lambda: loggers(plain))
+    if not config_problems:
+        problems += problems_of(lambda: _check_distributed(plain))
     run_dir = last_value(overrides, "hydra.run.dir")
     if run_dir is not None and Path(run_dir).exists():
         from metafsl.engine.resume import plan
@@ -542,6 +653,12 @@ def validate(overrides: Sequence[str] = (), run: Optional[PathLike] = None,
     if not config_problems:  # the data and the learner are built from a valid config only
         problems += _episode_problems(lambda: _built(plain), plain)
     return problems
+
+
+def _check_distributed(plain: Dict[str, Any]) -> None:
+    from metafsl.engine import distributed, launch
+
+    distributed.check(plain, launch.world_size(plain))
 
 
 def _built(plain: Dict[str, Any]):

@@ -4,11 +4,17 @@ Meta-batches of tasks, validation every ``val_every`` iterations, best/last chec
 also every ``checkpoint_every_minutes`` and on SIGINT/SIGTERM), resume, divergence guard, final
 test.  Knows nothing about any specific algorithm or dataset.  Where a run stands is a
 ``TrainState`` saved in every checkpoint; evaluations are described by an ``EvalSpec``.
+
+On several workers (``metafsl.engine.distributed``: a ``World`` of N processes) every worker runs
+this recipe: it draws its share of the meta-batch from its own stream, the gradients and the
+logged loss/accuracy are averaged over the workers, stops and checkpoints are agreed once per
+iteration, and only rank 0 writes the run dir and tells the callbacks.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -20,6 +26,7 @@ from hydra.utils import instantiate
 
 from metafsl.data.report import episode_need
 from metafsl.engine import checkpoint, hooks
+from metafsl.engine import distributed as dist
 from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
 from metafsl.engine.components import build, build_train_stream, parameter_groups
@@ -43,8 +50,9 @@ class TrainRecipe:
     does is told to ``callbacks`` (``metafsl.engine.callbacks``)."""
 
     def __init__(self, cfg: Dict[str, Any], run_dir: Path, callbacks: Sequence[Callback] = (),
-                 run_info: Optional[RunInfo] = None):
+                 run_info: Optional[RunInfo] = None, world: Optional[dist.World] = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.world = world or dist.World()
         self.tr, self.ep = cfg["trainer"], cfg["episode"]
         self.state = TrainState()
         self.log = metrics_log(self.run_dir)
@@ -68,8 +76,8 @@ class TrainRecipe:
             log.info(self.data_report.line())
         self._check_episodes()
         test_time_choices(self.algo, EvalSpec.from_config(self.cfg))  # eval.bn, eval.finetune_*: before training
-        self.sampler = build_train_stream(self.algo, self.ds["train"], self.ep, self.device, self.cfg["seed"],
-                                          self.parts.preprocess)
+        self.sampler = build_train_stream(self.algo, self.ds["train"], self.ep, self.device,
+                                          dist.rank_seed(self.cfg["seed"], self.world.rank), self.parts.preprocess)
         groups = parameter_groups(self.algo, self.cfg["backbone"].get("lr"))
         if self.tr["iterations"] > 0 and not any(g["params"] for g in groups):
             raise UserError(f"Nothing to train: algo {self.cfg['algo']['name']} has no parameters besides "
@@ -78,12 +86,16 @@ class TrainRecipe:
         self.optimizer = instantiate(self.tr["optimizer"])(params=groups)
         self.scheduler = instantiate(self.tr["scheduler"])(optimizer=self.optimizer) \
             if self.tr.get("scheduler") else None
+        if not self.world.main:  # its own global random stream too (augmentation, dropout)
+            torch.manual_seed(dist.rank_seed(self.cfg["seed"], self.world.rank))
         if start.checkpoint is not None:
             self._restore(start)
         else:
-            self.log.clear()  # a rerun of a run stopped before its first checkpoint starts clean
+            if self.world.main:
+                self.log.clear()  # a rerun of a run stopped before its first checkpoint starts clean
             if self.cfg.get("extra", {}).get("eval_untrained"):
                 self.untrained = self.test()
+        dist.broadcast_module(self.algo, self.world)  # the same parameters on every worker
 
     def _check_episodes(self) -> None:
         self.has_val = has_validation(self.ds, self.cfg)
@@ -95,15 +107,29 @@ class TrainRecipe:
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None and ck.get("scheduler"):
             self.scheduler.load_state_dict(ck["scheduler"])
-        self.sampler.load_state_dict(ck["sampler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if self.device.type == "cuda" and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         self.state = checkpoint.train_state(ck)
+        self._restore_streams(ck)
         self.saved_iteration = self.state.iteration
-        self.log.truncate_after(self.state.iteration, self.state.val_iteration)
+        if self.world.main:
+            self.log.truncate_after(self.state.iteration, self.state.val_iteration)
         self._apply_changes(start.changes)
         log.info(f"Resuming {self.run_dir} from iteration {self.state.iteration}.")
+
+    def _restore_streams(self, ck: Dict[str, Any]) -> None:
+        """This worker's task stream and random state: its own as saved when the checkpoint was
+        written by as many workers (exact), else rank 0's for rank 0 and, for the others, a stream
+        derived from (seed, rank, iteration) (a different but reproducible continuation)."""
+        ranks = ck.get("workers") or [{"sampler": ck["sampler"], "rng": ck["rng"]}]
+        if len(ranks) == self.world.size or self.world.main:
+            mine = ranks[self.world.rank]
+            self.sampler.load_state_dict(mine["sampler"])
+            torch.set_rng_state(mine["rng"]["torch"])
+            if self.device.type == "cuda" and mine["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(mine["rng"]["cuda"], self.device)
+            return
+        seed = dist.resumed_seed(self.cfg["seed"], self.world.rank, self.state.iteration)
+        self.sampler.generator.manual_seed(seed)
+        torch.manual_seed(seed)
 
     def _apply_changes(self, changes: Dict[str, Any]) -> None:
         """Settings changed on resume: the learning rate goes into the optimiser (and scheduler);
@@ -158,7 +184,7 @@ class TrainRecipe:
     def _iteration(self, it: int, iterations: int, max_seconds: Optional[float]) -> bool:
         """One training step with its logging and checkpoints; True when the time budget is spent."""
         self._step(it)
-        out_of_time = max_seconds is not None and time.perf_counter() - self.t_start >= max_seconds
+        out_of_time, checkpoint_due = self._agreed(max_seconds)
         final = it == iterations or out_of_time
         self._log_train(it, final)
         if it % self.tr["val_every"] == 0 or final:
@@ -166,20 +192,33 @@ class TrainRecipe:
                 self.save_checkpoint(LAST)
                 self.callbacks.on_event("final_validation_start", it)
             self.validate(it)
-        elif self._checkpoint_due():
+        elif checkpoint_due:
             self.save_checkpoint(LAST)
         self.callbacks.on_event("iteration_end", it)
         if self.stop_signal is not None:
             self._stop(it)
         return out_of_time
 
+    def _agreed(self, max_seconds: Optional[float]):
+        """(out of time, checkpoint due), decided on rank 0, with a signal received by any worker
+        made a stop on all of them: one all-reduce per iteration."""
+        out_of_time = self.world.main and max_seconds is not None \
+            and time.perf_counter() - self.t_start >= max_seconds
+        due = self.world.main and self._checkpoint_due()
+        stop, out_of_time, due = dist.agree([self.stop_signal or 0, out_of_time, due], self.world, self.device)
+        if stop and self.stop_signal is None:
+            self.stop_signal = int(stop)
+        return bool(out_of_time), bool(due)
+
     def _step(self, it: int) -> None:
         self.algo.train()
-        batch = self.sampler.sample(self.tr["meta_batch_size"], train=True)
+        batch = self.sampler.sample(dist.tasks_per_worker(self.tr["meta_batch_size"], self.world), train=True)
         self.optimizer.zero_grad(set_to_none=True)
         # forward passes under runtime.amp (bf16 on GPU; no-op otherwise), gradients into .grad
         loss, acc = self.algo.meta_backward(batch, self.parts.runtime.autocast)
-        if not torch.isfinite(loss):
+        dist.average_gradients(self.algo, self.world)
+        loss, acc = dist.mean([loss, acc], self.world, self.device)
+        if not math.isfinite(loss):
             self._diverged(it, f"the training loss ({float(loss)})")
         if self.tr.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(self.algo.parameters(), self.tr["grad_clip"])
@@ -223,7 +262,9 @@ class TrainRecipe:
         s.loss_sum, s.acc_sum, s.count = 0.0, 0.0, 0
 
     def _record(self, record: Dict[str, Any]) -> None:
-        """A row of metrics.jsonl, then the same row to the callbacks."""
+        """A row of metrics.jsonl, then the same row to the callbacks (rank 0 only)."""
+        if not self.world.main:
+            return
         self.log.write(record)
         self.callbacks.on_metrics(record)
 
@@ -233,11 +274,23 @@ class TrainRecipe:
         return minutes is not None and time.perf_counter() - self.last_save >= 60 * float(minutes)
 
     def save_checkpoint(self, which: Path) -> None:
+        """Called by every worker at the same point (their streams are gathered); rank 0 writes."""
         self.state.seconds = time.perf_counter() - self.t_start
-        checkpoint.save(self.run_dir / which, self.snapshot())
-        self.callbacks.on_event("checkpoint_written", self.state.iteration)
+        workers = dist.gather(self._worker_state(), self.world)
+        if self.world.main:
+            payload = self.snapshot()
+            if len(workers) > 1:  # every worker's stream: a resume on as many workers is exact
+                payload["workers"] = workers
+            checkpoint.save(self.run_dir / which, payload)
+            self.callbacks.on_event("checkpoint_written", self.state.iteration)
         if which == LAST:
             self.last_save, self.saved_iteration = time.perf_counter(), self.state.iteration
+
+    def _worker_state(self) -> Dict[str, Any]:
+        """This worker's task stream and random state (all workers' go into a checkpoint)."""
+        return {"sampler": self.sampler.state_dict(), "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}}
 
     def snapshot(self) -> Dict[str, Any]:
         s = self.state
@@ -298,6 +351,7 @@ class TrainRecipe:
         if self.has_val:
             res = evaluate(self.algo, self.ds["val"], EvalSpec.from_config(self.cfg, validation=True),
                            self.device, self.parts.preprocess, runtime=self.parts.runtime)
+            res = dist.share(res, self.world)  # rank 0's decides best.pt on every worker
             self._record({"iteration": it, "split": "val", **res})
             self.state.last_val = res["acc"]
             improved = self.state.best_acc is None or res["acc"] > self.state.best_acc
@@ -323,6 +377,7 @@ class TrainRecipe:
 
     def final_test(self) -> Dict[str, Any]:
         """Test the best checkpoint (the last one without a validation split)."""
+        self.world.barrier()  # rank 0 has written it
         best = checkpoint.load(self.run_dir / BEST, map_location=self.device)
         checkpoint.load_weights(self.algo, best["model"], self.run_dir / BEST)
         self.callbacks.on_event("test_start", int(best["iteration"]))
@@ -339,6 +394,9 @@ class TrainRecipe:
         summary.data = self.data_report.to_dict()
         summary.train = {"iterations": self.state.iteration, "seconds": round(self.seconds, 2),
                          "planned_iterations": int(self.tr["iterations"])}
+        if self.world.size > 1:  # one-episode methods (meta_batch_size 1) took one per worker
+            summary.train.update(workers=self.world.size, episodes_per_step=self.world.size *
+                                 dist.tasks_per_worker(self.tr["meta_batch_size"], self.world))
         summary.val = {"best_acc": self.state.best_acc, "best_iteration": self.state.best_iteration}
         if self.untrained is not None:
             summary.untrained = self.untrained

@@ -1,0 +1,104 @@
+"""One training on 2 worker processes (torch.distributed, Gloo on the CPU): the averaged
+meta-gradients equal one process's on the whole meta-batch; a run through the real CLI writes one
+run dir of today's layout; a worker killed mid-training is restarted by the launcher and the run
+ends as if uninterrupted; bad settings are one sentence each, before any work."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY
+
+#: 2 workers x meta-batch 2 (1 task each), a validation (and last.pt) at iterations 3 and 6
+DIST = [*TINY, "trainer.meta_batch_size=2", "seed=3", "distributed.nproc_per_node=2"]
+
+
+def _cli(*args: str) -> int:
+    from metafsl.cli import main
+
+    return main([str(a) for a in args])
+
+
+def _files(run: Path) -> list:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+
+def test_two_workers_average_their_gradients_like_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from dist_helpers import SIZES, learner, train, worker
+
+    alone = {name: train(name, size) for name, size in SIZES.items()}  # first: the workers fork with it loaded
+    mp.start_processes(worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name in SIZES:
+        before = learner(name).state_dict()
+        assert any(not torch.allclose(before[k], alone[name][k]) for k in before), f"{name} did not train"
+        for key, value in alone[name].items():
+            assert torch.equal(ranks[0][name][key], ranks[1][name][key]), (name, key)
+            assert torch.allclose(ranks[0][name][key], value, atol=1e-5), (name, key)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 1-process run and a 2-worker run of the same tiny ProtoNet training, through the CLI."""
+    root = tmp_path_factory.mktemp("dist")
+    assert _cli("train", *TINY, f"hydra.run.dir={root / 'one'}") == 0
+    assert _cli("train", *DIST, f"hydra.run.dir={root / 'two'}") == 0
+    return root
+
+
+def test_a_distributed_run_writes_one_run_dir_of_the_usual_layout(runs):
+    assert _files(runs / "two") == _files(runs / "one")
+    summary = json.loads((runs / "two" / "summary.json").read_text())
+    assert summary["train"]["workers"] == 2 and summary["train"]["episodes_per_step"] == 2
+    assert summary["train"]["iterations"] == 6 and summary["test"]["acc"] > 0
+    assert [p for p in runs.iterdir()] and sorted(p.name for p in runs.iterdir()) == ["one", "two"]
+
+
+@pytest.mark.skipif(not os.environ.get("METAFSL_SLOW_TESTS"), reason="a minute of CPU: METAFSL_SLOW_TESTS=1")
+def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "dist_restart.py"), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ends as the uninterrupted one" in done.stdout
+
+
+def _refused(run_cli, tmp_path, *args: str) -> str:
+    run = tmp_path / "2026-01-01_00-00-00"
+    t0 = time.perf_counter()
+    code, out, err = run_cli("train", *TINY, *args, f"hydra.run.dir={run}")
+    assert code == 2 and "Traceback" not in err and time.perf_counter() - t0 < 15
+    assert not run.exists(), "a refused run left its dir"
+    return err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["distributed.nproc_per_node=0"], "distributed.nproc_per_node must be >= 1 (got 0)"),
+    (["distributed.nproc_per_node=3", "trainer.meta_batch_size=4"],
+     "trainer.meta_batch_size=4 cannot be split evenly over 3 workers"),
+    (["distributed.nproc_per_node=2", "distributed.backend=nccl"], "needs a CUDA GPU per worker"),
+])
+def test_bad_settings_are_one_sentence(run_cli, tmp_path, args, words):
+    if "distributed.backend=nccl" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    err = _refused(run_cli, tmp_path, *args)
+    assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_rendezvous_gives_up_in_seconds(run_cli, tmp_path):
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    err = _refused(run_cli, tmp_path, "distributed.nnodes=2", f"distributed.rdzv_endpoint=localhost:{port}",
+                   "distributed.join_timeout=2")
+    assert "could not meet" in err and len(err.strip().splitlines()) == 1
