@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.metafsl-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check-noop bench bench-export bench-memory bench-taskmap bench-pretrained bench-distributed fidelity faults lint clean
+.PHONY: help setup demo test check-noop bench bench-maml-speed bench-export bench-memory bench-taskmap bench-pretrained bench-distributed fidelity faults lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ check-noop: setup  ## with every optimiser step a no-op, each learning test must
 
 bench: setup  ## speed benchmarks (results go to docs/benchmarks.md by hand)
 	@$(PY) scripts/bench.py $(BENCH_ARGS)
+	@$(PY) scripts/bench_maml_speed.py --out docs/evidence/maml_speed $(MAML_SPEED_ARGS)
+
+bench-maml-speed: setup  ## MAML on the CPU: learn2learn vs metafsl and each speed lever (MAML_SPEED_ARGS=--smoke)
+	@$(PY) scripts/bench_maml_speed.py --out docs/evidence/maml_speed $(MAML_SPEED_ARGS)
 
 bench-export: setup  ## exported classifiers: file size, CPU images/s, fp32 vs int8 accuracy (BENCH_ARGS=--smoke)
 	@nice -n 10 $(PY) scripts/bench_export.py --out docs/evidence/export $(BENCH_ARGS)

@@ -83,8 +83,8 @@ def test_shortcut_applies_only_where_faithful():
 
 
 def test_gpu_runtime_options_are_no_ops_on_cpu_and_channels_last_is_not():
-    """amp=bf16 and compile=true change nothing on the CPU (float32 outputs, the same values, no
-    compiled forward); channels_last=true does store conv weights NHWC (checked on a layer with
+    """amp=bf16 and compile=true change nothing for ProtoNet on the CPU (float32 outputs, the same
+    values, no compiled forward; compile=true on the CPU is MAML's, tests/test_maml_compiled.py); channels_last=true does store conv weights NHWC (checked on a layer with
     several input channels: with one, NCHW and NHWC strides coincide), channels_last=false not."""
     x = torch.rand(2, 1, 16, 16)
     reference = protonet().eval()
@@ -147,7 +147,7 @@ def test_allocator_tuning_keeps_freed_memory_in_the_process(mode):
 
 def test_gpu_flags_leave_a_cpu_run_unchanged(run_cli, tmp_path):
     """amp=bf16 and compile=true reach the run (its saved config holds them, a bad amp value is
-    refused) and, on the CPU, change none of its numbers."""
+    refused) and, on the CPU, change none of a ProtoNet run's numbers."""
     results = []
     for name, extra in (("plain", ["runtime.amp=off", "runtime.compile=false"]),
                         ("flags", ["runtime.amp=bf16", "runtime.compile=true"])):

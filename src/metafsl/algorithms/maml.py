@@ -7,6 +7,9 @@ outer loss is the query loss of the adapted model, differentiated through the in
 batch's statistics, as in Finn et al.'s implementation (no running averages).
 ``backend=vmap`` runs the same computation for all tasks of a meta-batch at once with
 ``torch.func`` (``metafsl.algorithms.maml_vmap``); ``backend=l2l`` is the per-task reference.
+``runtime.compile`` (CPU) replaces the meta-training loop by one compiled function per task
+(l2l) or per meta-batch (vmap) (``metafsl.algorithms.maml_compiled``, ``compile_meta_gradient``):
+the same meta-gradient.
 
 Two MAML++ options (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019), l2l
 backend only:
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 
 from metafsl._l2l import learn2learn
-from metafsl.algorithms import maml_recompute, maml_vmap
+from metafsl.algorithms import maml_compiled, maml_recompute, maml_vmap
 from metafsl.algorithms.base import Classifier, accuracy
 from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
@@ -103,6 +106,7 @@ class MAML(GradientLearner):
         self.first_order_until = int(first_order_until)
         if self.first_order_until:  # DA: training iterations seen (kept in checkpoints)
             self.register_buffer("da_iteration", torch.zeros((), dtype=torch.long))
+        self.compiled: Optional[maml_compiled.CompiledMetaGradient] = None
 
     def inner_loop_settings(self, training: bool):
         """As ``GradientLearner``'s, first order during the derivative-order annealing phase."""
@@ -110,6 +114,15 @@ class MAML(GradientLearner):
         if training and self.first_order_until and int(self.da_iteration) < self.first_order_until:
             return settings._replace(first_order=True)
         return settings
+
+    def compile_meta_gradient(self, backend: str = "inductor") -> bool:
+        """Meta-train with ``maml_compiled`` (``runtime.compile``; backend vmap: its batched
+        function); False where it does not apply (the MAML++ options, recompute_inner)."""
+        if self.step_lrs is not None or self.multi_step_loss or self.first_order_until or self.recompute_inner:
+            return False
+        self.compiled = maml_compiled.CompiledMetaGradient(self.l2l_model.module, self.inner_steps, self.inner_lr,
+                                                           self.first_order, backend, batched=self.backend == "vmap")
+        return True
 
     def inner_loop(self, support_x, support_y, steps: int, lr: float, first_order: bool,
                    after_step: Optional[Callable[[nn.Module], None]] = None):
@@ -159,6 +172,10 @@ class MAML(GradientLearner):
     def meta_backward(self, batch: TaskBatch,
                       autocast: Callable[[], ContextManager] = contextlib.nullcontext
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.compiled is not None and self.training:
+            result = self.compiled.meta_backward(batch)  # None: compilation failed, logged
+            if result is not None:
+                return result
         result = super().meta_backward(batch, autocast)
         if self.multi_step_loss:
             self.msl_iteration += 1  # one training iteration: advances the MSL schedule

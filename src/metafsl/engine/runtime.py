@@ -12,16 +12,24 @@
   ``cores // W`` threads (the parallel jobs of a ``metafsl sweep`` with ``hydra/launcher=joblib``):
   two trainings at once with the default threads each ran 2.6x slower than with one thread each
   on a 2-core machine, as their threads fought over the cores.
-- GPU options, no-ops on the CPU:
-  ``amp=bf16`` runs forward passes under ``torch.autocast(dtype=bfloat16)`` (changes results
-  slightly, so off by default); ``compile`` wraps the backbone's forward with
-  ``torch.compile`` in place (state-dict keys unchanged; off by default).
+- ``compile`` (``auto`` by default; ``true``, ``false``): on the CPU, MAML's meta-training
+  step (without the MAML++ options or ``recompute_inner``) becomes one ``torch.compile``'d
+  function per task (per meta-batch with ``algo.backend=vmap``)
+  (``metafsl.algorithms.maml_compiled``: the same meta-gradient; the compile warm-up is logged,
+  and a failed compilation falls back to the uncompiled loop with one log line).  ``auto`` does
+  it for second-order MAML runs of at least ``AUTO_COMPILE_ITERATIONS`` iterations, where the
+  warm-up (minutes with a cold cache) is paid back; other methods are left alone.  On the GPU,
+  ``true`` wraps the backbone's forward with ``torch.compile`` in place (state-dict keys
+  unchanged; ``auto`` leaves it off there).
+- GPU option, a no-op on the CPU: ``amp=bf16`` runs forward passes under
+  ``torch.autocast(dtype=bfloat16)`` (changes results slightly, so off by default).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -37,6 +45,10 @@ _M_MMAP_MAX = -4
 _allocator_tuned: bool | None = None
 
 AMP_CHOICES = ("off", "bf16")
+#: ``runtime.compile=auto`` compiles CPU MAML for runs of at least this many iterations
+AUTO_COMPILE_ITERATIONS = 5000
+
+log = logging.getLogger(__name__)
 
 
 def tune_cpu_allocator() -> bool:
@@ -84,7 +96,8 @@ class Runtime:
     device: torch.device
     amp: str = "off"
     channels_last: bool = True
-    compile: bool = False
+    compile: Any = "auto"  # True | False | "auto"
+    iterations: int = 0  # the run's training iterations (``compile=auto``)
 
     @property
     def on_gpu(self) -> bool:
@@ -104,12 +117,33 @@ class Runtime:
             algorithm.to(memory_format=torch.channels_last)
             keep_channels_last(algorithm)
         if not self.on_gpu:
+            self._compile_cpu(algorithm)
             return
-        if self.compile:
+        if self.compile is True:
             backbone = getattr(algorithm, "backbone", None)
             if backbone is None:
                 raise UserError("runtime.compile=true needs an algorithm with a backbone.")
             backbone.compile()
+
+
+    def _compile_cpu(self, algorithm) -> None:
+        """``compile`` on the CPU: MAML's compiled meta-gradient where it applies."""
+        hook = getattr(algorithm, "compile_meta_gradient", None)
+        if hook is None or self.compile is False:
+            return
+        if self.compile == "auto" and (algorithm.first_order or self.iterations < AUTO_COMPILE_ITERATIONS):
+            return
+        if hook():
+            log.info("runtime.compile: MAML's meta-gradient will run compiled (torch.compile, CPU).")
+
+
+def compile_setting(value: Any) -> Any:
+    """``runtime.compile`` as True, False or "auto" (one sentence for anything else)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise UserError(f"runtime.compile must be one of auto, true, false (got {value!r}).")
 
 
 def from_config(cfg: dict[str, Any], device: torch.device) -> Runtime:
@@ -120,7 +154,9 @@ def from_config(cfg: dict[str, Any], device: torch.device) -> Runtime:
         raise UserError(f"Unknown runtime.amp '{amp}'; choose one of: {', '.join(AMP_CHOICES)}.")
     if rc.get("cpu_allocator_cache", True):
         tune_cpu_allocator()
-    return Runtime(device, amp, bool(rc.get("channels_last", True)), bool(rc.get("compile", False)))
+    iterations = int((cfg.get("trainer") or {}).get("iterations", 0) or 0)
+    return Runtime(device, amp, bool(rc.get("channels_last", True)), compile_setting(rc.get("compile", "auto")),
+                   iterations)
 
 
 def cpu_cores() -> int:

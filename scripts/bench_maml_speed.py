@@ -1,0 +1,361 @@
+"""MAML speed on the CPU (issue 26 section 3): learn2learn's MAML against metafsl, each speed lever
+alone and combined, side by side on the same tasks, with a check of the meta-gradients.
+
+    python scripts/bench_maml_speed.py --out docs/evidence/maml_speed            # the real run
+    python scripts/bench_maml_speed.py --out /tmp/ms --smoke --compile-backend eager  # seconds
+
+Two shapes, as ``make bench``: Omniglot (5-way 1-shot, 1 query per class, conv4 with 64 filters,
+28x28, meta-batch 32, 1 inner step, second order) and miniImageNet (5-way 1-shot, 15 queries per
+class, conv4 with 32 filters, 84x84 RGB, meta-batch 4, 5 inner steps, second order).  Every
+variant starts from the same weights and trains (Adam) on the same pre-drawn meta-batches; the
+time of drawing tasks is measured apart, and "ratio incl. task drawing" adds it to each side
+(learn2learn's ``TaskDataset`` for the reference, as ``scripts/bench.py`` does; metafsl's
+``EpisodeSampler`` for the others).  Variants:
+
+- reference: learn2learn's ``MAML.clone()``/``adapt()`` per task, one ``backward()`` per task,
+  on its own ``CNN4Backbone`` (conv-BN-ReLU-pool);
+- metafsl default (``algo.backend=l2l``), ``algo.backend=vmap``;
+- compile: ``runtime.compile=true`` (``metafsl.algorithms.maml_compiled``, inductor);
+- vmap + compile: ``algo.backend=vmap runtime.compile=true``, the vmap backend's meta-loss and
+  its gradient in one ``torch.compile``;
+- ... + 2 workers: two processes of ``cores // 2`` threads, each with half of the meta-batch,
+  the flattened gradient all-reduced over Gloo (what distributed training does): the default,
+  compile, and vmap + compile (the combinations).
+
+The first meta-batch's loss and meta-gradient (after the all-reduce for the workers) of every
+variant are compared with the reference's (max abs difference relative to the gradient's max
+abs value, float32 tolerance ``TOLERANCE``); the warm-up meta-iterations (compilation included)
+are timed apart ("warm-up s").  Figures go to stdout and to ``<out>/maml_speed.json`` and
+``<out>/maml_speed.md``; the exit status is 1 when a variant's gradient does not match.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench import l2l_taskset, machine, omniglot_or_glyphs, random_split
+
+from metafsl._l2l import learn2learn
+from metafsl.algorithms.gradient import use_batch_statistics
+from metafsl.algorithms.maml import MAML
+from metafsl.data.sampler import EpisodeSampler, TaskBatch
+from metafsl.engine.runtime import cpu_cores, tune_cpu_allocator
+from metafsl.models import build_backbone
+
+TOLERANCE = 1e-3  # relative max abs difference of float32 meta-gradients
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    channels: int
+    size: int
+    hidden: int
+    queries: int
+    batch: int
+    steps: int
+    inner_lr: float
+    ways: int = 5
+    shots: int = 1
+
+
+SHAPES = {"omniglot": Shape("Omniglot 5w1s, conv4-64 28x28, mb 32, 1 step, 2nd order", 1, 28, 64, 1, 32, 1, 0.4),
+          "mini": Shape("miniImageNet 5w1s 15q, conv4-32 84x84, mb 4, 5 steps, 2nd order", 3, 84, 32, 15, 4, 5,
+                        0.01)}
+SMOKE = {"omniglot": replace(SHAPES["omniglot"], name="smoke Omniglot-like 16x16", size=16, hidden=8, batch=4),
+         "mini": replace(SHAPES["mini"], name="smoke mini-like 16x16", size=16, hidden=8, queries=2, batch=2,
+                         steps=2)}
+
+
+# ----------------------------------------------------------------------------- models and tasks
+def metafsl_maml(shape: Shape, backend: str = "l2l") -> MAML:
+    torch.manual_seed(0)
+    backbone = build_backbone("conv4", shape.channels, shape.size, hidden=shape.hidden)
+    return MAML(backbone, shape.ways, inner_lr=shape.inner_lr, inner_steps=shape.steps, first_order=False,
+                backend=backend)
+
+
+def reference_maml(shape: Shape):
+    """learn2learn's MAML on its own CNN4Backbone, with metafsl's initial weights."""
+    torch.manual_seed(0)
+    net = nn.Sequential(build_backbone("conv4", shape.channels, shape.size, hidden=shape.hidden, pool_first=False),
+                        nn.Linear(metafsl_maml(shape).head.in_features, shape.ways))
+    use_batch_statistics(net)  # as Finn et al. (and metafsl's MAML): per-task batch statistics
+    net.load_state_dict(metafsl_maml(shape).l2l_model.module.state_dict())
+    return learn2learn().algorithms.MAML(net, lr=shape.inner_lr, first_order=False)
+
+
+def draw_tasks(shape: Shape, n: int, smoke: bool) -> List[TaskBatch]:
+    if shape.channels == 1:
+        split = omniglot_or_glyphs(100 if smoke else 1200)[0]
+    else:
+        split = random_split(6 if smoke else 64, 30, 3, shape.size)
+    sampler = EpisodeSampler(split, shape.ways, shape.shots, shape.queries, device=torch.device("cpu"), seed=0)
+    return [sampler.sample(shape.batch, train=True) for _ in range(n)]
+
+
+def half(batch: TaskBatch, rank: int, world: int) -> TaskBatch:
+    lo, hi = rank * len(batch) // world, (rank + 1) * len(batch) // world
+    return TaskBatch(batch.support_x[lo:hi], batch.support_y[lo:hi], batch.query_x[lo:hi], batch.query_y[lo:hi],
+                     batch.n_way, batch.n_shot, batch.n_query)
+
+
+# ----------------------------------------------------------------------------- variants
+def reference_step(shape: Shape):
+    maml = reference_maml(shape)
+
+    def step(batch: TaskBatch) -> torch.Tensor:
+        losses = []
+        for i in range(len(batch)):
+            learner = maml.clone()
+            for _ in range(shape.steps):
+                learner.adapt(nn.functional.cross_entropy(learner(batch.support_x[i]), batch.support_y[i]))
+            loss = nn.functional.cross_entropy(learner(batch.query_x[i]), batch.query_y[i])
+            (loss / len(batch)).backward()
+            losses.append(loss.detach())
+        return torch.stack(losses).mean()
+    return maml, step
+
+
+def metafsl_step(shape: Shape, backend: str = "l2l", compile_backend=None):
+    algo = metafsl_maml(shape, backend)
+    if compile_backend is not None:
+        assert algo.compile_meta_gradient(compile_backend)
+    return algo, lambda batch: algo.meta_backward(batch)[0]
+
+
+#: variant kind -> (its row's name, runs in 2 workers too as "<kind> + 2 workers")
+KINDS = {"reference": "reference learn2learn MAML",
+         "default": "metafsl default (backend=l2l; uncompiled, as runs < 5000 iterations)",
+         "vmap": "backend=vmap", "compile": "compile (runtime.compile=true)", "vmap+compile": "vmap + compile (backend=vmap runtime.compile=true)"}
+WORKER_KINDS = ("default", "compile", "vmap+compile")
+ALL_VARIANTS = [k for k in KINDS if k != "reference"] + [f"workers:{k}" for k in WORKER_KINDS]
+
+
+def build_step(shape: Shape, kind: str, compile_backend: str):
+    """(module, step) of one variant kind (see ``KINDS``)."""
+    if kind == "reference":
+        return reference_step(shape)
+    return metafsl_step(shape, "vmap" if kind.startswith("vmap") else "l2l",
+                        compile_backend if kind.endswith("compile") else None)
+
+
+# ----------------------------------------------------------------------------- timing
+def flat_grad(module: nn.Module) -> torch.Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                      for p in module.parameters()])
+
+
+def run_variant(module: nn.Module, step: Callable, tasks: List[TaskBatch], warmup: int,
+                reduce: Callable = lambda m, loss: loss) -> dict:
+    """Train on ``tasks``: the first ``warmup`` meta-batches (compile included) timed apart."""
+    opt = torch.optim.Adam(module.parameters())
+    first = {}
+    t = time.perf_counter()
+    for n, batch in enumerate(tasks):
+        if n == warmup:
+            warm_s, t = time.perf_counter() - t, time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = reduce(module, step(batch))
+        if n == 0:
+            first = {"loss": float(loss), "grad": flat_grad(module).clone()}
+        opt.step()
+    return {"sec_per_iteration": (time.perf_counter() - t) / (len(tasks) - warmup), "warmup_s": warm_s, **first}
+
+
+def run_in_process(shape: Shape, kind: str, compile_backend: str, tasks: List[TaskBatch], warmup: int) -> dict:
+    try:
+        module, step = build_step(shape, kind, compile_backend)
+        return run_variant(module, step, tasks, warmup)
+    except Exception as e:  # a lever that does not run here is reported, not fatal
+        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"}
+
+
+# ----------------------------------------------------------------------------- 2 workers (Gloo)
+def all_reduce_mean(module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """One all-reduce of the flattened gradient (and the loss), then the means back into
+    ``.grad``; returns the mean loss of the whole meta-batch."""
+    params = list(module.parameters())
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.flatten() for p in params] + [loss.detach().view(1)])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return flat[-1]
+
+
+def worker(rank: int, world: int, port: int, shape: Shape, kind: str, compile_backend: str, tasks_file: str,
+           warmup: int, threads: int, result_file: str) -> None:
+    torch.set_num_threads(threads)
+    tune_cpu_allocator()
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tasks = [half(b, rank, world) for b in torch.load(tasks_file, weights_only=False)]
+        algo, step = build_step(shape, kind, compile_backend)
+        # each worker's step averages over its own half; the all-reduce averages the halves
+        dist.barrier()
+        result = run_variant(algo, step, tasks, warmup, reduce=all_reduce_mean)
+        if rank == 0:
+            torch.save(result, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(shape: Shape, kind: str, compile_backend: str, tasks: List[TaskBatch], warmup: int,
+                world: int = 2) -> dict:
+    threads = max(1, cpu_cores() // world)
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks_file, result_file = os.path.join(tmp, "tasks.pt"), os.path.join(tmp, "result.pt")
+        torch.save(tasks, tasks_file)
+        try:
+            mp.spawn(worker, args=(world, free_port(), shape, kind, compile_backend, tasks_file, warmup, threads,
+                                   result_file), nprocs=world)
+            return torch.load(result_file, weights_only=False)
+        except Exception as e:  # a worker's traceback: its last line says what failed
+            return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
+
+
+# ----------------------------------------------------------------------------- one shape
+def l2l_sampling_seconds(shape: Shape, smoke: bool, repeats: int = 2) -> float:
+    """What the learn2learn TaskDataset pipeline costs per meta-batch (``make bench``'s reference pays it)."""
+    split = omniglot_or_glyphs(100 if smoke else 1200)[0] if shape.channels == 1 else \
+        random_split(6 if smoke else 64, 30, 3, shape.size)
+    taskset = l2l_taskset(split, shape.ways, shape.shots + shape.queries, rotate=shape.channels == 1)
+    t = time.perf_counter()
+    for _ in range(repeats * shape.batch):
+        taskset.sample()
+    return (time.perf_counter() - t) / repeats
+
+
+def compare(result: dict, ref: dict, drawing: Dict[str, float]) -> None:
+    """Gradient and loss against the reference's; speed ratios without and with task drawing
+    (the reference with learn2learn's TaskDataset, metafsl with its EpisodeSampler)."""
+    if "error" in result or "error" in ref:
+        return
+    scale = ref["grad"].abs().max().item()
+    result["grad_rel_diff"] = (result["grad"] - ref["grad"]).abs().max().item() / scale
+    result["loss_diff"] = abs(result["loss"] - ref["loss"])
+    result["match"] = result["grad_rel_diff"] <= TOLERANCE and result["loss_diff"] <= TOLERANCE * max(1, ref["loss"])
+    result["ratio"] = ref["sec_per_iteration"] / result["sec_per_iteration"]
+    own = drawing["reference"] if result is ref else drawing["metafsl"]
+    result["ratio_with_drawing"] = (ref["sec_per_iteration"] + drawing["reference"]) / \
+        (result["sec_per_iteration"] + own)
+
+
+def sampler_seconds(shape: Shape, smoke: bool, repeats: int = 3) -> float:
+    """What metafsl's EpisodeSampler costs per meta-batch (what its training loop pays)."""
+    t = time.perf_counter()
+    draw_tasks(shape, repeats, smoke)
+    return (time.perf_counter() - t) / repeats
+
+
+def bench_shape(key: str, shape: Shape, args) -> List[dict]:
+    tasks = draw_tasks(shape, args.warmup + args.iterations, args.smoke)
+    rows = []
+    for kind, name in KINDS.items():
+        if kind != "reference" and kind not in args.variants:
+            continue
+        print(f"  {key}: {name} ...", flush=True)
+        rows.append({"variant": name, **run_in_process(shape, kind, args.compile_backend, tasks, args.warmup)})
+    for kind in WORKER_KINDS:
+        if f"workers:{kind}" not in args.variants:
+            continue
+        name = f"{KINDS[kind] if kind != 'default' else 'default'} + 2 workers (Gloo all-reduce)"
+        print(f"  {key}: {name} ...", flush=True)
+        rows.append({"variant": name, **run_workers(shape, kind, args.compile_backend, tasks, args.warmup)})
+    drawing = {"reference": l2l_sampling_seconds(shape, args.smoke), "metafsl": sampler_seconds(shape, args.smoke)}
+    for n, row in enumerate(rows):
+        compare(row, rows[0], drawing)
+        row["shape"] = shape.name
+        row["task_drawing_s"] = drawing["reference" if n == 0 else "metafsl"]
+        figure = row["error"] if "error" in row else f"{row['sec_per_iteration']:.3f} s per meta-iteration"
+        print(f"    {row['variant']}: {figure}", flush=True)
+    for row in rows:
+        row.pop("grad", None)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+def table(rows: List[dict]) -> List[str]:
+    lines = ["| shape | variant | s / meta-iteration | ratio to reference | ratio incl. task drawing | warm-up s "
+             "| grad rel. diff | loss diff | match |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['variant']} | failed: {r['error']} | | | | | | |")
+            continue
+        lines.append(f"| {r['shape']} | {r['variant']} | {r['sec_per_iteration']:.3f} | {r.get('ratio', 1):.2f}x | "
+                     f"{r.get('ratio_with_drawing', 1):.2f}x | "
+                     f"{r['warmup_s']:.1f} | {r.get('grad_rel_diff', 0):.1e} | {r.get('loss_diff', 0):.1e} | "
+                     f"{'yes' if r.get('match', True) else 'NO'} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="evidence dir (maml_speed.json, maml_speed.md)")
+    ap.add_argument("--iterations", type=int, default=10, help="timed meta-iterations per variant")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed meta-iterations first (compilation included)")
+    ap.add_argument("--shapes", default="omniglot,mini", help="comma list of: omniglot, mini")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: a quick check)")
+    ap.add_argument("--variants", default=",".join(ALL_VARIANTS),
+                    help="comma list of the variants to run besides the reference (default: all of them)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, 2 iterations: seconds (figures meaningless)")
+    args = ap.parse_args(argv)
+    args.variants = args.variants.split(",")
+    unknown = set(args.variants) - set(ALL_VARIANTS)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
+    if args.smoke:
+        args.iterations, args.warmup = min(args.iterations, 2), 1
+    tune_cpu_allocator()  # what every metafsl command does (runtime.cpu_allocator_cache)
+    print(f"Machine: {machine(torch.device('cpu'))}", flush=True)
+    t0, rows = time.perf_counter(), []
+    for key in args.shapes.split(","):
+        rows += bench_shape(key, (SMOKE if args.smoke else SHAPES)[key], args)
+    lines = table(rows)
+    notes = [f"{r['shape']}: drawing a meta-batch of tasks takes {r['task_drawing_s']:.3f} s with learn2learn's "
+             f"TaskDataset (scripts/bench.py's reference) and {rows[n + 1]['task_drawing_s']:.3f} s with metafsl's "
+             f"EpisodeSampler; 'ratio incl. task drawing' adds them to each side." for n, r in enumerate(rows)
+             if r["variant"] == KINDS["reference"]]
+    header = [f"Machine: {machine(torch.device('cpu'))}; workers: 2 x {max(1, cpu_cores() // 2)} threads; "
+              f"{args.iterations} timed meta-iterations after "
+              f"{args.warmup} warm-up; compile backend {args.compile_backend}; total "
+              f"{time.perf_counter() - t0:.0f} s" + ("; SMOKE (figures meaningless)" if args.smoke else "")]
+    print("\n" + "\n".join(header + [""] + lines + [""] + notes))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "maml_speed.json").write_text(json.dumps({"header": header[0], "rows": rows}, indent=1))
+    (out / "maml_speed.md").write_text("\n".join(header + [""] + lines + [""] + notes) + "\n")
+    return 0 if all(r.get("match", False) for r in rows if "error" not in r) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

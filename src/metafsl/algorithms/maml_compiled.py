@@ -1,0 +1,177 @@
+"""MAML's meta-gradient as one compiled function of the meta-parameters (``runtime.compile``, CPU).
+
+The learn2learn backend builds each task's graph in Python, module call by module call, and
+differentiates it with autograd: on the CPU a meta-iteration is dominated by that overhead
+(small convolutions, a second-order backward of hundreds of tiny ops).  Here one task's whole
+computation -- the inner loop (support loss, ``torch.func.grad``, update, ``steps`` times), the
+query loss of the adapted weights and its gradient w.r.t. the meta-parameters -- is one pure
+function ``grad_and_value(task_loss)`` of the parameters and the task's tensors, which
+``torch.compile`` captures once (forward, inner loop, outer loss and backward in one graph) and
+runs for every task of every meta-batch (same shapes: no recompilation).  With
+``algo.backend=vmap`` the function is the vmap backend's whole meta-batch instead
+(``batch_loss``: all tasks at once), with batch norm from plain ops as there.
+
+The meta-gradient is the learn2learn loop's (tests/test_maml_compiled.py compares them): the
+same inner steps, differentiated through unless ``first_order``.  Batch norm uses each batch's
+own statistics, as everywhere in metafsl's MAML.  Tasks are still taken one at a time, so one
+task's graph is alive at a time, as in ``GradientLearner.meta_backward``.
+
+Compiling takes from seconds (torch's on-disk cache is warm) to minutes (a first run) and needs
+a C++ compiler for the CPU backend; both are logged (logger ``metafsl``), and when compilation
+fails the learner says so in one line and goes on with the learn2learn loop (``None`` below).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from metafsl.algorithms import maml_vmap
+from metafsl.algorithms.base import accuracy
+
+log = logging.getLogger("metafsl")
+
+Params = Dict[str, torch.Tensor]
+
+
+def task_loss(model: nn.Module, steps: int, lr: float, first_order: bool, params: Params,
+              sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One task's query loss after ``steps`` inner SGD steps from ``params`` (and its logits)."""
+
+    def support_loss(p: Params) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, p, (sx,)), sy)
+
+    for _ in range(steps):
+        g = grad(support_loss)(params)
+        params = {k: p - lr * (g[k].detach() if first_order else g[k]) for k, p in params.items()}
+    logits = functional_call(model, params, (qx,))
+    return nn.functional.cross_entropy(logits, qy), logits.detach()
+
+
+def batch_loss(model: nn.Module, steps: int, lr: float, first_order: bool, params: Params,
+               sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The mean query loss of a meta-batch (B, ...) adapted task by task under ``vmap`` (and the
+    logits (B, Nq, n_way)); batch norm must compute its statistics from plain ops (``_plain_batch_norm``)."""
+
+    def one_task(x, y, q):
+        return functional_call(model, maml_vmap.adapt(model, params, x, y, steps, lr, first_order), (q,))
+
+    logits = vmap(one_task)(sx, sy, qx)
+    losses = nn.functional.cross_entropy(logits.transpose(1, 2), qy, reduction="none")
+    return losses.mean(1).mean(), logits.detach()
+
+
+class _PlainBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm from elementary ops (exact second derivatives under vmap, see ``maml_vmap``)."""
+
+    forward = maml_vmap._batch_norm_with_batch_stats
+
+
+@contextlib.contextmanager
+def _plain_batch_norm(model: nn.Module) -> Iterator[None]:
+    """Swap the class of ``model``'s BatchNorm2d layers while the batched function runs: the
+    compiler traces the class's ``forward``, not an attribute set on the instance."""
+    layers = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
+    for m in layers:
+        m.__class__ = _PlainBatchNorm2d
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.__class__ = nn.BatchNorm2d
+
+
+def task_gradient(model: nn.Module, steps: int, lr: float, first_order: bool, batched: bool = False) -> Callable:
+    """``f(params, sx, sy, qx, qy) -> (gradients, (loss, logits))``: one task's meta-gradient, or
+    (``batched``) the mean meta-gradient of a meta-batch."""
+    return grad_and_value(functools.partial(batch_loss if batched else task_loss, model, steps, lr, first_order),
+                          has_aux=True)
+
+
+class CompiledMetaGradient:
+    """``task_gradient`` compiled with ``torch.compile(backend=backend)`` at the first call
+    (``backend=None``: not compiled); ``meta_backward`` accumulates the mean over a meta-batch
+    into the parameters' ``.grad``."""
+
+    def __init__(self, model: nn.Module, steps: int, lr: float, first_order: bool,
+                 backend: Optional[str | Callable] = "inductor", batched: bool = False):
+        self.model, self.backend, self.batched = model, backend, batched
+        self.eager = task_gradient(model, steps, lr, first_order, batched)
+        self.fn: Callable = self.eager  # backend None: the functional path uncompiled
+        self.ready = backend is None  # otherwise the first call compiles
+        self.failed = False
+
+    def _first_call(self, *args):
+        log.info("Compiling MAML's meta-gradient with torch.compile (backend %s): seconds with a warm "
+                 "cache, minutes the first time...", self.backend)
+        t = time.perf_counter()
+        try:
+            self.fn = torch.compile(self.eager, backend=self.backend, dynamic=False)
+            out = self.fn(*args)
+        except Exception as e:  # no C++ compiler, an unsupported platform or torch build: go on without
+            self.failed = True
+            e = getattr(e, "inner_exception", None) or e  # torch's BackendCompilerFailed: its cause
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            log.warning("runtime.compile: torch.compile is unavailable here (%s); MAML runs uncompiled.", reason)
+            return None
+        self.ready = True
+        log.info("MAML's meta-gradient compiled in %.0f s.", time.perf_counter() - t)
+        return out
+
+    def _call(self, *args):
+        return self.fn(*args) if self.ready else self._first_call(*args)
+
+    def meta_backward(self, batch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Add the meta-batch's mean meta-gradient to ``.grad``; (mean loss, mean accuracy), or
+        None when compilation failed (the caller then runs its own loop; nothing was changed)."""
+        if self.failed:
+            return None
+        if self.batched:
+            return self._batched_backward(batch)
+        named = dict(self.model.named_parameters())
+        params = {k: p.detach() for k, p in named.items()}
+        total: Optional[Params] = None
+        losses, accs = [], []
+        for i in range(len(batch)):
+            args = (params, batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
+            out = self._call(*args)
+            if out is None:
+                return None
+            g, (loss, logits) = out
+            if not torch.isfinite(loss):
+                break
+            total = g if total is None else {k: total[k] + g[k] for k in total}
+            losses.append(loss.detach())
+            accs.append(accuracy(logits, batch.query_y[i]))
+        if total is not None:
+            _add_grad(named, total, 1 / len(batch))
+        if len(losses) < len(batch):  # a non-finite loss: the caller's divergence guard sees it
+            return loss.detach(), accuracy(logits, batch.query_y[len(losses)])
+        return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+    def _batched_backward(self, batch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        named = dict(self.model.named_parameters())
+        with _plain_batch_norm(self.model):
+            out = self._call({k: p.detach() for k, p in named.items()}, batch.support_x, batch.support_y,
+                             batch.query_x, batch.query_y)
+        if out is None:
+            return None
+        g, (loss, logits) = out
+        if torch.isfinite(loss):
+            _add_grad(named, g, 1.0)
+        return loss.detach(), accuracy(logits, batch.query_y).mean()
+
+
+def _add_grad(named: Dict[str, nn.Parameter], grads: Params, scale: float) -> None:
+    for k, p in named.items():
+        update = grads[k] * scale
+        p.grad = update if p.grad is None else p.grad + update

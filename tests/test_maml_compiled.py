@@ -1,0 +1,86 @@
+"""MAML's compiled meta-gradient (``runtime.compile`` on the CPU): the learn2learn loop's
+meta-gradient, a logged fallback when compilation fails, and when the runtime turns it on.
+
+The plumbing is checked with torch.compile's cheap ``eager`` backend (dynamo capture of the
+torch.func transforms, no C++ build); the inductor backend is what ``scripts/bench_maml_speed.py``
+times and checks against the reference on the real shapes."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from metafsl.algorithms.maml import MAML
+from metafsl.engine import runtime
+from metafsl.errors import UserError
+from metafsl.models import build_backbone
+from test_maml_vmap import SIZE, WAY, tiny_batch
+
+
+def tiny_maml(backend: str = "l2l", first_order: bool = False, **options) -> MAML:
+    """One conv block, one inner step: what dynamo traces stays small (the suite's budget)."""
+    torch.manual_seed(0)
+    backbone = build_backbone("conv4", 1, SIZE, hidden=3, layers=1)
+    return MAML(backbone, WAY, inner_lr=0.3, inner_steps=1, first_order=first_order,
+                backend=backend, **options).to(torch.float64)
+
+
+def per_task_backward(algo: MAML, batch):
+    loss, acc = algo.meta_backward(batch)  # what the training loop calls
+    return float(loss), float(acc), {k: p.grad.clone() for k, p in algo.l2l_model.module.named_parameters()}
+
+
+@pytest.mark.parametrize("first_order, backend, maml_backend", [
+    (False, "eager", "l2l"), (True, None, "l2l"), (False, None, "l2l"), (False, None, "vmap"), (True, None, "vmap")])
+def test_compiled_meta_gradient_equals_the_learn2learn_loop(first_order, backend, maml_backend):
+    """backend None: the function that is compiled, run as is (cheap); eager: captured by dynamo
+    (the vmap function's capture is checked by scripts/bench_maml_speed.py)."""
+    batch = tiny_batch()
+    ref_loss, ref_acc, ref = per_task_backward(tiny_maml("l2l", first_order), batch)
+    algo = tiny_maml(maml_backend, first_order)
+    assert algo.compile_meta_gradient(backend=backend)
+    for _ in range(2):  # the first call compiles, the second reuses the compiled function
+        algo.zero_grad(set_to_none=True)
+        loss, acc, got = per_task_backward(algo, batch)
+        assert algo.compiled.ready and not algo.compiled.failed
+        assert loss == pytest.approx(ref_loss, abs=1e-12) and acc == pytest.approx(ref_acc, abs=1e-12)
+        for k in ref:
+            assert ref[k].abs().max() > 0, k
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_failed_compilation_falls_back_with_one_log_line(caplog):
+    batch = tiny_batch()
+    _, _, ref = per_task_backward(tiny_maml("l2l"), batch)
+    algo = tiny_maml("l2l")
+    algo.compile_meta_gradient(backend="no-such-backend")  # fails as a missing C++ compiler would
+    with caplog.at_level(logging.INFO, logger="metafsl"):
+        _, _, got = per_task_backward(algo, batch)
+    assert algo.compiled.failed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Invalid backend: 'no-such-backend'" in warnings[0]
+    assert any("Compiling MAML's meta-gradient" in r.getMessage() for r in caplog.records)  # warm-up logged
+    for k in ref:  # nothing half-added by the failed attempt: the reference loop's gradient
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def _prepared(compile_value, iterations: int, **maml):
+    cfg = {"runtime": {"compile": compile_value}, "trainer": {"iterations": iterations}}
+    algo = tiny_maml(**maml)
+    runtime.from_config(cfg, torch.device("cpu")).prepare(algo)
+    return algo.compiled is not None
+
+
+def test_runtime_compile_turns_the_compiled_meta_gradient_on_where_it_applies():
+    long = runtime.AUTO_COMPILE_ITERATIONS
+    assert _prepared("auto", long, backend="l2l")
+    assert not _prepared("auto", long - 1, backend="l2l")  # a short run: the warm-up would not pay
+    assert not _prepared("auto", long, backend="l2l", first_order=True)
+    assert _prepared(True, 1, backend="l2l", first_order=True) and _prepared("true", 1, backend="l2l")
+    assert not _prepared(False, long, backend="l2l")
+    assert _prepared(True, long, backend="vmap")
+    assert not _prepared(True, long, backend="l2l", multi_step_loss=True)  # MAML++: its own loop is kept
+    assert not _prepared(True, long, backend="l2l", first_order_until=3)
+    with pytest.raises(UserError, match="runtime.compile must be one of auto, true, false"):
+        runtime.from_config({"runtime": {"compile": "fast"}}, torch.device("cpu"))
