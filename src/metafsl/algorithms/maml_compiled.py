@@ -13,12 +13,12 @@ runs for every task of every meta-batch (same shapes: no recompilation).  With
 
 The meta-gradient is the learn2learn loop's (tests/test_maml_compiled.py compares them): the
 same inner steps, differentiated through unless ``first_order``.  Batch norm uses each batch's
-own statistics, as everywhere in metafsl's MAML.  Tasks are still taken one at a time, so one
-task's graph is alive at a time, as in ``GradientLearner.meta_backward``.
+own statistics, as everywhere in metafsl's MAML.  With the l2l backend tasks are still taken one
+at a time, so one task's graph is alive at a time, as in ``GradientLearner.meta_backward``.
 
 Compiling takes from seconds (torch's on-disk cache is warm) to minutes (a first run) and needs
 a C++ compiler for the CPU backend; both are logged (logger ``metafsl``), and when compilation
-fails the learner says so in one line and goes on with the learn2learn loop (``None`` below).
+fails the learner says so in one line and goes on with its uncompiled loop (``None`` below).
 """
 from __future__ import annotations
 
