@@ -24,7 +24,7 @@ demo: setup  ## meta-train + test ProtoNet and MAML on the built-in glyphs datas
 # three workers on two cores: many tests wait on a training subprocess that hangs, sleeps or
 # holds a lock, leaving a core idle (fresh clone, 2026-12-04: 5 min 13 s with -n 2, 4 min 33 s with -n 3)
 test: setup  ## run the test suite (three pytest-xdist workers)
-	@$(PY) -m pytest -q -n 3 $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -n 3 --dist loadgroup $(PYTEST_ARGS)
 
 check-noop: setup  ## with every optimiser step a no-op, each learning test must fail
 	@$(PY) tests/check_noop.py -n 2 $(PYTEST_ARGS)

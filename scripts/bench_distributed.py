@@ -30,11 +30,18 @@ METHODS = {
 }
 
 
+def _meta_batch(method: str) -> int:
+    return int(next(a for a in METHODS[method] if a.startswith("trainer.meta_batch_size=")).split("=")[1])
+
+
 def rows(device: str, gpus: int) -> list:
     """(label, workers, threads per worker, extra overrides) of each measured setting."""
     if device == "cuda":
         counts = sorted({1, max(1, gpus)})
-        return [(f"{n} GPU{'s' if n > 1 else ''}", n, "auto", ["device=auto"]) for n in counts]
+        out = [(f"{n} GPU{'s' if n > 1 else ''}", n, "auto", ["device=auto"]) for n in counts]
+        if gpus == 1:  # the distributed path on one GPU: two workers share it (Gloo)
+            out.append(("2 workers on 1 GPU", 2, "auto", ["device=auto"]))
+        return out
     return [("1 process x 2 threads", 1, 2, ["device=cpu"]), ("2 workers x 1 thread", 2, 1, ["device=cpu"])]
 
 
@@ -47,13 +54,14 @@ def train(out: Path, name: str, method: str, workers: int, threads, extra: list,
            "trainer.val_episodes=1", "test=false", f"runtime.threads={threads}",
            f"distributed.nproc_per_node={workers}", f"hydra.run.dir={run}",
            f"paths.output_dir={out / 'outputs'}", f"paths.data_dir={out / 'data'}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads if threads != "auto" else "")}
+    path = os.pathsep.join(filter(None, (str(REPO / "src"), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads if threads != "auto" else "")}
     if threads == "auto":
         env.pop("OMP_NUM_THREADS")
     subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     summary = json.loads((run / "summary.json").read_text())
     seconds = float(summary["train"]["seconds"])
-    episodes = int(summary["train"].get("episodes_per_step") or int(METHODS[method][1].split("=")[1]))
+    episodes = int(summary["train"].get("episodes_per_step") or _meta_batch(method))
     return {"method": method, "setting": name, "workers": workers, "threads": threads,
             "iterations": args.iterations, "seconds": seconds,
             "iterations_per_s": round(args.iterations / seconds, 3),

@@ -130,7 +130,26 @@ def join(cfg: Dict[str, Any], world: World, timeout_s: float = 1800) -> None:
                           world.local_size)
     if backend == "nccl":
         torch.cuda.set_device(torch.device(cfg["device"]))
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    store = _attempt_store(world, timeout)
+    if store is None:  # an external launcher's env:// (torchrun's static rendezvous, SLURM tasks)
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.size, timeout=timeout)
+
+
+def _attempt_store(world: World, timeout: timedelta):
+    """The elastic agent's store, under a prefix of its own for each restart, or None.
+
+    The agent keeps one store for all the restarts of a launch, and torch's ``env://`` joins it
+    without a per-attempt prefix (it assumes a new store per restart): the workers of a restart
+    then read the dead workers' Gloo addresses and fail to connect.  Measured here: every restart
+    after a ``kill -9`` failed that way until the prefix was added."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world.size,
+                           is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"metafsl/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
 
 
 def leave() -> None:
