@@ -13,9 +13,14 @@ TORCH = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCA
 
 @pytest.fixture
 def env(monkeypatch):
+    """The variables of a clean process; afterwards the environment is restored as a whole
+    (export_torch_env writes into os.environ, which monkeypatch alone would not undo)."""
+    saved = dict(os.environ)
     for key in (*TORCH, *JOB, "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(key, raising=False)
-    return monkeypatch
+    yield monkeypatch
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_task_of_a_multi_task_job_gets_torch_env(env):

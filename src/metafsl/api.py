@@ -247,8 +247,9 @@ def _locked_start(stack: contextlib.ExitStack, info: RunInfo, cfg: Any, hydra_cf
 
 def _world(plain: Dict[str, Any]):
     """This process's place among the run's workers (checked first; joined under a launcher)."""
-    from metafsl.engine import distributed, launch
+    from metafsl.engine import distributed, launch, slurm
 
+    slurm.export_torch_env()  # a task of a multi-task submitit SLURM job is one worker
     distributed.check(plain, launch.world_size(plain))
     world = distributed.env_world() or distributed.World()
     if world.size > 1:
@@ -656,8 +657,9 @@ def validate(overrides: Sequence[str] = (), run: Optional[PathLike] = None,
 
 
 def _check_distributed(plain: Dict[str, Any]) -> None:
-    from metafsl.engine import distributed, launch
+    from metafsl.engine import distributed, launch, slurm
 
+    slurm.export_torch_env()  # a task of a multi-task submitit SLURM job is one worker
     distributed.check(plain, launch.world_size(plain))
 
 
