@@ -149,9 +149,9 @@ def separated_classes(split, n: int) -> list[int]:
     return chosen
 
 
-def easy_case(root: Path, n_way: int) -> tuple[Path, dict[str, str]]:
+def easy_case(root: Path, n_way: int, others: int = 3) -> tuple[Path, dict[str, str]]:
     """support/<class>/ (one image each: the learning runs were trained 1-shot) and query/: a
-    copy of each support image (``same_*``) and three other images per class (``other_*``), for
+    copy of each support image (``same_*``) and ``others`` other images per class (``other_*``), for
     ``n_way`` well-separated glyph test classes of the learning runs' dataset; returns the folder
     and {query file: its class}."""
     from metafsl.data import load_dataset
@@ -167,7 +167,7 @@ def easy_case(root: Path, n_way: int) -> tuple[Path, dict[str, str]]:
         Image.fromarray(split.images[idx[0], 0].numpy()).save(root / "support" / f"c{k}" / "0.png")
         Image.fromarray(split.images[idx[0], 0].numpy()).save(root / "query" / f"same_c{k}.png")
         truth[f"same_c{k}.png"] = f"c{k}"
-        for j, i in enumerate(idx[1:4]):
+        for j, i in enumerate(idx[1:1 + others]):
             Image.fromarray(split.images[i, 0].numpy()).save(root / "query" / f"other_c{k}_{j}.png")
             truth[f"other_c{k}_{j}.png"] = f"c{k}"
     return root, truth
@@ -187,8 +187,10 @@ def test_predict_names_the_right_classes(run_cli, tmp_path, tmp_path_factory, al
         run = trained_run(algo, run_cli, tmp_path_factory, f"{algo}-predict", PREDICT_CASES[algo])
     else:
         run = trained_run(algo, run_cli, tmp_path_factory)
-    n_way = 2 if algo == "mann" else 5
-    root, truth = easy_case(tmp_path, n_way)
+    # MANN's 2-way run is about 70% right (its learning case): on 8 queries "fewer than half
+    # wrong" would fail about one training trajectory in five, on 40 about one in two hundred
+    n_way, others = (2, 19) if algo == "mann" else (5, 3)
+    root, truth = easy_case(tmp_path, n_way, others)
     out = tmp_path / "pred.csv"
     code, text, err = run_cli("predict", f"run={run}", f"support={root / 'support'}",
                               f"query={root / 'query'}", f"out={out}")

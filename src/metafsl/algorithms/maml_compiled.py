@@ -97,6 +97,18 @@ def task_gradient(model: nn.Module, steps: int, lr: float, first_order: bool, ba
                           has_aux=True)
 
 
+@contextlib.contextmanager
+def _quiet_cpp_extension():
+    """Inductor's C++ build logs "No CUDA runtime is found" on every CPU-only machine: not news."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class CompiledMetaGradient:
     """``task_gradient`` compiled with ``torch.compile(backend=backend)`` at the first call
     (``backend=None``: not compiled); ``meta_backward`` accumulates the mean over a meta-batch
@@ -116,7 +128,8 @@ class CompiledMetaGradient:
         t = time.perf_counter()
         try:
             self.fn = torch.compile(self.eager, backend=self.backend, dynamic=False)
-            out = self.fn(*args)
+            with _quiet_cpp_extension():
+                out = self.fn(*args)
         except Exception as e:  # no C++ compiler, an unsupported platform or torch build: go on without
             self.failed = True
             e = getattr(e, "inner_exception", None) or e  # torch's BackendCompilerFailed: its cause
