@@ -174,7 +174,7 @@ def easy_case(root: Path, n_way: int) -> tuple[Path, dict[str, str]]:
 
 
 #: MANN's 2-way learning run gains its 10 points on test episodes but names the easy case's two
-#: classes at chance: 17 and 23 of 40 queries wrong in two checkouts of the same commit (its
+#: classes at chance: under 20 and 23 of 40 queries wrong in two checkouts of the same commit (its
 #: training trajectory differs with the order the session's runs take). Its predict mechanics
 #: are checked by tests/test_predict.py (every method; MANN's number of classes).
 NAMES_CLASSES = [m for m in methods() if m != "mann"]
