@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from metafsl.engine import ranks
 from metafsl.errors import UserError
 
 
@@ -213,15 +214,6 @@ def broadcast_module(module: torch.nn.Module, world: World) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def gather(obj: Any, world: World) -> List[Any]:
-    """Every worker's ``obj``, in rank order, on every worker."""
-    if not world.active:
-        return [obj]
-    out: List[Any] = [None] * world.size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def share(obj: Any, world: World) -> Any:
     """Rank 0's ``obj`` on every worker."""
     if not world.active:
@@ -238,7 +230,7 @@ def first_error(error: Optional[BaseException], world: World) -> None:
         if error is not None:
             raise error
         return
-    found = [e for e in gather(_describe(error), world) if e is not None]
+    found = [e for e in ranks.gather(_describe(error)) if e is not None]
     if found:
         message, code = found[0]
         exc = UserError(message)

@@ -25,7 +25,7 @@ import torch
 from hydra.utils import instantiate
 
 from metafsl.data.report import episode_need
-from metafsl.engine import checkpoint, hooks
+from metafsl.engine import checkpoint, hooks, ranks
 from metafsl.engine import distributed as dist
 from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
@@ -276,7 +276,7 @@ class TrainRecipe:
     def save_checkpoint(self, which: Path) -> None:
         """Called by every worker at the same point (their streams are gathered); rank 0 writes."""
         self.state.seconds = time.perf_counter() - self.t_start
-        workers = dist.gather(self._worker_state(), self.world)
+        workers = ranks.gather(self._worker_state())
         if self.world.main:
             payload = self.snapshot()
             if len(workers) > 1:  # every worker's stream: a resume on as many workers is exact
