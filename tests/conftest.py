@@ -16,6 +16,11 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+#: how tests start Gloo workers by hand: fork (cheap, the workers inherit the parent's imports) on
+#: a CPU-only machine; spawn where CUDA devices exist, since there a process that has run any
+#: backward pass holds autograd's device threads and torch refuses autograd in its forked children
+START_METHOD = "spawn" if torch.cuda.device_count() else "fork"
+
 #: a tiny glyphs dataset and a few iterations: each run takes seconds
 TINY_DATA = ["dataset.n_classes=60", "dataset.examples_per_class=20"]
 TINY = TINY_DATA + ["trainer=fast", "trainer.iterations=6", "trainer.val_every=3",

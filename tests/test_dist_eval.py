@@ -1,8 +1,8 @@
 """Evaluation across the workers of a torch.distributed run (issue 26): each worker scores a block
 of the episodes and the blocks are gathered in order, so every worker ends with what one process
 gets on the same episodes: predictions, per-episode accuracies, mean and CI.  Two Gloo workers,
-forked once after this process has scored every case of tests/dist_eval_cases.py (so they import
-nothing), score them all again."""
+started once after this process has scored every case of tests/dist_eval_cases.py (forked where
+there is no GPU, so they import nothing), score them all again."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 import dist_eval_cases as cases
+from conftest import START_METHOD
 from metafsl.engine import ranks
 
 
@@ -17,7 +18,7 @@ def test_two_workers_score_the_episodes_as_one_process(tmp_path):
     """One test for every case: under pytest-xdist a fixture shared by several tests would fork
     the workers once per xdist worker that runs one of them."""
     one = {case: cases.score(case, rng=7) for case in cases.CASES}
-    mp.start_processes(cases.worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(cases.worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method=START_METHOD)
     workers = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for case, ref in one.items():
         n = len(ref["predicted"])
