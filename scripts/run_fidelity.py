@@ -19,8 +19,9 @@ ablate-lake: the Lake levers one at a time against the full recipe, each trained
   all tested with protocol=lake20 with and without eval.tta=5 (no_within_alphabet also
   validates on mixed-alphabet episodes: episode.within_alphabet steers both); then the full
   recipe's two seeds as an ensemble (protocol.ensemble=).
-ablate-maml: MAML++'s options one at a time off (and all off), preset --maml, each trained
-  --minutes with --budget of its iterations and schedules; the same 600 test episodes.
+ablate-maml: MAML++'s options one at a time off (and all off), and per-step batch-norm weights
+  and biases on (per_step_bn, off in the presets), preset --maml, each trained --minutes with
+  --budget of its iterations and schedules; the same 600 test episodes.
 
 Every command is printed and appended to <out>/commands.txt; a run dir that already has a
 summary.json is not trained again (rerun the same command after an interruption). The table
@@ -53,13 +54,15 @@ LAKE_ABLATIONS = {
     "seed1": ["seed=1"],  # the full recipe again: a second model for the ensemble below
 }
 
-#: name -> overrides of the MAML recipe with one MAML++ option off
+#: name -> overrides of the MAML recipe with one MAML++ option off (or, per_step_bn, on)
 MAML_ABLATIONS = {
     "full": [],
     "no_lslr": ["algo.per_step_lr=false"],
     "no_msl": ["algo.multi_step_loss=false"],
     "no_da": ["algo.first_order_until=0"],
     "no_cosine": ["trainer.scheduler=null"],
+    # an 'on' row: the presets leave MAML++'s per-step batch-norm weights and biases (BNWB) off
+    "per_step_bn": ["algo.per_step_bn=true"],
     "plain_maml": ["algo.per_step_lr=false", "algo.multi_step_loss=false", "algo.first_order_until=0",
                    "trainer.scheduler=null"],
 }

@@ -2,8 +2,8 @@
 same metrics, the same final weights, optimiser and scheduler state as an uninterrupted run, for
 every kind of state a run carries beyond ProtoNet with Adam (tests/test_cli.py has that one):
 a learning-rate schedule (StepLR as in the Snell presets; Reptile's linear annealing), MAML's
-two backends (the l2l one through the MAML++ case, which adds its learned rates and multi-step-loss
-annealing), the Baseline's mini-batch sampler, MANN."""
+two backends (the l2l one through the MAML++ case, which adds its learned rates, multi-step-loss
+annealing and per-step batch-norm weights and biases), the Baseline's mini-batch sampler, MANN."""
 from __future__ import annotations
 
 import json
@@ -29,7 +29,7 @@ CASES = {
     "maml_vmap": ["algo=maml", "algo.backend=vmap", "trainer.meta_batch_size=2"],
     # the kill at iteration 5 falls inside the annealing (msl_iterations=7), the run ends after it
     "maml_plus_plus": ["algo=maml", "algo.multi_step_loss=true", "algo.per_step_lr=true",
-                       "algo.inner_steps=2", "algo.msl_iterations=7"],
+                       "algo.per_step_bn=true", "algo.inner_steps=2", "algo.msl_iterations=7"],
     "baseline_batches": ["algo=baseline", "algo.finetune_epochs=2"],
     "mann": ["algo=mann", "algo.controller_size=16", "algo.memory_slots=8", "algo.memory_size=4",
              "trainer.meta_batch_size=2"],
@@ -112,3 +112,5 @@ def test_the_resumed_state_is_really_there(run_cli, tmp_path_factory):
     msl = full_run(run_cli, tmp_path_factory, "maml_plus_plus")
     model = torch.load(msl / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert int(model["msl_iteration"]) == 8  # one per training iteration
+    rows = model["backbone.0.normalize.weight"]  # per-step BN: inner_steps + 1 learned sets
+    assert rows.shape[0] == 3 and not torch.equal(rows[0], rows[2])

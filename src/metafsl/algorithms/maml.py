@@ -26,6 +26,24 @@ backend only:
 
 And MAML++'s derivative-order annealing (DA): ``first_order_until`` training iterations of
 first-order meta-gradients (cheaper), then second order (``first_order`` must be false).
+
+And MAML++'s per-step batch-norm weights and biases (BNWB), ``per_step_bn`` (l2l backend;
+``metafsl.algorithms.per_step_bn``): every affine batch-norm layer of the backbone gets
+``inner_steps + 1`` weight and bias vectors, all initialised from the layer's own; the network
+that has taken k inner steps normalises with set k (the support pass of step k uses set k, the
+query pass after step k set k + 1, the query pass after the last step the last set).  At test
+time, steps beyond ``inner_steps`` (``test_inner_steps`` may be larger) keep the last set, the
+one meta-trained for the adapted network.  The sets are meta-learned and, as in MAML++, stay out
+of the inner loop, whereas plain MAML here adapts the batch-norm weights and biases in the inner
+loop with the other weights: the option changes both.  (MAML++'s code keeps one set per step,
+shared by the support pass of step k and the query pass after it; here the adapted network of
+every step has its own.)  MAML++'s other batch-norm change, per-step running statistics (BNRS),
+is not implemented, as it would change nothing meaningful here: batch norm normalises every
+forward pass with its own batch's statistics (transductive, as Finn et al.), and so does MAML++'s
+code, which accumulates per-step running averages but never normalises with them.  Normalising
+with them instead would make test-time classification inductive (each query image normalised
+with averages of training batches, independently of the other queries), a different evaluation
+protocol, not a training improvement.
 """
 from __future__ import annotations
 
@@ -37,6 +55,7 @@ from torch import nn
 
 from metafsl._l2l import learn2learn
 from metafsl.algorithms import maml_compiled, maml_recompute, maml_vmap
+from metafsl.algorithms import per_step_bn as per_step_bn_layers
 from metafsl.algorithms.base import Classifier, accuracy
 from metafsl.algorithms.gradient import GradientLearner
 from metafsl.data.sampler import TaskBatch
@@ -63,6 +82,8 @@ class MAML(GradientLearner):
         msl_iterations: training iterations over which the multi-step loss anneals to the last step.
         first_order_until: MAML++ derivative-order annealing: first order for this many training
             iterations, then second order (0: off).
+        per_step_bn: MAML++ BNWB: per-step batch-norm weights and biases, inner_steps + 1 sets, meta-learned
+            and not adapted in the inner loop (l2l backend; the backbone needs batch-norm layers).
         recompute_inner: second order, l2l backend: recompute each inner step in the backward pass
             instead of keeping its activations (the same meta-gradient, far less memory, a little slower).
 
@@ -76,22 +97,27 @@ class MAML(GradientLearner):
                  test_inner_lr: Optional[float] = None, test_inner_steps: int = 3,
                  first_order: bool = False, backend: Literal["l2l", "vmap"] = "l2l", per_step_lr: bool = False,
                  multi_step_loss: bool = False, msl_iterations: int = 7500, recompute_inner: bool = False,
-                 first_order_until: int = 0):
-        if backend == "vmap" and (per_step_lr or multi_step_loss):
-            raise UserError("The MAML++ options per_step_lr and multi_step_loss need algo.backend=l2l.")
-        _check_recompute(recompute_inner, backend, first_order, per_step_lr or multi_step_loss)
+                 first_order_until: int = 0, per_step_bn: bool = False):
+        if backend == "vmap" and (per_step_lr or multi_step_loss or per_step_bn):
+            raise UserError("The MAML++ options per_step_lr, multi_step_loss and per_step_bn need algo.backend=l2l.")
+        _check_recompute(recompute_inner, backend, first_order, per_step_lr or multi_step_loss or per_step_bn)
         super().__init__(backbone, n_way, inner_lr=inner_lr, inner_steps=inner_steps, test_inner_lr=test_inner_lr,
                          test_inner_steps=test_inner_steps, first_order=first_order)
         self.backend = backend
         self.recompute_inner = bool(recompute_inner)
         self.backprop_per_task = backend == "l2l"  # vmap: all tasks in one graph, one backward
         self.head = nn.Linear(backbone.out_features, n_way)
+        # BNWB: the backbone's batch-norm layers swapped for per-step ones before learn2learn wraps it
+        self.per_step_bn = bool(per_step_bn)
+        if self.per_step_bn and not per_step_bn_layers.swap_in(self.backbone, self.inner_steps + 1):
+            raise UserError("algo.per_step_bn=true needs a backbone with batch-norm layers (weights and biases).")
         l2l = learn2learn()
         # learn2learn's wrapper of backbone + head: shares their parameters (no copy); clone() is
         # one task's copy of the model, adapt() its inner step
         self.l2l_model = l2l.algorithms.MAML(nn.Sequential(self.backbone, self.head),
                                              lr=self.inner_lr, first_order=self.first_order)
         self._maml_update = l2l.algorithms.maml.maml_update
+        self.inner_mask = per_step_bn_layers.inner_loop_mask(self.l2l_model.module)  # BNWB: rows stay out
         # MAML++ state exists only when its option is on, so other checkpoints keep their keys.
         self.step_lrs: Optional[nn.Parameter] = None
         if per_step_lr:
@@ -118,7 +144,7 @@ class MAML(GradientLearner):
     def compile_meta_gradient(self, backend: str = "inductor") -> bool:
         """Meta-train with ``maml_compiled`` (``runtime.compile``; backend vmap: its batched
         function); False where it does not apply (the MAML++ options, recompute_inner)."""
-        if self.step_lrs is not None or self.multi_step_loss or self.first_order_until or self.recompute_inner:
+        if self.step_lrs is not None or self.multi_step_loss or self.first_order_until or self.recompute_inner or self.per_step_bn:
             return False
         self.compiled = maml_compiled.CompiledMetaGradient(self.l2l_model.module, self.inner_steps, self.inner_lr,
                                                            self.first_order, backend, batched=self.backend == "vmap")
@@ -131,12 +157,16 @@ class MAML(GradientLearner):
         model.lr = lr
         for step in range(steps):
             loss = nn.functional.cross_entropy(model(support_x), support_y)
-            if self.step_lrs is None:
+            if self.step_lrs is None and not self.per_step_bn:
                 model.adapt(loss, first_order=first_order)
-            else:  # LSLR: learn2learn's update with one learned rate per tensor for this step
-                params = list(model.parameters())
-                grads = torch.autograd.grad(loss, params, create_graph=not first_order)
-                self._maml_update(model, 1.0, [r * g for r, g in zip(self.step_lrs[step], grads)])
+            else:  # learn2learn's update, with the per-step BN rows left out (None) and LSLR's rates
+                grads = per_step_bn_layers.inner_gradients(loss, list(model.parameters()), self.inner_mask,
+                                                           first_order)
+                if self.step_lrs is not None:  # LSLR: one learned rate per tensor for this step
+                    grads = [None if g is None else r * g for r, g in zip(self.step_lrs[step], grads)]
+                self._maml_update(model, 1.0 if self.step_lrs is not None else lr, grads)
+            if self.per_step_bn:  # this clone has taken step + 1 steps: the BN set of that network
+                per_step_bn_layers.set_step(model, step + 1)
             if after_step is not None:
                 after_step(model)
         return model
@@ -157,6 +187,12 @@ class MAML(GradientLearner):
             return maml_recompute.adapted(self.l2l_model.module, support_x, support_y, self.inner_steps,
                                           self.inner_lr)
         return self.inner_loop(support_x, support_y, *self.inner_loop_settings(training))
+
+    def fit_module(self, support_x, support_y, n_way: int) -> nn.Module:
+        """As ``GradientLearner``'s; with per-step BN, the copy normalises with the adapted network's set."""
+        module = super().fit_module(support_x, support_y, n_way)
+        per_step_bn_layers.set_step(module, self.test_inner_steps)  # no-op without per-step BN
+        return module
 
     def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         # after the MSL phase (or one inner step) only the last step counts: plain MAML

@@ -29,6 +29,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from metafsl.algorithms.per_step_bn import PerStepBatchNorm
+
 
 class BatchStatisticsNorm(nn.Module):
     """Batch norm with the current batch's statistics (biased variance), as ``F.batch_norm`` in
@@ -56,7 +58,9 @@ def explicit_batch_statistics(module: nn.Module) -> nn.Module:
     """Replace (in place) every batch-norm layer without running statistics by a
     ``BatchStatisticsNorm``; layers with running statistics (eval mode) are kept."""
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.running_mean is None:
+        if isinstance(child, PerStepBatchNorm):  # MAML++'s per-step BN: the weights of its current step
+            setattr(module, name, BatchStatisticsNorm(*child.step_affine(), child.eps))
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm) and child.running_mean is None:
             setattr(module, name, BatchStatisticsNorm(child.weight, child.bias, child.eps))
         else:
             explicit_batch_statistics(child)
