@@ -3,6 +3,7 @@
     python scripts/bench_maml_compile_preset.py docs/evidence/maml_compile_preset \\
         --experiment maml_omniglot_cpu_5w1s --data-dir ../shared/data         # the real run
     python scripts/bench_maml_compile_preset.py /tmp/mcp --smoke                # seconds (figures meaningless)
+    python scripts/bench_maml_compile_preset.py /tmp/mcp --smoke --compile-backend inductor  # minutes
 
 The learner, its options (MAML++'s LSLR, MSL, derivative-order annealing) and the training
 episodes come from the preset, as ``metafsl train experiment=<preset>`` builds them (no other
@@ -130,12 +131,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None, help="paths.data_dir (where omniglot/ is)")
     ap.add_argument("--iterations", type=int, default=20, help="timed meta-iterations per variant and phase")
     ap.add_argument("--warmup", type=int, default=2, help="untimed meta-iterations first (compilation included)")
-    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: a quick check)")
+    ap.add_argument("--compile-backend", default=None,
+                    help="torch.compile backend (default inductor; eager, the default with --smoke: a quick check)")
     ap.add_argument("--override", action="append", default=[], help="another config override (repeatable)")
-    ap.add_argument("--smoke", action="store_true", help="glyphs, tiny model, 1 + 1 iterations, eager backend")
+    ap.add_argument("--smoke", action="store_true", help="glyphs, tiny model, 1 + 1 iterations (figures meaningless)")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.iterations, args.warmup, args.compile_backend = 1, 1, "eager"
+        args.iterations, args.warmup = 1, 1
+    args.compile_backend = args.compile_backend or ("eager" if args.smoke else "inductor")
     cfg = configuration(args)
     ds = load_dataset(cfg["dataset"], cfg["paths"])
     print(f"{args.experiment}: torch {torch.__version__}, {torch.get_num_threads()} threads, compile backend "

@@ -115,6 +115,27 @@ def test_failed_compilation_falls_back_with_one_log_line(caplog):
         torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
 
 
+def _miscompiling(graph, example_inputs):
+    """A torch.compile backend that gets every result (meta-gradients, loss) wrong by half."""
+    def run(*args):
+        return [o * 1.5 if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in graph(*args)]
+    return run
+
+
+def test_a_wrong_compiled_gradient_is_caught_and_not_used(caplog):
+    batch = tiny_batch()
+    _, _, ref = per_task_backward(tiny_maml("l2l"), batch)
+    algo = tiny_maml("l2l")
+    algo.compile_meta_gradient(backend=_miscompiling)
+    with caplog.at_level(logging.WARNING, logger="metafsl"):
+        _, _, got = per_task_backward(algo, batch)
+    assert algo.compiled.failed and not algo.compiled.functions
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "is not the uncompiled one (loss: relative error 5.0e-01)" in warnings[0]
+    for k in ref:  # the uncompiled loop's gradient, nothing of the wrong one added
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
 def _prepared(compile_value, iterations: int, **maml):
     cfg = {"runtime": {"compile": compile_value}, "trainer": {"iterations": iterations}}
     algo = tiny_maml(**maml)

@@ -32,6 +32,10 @@ at a time, so one task's graph is alive at a time, as in ``GradientLearner.meta_
 Compiling takes from seconds (torch's on-disk cache is warm) to minutes (a first run) and needs
 a C++ compiler for the CPU backend; both are logged (logger ``metafsl``), and when compilation
 fails the learner says so in one line and goes on with its uncompiled loop (``None`` below).
+Each compiled function's first result is also checked against the same function run uncompiled
+on the same task (``_mismatch``): a compiler that gets the gradient wrong (torch.compile of
+``torch.func`` transforms has silently done so, pytorch/pytorch#136662) is reported in one line
+and not used.
 """
 from __future__ import annotations
 
@@ -181,6 +185,12 @@ class CompiledMetaGradient:
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             log.warning("runtime.compile: torch.compile is unavailable here (%s); MAML runs uncompiled.", reason)
             return None
+        problem = _mismatch(out, eager(*args))
+        if problem is not None:  # a miscompilation: never train on it
+            self.failed = True
+            log.warning("runtime.compile: the compiled meta-gradient is not the uncompiled one (%s); MAML runs "
+                        "uncompiled.", problem)
+            return None
         self.functions[variant] = fn
         log.info("MAML's meta-gradient compiled in %.0f s.", time.perf_counter() - t)
         return out
@@ -237,6 +247,24 @@ class CompiledMetaGradient:
         if torch.isfinite(loss):
             _add_grad(named, g, 1.0)
         return loss.detach(), accuracy(logits, batch.query_y).mean()
+
+
+def _mismatch(got, want) -> Optional[str]:
+    """Where a compiled call's loss or meta-gradient is off the uncompiled function's on the same
+    task: a tensor's L2 error over its norm, or over 1e-3 of the whole gradient's norm where that
+    is larger (a conv bias before batch norm has a gradient of rounding noise), above 1e-2 in
+    float32, 1e-6 in float64 (far above the rounding of another summation order, far below a wrong
+    graph); None where none is, or where the uncompiled loss is not finite (nothing to compare)."""
+    (grads, (loss, _)), (ref_grads, (ref_loss, _)) = got, want
+    if not torch.isfinite(ref_loss):
+        return None
+    tolerance = 1e-6 if ref_loss.dtype == torch.float64 else 1e-2
+    scale = 1e-3 * float(torch.stack([g.norm() for g in ref_grads.values()]).norm())
+    for name, a, b in [("loss", loss, ref_loss), *((k, grads[k], ref_grads[k]) for k in ref_grads)]:
+        error = float((a - b).norm()) / max(float(b.norm()), scale, torch.finfo(b.dtype).tiny)
+        if not error <= tolerance:
+            return f"{name}: relative error {error:.1e}"
+    return None
 
 
 def _add_grad(named: Dict[str, nn.Parameter], grads: Params, scale: float) -> None:
