@@ -18,24 +18,28 @@ from metafsl.models import build_backbone
 from test_maml_vmap import SIZE, WAY, tiny_batch
 
 
-def tiny_maml(backend: str = "l2l", first_order: bool = False, **options) -> MAML:
+def tiny_maml(backend: str = "l2l", first_order: bool = False, steps: int = 1, **options) -> MAML:
     """One conv block, one inner step: what dynamo traces stays small (the suite's budget)."""
     torch.manual_seed(0)
     backbone = build_backbone("conv4", 1, SIZE, hidden=3, layers=1)
-    return MAML(backbone, WAY, inner_lr=0.3, inner_steps=1, first_order=first_order,
+    return MAML(backbone, WAY, inner_lr=0.3, inner_steps=steps, first_order=first_order,
                 backend=backend, **options).to(torch.float64)
 
 
 def per_task_backward(algo: MAML, batch):
     loss, acc = algo.meta_backward(batch)  # what the training loop calls
-    return float(loss), float(acc), {k: p.grad.clone() for k, p in algo.l2l_model.module.named_parameters()}
+    grads = {k: p.grad.clone() for k, p in algo.l2l_model.module.named_parameters()}
+    if algo.step_lrs is not None:
+        grads["step_lrs"] = algo.step_lrs.grad.clone()
+    return float(loss), float(acc), grads
 
 
 @pytest.mark.parametrize("first_order, backend, maml_backend", [
-    (False, "eager", "l2l"), (True, None, "l2l"), (False, None, "l2l"), (False, None, "vmap"), (True, None, "vmap")])
+    (True, None, "l2l"), (False, None, "l2l"), (False, None, "vmap"), (True, None, "vmap")])
 def test_compiled_meta_gradient_equals_the_learn2learn_loop(first_order, backend, maml_backend):
-    """backend None: the function that is compiled, run as is (cheap); eager: captured by dynamo
-    (the vmap function's capture is checked by scripts/bench_maml_speed.py)."""
+    """backend None: the function that is compiled, run as is (cheap); its capture by dynamo is
+    checked with MAML++'s options below (the same function; the vmap function's capture by
+    scripts/bench_maml_speed.py)."""
     batch = tiny_batch()
     ref_loss, ref_acc, ref = per_task_backward(tiny_maml("l2l", first_order), batch)
     algo = tiny_maml(maml_backend, first_order)
@@ -50,6 +54,52 @@ def test_compiled_meta_gradient_equals_the_learn2learn_loop(first_order, backend
             torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
 
 
+def mamlpp(msl_iterations: int, first_order_until: int) -> MAML:
+    """The CPU presets' MAML++ options (LSLR, MSL, DA) with short schedules."""
+    return tiny_maml(steps=2, per_step_lr=True, multi_step_loss=True, msl_iterations=msl_iterations,
+                     first_order_until=first_order_until)
+
+
+#: backend None: DA for 1 iteration, MSL for 2: iteration 0 first order with the multi-step loss
+#: (weights 1/2, 1/2), 1 second order with it (1/4, 3/4), 2 the last step's loss only.  eager: the
+#: presets' schedules (both phases end together), so one recompilation at the switch.
+PHASES = {None: (2, 1, [(True, True), (False, True), (False, False)]), "eager": (1, 1, [(True, True), (False, False)])}
+
+
+@pytest.mark.parametrize("backend", [None, "eager"])
+def test_compiled_mamlpp_meta_gradient_equals_the_learn2learn_loop_in_every_phase(backend, caplog):
+    """LSLR + MSL + DA: in every phase the weights' and the learned rates' meta-gradients and the
+    schedules' counters as the uncompiled loop's, each model trained by its own gradients.
+    backend None: the compiled function run as is (cheap); eager: captured by dynamo (the plain
+    second-order function with the learned rates after the switch), its compilations logged."""
+    msl_iterations, first_order_until, want_variants = PHASES[backend]
+    batch = tiny_batch()
+    ref, algo = mamlpp(msl_iterations, first_order_until), mamlpp(msl_iterations, first_order_until)
+    assert algo.compile_meta_gradient(backend=backend)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (ref, algo)]
+    variants = []
+    with caplog.at_level(logging.INFO, logger="metafsl"):
+        for it in range(len(want_variants)):
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            ref_loss, ref_acc, want = per_task_backward(ref, batch)
+            loss, acc, got = per_task_backward(algo, batch)
+            variants.append(algo.compiled.variant)
+            assert loss == pytest.approx(ref_loss, abs=1e-12) and acc == pytest.approx(ref_acc, abs=1e-12)
+            assert want.keys() == got.keys() and want["step_lrs"][:2].abs().min() > 0
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12, msg=f"iteration {it}: {k}")
+            for opt in opts:
+                opt.step()
+            assert (int(algo.msl_iteration), int(algo.da_iteration)) == (int(ref.msl_iteration),
+                                                                         int(ref.da_iteration)) == (it + 1, it + 1)
+    assert variants == want_variants and algo.compiled.ready and not algo.compiled.failed
+    if backend is not None:  # one compilation per variant, the second logged as the switch
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("Compiling MAML's meta-gradient" in m for m in messages) == 2
+        assert sum("training schedule switched" in m for m in messages) == 1
+
+
 def test_failed_compilation_falls_back_with_one_log_line(caplog):
     batch = tiny_batch()
     _, _, ref = per_task_backward(tiny_maml("l2l"), batch)
@@ -62,6 +112,27 @@ def test_failed_compilation_falls_back_with_one_log_line(caplog):
     assert len(warnings) == 1 and "Invalid backend: 'no-such-backend'" in warnings[0]
     assert any("Compiling MAML's meta-gradient" in r.getMessage() for r in caplog.records)  # warm-up logged
     for k in ref:  # nothing half-added by the failed attempt: the reference loop's gradient
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def _miscompiling(graph, example_inputs):
+    """A torch.compile backend that gets every result (meta-gradients, loss) wrong by half."""
+    def run(*args):
+        return [o * 1.5 if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in graph(*args)]
+    return run
+
+
+def test_a_wrong_compiled_gradient_is_caught_and_not_used(caplog):
+    batch = tiny_batch()
+    _, _, ref = per_task_backward(tiny_maml("l2l"), batch)
+    algo = tiny_maml("l2l")
+    algo.compile_meta_gradient(backend=_miscompiling)
+    with caplog.at_level(logging.WARNING, logger="metafsl"):
+        _, _, got = per_task_backward(algo, batch)
+    assert algo.compiled.failed and not algo.compiled.functions
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "is not the uncompiled one (loss: relative error 5.0e-01)" in warnings[0]
+    for k in ref:  # the uncompiled loop's gradient, nothing of the wrong one added
         torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
 
 
@@ -80,7 +151,9 @@ def test_runtime_compile_turns_the_compiled_meta_gradient_on_where_it_applies():
     assert _prepared(True, 1, backend="l2l", first_order=True) and _prepared("true", 1, backend="l2l")
     assert not _prepared(False, long, backend="l2l")
     assert _prepared(True, long, backend="vmap")
-    assert not _prepared(True, long, backend="l2l", multi_step_loss=True)  # MAML++: its own loop is kept
-    assert not _prepared(True, long, backend="l2l", first_order_until=3)
+    assert _prepared(True, 1, backend="l2l", per_step_lr=True, multi_step_loss=True)  # MAML++ options too
+    assert _prepared("auto", long, backend="l2l", first_order_until=3)  # DA: first order only at first
+    assert _prepared("auto", long, backend="vmap", first_order_until=3)
+    assert not _prepared(True, long, backend="l2l", recompute_inner=True)  # its own loop is kept
     with pytest.raises(UserError, match="runtime.compile must be one of auto, true, false"):
         runtime.from_config({"runtime": {"compile": "fast"}}, torch.device("cpu"))

@@ -9,7 +9,7 @@ batch's statistics, as in Finn et al.'s implementation (no running averages).
 ``torch.func`` (``metafsl.algorithms.maml_vmap``); ``backend=l2l`` is the per-task reference.
 ``runtime.compile`` (CPU) replaces the meta-training loop by one compiled function per task
 (l2l) or per meta-batch (vmap) (``metafsl.algorithms.maml_compiled``, ``compile_meta_gradient``):
-the same meta-gradient.
+the same meta-gradient, the MAML++ options below included (not ``recompute_inner``).
 
 Two MAML++ options (Antoniou, Edwards & Storkey, "How to train your MAML", ICLR 2019), l2l
 backend only:
@@ -143,11 +143,12 @@ class MAML(GradientLearner):
 
     def compile_meta_gradient(self, backend: str = "inductor") -> bool:
         """Meta-train with ``maml_compiled`` (``runtime.compile``; backend vmap: its batched
-        function); False where it does not apply (the MAML++ options, recompute_inner)."""
-        if self.step_lrs is not None or self.multi_step_loss or self.first_order_until or self.recompute_inner or self.per_step_bn:
+        function), LSLR, MSL and DA included; False with recompute_inner or per_step_bn."""
+        if self.recompute_inner or self.per_step_bn:
             return False
         self.compiled = maml_compiled.CompiledMetaGradient(self.l2l_model.module, self.inner_steps, self.inner_lr,
-                                                           self.first_order, backend, batched=self.backend == "vmap")
+                                                           self.first_order, backend, batched=self.backend == "vmap",
+                                                           step_lrs=self.step_lrs)
         return True
 
     def inner_loop(self, support_x, support_y, steps: int, lr: float, first_order: bool,
@@ -208,16 +209,21 @@ class MAML(GradientLearner):
     def meta_backward(self, batch: TaskBatch,
                       autocast: Callable[[], ContextManager] = contextlib.nullcontext
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.compiled is not None and self.training:
-            result = self.compiled.meta_backward(batch)  # None: compilation failed, logged
-            if result is not None:
-                return result
-        result = super().meta_backward(batch, autocast)
+        result = self._compiled_meta_backward(batch) if self.compiled is not None and self.training else None
+        if result is None:  # not compiled, or compilation failed (logged)
+            result = super().meta_backward(batch, autocast)
         if self.multi_step_loss:
             self.msl_iteration += 1  # one training iteration: advances the MSL schedule
         if self.first_order_until:
             self.da_iteration += 1
         return result
+
+    def _compiled_meta_backward(self, batch: TaskBatch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``maml_compiled``'s meta-gradient with this iteration's derivative order and, during the
+        MSL phase (``task_loss``'s condition), its per-step loss weights."""
+        msl = self.multi_step_loss and self.inner_steps > 1 and int(self.msl_iteration) < self.msl_iterations
+        weights = self.msl_weights(self.inner_steps) if msl else None  # one step: the last step's loss
+        return self.compiled.meta_backward(batch, self.inner_loop_settings(True).first_order, weights)
 
     def meta_loss(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.backend == "vmap":

@@ -5,20 +5,37 @@ differentiates it with autograd: on the CPU a meta-iteration is dominated by tha
 (small convolutions, a second-order backward of hundreds of tiny ops).  Here one task's whole
 computation -- the inner loop (support loss, ``torch.func.grad``, update, ``steps`` times), the
 query loss of the adapted weights and its gradient w.r.t. the meta-parameters -- is one pure
-function ``grad_and_value(task_loss)`` of the parameters and the task's tensors, which
+function ``grad_and_value(task_loss)`` of the meta-parameters and the task's tensors, which
 ``torch.compile`` captures once (forward, inner loop, outer loss and backward in one graph) and
 runs for every task of every meta-batch (same shapes: no recompilation).  With
 ``algo.backend=vmap`` the function is the vmap backend's whole meta-batch instead
 (``batch_loss``: all tasks at once), with batch norm from plain ops as there.
 
+MAML++'s options (l2l backend) are inputs of the same function, not constants:
+
+- LSLR (``per_step_lr``): the learned rates ``step_lrs`` (steps x tensors) are a meta-parameter
+  next to the weights (key ``STEP_LRS``), so they get their meta-gradient from the same call;
+- MSL (``multi_step_loss``): the per-step weights of the query losses are a tensor argument
+  (they change every iteration without a recompilation); after the MSL phase the function
+  without them (the last step's loss only) is compiled once;
+- derivative-order annealing (``first_order_until``): the first-order function until the switch,
+  then the second-order one, compiled once at the switch.
+
+So a run compiles one function per (inner-loop order, multi-step loss) pair it meets: one for
+plain MAML, two for the CPU presets (both schedules switch at the same iteration), each logged.
+
 The meta-gradient is the learn2learn loop's (tests/test_maml_compiled.py compares them): the
-same inner steps, differentiated through unless ``first_order``.  Batch norm uses each batch's
+same inner steps, differentiated through unless first order.  Batch norm uses each batch's
 own statistics, as everywhere in metafsl's MAML.  With the l2l backend tasks are still taken one
 at a time, so one task's graph is alive at a time, as in ``GradientLearner.meta_backward``.
 
 Compiling takes from seconds (torch's on-disk cache is warm) to minutes (a first run) and needs
 a C++ compiler for the CPU backend; both are logged (logger ``metafsl``), and when compilation
 fails the learner says so in one line and goes on with its uncompiled loop (``None`` below).
+Each compiled function's first result is also checked against the same function run uncompiled
+on the same task (``_mismatch``): a compiler that gets the gradient wrong (torch.compile of
+``torch.func`` transforms has silently done so, pytorch/pytorch#136662) is reported in one line
+and not used.
 """
 from __future__ import annotations
 
@@ -39,21 +56,38 @@ from metafsl.algorithms.base import accuracy
 log = logging.getLogger("metafsl")
 
 Params = Dict[str, torch.Tensor]
+#: the meta-parameters' key of LSLR's learned rates (the model's own names start with a digit)
+STEP_LRS = "step_lrs"
 
 
-def task_loss(model: nn.Module, steps: int, lr: float, first_order: bool, params: Params,
-              sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
-              ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One task's query loss after ``steps`` inner SGD steps from ``params`` (and its logits)."""
+def task_loss(model: nn.Module, steps: int, lr: float, first_order: bool, meta: Params,
+              weights: Optional[torch.Tensor], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+              qy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One task's query loss after ``steps`` inner SGD steps from ``meta``'s weights (and the last
+    step's logits).  Step size ``lr``, or with ``meta[STEP_LRS]`` (LSLR) its row of the step, one
+    rate per tensor; ``weights`` (MSL): the weighted sum of the query losses after every step
+    instead of the last one's."""
+    lrs = meta.get(STEP_LRS)
+    params = {k: p for k, p in meta.items() if k != STEP_LRS}
 
     def support_loss(p: Params) -> torch.Tensor:
         return nn.functional.cross_entropy(functional_call(model, p, (sx,)), sy)
 
-    for _ in range(steps):
+    def query_loss(p: Params) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = functional_call(model, p, (qx,))
+        return nn.functional.cross_entropy(logits, qy), logits
+
+    loss: Optional[torch.Tensor] = None
+    for step in range(steps):
         g = grad(support_loss)(params)
-        params = {k: p - lr * (g[k].detach() if first_order else g[k]) for k, p in params.items()}
-    logits = functional_call(model, params, (qx,))
-    return nn.functional.cross_entropy(logits, qy), logits.detach()
+        rates = [lr] * len(params) if lrs is None else lrs[step].unbind()
+        params = {k: p - r * (g[k].detach() if first_order else g[k]) for (k, p), r in zip(params.items(), rates)}
+        if weights is not None:
+            step_loss, logits = query_loss(params)
+            loss = weights[step] * step_loss if loss is None else loss + weights[step] * step_loss
+    if weights is None:
+        loss, logits = query_loss(params)
+    return loss, logits.detach()
 
 
 def batch_loss(model: nn.Module, steps: int, lr: float, first_order: bool, params: Params,
@@ -91,8 +125,9 @@ def _plain_batch_norm(model: nn.Module) -> Iterator[None]:
 
 
 def task_gradient(model: nn.Module, steps: int, lr: float, first_order: bool, batched: bool = False) -> Callable:
-    """``f(params, sx, sy, qx, qy) -> (gradients, (loss, logits))``: one task's meta-gradient, or
-    (``batched``) the mean meta-gradient of a meta-batch."""
+    """``f(meta, weights, sx, sy, qx, qy) -> (gradients, (loss, logits))``: one task's meta-gradient
+    (``task_loss``), or (``batched``) ``f(params, sx, sy, qx, qy)``, the mean meta-gradient of a
+    meta-batch."""
     return grad_and_value(functools.partial(batch_loss if batched else task_loss, model, steps, lr, first_order),
                           has_aux=True)
 
@@ -110,53 +145,83 @@ def _quiet_cpp_extension():
 
 
 class CompiledMetaGradient:
-    """``task_gradient`` compiled with ``torch.compile(backend=backend)`` at the first call
-    (``backend=None``: not compiled); ``meta_backward`` accumulates the mean over a meta-batch
-    into the parameters' ``.grad``."""
+    """``task_gradient`` compiled with ``torch.compile(backend=backend)`` at its first call, once
+    per (first order, multi-step loss) variant met (``backend=None``: not compiled);
+    ``meta_backward`` accumulates the mean over a meta-batch into the meta-parameters' ``.grad``
+    (``step_lrs``: LSLR's learned rates, a meta-parameter too)."""
 
     def __init__(self, model: nn.Module, steps: int, lr: float, first_order: bool,
-                 backend: Optional[str | Callable] = "inductor", batched: bool = False):
-        self.model, self.backend, self.batched = model, backend, batched
-        self.eager = task_gradient(model, steps, lr, first_order, batched)
-        self.fn: Callable = self.eager  # backend None: the functional path uncompiled
-        self.ready = backend is None  # otherwise the first call compiles
+                 backend: Optional[str | Callable] = "inductor", batched: bool = False,
+                 step_lrs: Optional[nn.Parameter] = None):
+        self.model, self.steps, self.lr, self.first_order = model, steps, lr, first_order
+        self.backend, self.batched, self.step_lrs = backend, batched, step_lrs
+        self.functions: Dict[Tuple[bool, bool], Callable] = {}  # (first order, multi-step) -> function
+        self.variant: Optional[Tuple[bool, bool]] = None  # the one the last meta-batch ran
         self.failed = False
 
-    def _first_call(self, *args):
-        log.info("Compiling MAML's meta-gradient with torch.compile (backend %s): seconds with a warm "
-                 "cache, minutes the first time...", self.backend)
+    @property
+    def ready(self) -> bool:
+        """The last meta-batch's function is built (compiled unless ``backend`` is None)."""
+        return self.variant in self.functions
+
+    def _first_call(self, variant: Tuple[bool, bool], *args):
+        eager = task_gradient(self.model, self.steps, self.lr, variant[0], self.batched)
+        if self.backend is None:  # the functional path uncompiled
+            self.functions[variant] = eager
+            return eager(*args)
+        what = f"{'first' if variant[0] else 'second'} order{', multi-step loss' if variant[1] else ''}"
+        if self.functions:  # a schedule of MAML++ switched (derivative order, multi-step loss)
+            log.info("MAML's training schedule switched to %s: compiling its meta-gradient once more...", what)
+        log.info("Compiling MAML's meta-gradient (%s) with torch.compile (backend %s): seconds with a warm "
+                 "cache, minutes the first time...", what, self.backend)
         t = time.perf_counter()
         try:
-            self.fn = torch.compile(self.eager, backend=self.backend, dynamic=False)
+            fn = torch.compile(eager, backend=self.backend, dynamic=False)
             with _quiet_cpp_extension():
-                out = self.fn(*args)
+                out = fn(*args)
         except Exception as e:  # no C++ compiler, an unsupported platform or torch build: go on without
             self.failed = True
             e = getattr(e, "inner_exception", None) or e  # torch's BackendCompilerFailed: its cause
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             log.warning("runtime.compile: torch.compile is unavailable here (%s); MAML runs uncompiled.", reason)
             return None
-        self.ready = True
+        problem = _mismatch(out, eager(*args))
+        if problem is not None:  # a miscompilation: never train on it
+            self.failed = True
+            log.warning("runtime.compile: the compiled meta-gradient is not the uncompiled one (%s); MAML runs "
+                        "uncompiled.", problem)
+            return None
+        self.functions[variant] = fn
         log.info("MAML's meta-gradient compiled in %.0f s.", time.perf_counter() - t)
         return out
 
     def _call(self, *args):
-        return self.fn(*args) if self.ready else self._first_call(*args)
+        fn = self.functions.get(self.variant)
+        return fn(*args) if fn is not None else self._first_call(self.variant, *args)
 
-    def meta_backward(self, batch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """Add the meta-batch's mean meta-gradient to ``.grad``; (mean loss, mean accuracy), or
-        None when compilation failed (the caller then runs its own loop; nothing was changed)."""
+    def _meta_parameters(self) -> Dict[str, nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return named if self.step_lrs is None else {**named, STEP_LRS: self.step_lrs}
+
+    def meta_backward(self, batch, first_order: Optional[bool] = None, weights: Optional[torch.Tensor] = None
+                      ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Add the meta-batch's mean meta-gradient to ``.grad``, first order or not (None: as built),
+        with MSL's per-step ``weights`` (None: the last step's loss); (mean loss, mean accuracy),
+        or None when compilation failed (the caller then runs its own loop; nothing was changed)."""
         if self.failed:
             return None
+        self.variant = (self.first_order if first_order is None else bool(first_order), weights is not None)
         if self.batched:
             return self._batched_backward(batch)
-        named = dict(self.model.named_parameters())
-        params = {k: p.detach() for k, p in named.items()}
+        named = self._meta_parameters()
+        meta = {k: p.detach() for k, p in named.items()}
+        if weights is not None:
+            weights = weights.to(device=batch.query_x.device, dtype=next(iter(meta.values())).dtype)
         total: Optional[Params] = None
         losses, accs = [], []
         for i in range(len(batch)):
-            args = (params, batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
-            out = self._call(*args)
+            out = self._call(meta, weights, batch.support_x[i], batch.support_y[i], batch.query_x[i],
+                             batch.query_y[i])
             if out is None:
                 return None
             g, (loss, logits) = out
@@ -182,6 +247,24 @@ class CompiledMetaGradient:
         if torch.isfinite(loss):
             _add_grad(named, g, 1.0)
         return loss.detach(), accuracy(logits, batch.query_y).mean()
+
+
+def _mismatch(got, want) -> Optional[str]:
+    """Where a compiled call's loss or meta-gradient is off the uncompiled function's on the same
+    task: a tensor's L2 error over its norm, or over 1e-3 of the whole gradient's norm where that
+    is larger (a conv bias before batch norm has a gradient of rounding noise), above 1e-2 in
+    float32, 1e-6 in float64 (far above the rounding of another summation order, far below a wrong
+    graph); None where none is, or where the uncompiled loss is not finite (nothing to compare)."""
+    (grads, (loss, _)), (ref_grads, (ref_loss, _)) = got, want
+    if not torch.isfinite(ref_loss):
+        return None
+    tolerance = 1e-6 if ref_loss.dtype == torch.float64 else 1e-2
+    scale = 1e-3 * float(torch.stack([g.norm() for g in ref_grads.values()]).norm())
+    for name, a, b in [("loss", loss, ref_loss), *((k, grads[k], ref_grads[k]) for k in ref_grads)]:
+        error = float((a - b).norm()) / max(float(b.norm()), scale, torch.finfo(b.dtype).tiny)
+        if not error <= tolerance:
+            return f"{name}: relative error {error:.1e}"
+    return None
 
 
 def _add_grad(named: Dict[str, nn.Parameter], grads: Params, scale: float) -> None:

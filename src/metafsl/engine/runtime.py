@@ -13,12 +13,14 @@
   two trainings at once with the default threads each ran 2.6x slower than with one thread each
   on a 2-core machine, as their threads fought over the cores.
 - ``compile`` (``auto`` by default; ``true``, ``false``): on the CPU, MAML's meta-training
-  step (without the MAML++ options or ``recompute_inner``) becomes one ``torch.compile``'d
+  step (MAML++'s options included, not ``recompute_inner``) becomes one ``torch.compile``'d
   function per task (per meta-batch with ``algo.backend=vmap``)
   (``metafsl.algorithms.maml_compiled``: the same meta-gradient; the compile warm-up is logged,
-  and a failed compilation falls back to the uncompiled loop with one log line).  ``auto`` does
-  it for second-order MAML runs of at least ``AUTO_COMPILE_ITERATIONS`` iterations, where the
-  warm-up (minutes with a cold cache) is paid back; other methods are left alone.  On the GPU,
+  once more where derivative-order annealing or the multi-step loss switches, and a failed
+  compilation falls back to the uncompiled loop with one log line).  ``auto`` does it for
+  second-order MAML runs (derivative-order annealing counts: it ends second order) of at least
+  ``AUTO_COMPILE_ITERATIONS`` iterations, where the warm-up (minutes with a cold cache) is paid
+  back; other methods are left alone.  On the GPU,
   ``true`` wraps the backbone's forward with ``torch.compile`` in place (state-dict keys
   unchanged; ``auto`` leaves it off there).
 - GPU option, a no-op on the CPU: ``amp=bf16`` runs forward passes under
