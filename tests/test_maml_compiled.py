@@ -60,6 +60,16 @@ def mamlpp(msl_iterations: int, first_order_until: int) -> MAML:
                      first_order_until=first_order_until)
 
 
+@pytest.fixture
+def caplog(caplog):
+    """pytest's caplog, also where an in-process CLI run earlier in this worker has turned the
+    propagation of logger ``metafsl`` off (reporting/console.py)."""
+    logger = logging.getLogger("metafsl")
+    before, logger.propagate = logger.propagate, True
+    yield caplog
+    logger.propagate = before
+
+
 #: backend None: DA for 1 iteration, MSL for 2: iteration 0 first order with the multi-step loss
 #: (weights 1/2, 1/2), 1 second order with it (1/4, 3/4), 2 the last step's loss only.  eager: the
 #: presets' schedules (both phases end together), so one recompilation at the switch.

@@ -20,6 +20,9 @@ from metafsl.errors import Interrupted, UserError
 
 log = logging.getLogger(__name__)
 
+#: what the forkserver imports once, before it forks the workers (and the launcher's restarts)
+PRELOAD = ["metafsl.api", "metafsl.engine.recipe", "torch._dynamo"]
+
 
 def needs_launch(cfg: Dict[str, Any]) -> bool:
     """Whether ``cfg`` asks for workers that no launcher has started yet."""
@@ -55,7 +58,21 @@ def launch_config(cfg: Dict[str, Any]):
         rdzv_endpoint=endpoint, max_restarts=int(node["max_restarts"]), monitor_interval=0.1,
         rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "last_call_timeout": 1,
                       "is_host": int(node["node_rank"]) == 0},
-        start_method="spawn")
+        start_method=start_method())
+
+
+def start_method() -> str:
+    """forkserver: one fresh server process imports ``PRELOAD`` once and forks every worker (and
+    every restart after a failure) from it, where spawn makes each worker import torch and metafsl
+    again (seconds of CPU each).  The server is not this process, so none of its threads, CUDA
+    state or locks travel to the workers (what makes plain fork unsafe).  spawn where the
+    platform has no forkserver."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    multiprocessing.set_forkserver_preload(PRELOAD)
+    return "forkserver"
 
 
 def _run_id(node: Dict[str, Any], endpoint: str) -> str:
