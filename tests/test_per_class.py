@@ -175,3 +175,31 @@ def test_predict_on_labelled_queries_writes_the_report(easy_run, run_cli):
     code, _, err = run_cli("predict", f"run={run}", f"support={root / 'support'}", f"query={root / 'query'}",
                            f"out={root / 'other.csv'}")
     assert code == 2 and "other_per_class.csv already exists" in err and not (root / "other.csv").exists()
+
+
+def test_the_metrics_are_torchmetrics_definitions():
+    """Our counting against torchmetrics (the dev dependency) on random episodes: 5-way with 3
+    labels and 4 predictions drawn from 0..4 (absent and never-predicted classes), and a report."""
+    from torchmetrics.functional.classification import (
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    from metafsl.engine.metrics import class_report, macro_per_episode
+
+    fns = {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score}
+    g = torch.Generator().manual_seed(0)
+    for labels_from, predicted_from in [(5, 5), (3, 5), (5, 2)]:
+        labels = torch.randint(0, labels_from, (40, 6), generator=g)
+        predicted = torch.randint(0, predicted_from, (40, 6), generator=g)
+        ours = macro_per_episode(predicted, labels, 5)
+        for name, fn in fns.items():
+            ref = fn(predicted, labels, num_classes=5, average="macro", multidim_average="samplewise")
+            torch.testing.assert_close(ours[name], ref.float(), rtol=0, atol=1e-6, msg=name)
+        report = class_report(labels.flatten(), predicted.flatten(), list("abcde"))
+        assert report.confusion == multiclass_confusion_matrix(predicted.flatten(), labels.flatten(), 5).tolist()
+        for name, fn in fns.items():
+            ref = (fn(predicted.flatten(), labels.flatten(), num_classes=5, average="none") * 100).tolist()
+            assert getattr(report, name) == pytest.approx(ref, abs=1e-4), name

@@ -1,15 +1,15 @@
 """Macro precision, recall and F1 of test episodes, and per-class reports (precision, recall, F1,
-support, confusion matrix), computed with torchmetrics.
+support, confusion matrix), from confusion matrices counted with ``torch.bincount``.
 
-Why torchmetrics (not scikit-learn, not hand-written formulas): it is a maintained library of
-the PyTorch ecosystem (Lightning) with the usual definitions (macro = the unweighted mean of the
-per-class scores, F1 per class then averaged, a class never predicted has precision 0 as
-scikit-learn's ``zero_division=0``), it works on the prediction tensors as they are, and its
-functional metrics score a whole batch of episodes in one vectorised call
-(``multidim_average="samplewise"``: one score per episode): about 25 ms for 600 episodes, where
-a scikit-learn call per episode takes over a second.  Its import (~0.6 s on top of what a test
-already loads: matplotlib, scipy.signal) is paid once, when a test is scored, never by
-``--help``, training steps or validation.
+Why not a library here: these are the usual definitions (macro = the unweighted mean of the
+per-class scores over the classes that occur as a label or a prediction, F1 per class then
+averaged, 0 where a ratio has nothing to divide, as scikit-learn's ``zero_division=0`` and
+torchmetrics' defaults), a dozen lines of counting.  torchmetrics, which computed them before, costs
+about 3 s of CPU to import (it loads its audio, image and plotting modules, scipy.signal and
+matplotlib with them) in every ``metafsl train`` and ``test`` process and in every worker of a
+distributed evaluation; scikit-learn needs a Python call per episode (over a second for 600).
+tests/test_per_class.py checks these functions against torchmetrics' (the dev dependency) on
+random predictions with absent and never-predicted classes.
 """
 from __future__ import annotations
 
@@ -22,26 +22,34 @@ import torch
 MACRO = ("precision", "recall", "f1")
 
 
-def _functional():
-    from torchmetrics.functional.classification import (
-        multiclass_confusion_matrix,
-        multiclass_f1_score,
-        multiclass_precision,
-        multiclass_recall,
-    )
+def confusion_matrices(predicted: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(E, k, k) counts, one matrix per row of ``predicted`` / ``labels`` (E, N) with ids 0..k-1
+    (matrix rows: the true class, columns: the predicted one)."""
+    episodes = predicted.shape[0]
+    cell = labels * k + predicted + torch.arange(episodes).unsqueeze(1) * (k * k)
+    return torch.bincount(cell.flatten(), minlength=episodes * k * k).view(episodes, k, k)
 
-    return {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score,
-            "confusion": multiclass_confusion_matrix}
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
+
+
+def per_class_scores(confusion: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """{precision, recall, f1}: (..., k) fractions of each class from (..., k, k) confusion matrices."""
+    tp = confusion.diagonal(dim1=-2, dim2=-1).double()
+    predicted, support = confusion.sum(-2).double(), confusion.sum(-1).double()
+    return {"precision": _ratio(tp, predicted), "recall": _ratio(tp, support),
+            "f1": _ratio(2 * tp, predicted + support)}
 
 
 def macro_per_episode(predicted: torch.Tensor, labels: torch.Tensor, n_way: int) -> Dict[str, torch.Tensor]:
     """{precision, recall, f1}: (E,) fractions, each episode's macro average over its ``n_way``
-    classes, from its query predictions and labels (E, Nq), both 0..n_way-1."""
-    fn = _functional()
-    predicted, labels = predicted.long().cpu(), labels.long().cpu()
-    return {name: fn[name](predicted, labels, num_classes=n_way, average="macro",
-                           multidim_average="samplewise", validate_args=False).float()
-            for name in MACRO}
+    classes (those that occur as a label or a prediction), from its query predictions and
+    labels (E, Nq), both 0..n_way-1."""
+    confusion = confusion_matrices(predicted.long().cpu(), labels.long().cpu(), n_way)
+    occurs = ((confusion.sum(-2) + confusion.sum(-1)) > 0).double()
+    return {name: ((score * occurs).sum(-1) / occurs.sum(-1).clamp(min=1)).float()
+            for name, score in per_class_scores(confusion).items()}
 
 
 @dataclass
@@ -76,10 +84,8 @@ def class_report(true: torch.Tensor, predicted: torch.Tensor, names: Sequence[st
         present = torch.unique(torch.cat([true, predicted]))  # sorted: the split's class order
         names = [names[i] for i in present.tolist()]
         true, predicted = torch.searchsorted(present, true), torch.searchsorted(present, predicted)
-    k = len(names)
-    fn = _functional()
-    scores = {name: (fn[name](predicted, true, num_classes=k, average="none") * 100).tolist() for name in MACRO}
-    confusion = fn["confusion"](predicted, true, num_classes=k)
+    confusion = confusion_matrices(predicted.unsqueeze(0), true.unsqueeze(0), len(names))[0]
+    scores = {name: (score * 100).tolist() for name, score in per_class_scores(confusion).items()}
     return ClassReport(names, scores["precision"], scores["recall"], scores["f1"],
                        confusion.sum(1).tolist(), confusion.tolist())
 
