@@ -172,6 +172,10 @@ class MAML(GradientLearner):
                 after_step(model)
         return model
 
+    def _msl_phase(self) -> bool:
+        """MSL weighs every inner step's query loss now: training, before ``msl_iterations``."""
+        return self.multi_step_loss and self.training and int(self.msl_iteration) < self.msl_iterations
+
     def msl_weights(self, steps: int) -> torch.Tensor:
         """MAML++'s per-step loss weights at the current training iteration (they sum to 1)."""
         t = int(self.msl_iteration)
@@ -197,7 +201,7 @@ class MAML(GradientLearner):
 
     def task_loss(self, batch: TaskBatch, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         # after the MSL phase (or one inner step) only the last step counts: plain MAML
-        if not (self.multi_step_loss and self.training) or int(self.msl_iteration) >= self.msl_iterations:
+        if not self._msl_phase():
             return super().task_loss(batch, i)
         logits: List[torch.Tensor] = []
         self.inner_loop(batch.support_x[i], batch.support_y[i], *self.inner_loop_settings(training=True),
@@ -221,7 +225,7 @@ class MAML(GradientLearner):
     def _compiled_meta_backward(self, batch: TaskBatch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``maml_compiled``'s meta-gradient with this iteration's derivative order and, during the
         MSL phase (``task_loss``'s condition), its per-step loss weights."""
-        msl = self.multi_step_loss and self.inner_steps > 1 and int(self.msl_iteration) < self.msl_iterations
+        msl = self.inner_steps > 1 and self._msl_phase()
         weights = self.msl_weights(self.inner_steps) if msl else None  # one step: the last step's loss
         return self.compiled.meta_backward(batch, self.inner_loop_settings(True).first_order, weights)
 
