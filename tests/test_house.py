@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import TINY
+from conftest import TINY, TINY_DATA
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "metafsl"
 
@@ -184,6 +184,25 @@ def test_validate_passes_a_good_config_and_writes_nothing(tmp_path, run_cli):
     code, out, err = run_cli("validate", *TINY, f"paths.output_dir={tmp_path}")
     assert code == 0 and out.startswith("OK:"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_composes_its_config_once(run_cli, monkeypatch):
+    """Hydra would compose everything twice (once only to read ``hydra.mode``); metafsl knows the
+    mode from the subcommand and skips that probe, for every command, and puts it back after."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.hydra import Hydra
+
+    modes, real = [], ConfigLoaderImpl.load_configuration
+
+    def counting(self, *args, **kwargs):
+        modes.append(str(kwargs.get("run_mode")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", counting)
+    code, _, err = run_cli("data", *TINY_DATA)
+    assert code == 0, err
+    assert modes == ["RunMode.RUN"]
+    assert Hydra.get_mode.__name__ == "get_mode"
 
 
 def test_validate_lists_every_problem(run_cli):
