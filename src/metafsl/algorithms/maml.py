@@ -224,7 +224,7 @@ class MAML(GradientLearner):
 
     def _compiled_meta_backward(self, batch: TaskBatch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``maml_compiled``'s meta-gradient with this iteration's derivative order and, during the
-        MSL phase (``task_loss``'s condition), its per-step loss weights."""
+        MSL phase (``_msl_phase``, as ``task_loss``), its per-step loss weights."""
         msl = self.inner_steps > 1 and self._msl_phase()
         weights = self.msl_weights(self.inner_steps) if msl else None  # one step: the last step's loss
         return self.compiled.meta_backward(batch, self.inner_loop_settings(True).first_order, weights)

@@ -104,7 +104,7 @@ def _one_composition() -> Iterator[None]:
     (``Hydra.get_mode``), then for the job. metafsl already knows the mode from the subcommand
     (``--multirun`` for a sweep), so the probe answers None, which is Hydra's own answer when the
     probe fails: Hydra then sets ``hydra.mode`` from ``--multirun`` and composes once. This
-    halves the configuration work of every command (about 0.3 s of CPU each; hydra-core is
+    halves the configuration work of every command (about 0.2 s of CPU each; hydra-core is
     pinned below 1.4, and without the method nothing is changed)."""
     from hydra._internal.hydra import Hydra
 
