@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,13 @@ def test_short_dirname_keeps_short_names_and_hashes_long_ones():
 
 
 def test_optuna_sweep_of_three_trials(run_cli, tmp_path):
-    code, _, err = run_cli("sweep", "hparams_search=protonet_optuna", "hydra.sweeper.n_trials=3",
-                             f"paths.output_dir={tmp_path}", *SMALL)
+    code, out, err = run_cli("sweep", "hparams_search=protonet_optuna", "hydra.sweeper.n_trials=3",
+                               f"paths.output_dir={tmp_path}", *SMALL)
     assert code == 0, err
+    assert "A new study created" not in out + err and "Trial 0 finished" not in out + err  # Optuna's own lines
+    # the sweep leaves the library's loggers on (Hydra's "disabled" logging turned them off for good)
+    assert not any(logger.disabled for name, logger in logging.root.manager.loggerDict.items()
+                   if name.startswith("metafsl") and isinstance(logger, logging.Logger))
     sweep = _sweep_dir(tmp_path)
     rows = _summary(sweep)
     assert len(rows) == 3

@@ -76,6 +76,20 @@ class RunDirs(Callback):
         _make_dir(sweep_dir, "hydra.sweep.dir")
 
 
+class QuietSweeper(Callback):
+    """Keeps Optuna's own log lines ("A new study created in memory ...", one per trial) off the
+    console unless ``verbose=true`` (``hydra.callbacks.quiet_sweeper``): Optuna gives its logger
+    a handler of its own at INFO when imported, so Hydra's logging settings do not reach it.  The
+    sweep's results are metafsl's own table and ``optimization_results.yaml``."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        target = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+        if "optuna" in target and not OmegaConf.select(config, "verbose", default=False):
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _make_dir(path: Path, key: str) -> bool:
     try:
         path.mkdir(parents=True, exist_ok=True)
