@@ -83,7 +83,7 @@ class QuietSweeper(Callback):
     sweep's results are metafsl's own table and ``optimization_results.yaml``."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        target = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+        target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
         if "optuna" in target and not OmegaConf.select(config, "verbose", default=False):
             import optuna
 
