@@ -168,7 +168,7 @@ def test_user_errors_are_one_clear_sentence(tmp_path, run_cli, trained):
     assert "Unknown algo 'nope'; choose one of: anil, baseline" in _err(run_cli("train", "algo=nope"))
     assert "Unknown dataset 'imagenet9'" in _err(run_cli("train", "dataset=imagenet9"))
     assert "Unknown command 'trian'" in _err(run_cli("trian"))
-    assert "Unknown option 'trainer.iteratons'; 'trainer' has: checkpoint_every_minutes, grad_clip, iterations," in _err(
+    assert "Unknown option 'trainer.iteratons'; 'trainer' has: checkpoint_every_minutes, fit_to_budget, grad_clip, iterations," in _err(
         run_cli("train", "trainer.iteratons=3"))
     assert "trainer.iterations must be an integer (got 'abc')" in _err(run_cli("train", "trainer.iterations=abc"))
     # Hydra's multi-line configuration errors become one line, exit code 2

@@ -142,7 +142,8 @@ def _scale_schedule(node, budget: float):
 
 def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """``budget=<fraction>``: scale iterations, the validation and log cadence, the LR-schedule
-    steps and MAML++'s schedules, for a quick approximate run of a preset (recorded in summary.json)."""
+    steps and MAML++'s schedules (and the minutes of a run planned by the clock,
+    ``trainer.fit_to_budget``), for a quick approximate run of a preset (recorded in summary.json)."""
     budget = float(cfg.get("budget", 1.0))  # its range is checked with the config (config.RULES)
     if budget == 1.0:
         return cfg
@@ -151,6 +152,8 @@ def apply_budget(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if int(tr["iterations"]) == 0:  # an evaluation of the model as built: nothing to scale
         return cfg
     tr["iterations"] = _scale(int(tr["iterations"]), budget)
+    if tr.get("fit_to_budget") and tr.get("max_minutes"):  # planned by the clock: the clock is what scales
+        tr["max_minutes"] = float(tr["max_minutes"]) * budget
     for key in ("val_every", "log_every"):
         tr[key] = min(_scale(int(tr[key]), budget), tr["iterations"])
     if tr.get("scheduler"):

@@ -102,6 +102,7 @@ RULES: Dict[str, Rule] = {
     "trainer.grad_clip": _pos(optional=True),
     "trainer.max_minutes": Rule("float", 0, optional=True),
     "trainer.checkpoint_every_minutes": _pos(optional=True),
+    "trainer.fit_to_budget": Rule("bool"),
     "trainer.optimizer.lr": _pos(),
     "eval.episodes": _int(1),
     "eval.seed": _int(0),
@@ -207,6 +208,7 @@ def run_config_problems(cfg: Dict[str, Any],
     optimizer = (cfg.get("trainer") or {}).get("optimizer")
     if isinstance(optimizer, dict) and optimizer.get("_target_"):
         targets.append(("trainer.optimizer", optimizer, ("params",)))
+    problems += _budget_fit_problems(cfg.get("trainer"))
     for group, node, skip in targets:
         try:
             check_target_arguments(group, node, skip=skip)
@@ -215,6 +217,27 @@ def run_config_problems(cfg: Dict[str, Any],
         except UserError as exc:
             problems.append(str(exc))
     return problems
+
+
+#: the schedules ``trainer.fit_to_budget`` re-plans (``metafsl.engine.budget_plan``)
+BUDGET_FIT_SCHEDULES = ("CosineAnnealingLR", "StepLR", "MultiStepLR", "LambdaLR")
+
+
+def _budget_fit_problems(trainer: Any) -> List[str]:
+    """``trainer.fit_to_budget=true`` needs a budget and a schedule it knows how to re-plan."""
+    if not isinstance(trainer, dict) or trainer.get("fit_to_budget") is not True:
+        return []
+    if not trainer.get("max_minutes"):
+        return ["trainer.fit_to_budget=true plans the run to end inside trainer.max_minutes, which is "
+                "not set; set trainer.max_minutes=<minutes> or trainer.fit_to_budget=false."]
+    sched = trainer.get("scheduler")
+    name = str(sched.get("_target_", "")).rsplit(".", 1)[-1] if isinstance(sched, dict) else ""
+    lam = sched.get("lr_lambda") if isinstance(sched, dict) else None
+    piecewise = isinstance(lam, dict) and str(lam.get("_target_", "")).endswith("PiecewiseConstant")
+    if sched and (name not in BUDGET_FIT_SCHEDULES or (name == "LambdaLR" and not piecewise)):
+        return [f"trainer.fit_to_budget=true re-plans CosineAnnealingLR, StepLR, MultiStepLR and "
+                f"PiecewiseConstant schedules, not {name or sched}; set trainer.fit_to_budget=false."]
+    return []
 
 
 def check_run_config(cfg: Dict[str, Any], groups: Iterable[str] = ("dataset", "backbone", "algo")) -> None:

@@ -34,6 +34,8 @@ class TrainState:
     val_iteration: int = 0
     #: training seconds before this process (resumed runs)
     seconds: float = 0.0
+    #: the end planned by the clock (trainer.fit_to_budget; 0: trainer.iterations)
+    planned_iterations: int = 0
     #: running sums since the last logged training record
     loss_sum: float = 0.0
     acc_sum: float = 0.0

@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from metafsl.data.report import episode_need
 from metafsl.engine import checkpoint, hooks, ranks
 from metafsl.engine import distributed as dist
+from metafsl.engine.budget_plan import BudgetPlan
 from metafsl.engine.callbacks import Callback, RunInfo, as_list
 from metafsl.engine.checkpoint import TrainState
 from metafsl.engine.components import build, build_train_stream, parameter_groups
@@ -86,6 +87,8 @@ class TrainRecipe:
         self.optimizer = instantiate(self.tr["optimizer"])(params=groups)
         self.scheduler = instantiate(self.tr["scheduler"])(optimizer=self.optimizer) \
             if self.tr.get("scheduler") else None
+        # trainer.fit_to_budget: the end and the schedule planned by the clock (before a resume)
+        self.plan = BudgetPlan(self.tr, self.scheduler) if self.tr.get("fit_to_budget") else None
         if not self.world.main:  # its own global random stream too (augmentation, dropout)
             torch.manual_seed(dist.rank_seed(self.cfg["seed"], self.world.rank))
         if start.checkpoint is not None:
@@ -108,6 +111,8 @@ class TrainRecipe:
         if self.scheduler is not None and ck.get("scheduler"):
             self.scheduler.load_state_dict(ck["scheduler"])
         self.state = checkpoint.train_state(ck)
+        if self.plan is not None and self.state.planned_iterations:
+            self.plan.planned = self.state.planned_iterations
         self._restore_streams(ck)
         self.saved_iteration = self.state.iteration
         if self.world.main:
@@ -157,47 +162,69 @@ class TrainRecipe:
 
     # ------------------------------------------------------------------ training
     def train(self) -> None:
-        iterations = int(self.tr["iterations"])
+        self.end = self.plan.planned if self.plan is not None else int(self.tr["iterations"])
         max_seconds = 60 * float(self.tr["max_minutes"]) if self.tr.get("max_minutes") else None
         self.t_start = time.perf_counter() - self.state.seconds
         self.last_save = time.perf_counter()
         # a resumed run whose wall-clock budget is already spent trains no further
         spent = max_seconds is not None and self.state.seconds >= max_seconds
-        first = iterations + 1 if spent else self.state.iteration + 1
-        self.run_info.start_iteration, self.run_info.iterations = self.state.iteration, iterations
+        it = self.end + 1 if spent else self.state.iteration + 1
+        if self.plan is not None and not spent and it > self.end:  # a finished run given more minutes
+            self._replan(self.state.iteration)
+        self.run_info.start_iteration, self.run_info.iterations = self.state.iteration, self.end
         self.run_info.last_val = self.state.last_val
         self.callbacks.on_train_start(self.run_info)
         try:
             with self._stop_on_signals():
-                for it in range(first, iterations + 1):
-                    out_of_time = self._iteration(it, iterations, max_seconds)
-                    if out_of_time:
+                while it <= self.end:  # the end moves under trainer.fit_to_budget
+                    if self._iteration(it, max_seconds):
                         log.info(f"Time budget of {self.tr['max_minutes']} min reached at iteration {it}.")
                         break
-                if self.state.val_iteration != self.state.iteration or iterations == 0:
+                    it += 1
+                if self.state.val_iteration != self.state.iteration or self.end == 0:
                     # resumed after a kill during the final validation (or nothing to train): validate now
                     self.validate(self.state.iteration)
         finally:
             self.callbacks.on_train_stop()
         self.seconds = time.perf_counter() - self.t_start
 
-    def _iteration(self, it: int, iterations: int, max_seconds: Optional[float]) -> bool:
+    def _iteration(self, it: int, max_seconds: Optional[float]) -> bool:
         """One training step with its logging and checkpoints; True when the time budget is spent."""
+        t0 = time.perf_counter()
         self._step(it)
         out_of_time, checkpoint_due = self._agreed(max_seconds)
-        final = it == iterations or out_of_time
+        if self.plan is not None:
+            self.plan.step_took(time.perf_counter() - t0)
+        final = it == self.end or out_of_time
         self._log_train(it, final)
         if it % self.tr["val_every"] == 0 or final:
             if final:  # training is over: keep it even if the final validation is killed
                 self.save_checkpoint(LAST)
                 self.callbacks.on_event("final_validation_start", it)
+            elif self.plan is not None:  # before the validation, so that its checkpoints hold the plan
+                self._replan(it)
+            t0 = time.perf_counter()
             self.validate(it)
+            if self.plan is not None:
+                self.plan.validation_took(time.perf_counter() - t0)
         elif checkpoint_due:
             self.save_checkpoint(LAST)
         self.callbacks.on_event("iteration_end", it)
         if self.stop_signal is not None:
             self._stop(it)
         return out_of_time
+
+    def _replan(self, it: int) -> None:
+        """trainer.fit_to_budget: rank 0 plans the end by its clock; every worker moves to it."""
+        record = self.plan.replan(it, time.perf_counter() - self.t_start) if self.world.main else None
+        self.plan.steps.clear()
+        record = dist.share(record, self.world)
+        if record is None:
+            return
+        self.plan.planned = self.end = self.state.planned_iterations = int(record["iterations"])
+        self.plan.apply(it)
+        self.run_info.iterations = self.end
+        self._record(record)
 
     def _agreed(self, max_seconds: Optional[float]):
         """(out of time, checkpoint due), decided on rank 0, with a signal received by any worker
@@ -393,7 +420,9 @@ class TrainRecipe:
         summary = RunSummary.from_config(self.cfg)
         summary.data = self.data_report.to_dict()
         summary.train = {"iterations": self.state.iteration, "seconds": round(self.seconds, 2),
-                         "planned_iterations": int(self.tr["iterations"])}
+                         "planned_iterations": int(self.end)}
+        if self.plan is not None:  # the first plan, then the clock's
+            summary.train.update(fit_to_budget=True, configured_iterations=int(self.tr["iterations"]))
         if self.world.size > 1:  # one-episode methods (meta_batch_size 1) took one per worker
             summary.train.update(workers=self.world.size, episodes_per_step=self.world.size *
                                  dist.tasks_per_worker(self.tr["meta_batch_size"], self.world))

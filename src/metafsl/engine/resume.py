@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 #: settings a resumed run takes from the new config (recorded in metrics.jsonl)
 APPLIED = ("trainer.optimizer.lr", "trainer.iterations", "trainer.max_minutes", "trainer.val_every",
            "trainer.val_episodes", "trainer.log_every", "trainer.checkpoint_every_minutes",
-           "trainer.grad_clip")
+           "trainer.grad_clip", "trainer.fit_to_budget")
 #: settings that define the model being trained: a resume that changes them is refused
 FIXED = ("algo.", "backbone.", "dataset.", "episode.", "seed", "trainer.meta_batch_size",
          "trainer.optimizer.", "trainer.scheduler")
@@ -34,7 +34,8 @@ FREE = ("dataset.root", "dataset.download", "dataset.cache_check", "episode.name
         "backbone.description")
 
 #: options added since runs were first written, with the value an older run had in effect
-ADDED = {"backbone.weights": "none", "backbone.freeze": False, "backbone.lr": None}
+ADDED = {"backbone.weights": "none", "backbone.freeze": False, "backbone.lr": None,
+         "trainer.fit_to_budget": False}
 
 
 @dataclass
@@ -106,6 +107,9 @@ def _can_continue(ck: Dict[str, Any], cfg: Dict[str, Any]) -> bool:
     """Whether a finished run has more to do under ``cfg`` (more iterations or more time)."""
     state = checkpoint.train_state(ck)
     tr = cfg["trainer"]
+    if tr.get("fit_to_budget") and state.planned_iterations:  # planned by the clock: more time, more run
+        before = float(ck["config"]["trainer"].get("max_minutes") or 0)
+        return float(tr["max_minutes"]) > before and state.seconds < 60 * float(tr["max_minutes"])
     if int(tr["iterations"]) <= state.iteration:
         return False
     return not tr.get("max_minutes") or state.seconds < 60 * float(tr["max_minutes"])

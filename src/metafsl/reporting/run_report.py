@@ -47,6 +47,8 @@ class ConsoleReport(Callback):
                                   acc=console.fmt(record["acc"], 1))
         elif record.get("split") == "val":
             self.train_bar.update(self.train_task, val=console.fmt(record["acc"], 2))
+        elif record.get("split") == "plan":  # trainer.fit_to_budget moved the end
+            self.train_bar.update(self.train_task, total=record["iterations"])
 
     def on_event(self, event: str, iteration: int) -> None:
         if event == "iteration_end" and self.train_bar is not None:
