@@ -109,3 +109,18 @@ def test_an_unreachable_rendezvous_gives_up_in_seconds(run_cli, tmp_path):
     err = _refused(run_cli, tmp_path, "distributed.nnodes=2", f"distributed.rdzv_endpoint=localhost:{port}",
                    "distributed.join_timeout=2")
     assert "could not meet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_two_workers_follow_one_plan_made_by_the_clock(tmp_path):
+    """trainer.fit_to_budget on 2 workers: rank 0 plans, both move to its end (a worker that kept
+    the first plan would hang the next all-reduce), and the cosine completes inside the budget."""
+    from test_budget_plan import COSINE, _rows
+
+    run = tmp_path / "fit"
+    assert _cli("train", *DIST, *COSINE, "trainer.max_minutes=0.1", "trainer.fit_to_budget=true",
+                f"hydra.run.dir={run}") == 0
+    train = json.loads((run / "summary.json").read_text())["train"]
+    plans = _rows(run, "plan")
+    assert plans and train["workers"] == 2 and train["planned_iterations"] == plans[-1]["iterations"] < 100000
+    assert train["planned_iterations"] - 3 <= train["iterations"] <= train["planned_iterations"]
+    assert _rows(run, "train")[-1]["lr"] < 0.05 * 1e-3
