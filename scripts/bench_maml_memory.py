@@ -11,7 +11,9 @@ peak RSS during the meta-iterations minus the RSS before the first one (model an
 there), with glibc's default malloc (what a user's process takes; its heap keeps freed memory
 of medium-sized tensors, so this includes the allocator's fragmentation), then again in another
 fresh process with ``MALLOC_MMAP_THRESHOLD_=65536`` ("live": nearly every tensor mapped on its own
-and returned when freed, so the RSS follows the tensors alive; its time is not used).  CUDA:
+and returned when freed, so the RSS follows the tensors alive; its time is not used), and the
+peak of torch's own CPU allocations ("tensors": the memory events of ``torch.profiler``, summed in
+time order; the CPU counterpart of the CUDA figure, in a third fresh process).  CUDA:
 ``torch.cuda.max_memory_allocated`` (and reserved) over the memory allocated before.  The time is
 the mean of the meta-iterations after a first, warm-up one.  The meta-gradients of both options
 are compared in float64 in the parent process.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -75,7 +78,22 @@ def meta_iterations(algo: MAML, tasks: TaskBatch, iters: int, sync) -> float:
     return sum(times[1:]) / iters
 
 
-def one(shape, steps: int, recompute: bool, device: str = "cpu") -> dict:
+def tensor_peak_mib(run) -> float:
+    """The peak of the bytes torch's allocator holds while ``run()`` runs, over what it held before."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak / 2**20
+
+
+def one(shape, steps: int, recompute: bool, device: str = "cpu", tensors: bool = False) -> dict:
     """Peak memory over the memory before the first meta-iteration, and seconds per meta-iteration."""
     algo, tasks = learner(shape, steps, recompute).to(device), batch(shape)
     tasks = dataclasses.replace(tasks, **{k: getattr(tasks, k).to(device) for k in ("support_x", "support_y", "query_x", "query_y")})
@@ -88,6 +106,9 @@ def one(shape, steps: int, recompute: bool, device: str = "cpu") -> dict:
         row["peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
         row["reserved_mib"] = (torch.cuda.max_memory_reserved() - before) / 2**20
         return row
+    if tensors:
+        run = functools.partial(meta_iterations, algo, tasks, shape["iters"], lambda: None)
+        return dict(row, peak_mib=tensor_peak_mib(run))
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to the current RSS
     before = status_mib("VmRSS")
     row["seconds"] = meta_iterations(algo, tasks, shape["iters"], lambda: None)
@@ -95,9 +116,10 @@ def one(shape, steps: int, recompute: bool, device: str = "cpu") -> dict:
     return row
 
 
-def measure(shape_flag, steps: int, recompute: int, device: str, env=None) -> dict:
+def measure(shape_flag, steps: int, recompute: int, device: str, env=None, tensors: bool = False) -> dict:
     """``one`` in a fresh process (with ``env`` added to its environment)."""
-    cmd = [sys.executable, __file__, "--one", str(steps), str(recompute), "--device", device] + shape_flag
+    cmd = ([sys.executable, __file__, "--one", str(steps), str(recompute), "--device", device] + shape_flag
+           + ["--tensors"] * tensors)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -117,20 +139,20 @@ LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def table(rows, device: str):
-    """The rows as a Markdown table, with each option's peak as a fraction of the default's."""
-    extra = "live peak (MiB)" if device == "cpu" else "peak reserved (MiB)"
-    lines = [f"| inner steps | recompute_inner | device | peak memory (MiB over start) | {extra} | "
-             "s / meta-iteration | peak / default's | meta-grad rel. diff |", "|---|---|---|---|---|---|---|---|"]
+    """The rows as a Markdown table, with each figure as a fraction of the default's."""
+    cols = (["peak_mib", "live_peak_mib", "tensor_peak_mib"] if device == "cpu"
+            else ["peak_mib", "reserved_mib"])
+    names = {"peak_mib": "peak (MiB over start)", "live_peak_mib": "live peak", "tensor_peak_mib": "tensors peak",
+             "reserved_mib": "peak reserved"}
+    lines = ["| inner steps | recompute_inner | device | " + " | ".join(names[c] for c in cols)
+             + " | s / meta-iteration | meta-grad rel. diff |", "|---" * (len(cols) + 5) + "|"]
     default = {}
     for r in rows:
-        default.setdefault(r["steps"], r)
-        other = r.get("live_peak_mib", r.get("reserved_mib", float("nan")))
-        ratio = r["peak_mib"] / default[r["steps"]]["peak_mib"]
-        live_ratio = other / default[r["steps"]].get("live_peak_mib", other) if device == "cpu" else None
-        ratios = f"{ratio:.2f}" + (f" (live {live_ratio:.2f})" if live_ratio is not None else "")
+        base = default.setdefault(r["steps"], r)
+        figures = [f"{r[c]:.0f}" + ("" if r is base else f" ({r[c] / base[c]:.2f})") for c in cols]
         diff = f"{r['max_rel_grad_diff']:.1e}" if "max_rel_grad_diff" in r else ""
         lines.append(f"| {r['steps']} | {str(bool(r['recompute_inner'])).lower()} | {r['device']} | "
-                     f"{r['peak_mib']:.0f} | {other:.0f} | {r['seconds']:.3f} | {ratios} | {diff} |")
+                     + " | ".join(figures) + f" | {r['seconds']:.3f} | {diff} |")
     return lines
 
 
@@ -140,10 +162,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="evidence dir (results.json, results.md)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--one", nargs=2, type=int, metavar=("STEPS", "RECOMPUTE"), help=argparse.SUPPRESS)
+    ap.add_argument("--tensors", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shape = SMOKE if args.smoke else FULL
     if args.one:
-        print(json.dumps(one(shape, args.one[0], bool(args.one[1]), args.device)))
+        print(json.dumps(one(shape, args.one[0], bool(args.one[1]), args.device, args.tensors)))
         return 0
     rows = []
     flag = ["--smoke"] if args.smoke else []
@@ -152,6 +175,7 @@ def main(argv=None) -> int:
             row = measure(flag, steps, recompute, args.device)
             if args.device == "cpu":
                 row["live_peak_mib"] = measure(flag, steps, recompute, "cpu", LIVE_ENV)["peak_mib"]
+                row["tensor_peak_mib"] = measure(flag, steps, recompute, "cpu", tensors=True)["peak_mib"]
             rows.append(row)
         rows[-1]["max_rel_grad_diff"] = same_gradient(SMOKE if args.smoke else dict(FULL, tasks=1), steps)
     lines = table(rows, args.device)

@@ -2,7 +2,11 @@
 learn2learn reference, a user error where it does not apply."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +93,22 @@ def test_the_query_pass_keeps_only_block_inputs(monkeypatch):
     grouped = saved_bytes(tiny(True, steps=2), batch)
     monkeypatch.setattr(maml_recompute, "channel_separable", lambda module: False)
     assert grouped < saved_bytes(tiny(True, steps=2), batch) / 3
+
+
+def test_the_lean_meta_iteration_imports_nothing_heavy():
+    """A lean meta-iteration loads no compiler or symbolic-maths modules (``torch.utils.checkpoint``
+    imports ``torch._dynamo``, ``autograd.grad`` with explicit cotangents imports sympy: together
+    about 170 MiB of a CPU process's memory, more than the lean pass keeps)."""
+    code = ("import sys, torch\n"
+            "from test_maml_recompute import tiny\n"
+            "from test_maml_vmap import tiny_batch\n"
+            "before = set(sys.modules)\n"
+            "tiny(True).meta_backward(tiny_batch())\n"
+            "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('sympy', 'mpmath')\n"
+            "             or m.startswith('torch._dynamo')))\n")
+    tests = Path(__file__).parent
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tests, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(tests), str(tests.parent / "src"), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -13,6 +13,10 @@ more support forward/backward per step.
 This is gradient checkpointing at the granularity of an inner step.  ``torch.utils.checkpoint``
 does not fit: its reentrant form runs the forward pass without autograd (the inner step needs
 ``autograd.grad``), and its non-reentrant form would keep the inner gradient's graph anyway.
+(Nor is it used for the channel groups below: its first call imports ``torch._dynamo``, and with
+it sympy and some 900 modules, about 170 MiB of a CPU process's memory, more than the lean query
+pass itself keeps.  ``_GroupForward`` is the few lines of recomputation that pass needs.  For the
+same reason the vector-Jacobian products go through ``vjp``.)
 The model is used functionally (``functional_call``), as the vmap backend does; batch norm uses
 each call's batch statistics (no running statistics, see ``gradient.use_batch_statistics``), so
 recomputation gives bit-identical steps.  (A Hessian-vector product by forward-over-reverse,
@@ -23,7 +27,7 @@ image, and the first conv4 block at full resolution keeps most of it).  A conv4 
 is separable by output channel (``models.conv4.channel_separable``): channel ``c`` of
 conv -> batch norm with batch statistics -> ReLU/max-pool depends only on the block's input and
 on row ``c`` of its parameters.  ``query_forward`` computes each such block group of channels
-by group, each group under ``torch.utils.checkpoint`` (non-reentrant; the query's backward is
+by group, each group recomputed in the backward pass (``_GroupForward``; the query's backward is
 first order): the forward pass keeps only each block's input, and the backward pass recomputes
 one group's activations at a time (``GROUP_BYTES`` of convolution output).  The statistics of
 the batch norm are per channel, so each group computes them exactly as the whole block would.
@@ -39,9 +43,19 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 
 from metafsl.models.conv4 import channel_separable
+
+
+def vjp(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
+        cotangents: Sequence[torch.Tensor]) -> tuple:
+    """``torch.autograd.grad(outputs, inputs, cotangents)`` as the gradient of the scalar
+    ``sum <output, cotangent>``: the same numbers (the product's backward multiplies the cotangent by
+    ones), without ``grad``'s check of explicit cotangents, which imports sympy (about 100 MiB) on
+    its first call in a process."""
+    with torch.enable_grad():
+        total = sum((out * c).sum() for out, c in zip(outputs, cotangents))
+    return torch.autograd.grad(total, inputs, allow_unused=True)
 
 
 class SGDStep:
@@ -68,7 +82,7 @@ class SGDStep:
         with torch.enable_grad():
             new = [p - self.lr * g for p, g in
                    zip(params, torch.autograd.grad(self.loss(params), params, create_graph=True))]
-            return list(torch.autograd.grad(new, params, v, allow_unused=True))
+            return list(vjp(new, params, v))
 
 
 class _InnerStep(torch.autograd.Function):
@@ -138,6 +152,28 @@ def _group(call: _ClassForward, x: torch.Tensor, *params: torch.Tensor) -> torch
     return functional_call(call, dict(zip(_BLOCK_PARAMS, params)), (x,))
 
 
+class _GroupForward(torch.autograd.Function):
+    """One channel group of a block that keeps only its input and parameters: the backward pass
+    computes the group again, with a graph, and differentiates it (first order)."""
+
+    @staticmethod
+    def forward(ctx, call: _ClassForward, x: torch.Tensor, *params: torch.Tensor):
+        ctx.call = call
+        ctx.save_for_backward(x, *params)
+        return _group(call, x, *params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        inputs = [t.detach().requires_grad_(need)
+                  for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
+        with torch.enable_grad():
+            out = _group(ctx.call, *inputs)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(vjp([out], wanted, [grad_out]) if wanted else ())
+        return (None, *(next(grads) if t.requires_grad else None for t in inputs))
+
+
 def grouped_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A channel-separable block on ``x``, its output channels computed group by group, each group
     checkpointed: the backward pass recomputes one group's activations at a time (at most about
@@ -147,7 +183,6 @@ def grouped_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     per_channel = x.shape[0] * x.shape[-2] * x.shape[-1] * x.element_size() // stride
     size = max(1, GROUP_BYTES // max(1, per_channel))
     call = _ClassForward(block)
-    outs = [checkpoint(_group, call, x, *(p[i:i + size] for p in params), use_reentrant=False,
-                       preserve_rng_state=False)
+    outs = [_GroupForward.apply(call, x, *(p[i:i + size] for p in params))
             for i in range(0, params[0].shape[0], size)]
     return torch.cat(outs, 1)
