@@ -5,7 +5,7 @@
 (with the project installed in the Python that runs it, or PYTHONPATH=src)
     python scripts/run_fidelity.py lake maml tiny ...            # some goals only
     python scripts/run_fidelity.py ablate-lake --minutes 10 --background images_background_small1
-    python scripts/run_fidelity.py ablate-maml --minutes 20 --budget 0.33 --maml maml_omniglot_cpu_5w1s
+    python scripts/run_fidelity.py ablate-maml --minutes 14 --budget 0.1 --extra runtime.compile=false
     python scripts/run_fidelity.py all --dry-run                  # print the commands only
 
 Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
@@ -176,10 +176,15 @@ def ablate_lake(r: Runner) -> None:
 
 def ablate_maml(r: Runner) -> None:
     """Each MAML++ option off in turn, ``--minutes`` of training and ``--budget`` of the preset's
-    iterations and schedules each (the same 600 test episodes)."""
+    iterations and schedules each (the same 600 test episodes). Every row is planned by the clock
+    (``trainer.fit_to_budget``), and ``budget=`` scales a clock-planned run's minutes too, so the
+    minutes are passed divided by the budget: each row trains ``--minutes``, whatever each option
+    costs per iteration."""
+    minutes = r.args.minutes / r.args.budget
     for name, overrides in MAML_ABLATIONS.items():
         label = f"ablate_{r.args.maml}_{r.args.minutes:g}min_{name}"
-        extra = [f"trainer.max_minutes={r.args.minutes}", f"budget={r.args.budget}", *overrides]
+        extra = ["trainer.fit_to_budget=true", f"trainer.max_minutes={minutes:g}", f"budget={r.args.budget}",
+                 *overrides]
         r.record(label, r.train(label, r.args.maml, extra), "episodes", None)
 
 

@@ -212,6 +212,29 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_maml_ablation_rows_train_the_minutes_asked_for_at_any_budget(capsys, tmp_path):
+    """ablate-maml --minutes M --budget B: budget= also scales a clock-planned run's minutes, so every
+    row, once the budget is applied, still trains M minutes planned by the clock."""
+    import importlib.util
+
+    from conftest import REPO
+    from metafsl.api import apply_budget
+
+    spec = importlib.util.spec_from_file_location("run_fidelity", REPO / "scripts" / "run_fidelity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["ablate-maml", "--dry-run", "--minutes", "14", "--budget", "0.25", "--out", str(tmp_path)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ metafsl train")]
+    assert len(rows) == len(script.MAML_ABLATIONS)
+    for row in rows:
+        args = dict(a.split("=", 1) for a in row.split()[3:] if "=" in a)
+        assert args["trainer.fit_to_budget"] == "true"
+        cfg = {"budget": float(args["budget"]), "trainer": {"iterations": 9000, "val_every": 500, "log_every": 50,
+                                                           "fit_to_budget": True,
+                                                           "max_minutes": float(args["trainer.max_minutes"])}}
+        assert apply_budget(cfg)["trainer"]["max_minutes"] == pytest.approx(14.0)
+
+
 def test_budget_scales_maml_plus_plus_schedules_with_the_iterations():
     from metafsl.api import apply_budget
 
