@@ -47,6 +47,7 @@ class BudgetPlan:
         self.configured = self.planned
         self.steps: List[float] = []
         self.val_seconds = 0.0
+        self.stale = False  # a resume with other minutes: plan again before the first step
 
     def step_took(self, seconds: float) -> None:
         self.steps.append(seconds)
@@ -77,7 +78,7 @@ class BudgetPlan:
         left -= max(MARGIN * left, 3 * per_step)
         per_iteration = per_step + self.val_seconds / self.val_every
         self.planned = iteration + max(1, math.floor(left / per_iteration))
-        self.steps = []
+        self.steps, self.stale = [], False
         return {"iteration": iteration, "split": "plan", "iterations": self.planned,
                 "step_seconds": round(per_step, 4), "val_seconds": round(self.val_seconds, 2),
                 "seconds_left": round(self.max_seconds - elapsed, 1)}

@@ -113,6 +113,9 @@ class TrainRecipe:
         self.state = checkpoint.train_state(ck)
         if self.plan is not None and self.state.planned_iterations:
             self.plan.planned = self.state.planned_iterations
+            # other minutes: the old end is no longer the budget's (a run the clock stopped a step
+            # before its plan would otherwise end there, at the old plan, with time left)
+            self.plan.stale = "trainer.max_minutes" in start.changes
         self._restore_streams(ck)
         self.saved_iteration = self.state.iteration
         if self.world.main:
@@ -169,7 +172,7 @@ class TrainRecipe:
         # a resumed run whose wall-clock budget is already spent trains no further
         spent = max_seconds is not None and self.state.seconds >= max_seconds
         it = self.end + 1 if spent else self.state.iteration + 1
-        if self.plan is not None and not spent and it > self.end:  # a finished run given more minutes
+        if self.plan is not None and not spent and (it > self.end or self.plan.stale):  # more minutes
             self._replan(self.state.iteration)
         self.run_info.start_iteration, self.run_info.iterations = self.state.iteration, self.end
         self.run_info.last_val = self.state.last_val
