@@ -190,8 +190,8 @@ def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_
     assert records[1]["ensemble"] == [str(run)] and records[1]["per_run_error"] == records[0]["per_run_error"]
 
 
-def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
-    """scripts/run_fidelity.py --dry-run: the exact commands, in order, for every goal and the ablation."""
+def _fidelity_script():
+    """scripts/run_fidelity.py, loaded as a module."""
     import importlib.util
 
     from conftest import REPO
@@ -199,6 +199,12 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("run_fidelity", REPO / "scripts" / "run_fidelity.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
+    """scripts/run_fidelity.py --dry-run: the exact commands, in order, for every goal and the ablation."""
+    script = _fidelity_script()
     assert script.main(["all", "ablate-lake", "ablate-maml", "--dry-run", "--minutes", "5", "--out", str(tmp_path)]) == 0
     lines = [ln[2:] for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
     trains = [ln.split()[2] for ln in lines if ln.startswith("metafsl train")]
@@ -215,24 +221,18 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
 def test_maml_ablation_rows_train_the_minutes_asked_for_at_any_budget(capsys, tmp_path):
     """ablate-maml --minutes M --budget B: budget= also scales a clock-planned run's minutes, so every
     row, once the budget is applied, still trains M minutes planned by the clock."""
-    import importlib.util
+    from metafsl.api import apply_budget, compose, resolved
 
-    from conftest import REPO
-    from metafsl.api import apply_budget
-
-    spec = importlib.util.spec_from_file_location("run_fidelity", REPO / "scripts" / "run_fidelity.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _fidelity_script()
     assert script.main(["ablate-maml", "--dry-run", "--minutes", "14", "--budget", "0.25", "--out", str(tmp_path)]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ metafsl train")]
     assert len(rows) == len(script.MAML_ABLATIONS)
     for row in rows:
-        args = dict(a.split("=", 1) for a in row.split()[3:] if "=" in a)
-        assert args["trainer.fit_to_budget"] == "true"
-        cfg = {"budget": float(args["budget"]), "trainer": {"iterations": 9000, "val_every": 500, "log_every": 50,
-                                                           "fit_to_budget": True,
-                                                           "max_minutes": float(args["trainer.max_minutes"])}}
-        assert apply_budget(cfg)["trainer"]["max_minutes"] == pytest.approx(14.0)
+        args = [a for a in row.split()[2:] if a.split("=")[0] in
+                ("experiment", "trainer.fit_to_budget", "trainer.max_minutes", "budget")]
+        cfg = apply_budget(resolved(compose("train", args), check=False))
+        assert cfg["trainer"]["fit_to_budget"] is True
+        assert cfg["trainer"]["max_minutes"] == pytest.approx(14.0)
 
 
 def test_budget_scales_maml_plus_plus_schedules_with_the_iterations():
