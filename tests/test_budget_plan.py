@@ -129,8 +129,9 @@ def test_a_run_planned_by_the_clock_completes_its_cosine_inside_the_budget(run_c
     assert plans and all(p["iterations"] < 100000 for p in plans)
     assert train["fit_to_budget"] and train["configured_iterations"] == 100000
     assert train["planned_iterations"] == plans[-1]["iterations"]
-    # the end is the plan's (or, on a stalled machine, the budget's a step or two before it)
-    assert train["planned_iterations"] - 3 <= train["iterations"] <= train["planned_iterations"]
+    # the end is the plan's (or, on a loaded machine, the budget's a few steps before it: the
+    # plan is an estimate from measured step costs; 278 of 283 seen under CI's -n 2 load)
+    assert 0.95 * train["planned_iterations"] <= train["iterations"] <= train["planned_iterations"]
     assert train["seconds"] < 6 + 5  # the budget plus the final validation
     assert rows[-1]["lr"] < 0.05 * 1e-3  # the cosine completed
     unplanned, rows0, plans0 = runs["false"]
