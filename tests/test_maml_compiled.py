@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from metafsl.algorithms.maml import MAML
+from metafsl.algorithms.maml_compiled import _mismatch
 from metafsl.engine import runtime
 from metafsl.errors import UserError
 from metafsl.models import build_backbone
@@ -167,3 +168,19 @@ def test_runtime_compile_turns_the_compiled_meta_gradient_on_where_it_applies():
     assert not _prepared(True, long, backend="l2l", recompute_inner=True)  # its own loop is kept
     with pytest.raises(UserError, match="runtime.compile must be one of auto, true, false"):
         runtime.from_config({"runtime": {"compile": "fast"}}, torch.device("cpu"))
+
+
+def _result(loss: float, **grads):
+    return {k: torch.tensor(v) for k, v in grads.items()}, (torch.tensor(loss), None)
+
+
+def test_the_compiled_check_passes_rounding_noise_and_catches_a_wrong_tensor():
+    """``_mismatch``: a zero-gradient conv bias (before batch norm) holds rounding noise on both
+    sides, and noise of 1.6e-5 of the whole gradient's norm is no miscompilation (it stopped the
+    compiled second-order 20-way preset); 1e-3 of the whole norm on a tensor, or a wrong loss, is."""
+    want = _result(0.5, weight=[3.0, 4.0], bias=[1e-6, 0.0])  # whole gradient's norm: 5
+    assert _mismatch(_result(0.5, weight=[3.0, 4.0], bias=[0.0, 8e-5]), want) is None  # 1.6e-5 of 5
+    assert _mismatch(_result(0.5, weight=[3.0, 4.01], bias=[1e-6, 0.0]), want) is None  # 2e-3 of its own
+    assert _mismatch(_result(0.5, weight=[3.0, 4.0], bias=[0.0, 5e-3]), want) == "bias: relative error 1.0e-01"
+    assert _mismatch(_result(0.5, weight=[3.0, 4.1], bias=[1e-6, 0.0]), want) == "weight: relative error 2.0e-02"
+    assert _mismatch(_result(0.51, weight=[3.0, 4.0], bias=[1e-6, 0.0]), want) == "loss: relative error 2.0e-02"

@@ -251,16 +251,20 @@ class CompiledMetaGradient:
 
 def _mismatch(got, want) -> Optional[str]:
     """Where a compiled call's loss or meta-gradient is off the uncompiled function's on the same
-    task: a tensor's L2 error over its norm, or over 1e-3 of the whole gradient's norm where that
-    is larger (a conv bias before batch norm has a gradient of rounding noise), above 1e-2 in
-    float32, 1e-6 in float64 (far above the rounding of another summation order, far below a wrong
-    graph); None where none is, or where the uncompiled loss is not finite (nothing to compare)."""
+    task: a tensor's L2 error over its norm, or over 1e-2 of the whole gradient's norm where that
+    is larger, above 1e-2 in float32, 1e-6 in float64 (far above the rounding of another summation
+    order, far below a wrong graph); None where none is, or where the uncompiled loss is not
+    finite (nothing to compare).  The floor is for a conv bias before batch norm: its exact
+    gradient is zero, so both sides hold rounding noise only; in float32 second order that noise
+    has reached 1.6e-5 of the whole gradient's norm (20-way Omniglot at iteration 2000), which a
+    floor of 1e-3 flagged as a miscompilation.  What the floor lets pass is at most 1e-4 of the
+    whole gradient's norm per tensor; a wrong graph is off by the gradient's own size."""
     (grads, (loss, _)), (ref_grads, (ref_loss, _)) = got, want
     if not torch.isfinite(ref_loss):
         return None
     tolerance = 1e-6 if ref_loss.dtype == torch.float64 else 1e-2
-    scale = 1e-3 * float(torch.stack([g.norm() for g in ref_grads.values()]).norm())
-    for name, a, b in [("loss", loss, ref_loss), *((k, grads[k], ref_grads[k]) for k in ref_grads)]:
+    floor = 1e-2 * float(torch.stack([g.norm() for g in ref_grads.values()]).norm())
+    for name, a, b, scale in [("loss", loss, ref_loss, 0.0), *((k, grads[k], ref_grads[k], floor) for k in ref_grads)]:
         error = float((a - b).norm()) / max(float(b.norm()), scale, torch.finfo(b.dtype).tiny)
         if not error <= tolerance:
             return f"{name}: relative error {error:.1e}"
