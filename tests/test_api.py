@@ -170,3 +170,23 @@ def test_a_test_protocol_loads_no_dataset(run, tmp_path, run_cli, monkeypatch):
     code, out, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={z}")
     assert code == 0, err
     assert json.loads((run / "summary.json").read_text())["tests"][-1]["protocol"] == "lake20"
+
+
+def test_the_summary_names_the_code_the_run_started_with(tmp_path, monkeypatch):
+    """A commit made while a run trains is not the code it ran: the summary's code_version is the
+    one at the start."""
+    from metafsl import api
+    from metafsl.engine import summary
+    from metafsl.engine.recipe import TrainRecipe
+
+    trained = []
+    train = TrainRecipe.train
+
+    def train_then_note(self):
+        train(self)
+        trained.append(True)
+
+    monkeypatch.setattr(TrainRecipe, "train", train_then_note)
+    monkeypatch.setattr(summary, "code_version", lambda: "git:after" if trained else "git:at-start")
+    written = api.train(api.compose("train", TINY), tmp_path / "run", overrides=TINY)
+    assert trained and written.code_version == "git:at-start"

@@ -419,8 +419,8 @@ class TrainRecipe:
     # ------------------------------------------------------------------ the whole run
     def run(self) -> RunSummary:
         """Train, test, and return the run's summary (not yet written: the caller prints it first)."""
+        summary = RunSummary.from_config(self.cfg)  # the code and threads at the start, not after hours
         self.train()
-        summary = RunSummary.from_config(self.cfg)
         summary.data = self.data_report.to_dict()
         summary.train = {"iterations": self.state.iteration, "seconds": round(self.seconds, 2),
                          "planned_iterations": int(self.end)}
