@@ -257,7 +257,7 @@ def _mismatch(got, want) -> Optional[str]:
     finite (nothing to compare).  The floor is for a conv bias before batch norm: its exact
     gradient is zero, so both sides hold rounding noise only; in float32 second order that noise
     has reached 1.6e-5 of the whole gradient's norm (20-way Omniglot at iteration 2000), which a
-    floor of 1e-3 flagged as a miscompilation.  What the floor lets pass is at most 1e-4 of the
+    floor of 1e-3 flagged as a miscompilation.  What the floor lets pass in float32 is at most 1e-4 of the
     whole gradient's norm per tensor; a wrong graph is off by the gradient's own size."""
     (grads, (loss, _)), (ref_grads, (ref_loss, _)) = got, want
     if not torch.isfinite(ref_loss):
