@@ -162,4 +162,4 @@ def test_a_quick_pass_of_a_planned_preset_scales_its_minutes():
     cfg = apply_budget(resolved(compose("train", ["experiment=maml_omniglot_cpu_5w1s", "budget=0.1"]),
                                 check=False))
     assert cfg["trainer"]["fit_to_budget"] is True
-    assert cfg["trainer"]["max_minutes"] == pytest.approx(6.0) and cfg["trainer"]["iterations"] == 900
+    assert cfg["trainer"]["max_minutes"] == pytest.approx(6.0) and cfg["trainer"]["iterations"] == 1460
