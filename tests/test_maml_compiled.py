@@ -184,3 +184,53 @@ def test_the_compiled_check_passes_rounding_noise_and_catches_a_wrong_tensor():
     assert _mismatch(_result(0.5, weight=[3.0, 4.0], bias=[0.0, 5e-3]), want) == "bias: relative error 1.0e-01"
     assert _mismatch(_result(0.5, weight=[3.0, 4.1], bias=[1e-6, 0.0]), want) == "weight: relative error 2.0e-02"
     assert _mismatch(_result(0.51, weight=[3.0, 4.0], bias=[1e-6, 0.0]), want) == "loss: relative error 2.0e-02"
+
+
+def test_float32_rounding_past_the_floor_passes_against_the_float64_value_and_a_wrong_tensor_does_not():
+    """``_mismatch`` with ``exact``: a zero-gradient bias whose compiled noise is past the floor but
+    within 10x the uncompiled float32 noise (as on the miniImageNet shape) passes; wrong tensors
+    and losses fail, each measured against the float64 value."""
+    exact = _result(0.5, weight=[3.0, 4.0], bias=[0.0, 0.0])
+    want = _result(0.5, weight=[3.0, 4.0], bias=[1e-3, 0.0])  # the uncompiled float32 noise
+    noisy = _result(0.5, weight=[3.0, 4.0], bias=[0.0, 2e-3])
+    assert _mismatch(noisy, want) == "bias: relative error 4.5e-02"  # past the floor alone
+    assert _mismatch(noisy, want, exact) is None
+    assert _mismatch(_result(0.5, weight=[3.0, 4.0], bias=[0.0, 2e-2]), want, exact) == \
+        "bias: relative error 4.0e-01 (the uncompiled function's: 2.0e-02)"
+    assert _mismatch(_result(0.5, weight=[3.0, 4.2], bias=[1e-3, 0.0]), want, exact) == \
+        "weight: relative error 4.0e-02 (the uncompiled function's: 0.0e+00)"
+    assert _mismatch(_result(0.6, weight=[3.0, 4.0], bias=[1e-3, 0.0]), want, exact).startswith("loss: relative")
+
+
+def test_the_float64_reference_of_a_float32_call_is_the_float64_functions():
+    from metafsl.algorithms.maml_compiled import CompiledMetaGradient, task_gradient
+
+    algo = tiny_maml("l2l").float()
+    batch = tiny_batch(torch.float32)
+    model = algo.l2l_model.module
+    meta = {k: p.detach() for k, p in model.named_parameters()}
+    args = (meta, None, batch.support_x[0], batch.support_y[0], batch.query_x[0], batch.query_y[0])
+    got = CompiledMetaGradient(model, 1, 0.3, False)._in_float64(False, args)
+    wide = tiny_maml("l2l").l2l_model.module  # the same weights, built in float64
+    want = task_gradient(wide, 1, 0.3, False)({k: p.detach() for k, p in wide.named_parameters()}, None,
+                                              *(t.double() if t.is_floating_point() else t for t in args[2:]))
+    assert got[1][0].dtype == torch.float64
+    torch.testing.assert_close(got[1][0], want[1][0], rtol=1e-12, atol=1e-14)
+    for k in want[0]:
+        torch.testing.assert_close(got[0][k], want[0][k], rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_a_float32_result_past_the_floor_is_judged_against_the_float64_value(monkeypatch):
+    from metafsl.algorithms import maml_compiled
+
+    calls = []
+
+    def judged(got, want, exact=None):  # the plain check fails; the one against float64 passes
+        calls.append(None if exact is None else exact[1][0].dtype)
+        return "bias: relative error 4.5e-02" if exact is None else None
+
+    monkeypatch.setattr(maml_compiled, "_mismatch", judged)
+    algo = tiny_maml("l2l").float()
+    algo.compile_meta_gradient(backend="eager")
+    per_task_backward(algo, tiny_batch(torch.float32))
+    assert calls == [None, torch.float64] and not algo.compiled.failed and algo.compiled.functions
