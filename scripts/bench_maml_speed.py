@@ -26,7 +26,7 @@ The first meta-batch's loss and meta-gradient (after the all-reduce for the work
 variant are compared with the reference's (max abs difference relative to the gradient's max
 abs value, float32 tolerance ``TOLERANCE``); the warm-up meta-iterations (compilation included)
 are timed apart ("warm-up s").  Figures go to stdout and to ``<out>/maml_speed.json`` and
-``<out>/maml_speed.md``; the exit status is 1 when a variant's gradient does not match.
+``<out>/maml_speed.md`` (each variant's timing also to ``<out>/rows_so_far.jsonl`` as it ends); the exit status is 1 when a variant's gradient does not match.
 """
 from __future__ import annotations
 
@@ -277,6 +277,16 @@ def sampler_seconds(shape: Shape, smoke: bool, repeats: int = 3) -> float:
     return (time.perf_counter() - t) / repeats
 
 
+def keep_row(out: str, shape: Shape, row: dict) -> None:
+    """Append a variant's timing to ``<out>/rows_so_far.jsonl`` as soon as it is measured: the
+    table (with the gradient checks) is written at the end, and a run killed before it (a
+    2026-12-06 run was, by the OOM killer) keeps what it measured."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    line = {"shape": shape.name, **{k: v for k, v in row.items() if k != "grad"}}
+    with open(Path(out) / "rows_so_far.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def bench_shape(key: str, shape: Shape, args) -> List[dict]:
     tasks = draw_tasks(shape, args.warmup + args.iterations, args.smoke)
     rows = []
@@ -285,12 +295,14 @@ def bench_shape(key: str, shape: Shape, args) -> List[dict]:
             continue
         print(f"  {key}: {name} ...", flush=True)
         rows.append({"variant": name, **run_in_process(shape, kind, args.compile_backend, tasks, args.warmup)})
+        keep_row(args.out, shape, rows[-1])
     for kind in WORKER_KINDS:
         if f"workers:{kind}" not in args.variants:
             continue
         name = f"{KINDS[kind] if kind != 'default' else 'default'} + 2 workers (Gloo all-reduce)"
         print(f"  {key}: {name} ...", flush=True)
         rows.append({"variant": name, **run_workers(shape, kind, args.compile_backend, tasks, args.warmup)})
+        keep_row(args.out, shape, rows[-1])
     drawing = {"reference": l2l_sampling_seconds(shape, args.smoke), "metafsl": sampler_seconds(shape, args.smoke)}
     for n, row in enumerate(rows):
         compare(row, rows[0], drawing)
@@ -336,6 +348,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.iterations, args.warmup = min(args.iterations, 2), 1
     tune_cpu_allocator()  # what every metafsl command does (runtime.cpu_allocator_cache)
+    (Path(args.out) / "rows_so_far.jsonl").unlink(missing_ok=True)  # this run's rows only
     print(f"Machine: {machine(torch.device('cpu'))}", flush=True)
     t0, rows = time.perf_counter(), []
     for key in args.shapes.split(","):
