@@ -26,7 +26,8 @@ The first meta-batch's loss and meta-gradient (after the all-reduce for the work
 variant are compared with the reference's (max abs difference relative to the gradient's max
 abs value, float32 tolerance ``TOLERANCE``); the warm-up meta-iterations (compilation included)
 are timed apart ("warm-up s").  Figures go to stdout and to ``<out>/maml_speed.json`` and
-``<out>/maml_speed.md`` (each variant's timing also to ``<out>/rows_so_far.jsonl`` as it ends); the exit status is 1 when a variant's gradient does not match.
+``<out>/maml_speed.md`` (each variant's timing also to ``<out>/rows_so_far.jsonl`` as it ends);
+the exit status is 1 when a variant's gradient does not match.
 """
 from __future__ import annotations
 
@@ -281,7 +282,6 @@ def keep_row(out: str, shape: Shape, row: dict) -> None:
     """Append a variant's timing to ``<out>/rows_so_far.jsonl`` as soon as it is measured: the
     table (with the gradient checks) is written at the end, and a run killed before it (a
     2026-12-06 run was, by the OOM killer) keeps what it measured."""
-    Path(out).mkdir(parents=True, exist_ok=True)
     line = {"shape": shape.name, **{k: v for k, v in row.items() if k != "grad"}}
     with open(Path(out) / "rows_so_far.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
@@ -348,7 +348,9 @@ def main(argv=None) -> int:
     if args.smoke:
         args.iterations, args.warmup = min(args.iterations, 2), 1
     tune_cpu_allocator()  # what every metafsl command does (runtime.cpu_allocator_cache)
-    (Path(args.out) / "rows_so_far.jsonl").unlink(missing_ok=True)  # this run's rows only
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rows_so_far.jsonl").unlink(missing_ok=True)  # this run's rows only
     print(f"Machine: {machine(torch.device('cpu'))}", flush=True)
     t0, rows = time.perf_counter(), []
     for key in args.shapes.split(","):
@@ -363,8 +365,6 @@ def main(argv=None) -> int:
               f"{args.warmup} warm-up; compile backend {args.compile_backend}; total "
               f"{time.perf_counter() - t0:.0f} s" + ("; SMOKE (figures meaningless)" if args.smoke else "")]
     print("\n" + "\n".join(header + [""] + lines + [""] + notes))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "maml_speed.json").write_text(json.dumps({"header": header[0], "rows": rows}, indent=1))
     (out / "maml_speed.md").write_text("\n".join(header + [""] + lines + [""] + notes) + "\n")
     return 0 if all(r.get("match", False) for r in rows if "error" not in r) else 1

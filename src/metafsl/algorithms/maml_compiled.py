@@ -276,39 +276,21 @@ def _mismatch(got, want, exact=None) -> Optional[str]:
     most 10 times the uncompiled float32 function's own.  Rounding alone has gone past the floor:
     on the miniImageNet shape (84x84, 5 inner steps) the first conv bias's uncompiled float32
     gradient is 1.1e-3 of the whole norm off its float64 value (zero), the compiled one 8.0e-4."""
-    if exact is not None:
-        return _mismatch_to_exact(got, want, exact)
     (grads, (loss, _)), (ref_grads, (ref_loss, _)) = got, want
     if not torch.isfinite(ref_loss):
         return None
     tolerance = 1e-6 if ref_loss.dtype == torch.float64 else 1e-2
-    floor = 1e-2 * _norm(ref_grads)
-    for name, a, b, scale in [("loss", loss, ref_loss, 0.0), *((k, grads[k], ref_grads[k], floor) for k in ref_grads)]:
-        error = float((a - b).norm()) / max(float(b.norm()), scale, torch.finfo(b.dtype).tiny)
-        if not error <= tolerance:
-            return f"{name}: relative error {error:.1e}"
-    return None
-
-
-def _mismatch_to_exact(got, want, exact) -> Optional[str]:
-    """``_mismatch`` with ``exact`` (float64): each float32 error is measured against it and
-    allowed 1e-2 of the exact tensor's norm (or of the floor), or 10 times the uncompiled error."""
-    (grads, (loss, _)), (ref_grads, (ref_loss, _)), (true_grads, (true_loss, _)) = got, want, exact
-    if not torch.isfinite(ref_loss):
-        return None
-    floor = 1e-2 * _norm(true_grads)
+    true_grads, true_loss = (ref_grads, ref_loss) if exact is None else (exact[0], exact[1][0])
+    floor = 1e-2 * float(torch.stack([g.norm() for g in true_grads.values()]).norm())
     for name, a, b, t, scale in [("loss", loss, ref_loss, true_loss, 0.0),
                                  *((k, grads[k], ref_grads[k], true_grads[k], floor) for k in true_grads)]:
-        error, own = float((a.double() - t).norm()), float((b.double() - t).norm())
-        allowed = max(1e-2 * max(float(t.norm()), scale), 10 * own, torch.finfo(torch.float32).tiny)
-        if not error <= allowed:
-            size = max(float(t.norm()), scale, torch.finfo(torch.float64).tiny)
-            return f"{name}: relative error {error / size:.1e} (the uncompiled function's: {own / size:.1e})"
+        size = max(float(t.norm()), scale, torch.finfo(t.dtype).tiny)
+        error = float((a.to(t.dtype) - t).norm()) / size
+        own = 0.0 if exact is None else float((b.to(t.dtype) - t).norm()) / size  # the uncompiled rounding
+        if not error <= max(tolerance, 10 * own):
+            return f"{name}: relative error {error:.1e}" + ("" if exact is None else
+                                                              f" (the uncompiled function's: {own:.1e})")
     return None
-
-
-def _norm(grads: Params) -> float:
-    return float(torch.stack([g.norm() for g in grads.values()]).norm())
 
 
 def _add_grad(named: Dict[str, nn.Parameter], grads: Params, scale: float) -> None:
