@@ -22,10 +22,13 @@ time of drawing tasks is measured apart, and "ratio incl. task drawing" adds it 
   the flattened gradient all-reduced over Gloo (what distributed training does): the default,
   compile, and vmap + compile (the combinations).
 
-The first meta-batch's loss and meta-gradient (after the all-reduce for the workers) of every
-variant are compared with the reference's (max abs difference relative to the gradient's max
-abs value, float32 tolerance ``TOLERANCE``); the warm-up meta-iterations (compilation included)
-are timed apart ("warm-up s").  Figures go to stdout and to ``<out>/maml_speed.json`` and
+Each variant runs in processes of its own (so none inherits another's compiled graphs or memory),
+between two readings of the reference; its ratios are against the mean of those two readings
+(this VM's speed drifts by up to a third over minutes, so a reference read once at the start
+misstates ratios measured later).  The first meta-batch's loss and meta-gradient (after the
+all-reduce for the workers) of every variant are compared with the reference's (max abs
+difference relative to the gradient's max abs value, float32 tolerance ``TOLERANCE``); the
+warm-up meta-iterations (compilation included) are timed apart ("warm-up s").  Figures go to stdout and to ``<out>/maml_speed.json`` and
 ``<out>/maml_speed.md`` (each variant's timing also to ``<out>/rows_so_far.jsonl`` as it ends);
 the exit status is 1 when a variant's gradient does not match.
 """
@@ -189,6 +192,17 @@ def run_in_process(shape: Shape, kind: str, compile_backend: str, tasks: List[Ta
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"}
 
 
+def alone(_rank: int, shape: Shape, kind: str, compile_backend: str, tasks_file: str, warmup: int, threads: int,
+          result_file: str) -> None:
+    """One variant in a process of its own (all the cores): what one run does, and its memory
+    (compiled graphs, the allocator's cache) goes back when it ends. In one process, a full run
+    grew to 14 GB by the mini shape's rows and the OOM killer stopped it (2026-12-06)."""
+    torch.set_num_threads(threads)
+    tune_cpu_allocator()
+    torch.save(run_in_process(shape, kind, compile_backend, torch.load(tasks_file, weights_only=False), warmup),
+               result_file)
+
+
 # ----------------------------------------------------------------------------- 2 workers (Gloo)
 def all_reduce_mean(module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
     """One all-reduce of the flattened gradient (and the loss), then the means back into
@@ -220,6 +234,7 @@ def worker(rank: int, world: int, port: int, shape: Shape, kind: str, compile_ba
         result = run_variant(algo, step, tasks, warmup, reduce=all_reduce_mean)
         if rank == 0:
             torch.save(result, result_file)
+        dist.barrier()  # both leave together: a rank torn down while the other still talks aborted (SIGABRT)
     finally:
         dist.destroy_process_group()
 
@@ -230,15 +245,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(shape: Shape, kind: str, compile_backend: str, tasks: List[TaskBatch], warmup: int,
-                world: int = 2) -> dict:
+def in_new_processes(shape: Shape, kind: str, compile_backend: str, tasks: List[TaskBatch], warmup: int,
+                     world: int) -> dict:
+    """A variant in fresh processes: ``alone`` (world 1, all the cores) or ``world`` Gloo workers
+    of ``cores // world`` threads each; rank 0's result."""
     threads = max(1, cpu_cores() // world)
     with tempfile.TemporaryDirectory() as tmp:
         tasks_file, result_file = os.path.join(tmp, "tasks.pt"), os.path.join(tmp, "result.pt")
         torch.save(tasks, tasks_file)
+        common = (shape, kind, compile_backend, tasks_file, warmup, threads, result_file)
         try:
-            mp.spawn(worker, args=(world, free_port(), shape, kind, compile_backend, tasks_file, warmup, threads,
-                                   result_file), nprocs=world)
+            if world == 1:
+                mp.spawn(alone, args=common, nprocs=1)
+            else:
+                mp.spawn(worker, args=(world, free_port(), *common), nprocs=world)
             return torch.load(result_file, weights_only=False)
         except Exception as e:  # a worker's traceback: its last line says what failed
             return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
@@ -256,7 +276,7 @@ def l2l_sampling_seconds(shape: Shape, smoke: bool, repeats: int = 2) -> float:
     return (time.perf_counter() - t) / repeats
 
 
-def compare(result: dict, ref: dict, drawing: Dict[str, float]) -> None:
+def compare(result: dict, ref: dict, drawing: Dict[str, float], is_reference: bool) -> None:
     """Gradient and loss against the reference's; speed ratios without and with task drawing
     (the reference with learn2learn's TaskDataset, metafsl with its EpisodeSampler)."""
     if "error" in result or "error" in ref:
@@ -266,7 +286,7 @@ def compare(result: dict, ref: dict, drawing: Dict[str, float]) -> None:
     result["loss_diff"] = abs(result["loss"] - ref["loss"])
     result["match"] = result["grad_rel_diff"] <= TOLERANCE and result["loss_diff"] <= TOLERANCE * max(1, ref["loss"])
     result["ratio"] = ref["sec_per_iteration"] / result["sec_per_iteration"]
-    own = drawing["reference"] if result is ref else drawing["metafsl"]
+    own = drawing["reference"] if is_reference else drawing["metafsl"]
     result["ratio_with_drawing"] = (ref["sec_per_iteration"] + drawing["reference"]) / \
         (result["sec_per_iteration"] + own)
 
@@ -287,25 +307,37 @@ def keep_row(out: str, shape: Shape, row: dict) -> None:
         f.write(json.dumps(line) + "\n")
 
 
+def measure(key: str, shape: Shape, args, tasks: List[TaskBatch], kind: str, name: str, world: int) -> dict:
+    print(f"  {key}: {name} ...", flush=True)
+    row = {"variant": name, **in_new_processes(shape, kind, args.compile_backend, tasks, args.warmup, world)}
+    keep_row(args.out, shape, row)
+    return row
+
+
 def bench_shape(key: str, shape: Shape, args) -> List[dict]:
+    """Every variant in fresh processes on the same tasks, each between two readings of the
+    reference: this VM's speed drifts by up to a third over minutes (the reference read 0.60 s
+    in one run and 0.81 s an hour later), so each ratio is against the mean of the two readings
+    around its variant, and the reference row shows the mean and range of all its readings."""
     tasks = draw_tasks(shape, args.warmup + args.iterations, args.smoke)
+    plan = [(kind, name, 1) for kind, name in KINDS.items() if kind != "reference" and kind in args.variants]
+    plan += [(kind, f"{KINDS[kind] if kind != 'default' else 'default'} + 2 workers (Gloo all-reduce)", 2)
+             for kind in WORKER_KINDS if f"workers:{kind}" in args.variants]
+    refs = [measure(key, shape, args, tasks, "reference", KINDS["reference"], 1)]
     rows = []
-    for kind, name in KINDS.items():
-        if kind != "reference" and kind not in args.variants:
-            continue
-        print(f"  {key}: {name} ...", flush=True)
-        rows.append({"variant": name, **run_in_process(shape, kind, args.compile_backend, tasks, args.warmup)})
-        keep_row(args.out, shape, rows[-1])
-    for kind in WORKER_KINDS:
-        if f"workers:{kind}" not in args.variants:
-            continue
-        name = f"{KINDS[kind] if kind != 'default' else 'default'} + 2 workers (Gloo all-reduce)"
-        print(f"  {key}: {name} ...", flush=True)
-        rows.append({"variant": name, **run_workers(shape, kind, args.compile_backend, tasks, args.warmup)})
-        keep_row(args.out, shape, rows[-1])
+    for kind, name, world in plan:
+        rows.append(measure(key, shape, args, tasks, kind, name, world))
+        refs.append(measure(key, shape, args, tasks, "reference", KINDS["reference"], 1))
     drawing = {"reference": l2l_sampling_seconds(shape, args.smoke), "metafsl": sampler_seconds(shape, args.smoke)}
-    for n, row in enumerate(rows):
-        compare(row, rows[0], drawing)
+    timed = [r["sec_per_iteration"] for r in refs if "error" not in r]
+    reference = dict(refs[0])
+    if timed:
+        reference.update(sec_per_iteration=sum(timed) / len(timed), readings=timed)
+    rows.insert(0, reference)
+    for n, row in enumerate(rows):  # row n > 0 ran between readings refs[n - 1] and refs[n]
+        around = [r["sec_per_iteration"] for r in refs[n - 1:n + 1] if "error" not in r] if n else timed
+        row["reference_s"] = sum(around) / len(around) if around else float("nan")
+        compare(row, {**refs[0], "sec_per_iteration": row["reference_s"]}, drawing, is_reference=n == 0)
         row["shape"] = shape.name
         row["task_drawing_s"] = drawing["reference" if n == 0 else "metafsl"]
         figure = row["error"] if "error" in row else f"{row['sec_per_iteration']:.3f} s per meta-iteration"
@@ -317,14 +349,17 @@ def bench_shape(key: str, shape: Shape, args) -> List[dict]:
 
 # ----------------------------------------------------------------------------- report
 def table(rows: List[dict]) -> List[str]:
-    lines = ["| shape | variant | s / meta-iteration | ratio to reference | ratio incl. task drawing | warm-up s "
-             "| grad rel. diff | loss diff | match |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | variant | s / meta-iteration | reference s (readings around it) | ratio to reference "
+             "| ratio incl. task drawing | warm-up s | grad rel. diff | loss diff | match |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['shape']} | {r['variant']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['shape']} | {r['variant']} | failed: {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['shape']} | {r['variant']} | {r['sec_per_iteration']:.3f} | {r.get('ratio', 1):.2f}x | "
-                     f"{r.get('ratio_with_drawing', 1):.2f}x | "
+        ref = (f"mean of {len(r['readings'])}: {min(r['readings']):.3f}-{max(r['readings']):.3f}"
+               if "readings" in r else f"{r.get('reference_s', float('nan')):.3f}")
+        lines.append(f"| {r['shape']} | {r['variant']} | {r['sec_per_iteration']:.3f} | {ref} | "
+                     f"{r.get('ratio', 1):.2f}x | {r.get('ratio_with_drawing', 1):.2f}x | "
                      f"{r['warmup_s']:.1f} | {r.get('grad_rel_diff', 0):.1e} | {r.get('loss_diff', 0):.1e} | "
                      f"{'yes' if r.get('match', True) else 'NO'} |")
     return lines
@@ -360,6 +395,8 @@ def main(argv=None) -> int:
              f"TaskDataset (scripts/bench.py's reference) and {rows[n + 1]['task_drawing_s']:.3f} s with metafsl's "
              f"EpisodeSampler; 'ratio incl. task drawing' adds them to each side." for n, r in enumerate(rows)
              if r["variant"] == KINDS["reference"]]
+    notes.append("Each variant runs in fresh processes (one of all the cores, or 2 workers) between two readings "
+                 "of the reference, and its ratios are against the mean of those two readings.")
     header = [f"Machine: {machine(torch.device('cpu'))}; workers: 2 x {max(1, cpu_cores() // 2)} threads; "
               f"{args.iterations} timed meta-iterations after "
               f"{args.warmup} warm-up; compile backend {args.compile_backend}; total "
