@@ -43,6 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from statistics import fmean
 from typing import Callable, Dict, List
 
 import torch
@@ -245,23 +246,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def in_new_processes(shape: Shape, kind: str, compile_backend: str, tasks: List[TaskBatch], warmup: int,
+def in_new_processes(shape: Shape, kind: str, compile_backend: str, tasks_file: str, warmup: int,
                      world: int) -> dict:
     """A variant in fresh processes: ``alone`` (world 1, all the cores) or ``world`` Gloo workers
-    of ``cores // world`` threads each; rank 0's result."""
+    of ``cores // world`` threads each, on the tasks saved in ``tasks_file``; rank 0's result."""
     threads = max(1, cpu_cores() // world)
-    with tempfile.TemporaryDirectory() as tmp:
-        tasks_file, result_file = os.path.join(tmp, "tasks.pt"), os.path.join(tmp, "result.pt")
-        torch.save(tasks, tasks_file)
-        common = (shape, kind, compile_backend, tasks_file, warmup, threads, result_file)
-        try:
-            if world == 1:
-                mp.spawn(alone, args=common, nprocs=1)
-            else:
-                mp.spawn(worker, args=(world, free_port(), *common), nprocs=world)
-            return torch.load(result_file, weights_only=False)
-        except Exception as e:  # a worker's traceback: its last line says what failed
-            return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
+    result_file = str(Path(tasks_file).with_name("result.pt"))
+    common = (shape, kind, compile_backend, tasks_file, warmup, threads, result_file)
+    try:
+        if world == 1:
+            mp.spawn(alone, args=common, nprocs=1)
+        else:
+            mp.spawn(worker, args=(world, free_port(), *common), nprocs=world)
+        return torch.load(result_file, weights_only=False)
+    except Exception as e:  # a worker's traceback: its last line says what failed
+        return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"}
+    finally:
+        Path(result_file).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- one shape
@@ -307,9 +308,9 @@ def keep_row(out: str, shape: Shape, row: dict) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def measure(key: str, shape: Shape, args, tasks: List[TaskBatch], kind: str, name: str, world: int) -> dict:
+def measure(key: str, shape: Shape, args, tasks_file: str, kind: str, name: str, world: int) -> dict:
     print(f"  {key}: {name} ...", flush=True)
-    row = {"variant": name, **in_new_processes(shape, kind, args.compile_backend, tasks, args.warmup, world)}
+    row = {"variant": name, **in_new_processes(shape, kind, args.compile_backend, tasks_file, args.warmup, world)}
     keep_row(args.out, shape, row)
     return row
 
@@ -319,24 +320,37 @@ def bench_shape(key: str, shape: Shape, args) -> List[dict]:
     reference: this VM's speed drifts by up to a third over minutes (the reference read 0.60 s
     in one run and 0.81 s an hour later), so each ratio is against the mean of the two readings
     around its variant, and the reference row shows the mean and range of all its readings."""
-    tasks = draw_tasks(shape, args.warmup + args.iterations, args.smoke)
+    with tempfile.TemporaryDirectory() as tmp:  # the tasks saved once (mini: ~0.3 GB), read by every process
+        tasks_file = os.path.join(tmp, "tasks.pt")
+        torch.save(draw_tasks(shape, args.warmup + args.iterations, args.smoke), tasks_file)
+        refs, rows = measure_all(key, shape, args, tasks_file)
+    return report_shape(shape, args, refs, rows)
+
+
+def measure_all(key: str, shape: Shape, args, tasks_file: str):
+    """The reference's readings and the variants' rows, in the order reference, variant, reference, ..."""
     plan = [(kind, name, 1) for kind, name in KINDS.items() if kind != "reference" and kind in args.variants]
     plan += [(kind, f"{KINDS[kind] if kind != 'default' else 'default'} + 2 workers (Gloo all-reduce)", 2)
              for kind in WORKER_KINDS if f"workers:{kind}" in args.variants]
-    refs = [measure(key, shape, args, tasks, "reference", KINDS["reference"], 1)]
+    refs = [measure(key, shape, args, tasks_file, "reference", KINDS["reference"], 1)]
     rows = []
     for kind, name, world in plan:
-        rows.append(measure(key, shape, args, tasks, kind, name, world))
-        refs.append(measure(key, shape, args, tasks, "reference", KINDS["reference"], 1))
+        rows.append(measure(key, shape, args, tasks_file, kind, name, world))
+        refs.append(measure(key, shape, args, tasks_file, "reference", KINDS["reference"], 1))
+    return refs, rows
+
+
+def report_shape(shape: Shape, args, refs: List[dict], rows: List[dict]) -> List[dict]:
+    """Each row's ratio against the mean of the reference's readings around it; rows printed."""
     drawing = {"reference": l2l_sampling_seconds(shape, args.smoke), "metafsl": sampler_seconds(shape, args.smoke)}
     timed = [r["sec_per_iteration"] for r in refs if "error" not in r]
     reference = dict(refs[0])
     if timed:
-        reference.update(sec_per_iteration=sum(timed) / len(timed), readings=timed)
+        reference.update(sec_per_iteration=fmean(timed), readings=timed)
     rows.insert(0, reference)
     for n, row in enumerate(rows):  # row n > 0 ran between readings refs[n - 1] and refs[n]
         around = [r["sec_per_iteration"] for r in refs[n - 1:n + 1] if "error" not in r] if n else timed
-        row["reference_s"] = sum(around) / len(around) if around else float("nan")
+        row["reference_s"] = fmean(around) if around else float("nan")
         compare(row, {**refs[0], "sec_per_iteration": row["reference_s"]}, drawing, is_reference=n == 0)
         row["shape"] = shape.name
         row["task_drawing_s"] = drawing["reference" if n == 0 else "metafsl"]
