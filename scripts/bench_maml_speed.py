@@ -16,6 +16,8 @@ time of drawing tasks is measured apart, and "ratio incl. task drawing" adds it 
   on its own ``CNN4Backbone`` (conv-BN-ReLU-pool);
 - metafsl default (``algo.backend=l2l``), ``algo.backend=vmap``;
 - compile: ``runtime.compile=true`` (``metafsl.algorithms.maml_compiled``, inductor);
+- compile + task threads: the same, the meta-batch's tasks on one thread per core, each with one
+  intra-op thread (``runtime.task_threads``);
 - vmap + compile: ``algo.backend=vmap runtime.compile=true``, the vmap backend's meta-loss and
   its gradient in one ``torch.compile``;
 - ... + 2 workers: two processes of ``cores // 2`` threads, each with half of the meta-batch,
@@ -139,17 +141,19 @@ def reference_step(shape: Shape):
     return maml, step
 
 
-def metafsl_step(shape: Shape, backend: str = "l2l", compile_backend=None):
+def metafsl_step(shape: Shape, backend: str = "l2l", compile_backend=None, task_threads: int = 1):
     algo = metafsl_maml(shape, backend)
     if compile_backend is not None:
-        assert algo.compile_meta_gradient(compile_backend)
+        assert algo.compile_meta_gradient(compile_backend, task_threads=task_threads)
     return algo, lambda batch: algo.meta_backward(batch)[0]
 
 
 #: variant kind -> (its row's name, runs in 2 workers too as "<kind> + 2 workers")
 KINDS = {"reference": "reference learn2learn MAML",
          "default": "metafsl default (backend=l2l; uncompiled, as runs < 5000 iterations)",
-         "vmap": "backend=vmap", "compile": "compile (runtime.compile=true)", "vmap+compile": "vmap + compile (backend=vmap runtime.compile=true)"}
+         "vmap": "backend=vmap", "compile": "compile (runtime.compile=true)",
+         "compile+threads": "compile + task threads (runtime.compile=true runtime.task_threads=<cores>)",
+         "vmap+compile": "vmap + compile (backend=vmap runtime.compile=true)"}
 WORKER_KINDS = ("default", "compile", "vmap+compile")
 ALL_VARIANTS = [k for k in KINDS if k != "reference"] + [f"workers:{k}" for k in WORKER_KINDS]
 
@@ -159,7 +163,8 @@ def build_step(shape: Shape, kind: str, compile_backend: str):
     if kind == "reference":
         return reference_step(shape)
     return metafsl_step(shape, "vmap" if kind.startswith("vmap") else "l2l",
-                        compile_backend if kind.endswith("compile") else None)
+                        compile_backend if "compile" in kind else None,
+                        cpu_cores() if kind.endswith("threads") else 1)
 
 
 # ----------------------------------------------------------------------------- timing

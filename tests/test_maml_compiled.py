@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from metafsl.algorithms.maml import MAML
-from metafsl.algorithms.maml_compiled import _mismatch
+from metafsl.algorithms.maml_compiled import _mismatch, inductor_options
 from metafsl.engine import runtime
 from metafsl.errors import UserError
 from metafsl.models import build_backbone
@@ -111,6 +111,30 @@ def test_compiled_mamlpp_meta_gradient_equals_the_learn2learn_loop_in_every_phas
         assert sum("training schedule switched" in m for m in messages) == 1
 
 
+def test_tasks_on_threads_give_the_learn2learn_loops_meta_gradient():
+    """``task_threads=2``: the tasks of a meta-batch on two threads, summed in task order, give
+    the sequential loop's meta-gradient (float64: to rounding), the compiled function (eager: the
+    dynamo capture) called from the pool's threads; torch's own thread count is back after.
+    Uncompiled (backend None) the tasks stay on the calling thread: ``functional_call`` swaps
+    the shared module's parameters while it runs."""
+    unthreaded = tiny_maml()
+    unthreaded.compile_meta_gradient(backend=None, task_threads=2)
+    assert unthreaded.compiled.task_threads == 1
+    batch = tiny_batch()
+    ref_loss, ref_acc, ref = per_task_backward(tiny_maml("l2l"), batch)
+    algo = tiny_maml("l2l")
+    assert algo.compile_meta_gradient(backend="eager", task_threads=2) and algo.compiled.task_threads == 2
+    before = torch.get_num_threads()
+    for _ in range(3):  # the first call compiles on the calling thread, then all run on the pool
+        algo.zero_grad(set_to_none=True)
+        loss, acc, got = per_task_backward(algo, batch)
+        assert algo.compiled.ready and not algo.compiled.failed and algo.compiled._pool is not None
+        assert torch.get_num_threads() == before
+        assert loss == pytest.approx(ref_loss, abs=1e-12) and acc == pytest.approx(ref_acc, abs=1e-12)
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
 def test_failed_compilation_falls_back_with_one_log_line(caplog):
     batch = tiny_batch()
     _, _, ref = per_task_backward(tiny_maml("l2l"), batch)
@@ -166,6 +190,11 @@ def test_runtime_compile_turns_the_compiled_meta_gradient_on_where_it_applies():
     assert _prepared("auto", long, backend="l2l", first_order_until=3)  # DA: first order only at first
     assert _prepared("auto", long, backend="vmap", first_order_until=3)
     assert not _prepared(True, long, backend="l2l", recompute_inner=True)  # its own loop is kept
+    cfg = {"runtime": {"compile": True, "task_threads": 2}, "trainer": {"iterations": 1}}
+    algo = tiny_maml()
+    runtime.from_config(cfg, torch.device("cpu")).prepare(algo)
+    assert algo.compiled.task_threads == 2  # runtime.task_threads reaches the compiled step
+    assert runtime.Runtime(torch.device("cpu")).task_threads == 1  # off unless asked for
     with pytest.raises(UserError, match="runtime.compile must be one of auto, true, false"):
         runtime.from_config({"runtime": {"compile": "fast"}}, torch.device("cpu"))
 
@@ -234,3 +263,11 @@ def test_a_float32_result_past_the_floor_is_judged_against_the_float64_value(mon
     algo.compile_meta_gradient(backend="eager")
     per_task_backward(algo, tiny_batch(torch.float32))
     assert calls == [None, torch.float64] and not algo.compiled.failed and algo.compiled.functions
+
+
+def test_inductor_gets_its_cpp_wrapper_unless_torchs_own_setting_decides(monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CPP_WRAPPER", raising=False)
+    assert inductor_options("inductor") == {"cpp_wrapper": True}
+    assert inductor_options("eager") is None and inductor_options(_miscompiling) is None
+    monkeypatch.setenv("TORCHINDUCTOR_CPP_WRAPPER", "0")
+    assert inductor_options("inductor") is None

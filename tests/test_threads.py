@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from metafsl import api
-from metafsl.engine.runtime import apply_threads, cpu_cores, threads_for
+from metafsl.engine.runtime import apply_threads, cpu_cores, task_threads_setting, threads_for
 from metafsl.errors import UserError
 
 
@@ -47,4 +47,16 @@ def test_a_bad_thread_count_is_one_sentence(bad):
 def test_a_training_refuses_a_bad_thread_count_before_any_work(run_cli, tmp_path):
     code, out, err = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "runtime.threads=0")
     assert code != 0 and "runtime.threads must be auto" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad", [0, -2, "two", True, 1.5])
+def test_a_bad_task_thread_count_is_one_sentence(bad):
+    with pytest.raises(UserError, match="runtime.task_threads must be a whole number of at least 1"):
+        task_threads_setting(bad)
+
+
+def test_a_training_refuses_a_bad_task_thread_count_before_any_work(run_cli, tmp_path):
+    code, out, err = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "runtime.task_threads=0")
+    assert code != 0 and "runtime.task_threads must be a whole number" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()

@@ -141,14 +141,15 @@ class MAML(GradientLearner):
             return settings._replace(first_order=True)
         return settings
 
-    def compile_meta_gradient(self, backend: str = "inductor") -> bool:
+    def compile_meta_gradient(self, backend: str = "inductor", task_threads: int = 1) -> bool:
         """Meta-train with ``maml_compiled`` (``runtime.compile``; backend vmap: its batched
-        function), LSLR, MSL and DA included; False with recompute_inner or per_step_bn."""
+        function), LSLR, MSL and DA included, the tasks of a meta-batch on ``task_threads``
+        threads (l2l backend); False with recompute_inner or per_step_bn."""
         if self.recompute_inner or self.per_step_bn:
             return False
         self.compiled = maml_compiled.CompiledMetaGradient(self.l2l_model.module, self.inner_steps, self.inner_lr,
                                                            self.first_order, backend, batched=self.backend == "vmap",
-                                                           step_lrs=self.step_lrs)
+                                                           step_lrs=self.step_lrs, task_threads=task_threads)
         return True
 
     def inner_loop(self, support_x, support_y, steps: int, lr: float, first_order: bool,

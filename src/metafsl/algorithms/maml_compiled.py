@@ -27,7 +27,8 @@ plain MAML, two for the CPU presets (both schedules switch at the same iteration
 The meta-gradient is the learn2learn loop's (tests/test_maml_compiled.py compares them): the
 same inner steps, differentiated through unless first order.  Batch norm uses each batch's
 own statistics, as everywhere in metafsl's MAML.  With the l2l backend tasks are still taken one
-at a time, so one task's graph is alive at a time, as in ``GradientLearner.meta_backward``.
+at a time, so one task's graph is alive at a time, as in ``GradientLearner.meta_backward``, or
+(``runtime.task_threads`` k > 1) k at a time, each on a thread of its own (``_each_task``).
 
 Compiling takes from seconds (torch's on-disk cache is warm) to minutes (a first run) and needs
 a C++ compiler for the CPU backend; both are logged (logger ``metafsl``), and when compilation
@@ -43,8 +44,10 @@ import contextlib
 import copy
 import functools
 import logging
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -133,6 +136,28 @@ def task_gradient(model: nn.Module, steps: int, lr: float, first_order: bool, ba
                           has_aux=True)
 
 
+def inductor_options(backend) -> Optional[dict]:
+    """Inductor's C++ wrapper: the compiled graph's kernels called from one C++ function instead
+    of a Python line each.  On the Omniglot bench shape (meta-batch 32 of small tasks) a compiled
+    meta-iteration took 0.41 s with it against 0.56 s without, in the same half-hour; on the
+    20-way preset's (meta-batch 2, 3 steps) they were level (docs/benchmarks.md).  Where torch's
+    own ``TORCHINDUCTOR_CPP_WRAPPER`` is set, it decides; other backends take no options."""
+    if backend != "inductor" or "TORCHINDUCTOR_CPP_WRAPPER" in os.environ:
+        return None
+    return {"cpp_wrapper": True}
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` while the block runs (the pool's threads keep it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @contextlib.contextmanager
 def _quiet_cpp_extension():
     """Inductor's C++ build logs "No CUDA runtime is found" on every CPU-only machine: not news."""
@@ -153,9 +178,13 @@ class CompiledMetaGradient:
 
     def __init__(self, model: nn.Module, steps: int, lr: float, first_order: bool,
                  backend: Optional[str | Callable] = "inductor", batched: bool = False,
-                 step_lrs: Optional[nn.Parameter] = None):
+                 step_lrs: Optional[nn.Parameter] = None, task_threads: int = 1):
         self.model, self.steps, self.lr, self.first_order = model, steps, lr, first_order
         self.backend, self.batched, self.step_lrs = backend, batched, step_lrs
+        # threads for compiled functions only: the uncompiled one runs ``functional_call``, which
+        # swaps the shared module's parameters while it runs (not thread-safe)
+        self.task_threads = 1 if batched or backend is None else max(1, int(task_threads))
+        self._pool: Optional[ThreadPoolExecutor] = None
         self.functions: Dict[Tuple[bool, bool], Callable] = {}  # (first order, multi-step) -> function
         self.variant: Optional[Tuple[bool, bool]] = None  # the one the last meta-batch ran
         self.failed = False
@@ -177,7 +206,7 @@ class CompiledMetaGradient:
                  "cache, minutes the first time...", what, self.backend)
         t = time.perf_counter()
         try:
-            fn = torch.compile(eager, backend=self.backend, dynamic=False)
+            fn = torch.compile(eager, backend=self.backend, dynamic=False, options=inductor_options(self.backend))
             with _quiet_cpp_extension():
                 out = fn(*args)
         except Exception as e:  # no C++ compiler, an unsupported platform or torch build: go on without
@@ -228,14 +257,13 @@ class CompiledMetaGradient:
         meta = {k: p.detach() for k, p in named.items()}
         if weights is not None:
             weights = weights.to(device=batch.query_x.device, dtype=next(iter(meta.values())).dtype)
+        outs = self._each_task(lambda i: self._call(meta, weights, batch.support_x[i], batch.support_y[i],
+                                                    batch.query_x[i], batch.query_y[i]), len(batch))
+        if outs is None:
+            return None
         total: Optional[Params] = None
         losses, accs = [], []
-        for i in range(len(batch)):
-            out = self._call(meta, weights, batch.support_x[i], batch.support_y[i], batch.query_x[i],
-                             batch.query_y[i])
-            if out is None:
-                return None
-            g, (loss, logits) = out
+        for i, (g, (loss, logits)) in enumerate(outs):
             if not torch.isfinite(loss):
                 break
             total = g if total is None else {k: total[k] + g[k] for k in total}
@@ -246,6 +274,29 @@ class CompiledMetaGradient:
         if len(losses) < len(batch):  # a non-finite loss: the caller's divergence guard sees it
             return loss.detach(), accuracy(logits, batch.query_y[len(losses)])
         return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+    def _each_task(self, task: Callable[[int], Optional[tuple]], n: int) -> Optional[list]:
+        """``[task(0), ..., task(n - 1)]``, or None when compilation failed.  With ``task_threads``
+        k > 1 the tasks run on k threads of ``cores // k`` intra-op threads each (torch's kernels,
+        and the compiled ones, let go of the GIL): a meta-batch's small per-task graphs use the
+        cores side by side instead of splitting each convolution over them.  The first call of a
+        variant (its compilation and check) runs alone first; the sum keeps the task order."""
+        if self.task_threads == 1 or n == 1:
+            outs = []
+            for i in range(n):
+                outs.append(task(i))
+                if outs[-1] is None:
+                    return None
+                if not torch.isfinite(outs[-1][1][0]):  # diverged: the rest is not needed
+                    break
+            return outs
+        with _intra_op_threads(max(1, torch.get_num_threads() // self.task_threads)):
+            first = [] if self.ready else [task(0)]
+            if first and first[0] is None:
+                return None
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.task_threads, thread_name_prefix="metafsl-maml-task")
+            return first + list(self._pool.map(task, range(len(first), n)))
 
     def _batched_backward(self, batch) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         named = dict(self.model.named_parameters())

@@ -23,6 +23,13 @@
   back; other methods are left alone.  On the GPU,
   ``true`` wraps the backbone's forward with ``torch.compile`` in place (state-dict keys
   unchanged; ``auto`` leaves it off there).
+- ``task_threads`` (1 by default): with MAML compiled on the CPU (l2l backend), the tasks of a
+  meta-batch run on this many threads of ``threads / task_threads`` intra-op threads each
+  (``maml_compiled.CompiledMetaGradient``; the same meta-gradient, summed in task order).  It
+  pays where the tasks are small and many (Omniglot 5-way, meta-batch 32, 1 inner step: faster
+  with 2 than with 1 on 2 cores) and costs where each task's convolutions are big enough to
+  split over the cores (20-way, meta-batch 2, 3 steps: slower), so it is off unless asked for
+  (docs/benchmarks.md).
 - GPU option, a no-op on the CPU: ``amp=bf16`` runs forward passes under
   ``torch.autocast(dtype=bfloat16)`` (changes results slightly, so off by default).
 """
@@ -100,6 +107,7 @@ class Runtime:
     channels_last: bool = True
     compile: Any = "auto"  # True | False | "auto"
     iterations: int = 0  # the run's training iterations (``compile=auto``)
+    task_threads: int = 1  # CPU, compiled MAML: threads the tasks of a meta-batch run on
 
     @property
     def on_gpu(self) -> bool:
@@ -135,7 +143,7 @@ class Runtime:
             return
         if self.compile == "auto" and (algorithm.first_order or self.iterations < AUTO_COMPILE_ITERATIONS):
             return
-        if hook():
+        if hook(task_threads=self.task_threads):
             log.info("runtime.compile: MAML's meta-gradient will run compiled (torch.compile, CPU).")
 
 
@@ -158,7 +166,14 @@ def from_config(cfg: dict[str, Any], device: torch.device) -> Runtime:
         tune_cpu_allocator()
     iterations = int((cfg.get("trainer") or {}).get("iterations", 0) or 0)
     return Runtime(device, amp, bool(rc.get("channels_last", True)), compile_setting(rc.get("compile", "auto")),
-                   iterations)
+                   iterations, task_threads_setting(rc.get("task_threads", 1)))
+
+
+def task_threads_setting(value: Any) -> int:
+    """``runtime.task_threads`` as a whole number of at least 1 (one sentence for anything else)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"runtime.task_threads must be a whole number of at least 1, got {value!r}.")
+    return value
 
 
 def cpu_cores() -> int:
@@ -181,7 +196,9 @@ def threads_for(setting: Any, processes: int = 1) -> Optional[int]:
 
 
 def apply_threads(cfg: dict[str, Any], processes: int = 1) -> None:
-    """Set torch's CPU threads from ``cfg['runtime']['threads']`` for one of ``processes``."""
+    """Set torch's CPU threads from ``cfg['runtime']['threads']`` for one of ``processes`` (and
+    check ``runtime.task_threads`` with it, before any work)."""
+    task_threads_setting((cfg.get("runtime") or {}).get("task_threads", 1))
     threads = threads_for((cfg.get("runtime") or {}).get("threads", "auto"), processes)
     if threads is not None:
         torch.set_num_threads(threads)
