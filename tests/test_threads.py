@@ -38,25 +38,17 @@ def test_auto_shares_the_cores_and_a_number_is_kept():
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("check, sentence", [(threads_for, "runtime.threads must be auto or a whole number"),
+                                             (task_threads_setting, "runtime.task_threads must be a whole number")])
 @pytest.mark.parametrize("bad", [0, -1, "many", True, 1.5])
-def test_a_bad_thread_count_is_one_sentence(bad):
-    with pytest.raises(UserError, match="runtime.threads must be auto or a whole number"):
-        threads_for(bad)
+def test_a_bad_thread_count_is_one_sentence(check, sentence, bad):
+    with pytest.raises(UserError, match=sentence):
+        check(bad)
 
 
-def test_a_training_refuses_a_bad_thread_count_before_any_work(run_cli, tmp_path):
-    code, out, err = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "runtime.threads=0")
-    assert code != 0 and "runtime.threads must be auto" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("bad", [0, -2, "two", True, 1.5])
-def test_a_bad_task_thread_count_is_one_sentence(bad):
-    with pytest.raises(UserError, match="runtime.task_threads must be a whole number of at least 1"):
-        task_threads_setting(bad)
-
-
-def test_a_training_refuses_a_bad_task_thread_count_before_any_work(run_cli, tmp_path):
-    code, out, err = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", "runtime.task_threads=0")
-    assert code != 0 and "runtime.task_threads must be a whole number" in err and "Traceback" not in err
+@pytest.mark.parametrize("option, sentence", [("threads", "runtime.threads must be auto"),
+                                              ("task_threads", "runtime.task_threads must be a whole number")])
+def test_a_training_refuses_a_bad_thread_count_before_any_work(run_cli, tmp_path, option, sentence):
+    code, out, err = run_cli("train", f"hydra.run.dir={tmp_path / 'run'}", f"runtime.{option}=0")
+    assert code != 0 and sentence in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
