@@ -277,7 +277,7 @@ class CompiledMetaGradient:
 
     def _each_task(self, task: Callable[[int], Optional[tuple]], n: int) -> Optional[list]:
         """``[task(0), ..., task(n - 1)]``, or None when compilation failed.  With ``task_threads``
-        k > 1 the tasks run on k threads of ``cores // k`` intra-op threads each (torch's kernels,
+        k > 1 the tasks run on k threads of torch's threads // k intra-op threads each (torch's kernels,
         and the compiled ones, let go of the GIL): a meta-batch's small per-task graphs use the
         cores side by side instead of splitting each convolution over them.  The first call of a
         variant (its compilation and check) runs alone first; the sum keeps the task order."""
