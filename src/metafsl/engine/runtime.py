@@ -15,7 +15,8 @@
 - ``compile`` (``auto`` by default; ``true``, ``false``): on the CPU, MAML's meta-training
   step (MAML++'s options included, not ``recompute_inner``) becomes one ``torch.compile``'d
   function per task (per meta-batch with ``algo.backend=vmap``)
-  (``metafsl.algorithms.maml_compiled``: the same meta-gradient; the compile warm-up is logged,
+  (``metafsl.algorithms.maml_compiled``: the same meta-gradient; inductor with its C++ wrapper
+  unless torch's ``TORCHINDUCTOR_CPP_WRAPPER`` is set; the compile warm-up is logged,
   once more where derivative-order annealing or the multi-step loss switches, and a failed
   compilation falls back to the uncompiled loop with one log line).  ``auto`` does it for
   second-order MAML runs (derivative-order annealing counts: it ends second order) of at least
