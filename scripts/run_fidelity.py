@@ -6,6 +6,7 @@
     python scripts/run_fidelity.py lake maml tiny ...            # some goals only
     python scripts/run_fidelity.py ablate-lake --minutes 10 --background images_background_small1
     python scripts/run_fidelity.py ablate-maml --minutes 14 --budget 0.1 --extra runtime.compile=false
+    python scripts/run_fidelity.py ablate-maml --minutes 60 --rows no_cosine,no_da   # some rows only
     python scripts/run_fidelity.py all --dry-run                  # print the commands only
 
 Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
@@ -22,6 +23,8 @@ ablate-lake: the Lake levers one at a time against the full recipe, each trained
 ablate-maml: MAML++'s options one at a time off (and all off), and per-step batch-norm weights
   and biases on (per_step_bn, off in the presets), preset --maml, each trained --minutes with
   --budget of its iterations and schedules; the same 600 test episodes.
+--rows picks some of an ablation's rows (names as above, comma-separated; default all): an
+  hour-long ablation can be run a few rows at a time.
 
 Every command is printed and appended to <out>/commands.txt; a run dir that already has a
 summary.json is not trained again (rerun the same command after an interruption). The table
@@ -157,17 +160,22 @@ def goal_tiny(r: Runner) -> None:
         r.record(name, run, "episodes, tta=10", r.test(run, ["eval.tta=10"]) if run else None)
 
 
+def chosen(r: Runner, rows: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    """The ablation's rows that --rows names (all without it), in the table's order."""
+    return rows if r.args.rows is None else {k: v for k, v in rows.items() if k in r.args.rows}
+
+
 def ablate_lake(r: Runner) -> None:
     root = lake_root(r)
     budget = [f"trainer.max_minutes={r.args.minutes}", f"dataset.background={r.args.background}"]
     if r.args.background != "images_background":
         budget.append("dataset.lake_val_fraction=0.2")
     runs = {}
-    for name, overrides in LAKE_ABLATIONS.items():
+    for name, overrides in chosen(r, LAKE_ABLATIONS).items():
         label = f"ablate_{r.args.background}_{r.args.minutes:g}min_{name}"
         runs[name] = r.train(label, "lake2015_background", [*budget, *overrides])
         lake_tests(r, label, runs[name], root)
-    if runs["full"] and runs["seed1"]:  # ensemble of the two full-recipe models (seeds 0 and 1)
+    if runs.get("full") and runs.get("seed1"):  # ensemble of the two full-recipe models (seeds 0 and 1)
         ens = [f"protocol.ensemble=[{runs['seed1']}]"]
         for tta in (1, 5):
             res = r.test(runs["full"], ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}", *ens])
@@ -181,7 +189,7 @@ def ablate_maml(r: Runner) -> None:
     minutes are passed divided by the budget: each row trains ``--minutes``, whatever each option
     costs per iteration."""
     minutes = r.args.minutes / r.args.budget
-    for name, overrides in MAML_ABLATIONS.items():
+    for name, overrides in chosen(r, MAML_ABLATIONS).items():
         label = f"ablate_{r.args.maml}_{r.args.minutes:g}min_{name}"
         extra = ["trainer.fit_to_budget=true", f"trainer.max_minutes={minutes:g}", f"budget={r.args.budget}",
                  *overrides]
@@ -209,10 +217,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--maml", default="maml_omniglot_cpu_5w1s", help="ablate-maml: the preset")
     p.add_argument("--budget", type=float, default=1.0,
                    help="ablate-maml: fraction of the preset's iterations and schedules (e.g. --minutes 20 --budget 0.33)")
+    p.add_argument("--rows", default=None, help="ablate-*: the rows to run, comma-separated (default: all)")
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every training")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
     args.data_dir = str(Path(args.data_dir).resolve())
+    if args.rows is not None:
+        args.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+        unknown = sorted(set(args.rows) - set(LAKE_ABLATIONS) - set(MAML_ABLATIONS))
+        if unknown:
+            p.error(f"--rows: no ablation row named {', '.join(unknown)} (lake: {', '.join(LAKE_ABLATIONS)}; "
+                    f"maml: {', '.join(MAML_ABLATIONS)})")
     r = Runner(args)
     goals = [g for goal in args.goals for g in (["lake", "maml", "tiny"] if goal == "all" else [goal])]
     steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake,

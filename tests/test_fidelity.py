@@ -235,6 +235,22 @@ def test_maml_ablation_rows_train_the_minutes_asked_for_at_any_budget(capsys, tm
         assert cfg["trainer"]["max_minutes"] == pytest.approx(14.0)
 
 
+def test_ablation_rows_can_be_run_a_few_at_a_time(capsys, tmp_path):
+    """--rows: only the named rows train, in the table's order; a name of no row is refused up front."""
+    script = _fidelity_script()
+    assert script.main(["ablate-maml", "--dry-run", "--rows", "no_da,no_cosine", "--out", str(tmp_path)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ metafsl train")]
+    assert [ln.rsplit("_", 2)[-2:] for ln in rows] == [["no", "da"], ["no", "cosine"]]
+    assert script.main(["ablate-lake", "--dry-run", "--rows", "full,seed1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert sum(ln.startswith("$ metafsl train") for ln in out.splitlines()) == 2
+    assert "protocol.ensemble=[" in out  # both of the ensemble's models are there
+    with pytest.raises(SystemExit) as refused:
+        script.main(["ablate-maml", "--dry-run", "--rows", "no_cosin", "--out", str(tmp_path)])
+    assert refused.value.code == 2 and "no ablation row named no_cosin" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_budget_scales_maml_plus_plus_schedules_with_the_iterations():
     from metafsl.api import apply_budget
 
