@@ -222,14 +222,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
     args.data_dir = str(Path(args.data_dir).resolve())
+    goals = [g for goal in args.goals for g in (["lake", "maml", "tiny"] if goal == "all" else [goal])]
     if args.rows is not None:
         args.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
-        unknown = sorted(set(args.rows) - set(LAKE_ABLATIONS) - set(MAML_ABLATIONS))
-        if unknown:
-            p.error(f"--rows: no ablation row named {', '.join(unknown)} (lake: {', '.join(LAKE_ABLATIONS)}; "
-                    f"maml: {', '.join(MAML_ABLATIONS)})")
+        known = {g: rows for g, rows in (("ablate-lake", LAKE_ABLATIONS), ("ablate-maml", MAML_ABLATIONS))
+                 if g in goals}
+        unknown = [row for row in args.rows if not any(row in rows for rows in known.values())]
+        if unknown or not known:
+            p.error(f"--rows: no row named {', '.join(unknown or args.rows)} in the ablations asked for "
+                    f"({'; '.join(f'{g}: ' + ', '.join(rows) for g, rows in known.items()) or 'none'})")
     r = Runner(args)
-    goals = [g for goal in args.goals for g in (["lake", "maml", "tiny"] if goal == "all" else [goal])]
     steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake,
              "ablate-maml": ablate_maml}
     for goal in goals:

@@ -245,9 +245,10 @@ def test_ablation_rows_can_be_run_a_few_at_a_time(capsys, tmp_path):
     out = capsys.readouterr().out
     assert sum(ln.startswith("$ metafsl train") for ln in out.splitlines()) == 2
     assert "protocol.ensemble=[" in out  # both of the ensemble's models are there
-    with pytest.raises(SystemExit) as refused:
-        script.main(["ablate-maml", "--dry-run", "--rows", "no_cosin", "--out", str(tmp_path)])
-    assert refused.value.code == 2 and "no ablation row named no_cosin" in capsys.readouterr().err
+    for goal, row in [("ablate-maml", "no_cosin"), ("ablate-maml", "res28"), ("maml", "no_da")]:
+        with pytest.raises(SystemExit) as refused:  # a typo, a row of the other ablation, no ablation
+            script.main([goal, "--dry-run", "--rows", row, "--out", str(tmp_path)])
+        assert refused.value.code == 2 and f"--rows: no row named {row}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
