@@ -160,6 +160,10 @@ def goal_tiny(r: Runner) -> None:
         r.record(name, run, "episodes, tta=10", r.test(run, ["eval.tta=10"]) if run else None)
 
 
+#: goal -> its ablation's rows (what --rows may name)
+ABLATIONS = {"ablate-lake": LAKE_ABLATIONS, "ablate-maml": MAML_ABLATIONS}
+
+
 def chosen(r: Runner, rows: Dict[str, List[str]]) -> Dict[str, List[str]]:
     """The ablation's rows that --rows names (all without it), in the table's order."""
     return rows if r.args.rows is None else {k: v for k, v in rows.items() if k in r.args.rows}
@@ -206,6 +210,17 @@ def table(records: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_rows(p: argparse.ArgumentParser, text: str, goals: List[str]) -> List[str]:
+    """--rows as a list; a name that is no row of the ablations among ``goals`` is refused."""
+    rows = [row.strip() for row in text.split(",") if row.strip()]
+    known = {g: ABLATIONS[g] for g in goals if g in ABLATIONS}
+    unknown = [row for row in rows if not any(row in table for table in known.values())]
+    if unknown or not known:
+        listed = "; ".join(f"{g}: {', '.join(table)}" for g, table in known.items()) or "none"
+        p.error(f"--rows: no row named {', '.join(unknown or rows)} in the ablations asked for ({listed})")
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("goals", nargs="+", choices=["all", "lake", "maml", "tiny", "ablate-lake", "ablate-maml"])
@@ -224,13 +239,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.data_dir = str(Path(args.data_dir).resolve())
     goals = [g for goal in args.goals for g in (["lake", "maml", "tiny"] if goal == "all" else [goal])]
     if args.rows is not None:
-        args.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
-        known = {g: rows for g, rows in (("ablate-lake", LAKE_ABLATIONS), ("ablate-maml", MAML_ABLATIONS))
-                 if g in goals}
-        unknown = [row for row in args.rows if not any(row in rows for rows in known.values())]
-        if unknown or not known:
-            p.error(f"--rows: no row named {', '.join(unknown or args.rows)} in the ablations asked for "
-                    f"({'; '.join(f'{g}: ' + ', '.join(rows) for g, rows in known.items()) or 'none'})")
+        args.rows = parse_rows(p, args.rows, goals)
     r = Runner(args)
     steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake,
              "ablate-maml": ablate_maml}
