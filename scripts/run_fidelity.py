@@ -5,6 +5,7 @@
 (with the project installed in the Python that runs it, or PYTHONPATH=src)
     python scripts/run_fidelity.py lake maml tiny ...            # some goals only
     python scripts/run_fidelity.py ablate-lake --minutes 10 --background images_background_small1
+    python scripts/run_fidelity.py ablate-lake --minutes 10 --rows full,feat --extra dataset.image_size=28
     python scripts/run_fidelity.py ablate-maml --minutes 14 --budget 0.1 --extra runtime.compile=false
     python scripts/run_fidelity.py ablate-maml --minutes 60 --rows no_cosine,no_da   # some rows only
     python scripts/run_fidelity.py all --dry-run                  # print the commands only
@@ -18,8 +19,10 @@ Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
         tiny_fewshot_cpu_{5w5s,5w1s} from it (35 min each), each tested again with eval.tta=10.
 ablate-lake: the Lake levers one at a time against the full recipe, each trained --minutes,
   all tested with protocol=lake20 with and without eval.tta=5 (no_within_alphabet also
-  validates on mixed-alphabet episodes: episode.within_alphabet steers both); then the full
-  recipe's two seeds as an ensemble (protocol.ensemble=).
+  validates on mixed-alphabet episodes: episode.within_alphabet steers both), and FEAT, the
+  Siamese net and TADAM trained on the recipe's episodes in ProtoNet's place; then the full
+  recipe's two seeds as an ensemble (protocol.ensemble=). Each lake20 row's error has its 95%
+  interval over the 20 runs, and its difference from the full recipe's, run by run (vs_full).
 ablate-maml: MAML++'s options one at a time off (and all off), and per-step batch-norm weights
   and biases on (per_step_bn, off in the presets), preset --maml, each trained --minutes with
   --budget of its iterations and schedules; the same 600 test episodes.
@@ -45,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LAKE = ["lake2015_background", "lake2015_small1", "lake2015_small2"]
 MAML = ["maml_omniglot_cpu_5w1s", "maml_omniglot_cpu_20w1s"]
 TINY = ["tiny_fewshot_cpu_5w5s", "tiny_fewshot_cpu_5w1s"]
-#: name -> overrides of the Lake recipe with one lever taken away (or a backbone widened)
+#: name -> overrides of the Lake recipe with one lever taken away (or a backbone widened, or
+#: another method trained on the same episodes)
 LAKE_ABLATIONS = {
     "full": [],
     "no_within_alphabet": ["episode.within_alphabet=false"],
@@ -55,7 +59,14 @@ LAKE_ABLATIONS = {
     "stroke_only": ["dataset.augment=stroke"],
     "wide128": ["backbone.hidden=128"],
     "seed1": ["seed=1"],  # the full recipe again: a second model for the ensemble below
+    # task-conditioned or learned-metric methods in ProtoNet's place (FEAT's temperatures as
+    # zoo_omniglot_feat: a backbone trained from scratch)
+    "feat": ["algo=feat", "algo.temperature=1", "algo.temperature2=1"],
+    "siamese": ["algo=siamese"],
+    "tadam": ["algo=tadam"],
 }
+#: rows whose method has no embedding of its own to average over views (no eval.tta)
+LAKE_NO_TTA = {"tadam"}
 
 #: name -> overrides of the MAML recipe with one MAML++ option off (or, per_step_bn, on)
 MAML_ABLATIONS = {
@@ -111,7 +122,8 @@ class Runner:
                        minutes=round((summary.get("train", {}).get("seconds") or 0) / 60, 1))
         result = result if result is not None else (summary or {}).get("test")
         if result:
-            rec.update({k: result[k] for k in ("acc", "ci95", "error", "episodes", "trials", "tta") if k in result})
+            rec.update({k: result[k] for k in ("acc", "ci95", "error", "episodes", "trials", "tta", "per_run_error")
+                        if k in result})
         self.records.append(rec)
 
 
@@ -134,8 +146,8 @@ def lake_root(r: Runner) -> str:
     return str(standin)
 
 
-def lake_tests(r: Runner, label: str, run: Optional[Path], root: str) -> None:
-    for tta in (1, 5):
+def lake_tests(r: Runner, label: str, run: Optional[Path], root: str, ttas=(1, 5)) -> None:
+    for tta in ttas:
         res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}"]) if run else None
         r.record(label, run, f"lake20, tta={tta}", res)
 
@@ -178,12 +190,25 @@ def ablate_lake(r: Runner) -> None:
     for name, overrides in chosen(r, LAKE_ABLATIONS).items():
         label = f"ablate_{r.args.background}_{r.args.minutes:g}min_{name}"
         runs[name] = r.train(label, "lake2015_background", [*budget, *overrides])
-        lake_tests(r, label, runs[name], root)
+        lake_tests(r, label, runs[name], root, (1,) if name in LAKE_NO_TTA else (1, 5))
     if runs.get("full") and runs.get("seed1"):  # ensemble of the two full-recipe models (seeds 0 and 1)
         ens = [f"protocol.ensemble=[{runs['seed1']}]"]
         for tta in (1, 5):
             res = r.test(runs["full"], ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}", *ens])
             r.record(f"{runs['full'].name}+seed1", runs["full"], f"lake20 ensemble of 2, tta={tta}", res)
+    if runs.get("full"):
+        against_full(r.records, str(runs["full"]))
+
+
+def against_full(records: List[Dict], full: str) -> None:
+    """Each lake20 record's error minus the full recipe's (same tta), run by run: 'vs_full'."""
+    from metafsl.engine.protocols import paired_difference
+
+    base = {rec["test"]: rec["per_run_error"] for rec in records if rec["run"] == full and "per_run_error" in rec}
+    for rec in records:
+        if rec["run"] != full and rec.get("test") in base and "per_run_error" in rec:
+            d = paired_difference(base[rec["test"]], rec["per_run_error"])
+            rec["vs_full"] = f"{d['difference']:+.2f} ± {d['ci95']:.2f}"
 
 
 def ablate_maml(r: Runner) -> None:
@@ -201,7 +226,7 @@ def ablate_maml(r: Runner) -> None:
 
 
 def table(records: List[Dict]) -> str:
-    cols = ["row", "test", "acc", "ci95", "episodes", "error", "trials", "iterations", "minutes", "run"]
+    cols = ["row", "test", "acc", "ci95", "episodes", "error", "trials", "vs_full", "iterations", "minutes", "run"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rec in records:
         cells = [rec.get(c) for c in cols]

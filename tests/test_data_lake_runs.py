@@ -14,7 +14,7 @@ import data_fixtures as fx
 from conftest import REPO, TINY
 from metafsl.data.lake_runs import read_runs
 from metafsl.data.sampler import Preprocess
-from metafsl.engine.protocols import score_runs
+from metafsl.engine.protocols import paired_difference, score_runs
 from metafsl.errors import UserError
 
 
@@ -61,12 +61,51 @@ class Nearest(torch.nn.Module):
 def test_score_runs_counts_errors(tmp_path):
     same = read_runs(fx.lake_runs(tmp_path / "a.zip", n_runs=3, same_images=True), image_size=16)
     res = score_runs(Nearest(), same, Preprocess(), "cpu")
-    assert res == {"error": 0.0, "acc": 100.0, "trials": 60, "runs": 3,
+    assert res == {"error": 0.0, "acc": 100.0, "ci95": 0.0, "trials": 60, "runs": 3,
                    "per_run_error": {"run01": 0.0, "run02": 0.0, "run03": 0.0}}
     # corrupt the answers of run02: 20 wrong of 60 trials
     same[1].answers = (same[1].answers + 1) % 20
     res = score_runs(Nearest(), same, Preprocess(), "cpu")
     assert res["per_run_error"]["run02"] == 100.0 and res["error"] == pytest.approx(100 / 3, abs=1e-3)
+    # the interval counts runs (0, 100, 0: std 57.7), not the 60 trials as if independent
+    assert res["ci95"] == pytest.approx(1.96 * 57.735 / 3 ** 0.5, abs=1e-2)
+
+
+def test_paired_difference_cancels_what_the_runs_share():
+    a = {"run01": 10.0, "run02": 50.0, "run03": 30.0}
+    b = {"run01": 5.0, "run02": 45.0, "run03": 20.0, "run04": 0.0}  # run04: not in a, left out
+    d = paired_difference(a, b)
+    assert d["difference"] == pytest.approx(-20 / 3, abs=1e-3) and d["runs"] == 3
+    assert d["ci95"] == pytest.approx(1.96 * 2.8868 / 3 ** 0.5, abs=1e-3)  # std of (-5, -5, -10)
+    assert paired_difference(a, {k: v + 5 for k, v in a.items()}) == {"difference": 5.0, "ci95": 0.0, "runs": 3}
+    with pytest.raises(UserError, match="share no run"):
+        paired_difference(a, {"run09": 1.0})
+
+
+def test_lake_compare_script(tmp_path):
+    recs = []
+    for i, errs in enumerate([(10.0, 50.0, 30.0), (5.0, 45.0, 20.0)]):
+        recs.append(tmp_path / f"r{i}.json")
+        recs[-1].write_text(json.dumps({"protocol": "lake20", "error": sum(errs) / 3, "overrides": ["eval.tta=5"],
+                                        "per_run_error": {f"run0{k + 1}": e for k, e in enumerate(errs)}}))
+    script = [sys.executable, str(REPO / "scripts" / "lake_compare.py")]
+    out = subprocess.run([*script, *map(str, recs), "--markdown"], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[2] == f"| {recs[0]} | tta=5 | 30.00 ± 22.63 | (base) | 3 |"
+    assert lines[3] == f"| {recs[1]} | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |"
+    # a run dir: each of its lake20 tests, compared with the base's test of the same settings
+    run = tmp_path / "run"
+    run.mkdir()
+    tests = [{"acc": 90.0, "ci95": 1.0}, {**json.loads(recs[1].read_text()), "overrides": []},
+             {**json.loads(recs[1].read_text()), "tta": 5}]
+    (run / "summary.json").write_text(json.dumps({"tests": tests}))
+    out = subprocess.run([*script, str(recs[0]), str(run), "--markdown"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[3:] == [f"| {run} #1 | tta=1 | 23.33 ± 22.87 | (no base test alike) | 3 |",
+                       f"| {run} #2 | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |"]
+    (tmp_path / "other.json").write_text(json.dumps({"acc": 90.0}))
+    bad = subprocess.run([*script, str(recs[0]), str(tmp_path / "other.json")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "holds no lake20 test record" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_errors_name_the_path(tmp_path):

@@ -212,7 +212,8 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
                                                          *script.TINY)]
     assert len(trains) == 8 + len(script.LAKE_ABLATIONS) + len(script.MAML_ABLATIONS)
     assert sum("trainer.scheduler=null" in ln for ln in lines) == 2
-    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (3 + len(script.LAKE_ABLATIONS) + 1)
+    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (3 + len(script.LAKE_ABLATIONS) + 1) - len(script.LAKE_NO_TTA)
+    assert not any("eval.tta=5" in ln and "_tadam " in ln for ln in lines)
     assert sum("protocol.ensemble=[" in ln for ln in lines) == 2
     assert f"backbone.weights={tmp_path / 'tiny_pretrain'}" in " ".join(lines)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
@@ -250,6 +251,30 @@ def test_ablation_rows_can_be_run_a_few_at_a_time(capsys, tmp_path):
             script.main([goal, "--dry-run", "--rows", row, "--out", str(tmp_path)])
         assert refused.value.code == 2 and f"--rows: no row named {row}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_every_lake_ablation_row_composes_with_the_preset():
+    from metafsl.api import compose, resolved
+
+    script = _fidelity_script()
+    for name, overrides in script.LAKE_ABLATIONS.items():
+        cfg = resolved(compose("train", ["experiment=lake2015_background", *overrides]), check=False)
+        assert cfg["name"] == "lake2015_background" and cfg["episode"]["within_alphabet"] == (name != "no_within_alphabet")
+    assert {n: script.LAKE_ABLATIONS[n][0] for n in ("feat", "siamese", "tadam")} == \
+        {"feat": "algo=feat", "siamese": "algo=siamese", "tadam": "algo=tadam"}
+
+
+def test_lake_rows_are_compared_with_the_full_recipe_run_by_run():
+    script = _fidelity_script()
+    per_run = lambda *e: {f"run{i + 1:02d}": v for i, v in enumerate(e)}  # noqa: E731
+    records = [{"run": "full", "test": "lake20, tta=1", "per_run_error": per_run(10.0, 20.0, 30.0)},
+               {"run": "full", "test": "lake20, tta=5", "per_run_error": per_run(10.0, 10.0, 10.0)},
+               {"run": "feat", "test": "lake20, tta=1", "per_run_error": per_run(5.0, 15.0, 25.0)},
+               {"run": "feat", "test": "lake20, tta=5", "per_run_error": per_run(15.0, 10.0, 20.0)},
+               {"run": "maml", "test": "episodes"}]
+    script.against_full(records, "full")
+    assert [rec.get("vs_full") for rec in records] == [None, None, "-5.00 ± 0.00", "+5.00 ± 5.66", None]
+    assert "| vs_full |" in script.table(records) and "per_run_error" not in script.table(records)
 
 
 def test_budget_scales_maml_plus_plus_schedules_with_the_iterations():

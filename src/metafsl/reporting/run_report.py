@@ -128,7 +128,8 @@ def print_train_summary(summary, run_dir: Path) -> None:
 def print_test(run: Path, record: Dict[str, Any]) -> None:
     if "per_run_error" in record:  # a test protocol (e.g. lake20)
         rows = [[name, f"{err:.1f}"] for name, err in record["per_run_error"].items()]
-        rows.append([f"all ({record['trials']} trials)", f"{record['error']:.2f}"])
+        # the interval counts runs, not trials (engine.protocols); records from before it have none
+        rows.append([f"all ({record['trials']} trials)", console.fmt_acc(record["error"], record.get("ci95"))])
         console.table(f"{record.get('protocol', 'protocol')}: one-shot classification error (%)",
                       ["run", "error (%)"], rows, justify_right=["error (%)"])
         return

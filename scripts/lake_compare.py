@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Compare lake20 test records run by run (Lake et al.'s one-shot challenge, issue 30 section 1).
+
+    python scripts/lake_compare.py <base> <other> [<other> ...] [--markdown]
+
+Each argument is a run dir (or its ``summary.json``: every lake20 test it holds) or one record as
+``metafsl test ... protocol=lake20`` writes it (``<run>/tests/<stamp>/result.json``). For each
+record: the error with its 95% interval over runs (a run's 20 trials share an alphabet and a pair
+of drawers, so the run is the unit; ``engine.protocols``), and its difference from the base's
+record with the same test settings (``eval.tta``, ensemble or not), run by run, with the interval
+of that paired difference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+from metafsl.engine.evaluate import mean_ci95
+from metafsl.engine.protocols import paired_difference
+from metafsl.errors import UserError
+
+
+def _load(path: Path) -> Dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"Cannot read a lake20 record from {path}: {e}.") from e
+
+
+def read_records(path: Path) -> List[Tuple[str, Dict]]:
+    """(label, record) of each lake20 test in ``path`` (a record, a summary.json or a run dir)."""
+    data = _load(path / "summary.json" if path.is_dir() else path)
+    if "per_run_error" in data:
+        return [(str(path), data)]
+    tests = [t for t in data.get("tests") or [] if "per_run_error" in t]
+    if not tests:
+        raise UserError(f"{path} holds no lake20 test record (no per_run_error).")
+    return [(f"{path} #{i + 1}", t) for i, t in enumerate(tests)]
+
+
+def settings(record: Dict) -> Tuple[str, bool]:
+    """What must match for two records to be compared: eval.tta, and ensemble or not."""
+    tta = record.get("tta") or next((o.split("=", 1)[1] for o in record.get("overrides", [])
+                                     if o.startswith("eval.tta=")), 1)
+    return str(tta), bool(record.get("ensemble"))
+
+
+def rows(paths: List[Path]) -> List[List[str]]:
+    base = {}  # settings -> the base's record with them
+    for label, rec in read_records(paths[0]):
+        base.setdefault(settings(rec), (label, rec))
+    out = []
+    for path in paths:
+        for label, rec in read_records(path):
+            per_run = rec["per_run_error"]
+            ci = mean_ci95(torch.tensor(list(per_run.values()), dtype=torch.float64))["ci95"]  # older records lack ci95
+            tta, ens = settings(rec)
+            against = base.get((tta, ens))
+            if against is None or against[0] == label:
+                diff, runs = ("(base)" if against else "(no base test alike)"), str(len(per_run))
+            else:
+                d = paired_difference(against[1]["per_run_error"], per_run)
+                diff, runs = f"{d['difference']:+.2f} ± {d['ci95']:.2f}", str(d["runs"])
+            test = f"tta={tta}" + (f", ensemble of {len(rec['ensemble']) + 1}" if ens else "")
+            out.append([label, test, f"{rec['error']:.2f} ± {ci:.2f}", diff, runs])
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("records", nargs="+", type=Path, help="run dirs, summary.json files or lake20 records; the first is the base")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = p.parse_args(argv)
+    try:
+        table = rows(args.records)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    head = ["record", "test", "error % (95% CI over runs)", "minus base, run by run", "runs"]
+    if args.markdown:
+        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        print("\n".join("| " + " | ".join(r) + " |" for r in table))
+    else:
+        from metafsl.reporting import console
+
+        console.table("lake20, compared run by run", head, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
