@@ -97,12 +97,14 @@ def test_lake_compare_script(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     tests = [{"acc": 90.0, "ci95": 1.0}, {**json.loads(recs[1].read_text()), "overrides": []},
-             {**json.loads(recs[1].read_text()), "tta": 5}]
+             {**json.loads(recs[1].read_text()), "tta": 5},
+             {**json.loads(recs[0].read_text()), "ensemble": ["/runs/feat"]}]  # two models vote: no base alike
     (run / "summary.json").write_text(json.dumps({"tests": tests}))
     out = subprocess.run([*script, str(recs[0]), str(run), "--markdown"], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out[3:] == [f"| {run} #1 | tta=1 | 23.33 ± 22.87 | (no base test alike) | 3 |",
-                       f"| {run} #2 | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |"]
+                       f"| {run} #2 | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |",
+                       f"| {run} #3 | tta=5, with feat | 30.00 ± 22.63 | (no base test alike) | 3 |"]
     (tmp_path / "other.json").write_text(json.dumps({"acc": 90.0}))
     bad = subprocess.run([*script, str(recs[0]), str(tmp_path / "other.json")], capture_output=True, text=True)
     assert bad.returncode == 2 and "holds no lake20 test record" in bad.stderr and "Traceback" not in bad.stderr
