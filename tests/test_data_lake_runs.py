@@ -82,15 +82,25 @@ def test_paired_difference_cancels_what_the_runs_share():
         paired_difference(a, {"run09": 1.0})
 
 
-def test_lake_compare_script(tmp_path):
+def _lake_compare():
+    """scripts/lake_compare.py, loaded as a module (in process: no interpreter start per call)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lake_compare", REPO / "scripts" / "lake_compare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_lake_compare_script(tmp_path, capsys):
     recs = []
     for i, errs in enumerate([(10.0, 50.0, 30.0), (5.0, 45.0, 20.0)]):
         recs.append(tmp_path / f"r{i}.json")
         recs[-1].write_text(json.dumps({"protocol": "lake20", "error": sum(errs) / 3, "overrides": ["eval.tta=5"],
                                         "per_run_error": {f"run0{k + 1}": e for k, e in enumerate(errs)}}))
-    script = [sys.executable, str(REPO / "scripts" / "lake_compare.py")]
-    out = subprocess.run([*script, *map(str, recs), "--markdown"], capture_output=True, text=True, check=True).stdout
-    lines = out.splitlines()
+    script = _lake_compare()
+    assert script.main([*map(str, recs), "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[2] == f"| {recs[0]} | tta=5 | 30.00 ± 22.63 | (base) | 3 |"
     assert lines[3] == f"| {recs[1]} | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |"
     # a run dir: each of its lake20 tests, compared with the base's test of the same settings
@@ -100,14 +110,14 @@ def test_lake_compare_script(tmp_path):
              {**json.loads(recs[1].read_text()), "tta": 5},
              {**json.loads(recs[0].read_text()), "ensemble": ["/runs/feat"]}]  # two models vote: no base alike
     (run / "summary.json").write_text(json.dumps({"tests": tests}))
-    out = subprocess.run([*script, str(recs[0]), str(run), "--markdown"], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
+    assert script.main([str(recs[0]), str(run), "--markdown"]) == 0
+    out = capsys.readouterr().out.splitlines()
     assert out[3:] == [f"| {run} #1 | tta=1 | 23.33 ± 22.87 | (no base test alike) | 3 |",
                        f"| {run} #2 | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |",
                        f"| {run} #3 | tta=5, with feat | 30.00 ± 22.63 | (no base test alike) | 3 |"]
     (tmp_path / "other.json").write_text(json.dumps({"acc": 90.0}))
-    bad = subprocess.run([*script, str(recs[0]), str(tmp_path / "other.json")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "holds no lake20 test record" in bad.stderr and "Traceback" not in bad.stderr
+    assert script.main([str(recs[0]), str(tmp_path / "other.json")]) == 2  # one sentence, no traceback
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'other.json'} holds no lake20 test record (no per_run_error)."
 
 
 def test_errors_name_the_path(tmp_path):
