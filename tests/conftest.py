@@ -50,6 +50,16 @@ def run_cli(capsys):
     return _run
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` loaded as a module, to call its functions and ``main`` in process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def shared(name: str) -> Path:
     """A real dataset under ../shared/data, or skip the test when it is absent."""
     path = SHARED_DATA / name

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import data_fixtures as fx
-from conftest import REPO, TINY
+from conftest import REPO, TINY, load_script
 from metafsl.data.lake_runs import read_runs
 from metafsl.data.sampler import Preprocess
 from metafsl.engine.protocols import paired_difference, score_runs
@@ -82,23 +82,13 @@ def test_paired_difference_cancels_what_the_runs_share():
         paired_difference(a, {"run09": 1.0})
 
 
-def _lake_compare():
-    """scripts/lake_compare.py, loaded as a module (in process: no interpreter start per call)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lake_compare", REPO / "scripts" / "lake_compare.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_lake_compare_script(tmp_path, capsys):
     recs = []
     for i, errs in enumerate([(10.0, 50.0, 30.0), (5.0, 45.0, 20.0)]):
         recs.append(tmp_path / f"r{i}.json")
         recs[-1].write_text(json.dumps({"protocol": "lake20", "error": sum(errs) / 3, "overrides": ["eval.tta=5"],
                                         "per_run_error": {f"run0{k + 1}": e for k, e in enumerate(errs)}}))
-    script = _lake_compare()
+    script = load_script("lake_compare")  # in process: no interpreter start per call
     assert script.main([*map(str, recs), "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == f"| {recs[0]} | tta=5 | 30.00 ± 22.63 | (base) | 3 |"

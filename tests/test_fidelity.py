@@ -192,14 +192,9 @@ def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_
 
 def _fidelity_script():
     """scripts/run_fidelity.py, loaded as a module."""
-    import importlib.util
+    from conftest import load_script
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("run_fidelity", REPO / "scripts" / "run_fidelity.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script("run_fidelity")
 
 
 def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):

@@ -236,14 +236,11 @@ def test_transductive_refused_for_a_non_metric_learner(run_cli, protonet_run, im
 def test_bench_transductive_smoke(protonet_run, tmp_path):
     """scripts/bench_transductive.py on a tiny run: a table row per rule and shot, a shot the
     data cannot give listed as skipped."""
-    import importlib.util
     import json
 
-    from conftest import REPO
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_transductive", REPO / "scripts" / "bench_transductive.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_transductive")
     assert bench.main([str(protonet_run), str(tmp_path / "ev"), "--smoke", "--shots", "1,50",
                        "--methods", "none,bdcspn"]) == 0
     rows = json.loads((tmp_path / "ev" / "transductive.json").read_text())["rows"]
