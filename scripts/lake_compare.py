@@ -18,10 +18,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import torch
-
-from metafsl.engine.evaluate import mean_ci95
-from metafsl.engine.protocols import paired_difference
+from metafsl.engine.protocols import paired_difference, runs_ci95
 from metafsl.errors import UserError
 
 
@@ -51,14 +48,15 @@ def settings(record: Dict) -> Tuple[str, int]:
 
 
 def rows(paths: List[Path]) -> List[List[str]]:
+    records = [read_records(path) for path in paths]
     base = {}  # settings -> the base's record with them
-    for label, rec in read_records(paths[0]):
+    for label, rec in records[0]:
         base.setdefault(settings(rec), (label, rec))
     out = []
-    for path in paths:
-        for label, rec in read_records(path):
+    for found in records:
+        for label, rec in found:
             per_run = rec["per_run_error"]
-            ci = mean_ci95(torch.tensor(list(per_run.values()), dtype=torch.float64))["ci95"]  # older records lack ci95
+            ci = runs_ci95(per_run)  # older records lack ci95
             tta, models = settings(rec)
             against = base.get((tta, models))
             if against is None or against[0] == label:

@@ -86,9 +86,15 @@ def score_runs(algorithm, runs, preprocess, device, tta: int = 1, others: Sequen
         for m, mode in zip(members, modes):
             m[0].train(mode)
     error = 100.0 * wrong / max(trials, 1)
-    ci95 = mean_ci95(torch.tensor(list(per_run.values()), dtype=torch.float64))["ci95"] if per_run else 0.0
-    return {"error": round(error, 3), "acc": round(100.0 - error, 3), "ci95": round(ci95, 3), "trials": trials,
+    return {"error": round(error, 3), "acc": round(100.0 - error, 3), "ci95": round(runs_ci95(per_run), 3), "trials": trials,
             "runs": len(runs), "per_run_error": per_run}
+
+
+def runs_ci95(per_run_error: Dict[str, float]) -> float:
+    """95% half-width of the error over runs (the run as the unit; the module docstring)."""
+    if not per_run_error:
+        return 0.0
+    return mean_ci95(torch.tensor(list(per_run_error.values()), dtype=torch.float64))["ci95"]
 
 
 def paired_difference(a: Dict[str, float], b: Dict[str, float]) -> Dict[str, float]:
