@@ -111,6 +111,33 @@ def test_compiled_mamlpp_meta_gradient_equals_the_learn2learn_loop_in_every_phas
         assert sum("training schedule switched" in m for m in messages) == 1
 
 
+@pytest.mark.parametrize("backend, options", [
+    (None, {}), (None, {"per_step_lr": True, "multi_step_loss": True, "msl_iterations": 5}),
+    ("eager", {"per_step_lr": True, "multi_step_loss": True, "msl_iterations": 5})])
+def test_compiled_per_step_batch_norm_meta_gradient_equals_the_learn2learn_loop(backend, options):
+    """MAML++'s per-step batch-norm weights and biases (BNWB), alone and with LSLR and MSL: the
+    rows' meta-gradients, the weights' and the learned rates' are the uncompiled loop's, also
+    where each inner step's query loss counts (MSL: every row gets a gradient of its own);
+    eager: the dynamo capture, the second call (MSL's next weights) reusing it."""
+    batch = tiny_batch()
+    reference, algo = (tiny_maml(steps=2, per_step_bn=True, **options) for _ in range(2))
+    assert algo.compile_meta_gradient(backend=backend) and len(algo.compiled.step_rows) == 2  # BN weight, bias
+    rows = [dict(algo.l2l_model.module.named_parameters())[k] for k in algo.compiled.step_rows]
+    assert all(r.shape[0] == 3 for r in rows)  # inner steps + 1 rows
+    for _ in range(2):
+        reference.zero_grad(set_to_none=True)
+        algo.zero_grad(set_to_none=True)
+        ref_loss, ref_acc, ref = per_task_backward(reference, batch)
+        loss, acc, got = per_task_backward(algo, batch)
+        assert algo.compiled.ready and not algo.compiled.failed
+        assert loss == pytest.approx(ref_loss, abs=1e-12) and acc == pytest.approx(ref_acc, abs=1e-12)
+        assert ref.keys() == got.keys()
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-12, msg=k)
+        if options:  # every row is used and gets its own meta-gradient with MSL
+            assert all(bool((r.grad.abs().sum(1) > 0).all()) for r in rows)
+
+
 def test_tasks_on_threads_give_the_learn2learn_loops_meta_gradient():
     """``task_threads=2``: the tasks of a meta-batch on two threads, summed in task order, give
     the sequential loop's meta-gradient (float64: to rounding), the compiled function (eager: the
@@ -187,6 +214,7 @@ def test_runtime_compile_turns_the_compiled_meta_gradient_on_where_it_applies():
     assert not _prepared(False, long, backend="l2l")
     assert _prepared(True, long, backend="vmap")
     assert _prepared(True, 1, backend="l2l", per_step_lr=True, multi_step_loss=True)  # MAML++ options too
+    assert _prepared("auto", long, backend="l2l", per_step_bn=True)  # BNWB as well
     assert _prepared("auto", long, backend="l2l", first_order_until=3)  # DA: first order only at first
     assert _prepared("auto", long, backend="vmap", first_order_until=3)
     assert not _prepared(True, long, backend="l2l", recompute_inner=True)  # its own loop is kept

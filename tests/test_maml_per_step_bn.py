@@ -151,9 +151,9 @@ def test_refusals_are_one_sentence(options, words):
     assert words in str(err.value) and str(err.value).count(". ") == 0 and str(err.value).endswith(".")
 
 
-def test_a_backbone_without_batch_norm_is_refused_and_compilation_is_not_used():
+def test_a_backbone_without_batch_norm_is_refused():
+    """(The compiled meta-gradient with per-step rows: tests/test_maml_compiled.py.)"""
     flat = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
     flat.out_features = 4
     with pytest.raises(UserError, match=r"^algo.per_step_bn=true needs a backbone with batch-norm layers"):
         MAML(flat, n_way=3, per_step_bn=True)
-    assert learner().compile_meta_gradient() is False

@@ -144,8 +144,8 @@ class MAML(GradientLearner):
     def compile_meta_gradient(self, backend: str = "inductor", task_threads: int = 1) -> bool:
         """Meta-train with ``maml_compiled`` (``runtime.compile``; backend vmap: its batched
         function), LSLR, MSL and DA included, the tasks of a meta-batch on ``task_threads``
-        threads (l2l backend); False with recompute_inner or per_step_bn."""
-        if self.recompute_inner or self.per_step_bn:
+        threads (l2l backend), per-step batch norm too; False with recompute_inner."""
+        if self.recompute_inner:
             return False
         self.compiled = maml_compiled.CompiledMetaGradient(self.l2l_model.module, self.inner_steps, self.inner_lr,
                                                            self.first_order, backend, batched=self.backend == "vmap",

@@ -19,7 +19,10 @@ MAML++'s options (l2l backend) are inputs of the same function, not constants:
   (they change every iteration without a recompilation); after the MSL phase the function
   without them (the last step's loss only) is compiled once;
 - derivative-order annealing (``first_order_until``): the first-order function until the switch,
-  then the second-order one, compiled once at the switch.
+  then the second-order one, compiled once at the switch;
+- BNWB (``per_step_bn``): the per-step batch-norm rows are meta-parameters the inner loop leaves
+  alone; each forward pass of the function gets the row of its network's step as a slice
+  (``task_loss``), so the layers keep no step of their own inside it.
 
 So a run compiles one function per (inner-loop order, multi-step loss) pair it meets: one for
 plain MAML, two for the CPU presets (both schedules switch at the same iteration), each logged.
@@ -54,7 +57,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
-from metafsl.algorithms import maml_vmap
+from metafsl.algorithms import maml_vmap, per_step_bn
 from metafsl.algorithms.base import accuracy
 
 log = logging.getLogger("metafsl")
@@ -66,31 +69,44 @@ STEP_LRS = "step_lrs"
 
 def task_loss(model: nn.Module, steps: int, lr: float, first_order: bool, meta: Params,
               weights: Optional[torch.Tensor], sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
-              qy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+              qy: torch.Tensor, step_rows: Tuple[str, ...] = ()) -> Tuple[torch.Tensor, torch.Tensor]:
     """One task's query loss after ``steps`` inner SGD steps from ``meta``'s weights (and the last
     step's logits).  Step size ``lr``, or with ``meta[STEP_LRS]`` (LSLR) its row of the step, one
     rate per tensor; ``weights`` (MSL): the weighted sum of the query losses after every step
-    instead of the last one's."""
+    instead of the last one's.
+
+    ``step_rows`` (MAML++'s per-step batch-norm weights and biases, ``per_step_bn``): the keys of
+    tensors with one row per inner step that the inner loop leaves alone; a network that has
+    taken ``k`` steps normalises with row ``min(k, rows - 1)``.  Each forward pass gets that row as
+    a (1, C) slice, which the per-step layer (at its row 0: ``per_step_bn.set_step(model, 0)``)
+    reads: no layer state changes inside the function, so it stays pure for torch.func and the
+    compiler, and the meta-gradient reaches each row through its slice."""
     lrs = meta.get(STEP_LRS)
-    params = {k: p for k, p in meta.items() if k != STEP_LRS}
+    position = {k: i for i, k in enumerate(k for k in meta if k != STEP_LRS)}  # LSLR's column of a tensor
+    fixed = {k: meta[k] for k in step_rows}
+    params = {k: p for k, p in meta.items() if k != STEP_LRS and k not in fixed}
 
-    def support_loss(p: Params) -> torch.Tensor:
-        return nn.functional.cross_entropy(functional_call(model, p, (sx,)), sy)
+    def network(p: Params, step: int) -> Params:
+        """The parameters of the network that has taken ``step`` inner steps."""
+        return {**p, **{k: rows[min(step, len(rows) - 1)].unsqueeze(0) for k, rows in fixed.items()}}
 
-    def query_loss(p: Params) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = functional_call(model, p, (qx,))
+    def support_loss(p: Params, step: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, network(p, step), (sx,)), sy)
+
+    def query_loss(p: Params, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = functional_call(model, network(p, step), (qx,))
         return nn.functional.cross_entropy(logits, qy), logits
 
     loss: Optional[torch.Tensor] = None
     for step in range(steps):
-        g = grad(support_loss)(params)
-        rates = [lr] * len(params) if lrs is None else lrs[step].unbind()
-        params = {k: p - r * (g[k].detach() if first_order else g[k]) for (k, p), r in zip(params.items(), rates)}
+        g = grad(support_loss)(params, step)
+        rates = {k: lr if lrs is None else lrs[step, position[k]] for k in params}
+        params = {k: p - rates[k] * (g[k].detach() if first_order else g[k]) for k, p in params.items()}
         if weights is not None:
-            step_loss, logits = query_loss(params)
+            step_loss, logits = query_loss(params, step + 1)
             loss = weights[step] * step_loss if loss is None else loss + weights[step] * step_loss
     if weights is None:
-        loss, logits = query_loss(params)
+        loss, logits = query_loss(params, steps)
     return loss, logits.detach()
 
 
@@ -128,11 +144,14 @@ def _plain_batch_norm(model: nn.Module) -> Iterator[None]:
             m.__class__ = nn.BatchNorm2d
 
 
-def task_gradient(model: nn.Module, steps: int, lr: float, first_order: bool, batched: bool = False) -> Callable:
+def task_gradient(model: nn.Module, steps: int, lr: float, first_order: bool, batched: bool = False,
+                  step_rows: Tuple[str, ...] = ()) -> Callable:
     """``f(meta, weights, sx, sy, qx, qy) -> (gradients, (loss, logits))``: one task's meta-gradient
-    (``task_loss``), or (``batched``) ``f(params, sx, sy, qx, qy)``, the mean meta-gradient of a
-    meta-batch."""
-    return grad_and_value(functools.partial(batch_loss if batched else task_loss, model, steps, lr, first_order),
+    (``task_loss``, with its per-step rows ``step_rows``), or (``batched``) ``f(params, sx, sy, qx,
+    qy)``, the mean meta-gradient of a meta-batch."""
+    if batched:
+        return grad_and_value(functools.partial(batch_loss, model, steps, lr, first_order), has_aux=True)
+    return grad_and_value(functools.partial(task_loss, model, steps, lr, first_order, step_rows=step_rows),
                           has_aux=True)
 
 
@@ -181,6 +200,8 @@ class CompiledMetaGradient:
                  step_lrs: Optional[nn.Parameter] = None, task_threads: int = 1):
         self.model, self.steps, self.lr, self.first_order = model, steps, lr, first_order
         self.backend, self.batched, self.step_lrs = backend, batched, step_lrs
+        # BNWB: the per-step batch-norm rows, fed to the function a row at a time (``task_loss``)
+        self.step_rows = per_step_bn.row_names(model)
         # threads for compiled functions only: the uncompiled one runs ``functional_call``, which
         # swaps the shared module's parameters while it runs (not thread-safe)
         self.task_threads = 1 if batched or backend is None else max(1, int(task_threads))
@@ -195,7 +216,7 @@ class CompiledMetaGradient:
         return self.variant in self.functions
 
     def _first_call(self, variant: Tuple[bool, bool], *args):
-        eager = task_gradient(self.model, self.steps, self.lr, variant[0], self.batched)
+        eager = task_gradient(self.model, self.steps, self.lr, variant[0], self.batched, self.step_rows)
         if self.backend is None:  # the functional path uncompiled
             self.functions[variant] = eager
             return eager(*args)
@@ -233,7 +254,7 @@ class CompiledMetaGradient:
         model = copy.deepcopy(self.model).double()
         wide = [({k: v.double() for k, v in a.items()} if isinstance(a, dict) else
                  a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a) for a in args]
-        return task_gradient(model, self.steps, self.lr, first_order, self.batched)(*wide)
+        return task_gradient(model, self.steps, self.lr, first_order, self.batched, self.step_rows)(*wide)
 
     def _call(self, *args):
         fn = self.functions.get(self.variant)
@@ -255,6 +276,7 @@ class CompiledMetaGradient:
             return self._batched_backward(batch)
         named = self._meta_parameters()
         meta = {k: p.detach() for k, p in named.items()}
+        per_step_bn.set_step(self.model, 0)  # the layers read the row ``task_loss`` slices for them
         if weights is not None:
             weights = weights.to(device=batch.query_x.device, dtype=next(iter(meta.values())).dtype)
         outs = self._each_task(lambda i: self._call(meta, weights, batch.support_x[i], batch.support_y[i],

@@ -71,10 +71,20 @@ def set_step(module: nn.Module, step: int) -> None:
         m.step = min(int(step), m.sets - 1)
 
 
+def _row_ids(module: nn.Module) -> set:
+    return {id(p) for m in layers(module) for p in (m.weight, m.bias)}
+
+
+def row_names(module: nn.Module) -> Tuple[str, ...]:
+    """The names (as ``module.named_parameters()``) of the per-step rows of weights and biases."""
+    fixed = _row_ids(module)
+    return tuple(name for name, p in module.named_parameters() if id(p) in fixed)
+
+
 def inner_loop_mask(module: nn.Module) -> Tuple[bool, ...]:
     """For each of ``module.parameters()``, in order: whether the inner loop updates it (False for
     the per-step batch-norm rows)."""
-    fixed = {id(p) for m in layers(module) for p in (m.weight, m.bias)}
+    fixed = _row_ids(module)
     return tuple(id(p) not in fixed for p in module.parameters())
 
 
