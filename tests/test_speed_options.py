@@ -175,3 +175,27 @@ def test_cpu_embedding_passes_are_bounded_by_activation_memory():
     n = images_per_pass(small, one, budget=1 << 20)
     assert 1 <= n < 100
     assert images_per_pass(small, one, budget=1) == 1
+
+
+def test_the_frozen_copy_is_traced_from_two_images_and_embeds_any_batch(monkeypatch):
+    """Tracing and freezing run the example through the backbone (slower than embedding it), so
+    the CPU evaluation traces two images whatever the pass size; the frozen copy then embeds a
+    batch of any size as the backbone does."""
+    split, algo = random_split(), protonet()
+    algo.eval()
+    traced = []
+    freeze = fast_eval.frozen_for_inference
+
+    def recording(backbone, example):
+        traced.append(len(example))
+        return freeze(backbone, example)
+
+    monkeypatch.setattr(fast_eval, "frozen_for_inference", recording)
+    fast_eval.episode_accuracies(algo, EpisodeSampler(split, 3, 2, 2, seed=3), split.images, episodes=10,
+                                 max_images=64, episodes_per_step=4)
+    assert traced == [fast_eval.TRACE_EXAMPLE_IMAGES] == [2]
+    x = torch.rand(37, 1, 16, 16)
+    frozen = freeze(algo.backbone, x[:2])
+    assert frozen is not algo.backbone  # traced, not the eager fallback
+    with torch.inference_mode():
+        torch.testing.assert_close(frozen(x), algo.backbone(x), rtol=1e-5, atol=1e-6)
