@@ -30,10 +30,10 @@ from metafsl.engine.runtime import keep_channels_last
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
 #: to recycle activations (see metafsl.engine.runtime.tune_cpu_allocator)
 CPU_IMAGES_PER_PASS = 1024
-#: images in the example that ``frozen_for_inference`` traces: tracing and freezing run the
-#: example through the backbone about three times (measured: 1024 Omniglot images took longer to
-#: trace than to embed three times), while the frozen module embeds batches of any size, with the
-#: same speed and output whatever the example's size; two, not one, so that no layer sees a batch of one
+#: images in the example that ``frozen_for_inference`` traces: building from 1024 Omniglot images
+#: cost as much as one eager pass of them, three passes of the frozen copy (docs/benchmarks.md),
+#: while the frozen module embeds batches of any size, with the same speed and output whatever
+#: the example's size; two, not one, so that no layer sees a batch of one
 TRACE_EXAMPLE_IMAGES = 2
 #: bound on the activation memory of one CPU embedding pass (a wide ResNet-12 on 84x84 images
 #: needs ~14 MB per image: 1024 of them at once exhausted a 24 GiB machine)
