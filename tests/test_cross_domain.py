@@ -254,3 +254,43 @@ def test_predict_fine_tunes_on_the_support_set(run_cli, glyphs_run, tmp_path):
     code, _, err = run_cli("predict", f"run={glyphs_run}", f"support={support}", f"query={support}",
                            "eval.finetune_steps=-1")
     assert code == 2 and "eval.finetune_steps must be" in err
+    code, _, err = run_cli("predict", f"run={glyphs_run}", f"support={support}", f"query={support}",
+                           "eval.finetune_steps=2", "eval.finetune_views=train")
+    assert code == 2 and "dataset.augment is none" in err and "Traceback" not in err
+    code, _, err = run_cli("predict", f"run={glyphs_run}", f"support={support}", f"query={support}",
+                           "eval.finetune_steps=2", "eval.finetune_views=mirror")
+    assert code == 2 and "eval.finetune_views must be one of flip_shift, train" in err
+
+
+def test_fine_tuning_views_drawn_by_the_training_augmentation(run_cli, tmp_path):
+    """eval.finetune_views=train: episodes (and predict) fine-tune on views drawn by the run's own
+    dataset.augment (Koch et al.'s distortions here) instead of flips and shifts."""
+    from PIL import Image
+
+    from metafsl.data import glyphs
+
+    run = tmp_path / "koch"
+    assert main(["train", *TINY, "backbone.hidden=8", "trainer.iterations=2", "test=false", "dataset.augment=koch",
+                 f"hydra.run.dir={run}"]) == 0
+    records = []
+    for views in ("flip_shift", "train"):
+        code, _, err = run_cli("test", f"run={run}", *TEST_ARGS, "eval.finetune_steps=2", "eval.finetune_lr=0.5",
+                               f"eval.finetune_views={views}")
+        assert code == 0, err
+        records.append(json.loads((run / "summary.json").read_text())["tests"][-1])
+    assert records[0]["finetune"] == {"steps": 2, "lr": 0.5}  # the default views: the record as before
+    assert records[1]["finetune"] == {"steps": 2, "lr": 0.5, "views": "train"}
+    split = glyphs.generate(n_classes=20, examples_per_class=3, image_size=28, seed=7)["test"]
+    support = tmp_path / "support"
+    for k in range(3):
+        (support / f"c{k}").mkdir(parents=True)
+        for j, i in enumerate(torch.nonzero(split.labels == k).flatten().tolist()[:2]):
+            Image.fromarray(split.images[i, 0].numpy()).save(support / f"c{k}" / f"{j}.png")
+    probs = []
+    for views in ("flip_shift", "train"):
+        out = tmp_path / f"{views}.csv"
+        code, _, err = run_cli("predict", f"run={run}", f"support={support}", f"query={support}", f"out={out}",
+                               "eval.finetune_steps=3", "eval.finetune_lr=0.5", f"eval.finetune_views={views}")
+        assert code == 0, err
+        probs.append(out.read_text())
+    assert probs[0] != probs[1]

@@ -173,3 +173,69 @@ def test_standin_script(tmp_path):
     assert not training & {z.read(f"run01/test/item{k:02d}.png") for k in range(1, 21)}
     res = score_runs(Nearest(), runs, Preprocess(), "cpu")
     assert res["trials"] == 400
+
+
+def _tiny_protonet():
+    from torch import nn
+
+    from metafsl.algorithms.protonet import ProtoNet
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(4),
+                             nn.Flatten())
+    return ProtoNet(backbone).eval()
+
+
+def test_runs_fine_tuned_on_their_drawings_with_the_training_views(tmp_path):
+    """eval.finetune_* on lake20: each model is fine-tuned on a run's 20 drawings (views drawn by
+    the dataset's augmentation with eval.finetune_views=train, seeded per run) before it scores
+    the run's trials, and its weights are put back afterwards."""
+    from metafsl.engine.protocols import RunAdaptation, _probabilities
+
+    runs = read_runs(fx.lake_runs(tmp_path / "a.zip", n_runs=2), image_size=16)
+    algo, pre = _tiny_protonet(), Preprocess(augment="koch_stroke")
+    weights = {k: v.clone() for k, v in algo.state_dict().items()}
+    drawn = []
+    own_views = pre.views
+    pre.views = lambda x, g=None: drawn.append(len(x)) or own_views(x, g)
+    members = [(algo, runs, pre, "cpu")]
+    _, plain = _probabilities(members, 1, 1)
+    adapt = RunAdaptation(steps=3, lr=0.5, views="train", seed=4)
+    _, tuned = _probabilities(members, 1, 1, adapt)
+    assert drawn == [20, 20, 20]  # one batch of views of the run's 20 drawings per step
+    assert not torch.allclose(tuned, plain)
+    assert all(torch.equal(v, algo.state_dict()[k]) for k, v in weights.items())
+    _, again = _probabilities(members, 1, 1, adapt)
+    assert torch.equal(again, tuned)  # the same views: the run's generator is seeded
+    _, other_run = _probabilities(members, 0, 1, adapt)
+    assert other_run.shape == tuned.shape
+    res = score_runs(algo, runs, pre, "cpu", adapt=RunAdaptation(steps=2, lr=0.5))  # flips and shifts
+    assert res["trials"] == 40 and set(res["per_run_error"]) == {"run01", "run02"}
+
+
+def test_training_views_of_normalised_images(tmp_path):
+    pre = Preprocess(mean=[0.5], std=[0.25], augment="koch_stroke")
+    x = pre(torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8), False)
+    views = pre.views(x, torch.Generator().manual_seed(0))
+    assert views.shape == x.shape and not torch.allclose(views, x)
+    pixels = views * 0.25 + 0.5  # back in [0, 1]: augmented where the pipeline augments, before normalising
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+    assert torch.equal(pre.views(x, torch.Generator().manual_seed(0)), views)
+    with pytest.raises(UserError, match="dataset.augment is none"):
+        Preprocess().views(x)
+
+
+def test_protocol_fine_tuned_through_metafsl_test(glyph_run, tmp_path, run_cli):
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=2)
+    ask = ["test", f"run={glyph_run}", "protocol=lake20", f"protocol.root={z}", "eval.finetune_steps=2",
+           "eval.finetune_lr=0.5", "eval.finetune_views=train"]
+    code, _out, err = run_cli(*ask)
+    assert code == 2 and "dataset.augment is none" in err and "Traceback" not in err
+    code, out, err = run_cli(*ask, "dataset.augment=koch_stroke", "eval.tta=2")
+    assert code == 0, err
+    rec = json.loads((glyph_run / "summary.json").read_text())["tests"][-1]
+    assert rec["finetune"] == {"steps": 2, "lr": 0.5, "views": "train"} and rec["tta"] == 2
+    assert rec["trials"] == 40
+    code, _out, err = run_cli("test", f"run={glyph_run}", "protocol=lake20", f"protocol.root={z}",
+                              "eval.finetune_views=mirror")
+    assert code == 2 and "eval.finetune_views must be one of" in err

@@ -473,9 +473,14 @@ def _test_parts(plan: PlannedTest):
         parts = build(plan.cfg, _test_dataset(plan.cfg, pre), training=False,
                       input_size=pre.input_size if pre is not None else None)
     ckpt.load_weights(parts.algorithm, plan.ck["model"], plan.path)
+    augment = plan.cfg["dataset"].get("augment", "none")
     if pre is not None:  # the normalisation the model was trained with
-        parts.preprocess = pre.preprocess()
-    test_time_choices(parts.algorithm, EvalSpec.from_config(plan.cfg))  # eval.bn, eval.finetune_*
+        parts.preprocess = pre.preprocess(augment)
+    spec = EvalSpec.from_config(plan.cfg)
+    # eval.bn, eval.finetune_*; a protocol's runs take eval.tta with fine-tuning (protocols.run_logits)
+    test_time_choices(parts.algorithm, spec if plan.protocol is None else dataclasses.replace(spec, tta=1))
+    if spec.finetune_steps and spec.finetune_views == "train":
+        parts.preprocess.check_views()  # before any work
     return parts
 
 
@@ -725,7 +730,8 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
             convert: bool = False, *, batch_size: int = 256, top_k: Optional[int] = None,
             reject_below: Optional[float] = None, reject: Optional[str] = None,
             transductive: str = "none", finetune_steps: Optional[int] = None,
-            finetune_lr: Optional[float] = None, callbacks: Callbacks = None):
+            finetune_lr: Optional[float] = None, finetune_views: Optional[str] = None,
+            callbacks: Callbacks = None):
     """Classify ``query`` images with the run's learner adapted once to ``support`` (one
     sub-folder of images per class, named after its class); nothing is written.
 
@@ -738,9 +744,9 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     ``reject="auto"`` calibrates that threshold by leave-one-out on the support set (every class
     needs 2 images).  ``transductive`` (tim | bdcspn | ptmap | laplacianshot, metric learners):
     every query image is classified together with all the others (the whole query set is the
-    rule's batch: a prediction depends on the other queries).  ``finetune_steps``/``finetune_lr``:
-    fine-tune a metric learner's backbone on the support set first (default: the run's
-    ``eval.finetune_*``, 0 steps).  ``callbacks`` hear the progress (``on_eval_start/advance/end``).
+    rule's batch: a prediction depends on the other queries).  ``finetune_steps``/``finetune_lr``/
+    ``finetune_views``: fine-tune a metric learner's backbone on the support set first (default:
+    the run's ``eval.finetune_*``, 0 steps).  ``callbacks`` hear the progress (``on_eval_start/advance/end``).
 
     Returns ``metafsl.engine.predict.Predictions``: ``names`` (the classes), ``queries`` and
     ``probs`` (each classified image's probabilities), ``predicted`` (class or "unknown"),
@@ -750,7 +756,8 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     from metafsl.engine.predict import PredictOptions
     from metafsl.engine.predict import predict as run_predict
 
-    options = PredictOptions(batch_size, top_k, reject_below, reject, transductive, finetune_steps, finetune_lr)
+    options = PredictOptions(batch_size, top_k, reject_below, reject, transductive, finetune_steps, finetune_lr,
+                             finetune_views)
     query = query if isinstance(query, (str, Path)) else [str(q) for q in query]
     return run_predict(Path(run_dir), Path(support), query, checkpoint, device, invert, convert,
                        options, as_list(callbacks))

@@ -122,6 +122,7 @@ RULES: Dict[str, Rule] = {
     "eval.bn": _choice("auto", "inductive", "transductive"),
     "eval.finetune_steps": _int(0),
     "eval.finetune_lr": _pos(),
+    "eval.finetune_views": _choice("flip_shift", "train"),
     "eval.tta": Rule("int", 1, 10),
     **{f"episode.{phase}.{key}": _int(low) for phase in ("train", "test")
        for key, low in (("n_way", 2), ("n_shot", 1), ("n_query", 1))},

@@ -17,14 +17,16 @@ Batch norm at test time, by family (``own_bn``):
 
 Fine-tuning (``finetune_backbone``): a few SGD steps (momentum 0.9) on the backbone, the loss
 being the learner's own rule (ProtoNet: prototypes) built from the support embeddings and
-applied to augmented views of the same support images (random flips and shifts), as P>M>F
-does; written here because it is a dozen lines on the learner's own ``embed`` and
+applied to augmented views of the same support images (random flips and shifts, as P>M>F
+does; ``eval.finetune_views=train``: the dataset's own training augmentation instead, e.g.
+Koch et al.'s distortions for handwritten characters, whose mirror images can be other
+characters); written here because it is a dozen lines on the learner's own ``embed`` and
 ``logits_from_embeddings``.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -114,11 +116,17 @@ def augment(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> tor
     return torch.stack([padded[i, :, a: a + h, b: b + w] for i, (a, b) in enumerate(zip(oy, ox))])
 
 
+#: draws random views of a batch of images: (images, generator) -> images
+Views = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
+
+
 def finetune_backbone(algorithm, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int, steps: int,
-                      lr: float, generator: Optional[torch.Generator] = None) -> None:
+                      lr: float, generator: Optional[torch.Generator] = None, views: Optional[Views] = None) -> None:
     """``steps`` SGD steps (momentum 0.9) on ``algorithm.backbone``, in place: the learner's rule
-    built from the support embeddings classifies augmented views of the support images, and its
-    cross-entropy is the loss.  Batch norm stays as the learner is (eval mode: running statistics)."""
+    built from the support embeddings classifies augmented views of the support images (``views``:
+    ``augment``'s flips and shifts unless given), and its cross-entropy is the loss.  Batch norm
+    stays as the learner is (eval mode: running statistics)."""
+    views = views or augment
     params = list(algorithm.backbone.parameters())
     flags = [p.requires_grad for p in params]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
@@ -128,8 +136,8 @@ def finetune_backbone(algorithm, support_x: torch.Tensor, support_y: torch.Tenso
                 p.requires_grad_(True)
             for _ in range(steps):
                 rule = algorithm.embed(support_x)[None]
-                views = algorithm.embed(augment(support_x, generator))[None]
-                logits = algorithm.logits_from_embeddings(rule, support_y[None], views, n_way)[0]
+                seen = algorithm.embed(views(support_x, generator))[None]
+                logits = algorithm.logits_from_embeddings(rule, support_y[None], seen, n_way)[0]
                 loss = nn.functional.cross_entropy(logits.float(), support_y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -141,7 +149,7 @@ def finetune_backbone(algorithm, support_x: torch.Tensor, support_y: torch.Tenso
 
 @contextlib.contextmanager
 def finetuned(algorithm, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int, steps: int, lr: float,
-              generator: Optional[torch.Generator] = None) -> Iterator[None]:
+              generator: Optional[torch.Generator] = None, views: Optional[Views] = None) -> Iterator[None]:
     """Inside the block the backbone is fine-tuned on this support set (``finetune_backbone``);
     its original weights are restored afterwards, so episodes stay independent."""
     if steps <= 0:
@@ -149,7 +157,7 @@ def finetuned(algorithm, support_x: torch.Tensor, support_y: torch.Tensor, n_way
         return
     saved = {k: v.detach().clone() for k, v in algorithm.backbone.state_dict().items()}
     try:
-        finetune_backbone(algorithm, support_x, support_y, n_way, steps, lr, generator)
+        finetune_backbone(algorithm, support_x, support_y, n_way, steps, lr, generator, views)
         yield
     finally:
         algorithm.backbone.load_state_dict(saved)

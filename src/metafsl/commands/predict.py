@@ -17,7 +17,7 @@ from metafsl.errors import UserError
 
 #: how predict classifies (``metafsl.engine.predict.PredictOptions``)
 PREDICT_KEYS = ("predict.batch_size", "predict.top_k", "predict.reject_below", "predict.reject",
-                "predict.transductive", "eval.finetune_steps", "eval.finetune_lr")
+                "predict.transductive", "eval.finetune_steps", "eval.finetune_lr", "eval.finetune_views")
 OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device",
             *PREDICT_KEYS)
 
@@ -44,7 +44,8 @@ def predict_options(own: Dict[str, str]):
         None if reject is None or reject.lower() == "none" else reject,
         own.get("predict.transductive") or "none",
         number("eval.finetune_steps", int, "an integer >= 0"),
-        number("eval.finetune_lr", float, "a positive number"))
+        number("eval.finetune_lr", float, "a positive number"),
+        own.get("eval.finetune_views"))
     options.check()
     return options
 
@@ -91,7 +92,7 @@ def run(args: List[str]) -> int:
                          batch_size=options.batch_size, top_k=options.top_k, reject_below=options.reject_below,
                          reject=options.reject, transductive=options.transductive,
                          finetune_steps=options.finetune_steps, finetune_lr=options.finetune_lr,
-                         callbacks=[ConsoleReport()])
+                         finetune_views=options.finetune_views, callbacks=[ConsoleReport()])
     print_predictions(result, run)
     report = _labelled_report(result, own["query"])
     target = output_path(run, own.get("out"), overwrite)
@@ -129,7 +130,7 @@ COMMAND = Command(
     usage="metafsl predict run=<run dir> support=<dir> query=<dirs, list.txt, 'glob', files> [out=<csv>] "
           "[predict.top_k=3] [predict.reject_below=<p> | predict.reject=auto] [predict.batch_size=256] "
           "[predict.transductive=none|tim|bdcspn|ptmap|laplacianshot] "
-          "[eval.finetune_steps=0] [eval.finetune_lr=0.01] "
+          "[eval.finetune_steps=0] [eval.finetune_lr=0.01] [eval.finetune_views=flip_shift|train] "
           "[checkpoint=best|last] [invert=auto|true|false] [convert=false] [device=cpu]",
     description="""
 Adapts a trained learner once to *your* labelled images and classifies new ones: support is a
@@ -154,8 +155,9 @@ predict.transductive=tim|bdcspn|ptmap|laplacianshot (metric learners): the whole
 classified at once (embedded predict.batch_size at a time, then one transductive episode of all
 of them, with the run's eval.<rule> settings): each prediction depends on the other queries.
 eval.finetune_steps=<n> eval.finetune_lr=<lr>: a metric learner's backbone is first fine-tuned
-on the support images (n SGD steps of its own loss on augmented views, P>M>F); default: the
-run's eval.finetune_* (0 steps).
+on the support images (n SGD steps of its own loss on augmented views, P>M>F; the views:
+eval.finetune_views=flip_shift, flips and shifts, or train, the run's training augmentation);
+default: the run's eval.finetune_* (0 steps).
 
 A query file that cannot be read as an image is skipped and listed by name (a row with
 predicted=skipped and the reason in the CSV); an unreadable support image is an error, and so

@@ -65,6 +65,27 @@ class Preprocess:
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x.reshape(*shape[:-3], x.shape[-3], *shape[-2:])
 
+    def check_views(self) -> None:
+        """One sentence when there is no training augmentation to draw ``views`` with."""
+        if self.augment == "none":
+            raise UserError("eval.finetune_views=train draws views with the dataset's training augmentation, "
+                            "but dataset.augment is none; set dataset.augment or eval.finetune_views=flip_shift.")
+
+    def views(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Random training views (this pipeline's augmentation) of images ``x`` (N, C, H, W) that
+        it has already made (normalised where it normalises): test-time fine-tuning with the
+        augmentation the model was trained with (``eval.finetune_views=train``)."""
+        self.check_views()
+        if self.mean is not None:
+            x = x * self.std.to(x.device) + self.mean.to(x.device)
+        if self.augment == "metaoptnet":
+            x = metaoptnet_augment(x)
+        else:
+            x = augment.apply(self.augment, x.clone(), generator)
+        if self.mean is not None:
+            x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x
+
 
 def metaoptnet_augment(x: torch.Tensor) -> torch.Tensor:
     """Batched MetaOptNet recipe: random crop with padding, colour jitter, horizontal flip."""

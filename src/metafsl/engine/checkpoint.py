@@ -65,11 +65,12 @@ class Preprocessing:
     #: run initialised from this one, ``backbone.weights=<run>``)
     input_size: Optional[int] = None
 
-    def preprocess(self):
-        """The test-time pipeline (uint8 -> float, this normalisation; no augmentation)."""
+    def preprocess(self, augment: str = "none"):
+        """The test-time pipeline (uint8 -> float, this normalisation); ``augment`` only draws the
+        views of test-time fine-tuning (``Preprocess.views``), never the test images themselves."""
         from metafsl.data.sampler import Preprocess
 
-        return Preprocess(self.mean, self.std)
+        return Preprocess(self.mean, self.std, augment)
 
     @classmethod
     def from_checkpoint(cls, ck: Dict[str, Any]) -> Optional["Preprocessing"]:

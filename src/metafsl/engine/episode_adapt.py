@@ -23,10 +23,11 @@ def episode_predictions(algorithm, sampler, idx: torch.Tensor, spec, on_progress
     for i in range(len(idx)):
         task = sampler.tasks(idx[i: i + 1])
         gen = torch.Generator().manual_seed(spec.seed + first + i)
+        views = sampler.preprocess.views if spec.finetune_views == "train" else None
         with contextlib.ExitStack() as stack:
             stack.enter_context(seeded(spec.seed + first + i, sampler.device))
             stack.enter_context(finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way,
-                                          spec.finetune_steps, spec.finetune_lr, gen))
+                                          spec.finetune_steps, spec.finetune_lr, gen, views))
             if spec.bn == "transductive":
                 both = torch.cat([task.support_x[0], task.query_x[0]])
                 stack.enter_context(episode_statistics(algorithm.backbone, both))

@@ -58,6 +58,8 @@ class EvalSpec:
     bn: str = "auto"
     finetune_steps: int = 0
     finetune_lr: float = 0.001
+    #: the views fine-tuning classifies: ``flip_shift`` (P>M>F's) or ``train`` (``dataset.augment``)
+    finetune_views: str = "flip_shift"
     #: test-time augmentation (``eval.tta``): embeddings averaged over this many fixed views
     #: (``metafsl.data.augment.tta_views``); 1: off
     tta: int = 1
@@ -72,7 +74,8 @@ class EvalSpec:
         """A run's validation spec, or its test spec (on ``eval.split``)."""
         ep, ev = cfg["episode"], cfg["eval"]
         test = ep["test"]
-        own = {} if validation else {k: ev[k] for k in ("bn", "finetune_steps", "finetune_lr", "tta") if k in ev}
+        own = {} if validation else {k: ev[k] for k in ("bn", "finetune_steps", "finetune_lr", "finetune_views", "tta")
+                                    if k in ev}
         return cls(test["n_way"], test["n_shot"], test["n_query"],
                    episodes=cfg["trainer"]["val_episodes"] if validation else ev["episodes"],
                    seed=ev["seed"] + 1 if validation else ev["seed"], batch_episodes=ev["batch_episodes"],
@@ -178,7 +181,8 @@ def test_time_choices(algorithm, spec: EvalSpec) -> Dict[str, Any]:
     chosen: Dict[str, Any] = {"bn": resolve_bn(algorithm, spec.bn, name)}
     check_finetune(algorithm, spec.finetune_steps, name)
     if spec.finetune_steps:
-        chosen["finetune"] = {"steps": spec.finetune_steps, "lr": spec.finetune_lr}
+        chosen["finetune"] = {"steps": spec.finetune_steps, "lr": spec.finetune_lr,
+                              **({"views": spec.finetune_views} if spec.finetune_views != "flip_shift" else {})}
     if spec.tta > 1:
         if spec.per_episode or not fast_eval.supported(algorithm):
             raise UserError(f"eval.tta={spec.tta} needs a metric learner with running batch-norm statistics "

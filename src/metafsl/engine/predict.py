@@ -125,7 +125,7 @@ def load_learner(run: Path, which: str, device: torch.device):
     ck = checkpoint.load(path)
     cfg = ck["config"]
     pre = checkpoint.Preprocessing.from_checkpoint(ck) or _legacy_preprocessing(cfg)
-    preprocess = pre.preprocess()
+    preprocess = pre.preprocess(cfg["dataset"].get("augment", "none"))  # the augmentation: fine-tuning's views
     algo = build_learner(cfg, pre.channels, pre.image_size, input_size=pre.input_size)
     checkpoint.load_weights(algo, ck["model"], path)
     return algo.to(device).eval(), preprocess, cfg, pre.channels, pre.image_size
@@ -165,6 +165,8 @@ class PredictOptions:
     finetune_steps: Optional[int] = None
     #: their learning rate; None: the run's ``eval.finetune_lr``
     finetune_lr: Optional[float] = None
+    #: the views they classify (``flip_shift`` | ``train``); None: the run's ``eval.finetune_views``
+    finetune_views: Optional[str] = None
 
     def check(self) -> None:
         """One sentence for the first bad value (before any work)."""
@@ -193,12 +195,15 @@ class PredictOptions:
         lr = self.finetune_lr
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise UserError(f"eval.finetune_lr must be a positive number (got {lr!r}).")
+        if self.finetune_views not in (None, "flip_shift", "train"):
+            raise UserError(f"eval.finetune_views must be one of flip_shift, train (got {self.finetune_views!r}).")
 
-    def finetune(self, cfg: Dict[str, Any]) -> Tuple[int, float]:
-        """(steps, lr) of the test-time fine-tuning: these options, else the run's ``eval``."""
+    def finetune(self, cfg: Dict[str, Any]) -> Tuple[int, float, str]:
+        """(steps, lr, views) of the test-time fine-tuning: these options, else the run's ``eval``."""
         ev = cfg.get("eval") or {}
         steps = self.finetune_steps if self.finetune_steps is not None else ev.get("finetune_steps", 0)
-        return int(steps), float(self.finetune_lr if self.finetune_lr is not None else ev.get("finetune_lr", 0.001))
+        views = self.finetune_views or ev.get("finetune_views", "flip_shift")
+        return int(steps), float(self.finetune_lr if self.finetune_lr is not None else ev.get("finetune_lr", 0.001)), views
 
     def k(self, n_classes: int) -> int:
         """The number of classes listed per image, checked against the support classes."""
@@ -351,8 +356,10 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     if options.transductive != "none" and not isinstance(algo, MetricLearner):
         raise UserError(f"predict.transductive={options.transductive} needs a metric learner's embeddings "
                         f"({METRIC_LEARNERS}), not {cfg['algo']['name']}.")
-    steps, lr = options.finetune(cfg)
+    steps, lr, views = options.finetune(cfg)
     check_finetune(algo, steps, cfg["algo"]["name"])
+    if steps and views == "train":
+        preprocess.check_views()
     names, support_files = read_support(support)
     _check_support_names(names)
     top_k = options.k(len(names))
@@ -369,7 +376,8 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     support_x = to_tensor([read(p) for files in support_files for p in files])
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
     if steps:  # P>M>F's last stage: the backbone tuned on this support set (a copy loaded for this call)
-        finetune_backbone(algo, support_x, labels, len(names), steps, lr, torch.Generator().manual_seed(0))
+        finetune_backbone(algo, support_x, labels, len(names), steps, lr, torch.Generator().manual_seed(0),
+                          preprocess.views if views == "train" else None)
     calibration = calibrate(algo, support_x, labels, len(names), callbacks) if options.reject == "auto" else None
     probs, kept, skipped = _classify(algo, support_x, labels, len(names), queries.files, read, to_tensor, options,
                                      cfg, callbacks)

@@ -15,11 +15,13 @@ run (``paired_difference``), which cancels the runs' shared difficulty.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
 import torch
 
+from metafsl.algorithms.test_time import check_finetune, finetuned
 from metafsl.data.lake_runs import read_runs
 from metafsl.engine.evaluate import mean_ci95
 from metafsl.engine.fast_eval import embed_views
@@ -29,6 +31,26 @@ from metafsl.errors import UserError
 Member = Tuple[Any, list, Any, Any]
 
 PROTOCOLS = {"lake20": "Lake et al. 2015 one-shot classification runs (20 x 20 trials, error %)"}
+
+
+@dataclass(frozen=True)
+class RunAdaptation:
+    """Test-time fine-tuning on each run's 20 drawings (``eval.finetune_*``), undone after the
+    run; the views of run ``i`` are drawn from a generator seeded with ``seed + i``."""
+
+    steps: int = 0
+    lr: float = 0.001
+    views: str = "flip_shift"
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Dict[str, Any]) -> "RunAdaptation":
+        ev = cfg.get("eval") or {}
+        return cls(int(ev.get("finetune_steps", 0) or 0), float(ev.get("finetune_lr", 0.001)),
+                   str(ev.get("finetune_views", "flip_shift")), int(ev.get("seed", 0)))
+
+    def record(self) -> Dict[str, Any]:
+        return {"finetune": {"steps": self.steps, "lr": self.lr, "views": self.views}} if self.steps else {}
 
 
 def lake_root(proto: Dict[str, Any], data_dir: str) -> Path:
@@ -54,21 +76,27 @@ def run_accuracy(algorithm, task, tta: int = 1) -> float:
     return float((run_logits(algorithm, task, tta).argmax(-1) == task.query_y).float().mean().cpu())
 
 
-def _probabilities(members: Sequence[Member], i: int, tta: int):
-    """Run ``i``'s task (as the first member reads it) and the members' mean class probabilities."""
+def _probabilities(members: Sequence[Member], i: int, tta: int, adapt: RunAdaptation = RunAdaptation()):
+    """Run ``i``'s task (as the first member reads it) and the members' mean class probabilities,
+    each member fine-tuned on the run's drawings first where ``adapt`` asks for it."""
     probs, first = [], None
     for algorithm, runs, preprocess, device in members:
         task = runs[i].task(preprocess, device)
         algorithm.check_episode(task.n_way, train=False)
-        probs.append(run_logits(algorithm, task, tta).float().softmax(-1).cpu())
+        views = preprocess.views if adapt.views == "train" else None
+        gen = torch.Generator().manual_seed(adapt.seed + i)
+        with finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way, adapt.steps, adapt.lr, gen, views):
+            probs.append(run_logits(algorithm, task, tta).float().softmax(-1).cpu())
         first = task if first is None else first
     return first, torch.stack(probs).mean(0)
 
 
-def score_runs(algorithm, runs, preprocess, device, tta: int = 1, others: Sequence[Member] = ()) -> Dict[str, Any]:
+def score_runs(algorithm, runs, preprocess, device, tta: int = 1, others: Sequence[Member] = (),
+               adapt: RunAdaptation = RunAdaptation()) -> Dict[str, Any]:
     """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run (``tta``:
     ``run_logits``); ``others``: more models (algorithm, their reading of the same runs,
-    preprocess, device) whose class probabilities are averaged with its own (an ensemble)."""
+    preprocess, device) whose class probabilities are averaged with its own (an ensemble);
+    ``adapt``: each model fine-tuned on each run's drawings before it classifies the run's trials."""
     members = [(algorithm, runs, preprocess, device), *others]
     modes = [m[0].training for m in members]
     for m in members:
@@ -76,7 +104,7 @@ def score_runs(algorithm, runs, preprocess, device, tta: int = 1, others: Sequen
     per_run, wrong, trials = {}, 0.0, 0
     try:
         for i, run in enumerate(runs):
-            task, probs = _probabilities(members, i, tta)
+            task, probs = _probabilities(members, i, tta, adapt)
             acc = float((probs.argmax(-1) == task.query_y.cpu()).float().mean())  # fraction of this run's trials
             n = task.query_y.shape[1]
             per_run[run.name] = round(100.0 * (1.0 - acc), 2)
@@ -118,8 +146,14 @@ def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any], ensemble: Se
     def read(p):  # each model sees the runs at its own image size
         return read_runs(root, p.dataset.image_size, p.dataset.channels, proto.get("invert", True))
 
+    adapt = RunAdaptation.from_config(cfg)
+    for p in [parts, *ensemble]:
+        check_finetune(p.algorithm, adapt.steps, type(p.algorithm).__name__)
+        if adapt.steps and adapt.views == "train":
+            p.preprocess.check_views()
     others = [(p.algorithm, read(p), p.preprocess, p.device) for p in ensemble]
     tta = int((cfg.get("eval") or {}).get("tta", 1) or 1)
-    res = score_runs(parts.algorithm, read(parts), parts.preprocess, parts.device, tta, others)
-    extra = {**({"tta": tta} if tta > 1 else {}), **({"ensemble": list(proto["ensemble"])} if ensemble else {})}
+    res = score_runs(parts.algorithm, read(parts), parts.preprocess, parts.device, tta, others, adapt)
+    extra = {**({"tta": tta} if tta > 1 else {}), **({"ensemble": list(proto["ensemble"])} if ensemble else {}),
+             **adapt.record()}
     return {"protocol": name, "root": str(root), **res, **extra}
