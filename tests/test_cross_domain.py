@@ -294,3 +294,12 @@ def test_fine_tuning_views_drawn_by_the_training_augmentation(run_cli, tmp_path)
         assert code == 0, err
         probs.append(out.read_text())
     assert probs[0] != probs[1]
+
+
+def test_training_refuses_fine_tuning_views_without_an_augmentation(run_cli, tmp_path):
+    """The final test would fine-tune on views of dataset.augment: refused before the training, not after."""
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", *TINY, "eval.finetune_steps=2", "eval.finetune_views=train",
+                           f"hydra.run.dir={run}")
+    assert code == 2 and "dataset.augment is none" in err and "Traceback" not in err
+    assert not run.exists()

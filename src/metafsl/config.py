@@ -210,6 +210,7 @@ def run_config_problems(cfg: Dict[str, Any],
     if isinstance(optimizer, dict) and optimizer.get("_target_"):
         targets.append(("trainer.optimizer", optimizer, ("params",)))
     problems += _budget_fit_problems(cfg.get("trainer"))
+    problems += _finetune_views_problems(cfg)
     for group, node, skip in targets:
         try:
             check_target_arguments(group, node, skip=skip)
@@ -218,6 +219,16 @@ def run_config_problems(cfg: Dict[str, Any],
         except UserError as exc:
             problems.append(str(exc))
     return problems
+
+
+def _finetune_views_problems(cfg: Dict[str, Any]) -> List[str]:
+    """``eval.finetune_views=train`` draws its views with ``dataset.augment``, so it needs one
+    (checked before a training whose final test would fine-tune, not after it)."""
+    ev, ds = cfg.get("eval") or {}, cfg.get("dataset") or {}
+    if ev.get("finetune_steps") and ev.get("finetune_views") == "train" and ds.get("augment", "none") in (None, "none"):
+        return ["eval.finetune_views=train draws views with the dataset's training augmentation, but dataset.augment "
+                "is none; set dataset.augment or eval.finetune_views=flip_shift."]
+    return []
 
 
 #: the schedules ``trainer.fit_to_budget`` re-plans (``metafsl.engine.budget_plan``)
