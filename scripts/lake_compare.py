@@ -7,8 +7,8 @@ Each argument is a run dir (or its ``summary.json``: every lake20 test it holds)
 ``metafsl test ... protocol=lake20`` writes it (``<run>/tests/<stamp>/result.json``). For each
 record: the error with its 95% interval over runs (a run's 20 trials share an alphabet and a pair
 of drawers, so the run is the unit; ``engine.protocols``), and its difference from the base's
-record with the same test settings (``eval.tta``, and how many models vote), run by run, with the
-interval of that paired difference.
+record with the same test settings (``eval.tta``, how many models vote, and any test-time
+fine-tuning), run by run, with the interval of that paired difference.
 """
 from __future__ import annotations
 
@@ -40,11 +40,14 @@ def read_records(path: Path) -> List[Tuple[str, Dict]]:
     return [(f"{path} #{i + 1}", t) for i, t in enumerate(tests)]
 
 
-def settings(record: Dict) -> Tuple[str, int]:
-    """What must match for two records to be compared: eval.tta, and the number of models voting."""
+def settings(record: Dict) -> Tuple[str, int, str]:
+    """What must match for two records to be compared: eval.tta, the number of models voting,
+    and the test-time fine-tuning (``eval.finetune_*``; "" when off)."""
     tta = record.get("tta") or next((o.split("=", 1)[1] for o in record.get("overrides", [])
                                      if o.startswith("eval.tta=")), 1)
-    return str(tta), 1 + len(record.get("ensemble") or [])
+    ft = record.get("finetune")
+    tuned = f"fine-tuned {ft['steps']} steps, lr {ft['lr']:g}, {ft.get('views', 'flip_shift')} views" if ft else ""
+    return str(tta), 1 + len(record.get("ensemble") or []), tuned
 
 
 def rows(paths: List[Path]) -> List[List[str]]:
@@ -57,14 +60,15 @@ def rows(paths: List[Path]) -> List[List[str]]:
         for label, rec in found:
             per_run = rec["per_run_error"]
             ci = runs_ci95(per_run)  # older records lack ci95
-            tta, models = settings(rec)
-            against = base.get((tta, models))
+            tta, models, tuned = settings(rec)
+            against = base.get((tta, models, tuned))
             if against is None or against[0] == label:
                 diff, runs = ("(base)" if against else "(no base test alike)"), str(len(per_run))
             else:
                 d = paired_difference(against[1]["per_run_error"], per_run)
                 diff, runs = f"{d['difference']:+.2f} ± {d['ci95']:.2f}", str(d["runs"])
             test = f"tta={tta}" + (f", with {', '.join(Path(e).name for e in rec['ensemble'])}" if models > 1 else "")
+            test += f", {tuned}" if tuned else ""
             out.append([label, test, f"{rec['error']:.2f} ± {ci:.2f}", diff, runs])
     return out
 

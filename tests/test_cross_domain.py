@@ -232,17 +232,22 @@ def test_table_of_tests_of_a_run(run_cli, glyphs_run, tmp_path):
     assert "eurosat" in (tmp_path / "out" / "table.csv").read_text()
 
 
-def test_predict_fine_tunes_on_the_support_set(run_cli, glyphs_run, tmp_path):
+def _glyph_support(support: Path) -> Path:
+    """A support folder of 3 glyph classes, 2 PNGs each."""
     from PIL import Image
 
     from metafsl.data import glyphs
 
     split = glyphs.generate(n_classes=20, examples_per_class=3, image_size=28, seed=7)["test"]
-    support = tmp_path / "support"
     for k in range(3):
         (support / f"c{k}").mkdir(parents=True)
         for j, i in enumerate(torch.nonzero(split.labels == k).flatten().tolist()[:2]):
             Image.fromarray(split.images[i, 0].numpy()).save(support / f"c{k}" / f"{j}.png")
+    return support
+
+
+def test_predict_fine_tunes_on_the_support_set(run_cli, glyphs_run, tmp_path):
+    support = _glyph_support(tmp_path / "support")
     probs = []
     for steps in (0, 3):
         out = tmp_path / f"p{steps}.csv"
@@ -265,10 +270,6 @@ def test_predict_fine_tunes_on_the_support_set(run_cli, glyphs_run, tmp_path):
 def test_fine_tuning_views_drawn_by_the_training_augmentation(run_cli, tmp_path):
     """eval.finetune_views=train: episodes (and predict) fine-tune on views drawn by the run's own
     dataset.augment (Koch et al.'s distortions here) instead of flips and shifts."""
-    from PIL import Image
-
-    from metafsl.data import glyphs
-
     run = tmp_path / "koch"
     assert main(["train", *TINY, "backbone.hidden=8", "trainer.iterations=2", "test=false", "dataset.augment=koch",
                  f"hydra.run.dir={run}"]) == 0
@@ -280,12 +281,7 @@ def test_fine_tuning_views_drawn_by_the_training_augmentation(run_cli, tmp_path)
         records.append(json.loads((run / "summary.json").read_text())["tests"][-1])
     assert records[0]["finetune"] == {"steps": 2, "lr": 0.5}  # the default views: the record as before
     assert records[1]["finetune"] == {"steps": 2, "lr": 0.5, "views": "train"}
-    split = glyphs.generate(n_classes=20, examples_per_class=3, image_size=28, seed=7)["test"]
-    support = tmp_path / "support"
-    for k in range(3):
-        (support / f"c{k}").mkdir(parents=True)
-        for j, i in enumerate(torch.nonzero(split.labels == k).flatten().tolist()[:2]):
-            Image.fromarray(split.images[i, 0].numpy()).save(support / f"c{k}" / f"{j}.png")
+    support = _glyph_support(tmp_path / "support")
     probs = []
     for views in ("flip_shift", "train"):
         out = tmp_path / f"{views}.csv"

@@ -98,13 +98,16 @@ def test_lake_compare_script(tmp_path, capsys):
     run.mkdir()
     tests = [{"acc": 90.0, "ci95": 1.0}, {**json.loads(recs[1].read_text()), "overrides": []},
              {**json.loads(recs[1].read_text()), "tta": 5},
-             {**json.loads(recs[0].read_text()), "ensemble": ["/runs/feat"]}]  # two models vote: no base alike
+             {**json.loads(recs[0].read_text()), "ensemble": ["/runs/feat"]},  # two models vote: no base alike
+             {**json.loads(recs[1].read_text()), "finetune": {"steps": 10, "lr": 1e-5, "views": "train"}}]
     (run / "summary.json").write_text(json.dumps({"tests": tests}))
     assert script.main([str(recs[0]), str(run), "--markdown"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[3:] == [f"| {run} #1 | tta=1 | 23.33 ± 22.87 | (no base test alike) | 3 |",
                        f"| {run} #2 | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |",
-                       f"| {run} #3 | tta=5, with feat | 30.00 ± 22.63 | (no base test alike) | 3 |"]
+                       f"| {run} #3 | tta=5, with feat | 30.00 ± 22.63 | (no base test alike) | 3 |",
+                       f"| {run} #4 | tta=5, fine-tuned 10 steps, lr 1e-05, train views | 23.33 ± 22.87 "
+                       "| (no base test alike) | 3 |"]
     (tmp_path / "other.json").write_text(json.dumps({"acc": 90.0}))
     assert script.main([str(recs[0]), str(tmp_path / "other.json")]) == 2  # one sentence, no traceback
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'other.json'} holds no lake20 test record (no per_run_error)."
