@@ -212,6 +212,10 @@ def test_runs_fine_tuned_on_their_drawings_with_the_training_views(tmp_path):
     assert torch.equal(again, tuned)  # the same views: the run's generator is seeded
     _, other_run = _probabilities(members, 0, 1, adapt)
     assert other_run.shape == tuned.shape
+    # an augmentation drawing from torch's global generator (MetaOptNet's) is seeded per run too
+    crops = [(algo, runs, Preprocess(augment="metaoptnet"), "cpu")]
+    first, second = (_probabilities(crops, 1, 1, adapt)[1] for _ in range(2))
+    assert torch.equal(first, second) and not torch.allclose(first, plain)
     res = score_runs(algo, runs, pre, "cpu", adapt=RunAdaptation(steps=2, lr=0.5))  # flips and shifts
     assert res["trials"] == 40 and set(res["per_run_error"]) == {"run01", "run02"}
 

@@ -23,6 +23,7 @@ import torch
 
 from metafsl.algorithms.test_time import check_finetune, finetuned
 from metafsl.data.lake_runs import read_runs
+from metafsl.engine.episode_adapt import seeded
 from metafsl.engine.evaluate import mean_ci95
 from metafsl.engine.fast_eval import embed_views
 from metafsl.errors import UserError
@@ -36,7 +37,8 @@ PROTOCOLS = {"lake20": "Lake et al. 2015 one-shot classification runs (20 x 20 t
 @dataclass(frozen=True)
 class RunAdaptation:
     """Test-time fine-tuning on each run's 20 drawings (``eval.finetune_*``), undone after the
-    run; the views of run ``i`` are drawn from a generator seeded with ``seed + i``."""
+    run; the views of run ``i`` are drawn from a generator seeded with ``seed + i`` (and the global
+    generators are seeded alike inside, for augmentations that draw from them)."""
 
     steps: int = 0
     lr: float = 0.001
@@ -85,7 +87,8 @@ def _probabilities(members: Sequence[Member], i: int, tta: int, adapt: RunAdapta
         algorithm.check_episode(task.n_way, train=False)
         views = preprocess.views if adapt.views == "train" else None
         gen = torch.Generator().manual_seed(adapt.seed + i)
-        with finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way, adapt.steps, adapt.lr, gen, views):
+        with seeded(adapt.seed + i, task.support_x.device), \
+                finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way, adapt.steps, adapt.lr, gen, views):
             probs.append(run_logits(algorithm, task, tta).float().softmax(-1).cpu())
         first = task if first is None else first
     return first, torch.stack(probs).mean(0)
