@@ -221,13 +221,17 @@ def run_config_problems(cfg: Dict[str, Any],
     return problems
 
 
+#: eval.finetune_views=train without an augmentation (also raised by ``data.sampler.Preprocess.check_views``)
+FINETUNE_VIEWS_NEED_AUGMENT = ("eval.finetune_views=train draws views with the dataset's training augmentation, but "
+                               "dataset.augment is none; set dataset.augment or eval.finetune_views=flip_shift.")
+
+
 def _finetune_views_problems(cfg: Dict[str, Any]) -> List[str]:
     """``eval.finetune_views=train`` draws its views with ``dataset.augment``, so it needs one
     (checked before a training whose final test would fine-tune, not after it)."""
     ev, ds = cfg.get("eval") or {}, cfg.get("dataset") or {}
     if ev.get("finetune_steps") and ev.get("finetune_views") == "train" and ds.get("augment", "none") in (None, "none"):
-        return ["eval.finetune_views=train draws views with the dataset's training augmentation, but dataset.augment "
-                "is none; set dataset.augment or eval.finetune_views=flip_shift."]
+        return [FINETUNE_VIEWS_NEED_AUGMENT]
     return []
 
 

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from metafsl.config import FINETUNE_VIEWS_NEED_AUGMENT
 from metafsl.data import augment
 from metafsl.data.augment import AUGMENTATIONS
 from metafsl.data.base import FewShotSplit
@@ -68,8 +69,7 @@ class Preprocess:
     def check_views(self) -> None:
         """One sentence when there is no training augmentation to draw ``views`` with."""
         if self.augment == "none":
-            raise UserError("eval.finetune_views=train draws views with the dataset's training augmentation, "
-                            "but dataset.augment is none; set dataset.augment or eval.finetune_views=flip_shift.")
+            raise UserError(FINETUNE_VIEWS_NEED_AUGMENT)
 
     def views(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Random training views (this pipeline's augmentation) of images ``x`` (N, C, H, W) that

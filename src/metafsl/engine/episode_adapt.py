@@ -20,10 +20,10 @@ def episode_predictions(algorithm, sampler, idx: torch.Tensor, spec, on_progress
     generator seeded with ``spec.seed + i``, the learner's own random draws from the global one
     seeded alike (``seeded``)."""
     predicted = []
+    views = sampler.preprocess.views if spec.finetune_views == "train" else None
     for i in range(len(idx)):
         task = sampler.tasks(idx[i: i + 1])
         gen = torch.Generator().manual_seed(spec.seed + first + i)
-        views = sampler.preprocess.views if spec.finetune_views == "train" else None
         with contextlib.ExitStack() as stack:
             stack.enter_context(seeded(spec.seed + first + i, sampler.device))
             stack.enter_context(finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way,

@@ -24,7 +24,7 @@ import torch
 from metafsl.algorithms.test_time import check_finetune, finetuned
 from metafsl.data.lake_runs import read_runs
 from metafsl.engine.episode_adapt import seeded
-from metafsl.engine.evaluate import mean_ci95
+from metafsl.engine.evaluate import EvalSpec, mean_ci95
 from metafsl.engine.fast_eval import embed_views
 from metafsl.errors import UserError
 
@@ -46,10 +46,9 @@ class RunAdaptation:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: Dict[str, Any]) -> "RunAdaptation":
-        ev = cfg.get("eval") or {}
-        return cls(int(ev.get("finetune_steps", 0) or 0), float(ev.get("finetune_lr", 0.001)),
-                   str(ev.get("finetune_views", "flip_shift")), int(ev.get("seed", 0)))
+    def from_spec(cls, spec: EvalSpec) -> "RunAdaptation":
+        """The fine-tuning a test spec asks for (``EvalSpec.from_config`` reads ``eval.finetune_*``)."""
+        return cls(spec.finetune_steps, spec.finetune_lr, spec.finetune_views, spec.seed)
 
     def record(self) -> Dict[str, Any]:
         return {"finetune": {"steps": self.steps, "lr": self.lr, "views": self.views}} if self.steps else {}
@@ -149,7 +148,7 @@ def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any], ensemble: Se
     def read(p):  # each model sees the runs at its own image size
         return read_runs(root, p.dataset.image_size, p.dataset.channels, proto.get("invert", True))
 
-    adapt = RunAdaptation.from_config(cfg)
+    adapt = RunAdaptation.from_spec(EvalSpec.from_config(cfg))
     for p in [parts, *ensemble]:
         check_finetune(p.algorithm, adapt.steps, type(p.algorithm).__name__)
         if adapt.steps and adapt.views == "train":
