@@ -216,3 +216,17 @@ def test_full_disk_while_writing_the_cache_is_a_warning(tmp_path, cache_log, mon
     (line,) = cache_log()
     assert line.startswith("warning: cannot write the dataset cache") and "No space left on device" in line
     assert list((root / ".metafsl-cache").iterdir()) == []  # no cache, no temp file left
+
+
+def test_generated_glyphs_are_rendered_once_even_into_a_new_cache_folder(tmp_path, monkeypatch):
+    """The first load creates the cache folder; the second must find its file there, not look
+    beside a "data root" that only exists since the first load (it rendered twice before)."""
+    from metafsl.data import glyphs
+
+    folder = tmp_path / "new" / "cache"
+    options = dict(n_classes=20, examples_per_class=2, cache_dir=str(folder))
+    first = glyphs.load(**options)
+    monkeypatch.setattr(glyphs, "generate", lambda **_: pytest.fail("the glyphs were rendered again"))
+    second = glyphs.load(**options)
+    assert second.splits["train"].images.equal(first.splits["train"].images)
+    assert [p.name for p in folder.iterdir() if p.suffix == ".pt"] == [p.name for p in folder.glob("glyphs-*.pt")]

@@ -116,13 +116,16 @@ def _writable(folder: Path) -> bool:
 
 def cache_path(data_root: Path, fallback_dir: str, key: dict) -> Optional[Path]:
     """Beside the data (``<root>/.metafsl-cache``) when writable, else in ``fallback_dir``;
-    None (no cache, with a warning) when neither can be created."""
+    None (no cache, with a warning) when neither can be created.  A generated dataset (glyphs),
+    whose root is ``fallback_dir`` itself, is cached straight in that folder: the same file
+    whether the folder existed before or not."""
     digest = hashlib.sha1(json.dumps({**key, "v": CACHE_VERSION}, sort_keys=True, default=str).encode())
     name = f"{key.get('name', 'dataset')}-{digest.hexdigest()[:12]}.pt"
     beside = Path(data_root) / ".metafsl-cache"
-    if _writable(beside):
-        return beside / name
     folder = Path(os.path.expanduser(fallback_dir))
+    generated = os.path.realpath(os.path.expanduser(data_root)) == os.path.realpath(folder)
+    if not generated and _writable(beside):  # a generated dataset's root is the cache folder: no "beside"
+        return beside / name
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
