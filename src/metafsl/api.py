@@ -479,8 +479,8 @@ def _test_parts(plan: PlannedTest):
     spec = EvalSpec.from_config(plan.cfg)
     # eval.bn, eval.finetune_*; a protocol's runs take eval.tta with fine-tuning (protocols.run_logits)
     test_time_choices(parts.algorithm, spec if plan.protocol is None else dataclasses.replace(spec, tta=1))
-    if spec.finetune_steps and spec.finetune_views == "train":
-        parts.preprocess.check_views()  # before any work
+    if spec.finetune_steps:
+        parts.preprocess.finetune_views(spec.finetune_views)  # one sentence before any work
     return parts
 
 

@@ -88,6 +88,9 @@ def _choice(*choices: str) -> Rule:
 _FRACTION = Rule("float", 0, 1)
 
 #: dotted path -> rule; a path that the composed config does not have is skipped
+#: ``eval.finetune_views``: flips and shifts (P>M>F), or the dataset's training augmentation
+FINETUNE_VIEWS = ("flip_shift", "train")
+
 RULES: Dict[str, Rule] = {
     "seed": _int(0),
     "device": Rule("str"),
@@ -122,7 +125,7 @@ RULES: Dict[str, Rule] = {
     "eval.bn": _choice("auto", "inductive", "transductive"),
     "eval.finetune_steps": _int(0),
     "eval.finetune_lr": _pos(),
-    "eval.finetune_views": _choice("flip_shift", "train"),
+    "eval.finetune_views": _choice(*FINETUNE_VIEWS),
     "eval.tta": Rule("int", 1, 10),
     **{f"episode.{phase}.{key}": _int(low) for phase in ("train", "test")
        for key, low in (("n_way", 2), ("n_shot", 1), ("n_query", 1))},

@@ -71,6 +71,15 @@ class Preprocess:
         if self.augment == "none":
             raise UserError(FINETUNE_VIEWS_NEED_AUGMENT)
 
+    def finetune_views(self, choice: str):
+        """What draws the views of ``eval.finetune_views=choice``: ``views`` for ``train`` (checked
+        here: one sentence without an augmentation), None for ``flip_shift`` (the fine-tuning's own
+        flips and shifts, ``algorithms.test_time.augment``)."""
+        if choice != "train":
+            return None
+        self.check_views()
+        return self.views
+
     def views(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Random training views (this pipeline's augmentation) of images ``x`` (N, C, H, W) that
         it has already made (normalised where it normalises): test-time fine-tuning with the

@@ -20,7 +20,7 @@ def episode_predictions(algorithm, sampler, idx: torch.Tensor, spec, on_progress
     generator seeded with ``spec.seed + i``, the learner's own random draws from the global one
     seeded alike (``seeded``)."""
     predicted = []
-    views = sampler.preprocess.views if spec.finetune_views == "train" else None
+    views = sampler.preprocess.finetune_views(spec.finetune_views) if spec.finetune_steps else None
     for i in range(len(idx)):
         task = sampler.tasks(idx[i: i + 1])
         gen = torch.Generator().manual_seed(spec.seed + first + i)

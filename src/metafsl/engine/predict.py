@@ -33,6 +33,7 @@ import torch
 from metafsl.algorithms.metric import METRIC_LEARNERS, MetricLearner
 from metafsl.algorithms.test_time import check_finetune, finetune_backbone
 from metafsl.algorithms.transductive import RULES
+from metafsl.config import FINETUNE_VIEWS
 from metafsl.data.images import is_image, to_chw
 from metafsl.engine import checkpoint, runtime
 from metafsl.engine.callbacks import Callback, CallbackList
@@ -195,8 +196,9 @@ class PredictOptions:
         lr = self.finetune_lr
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise UserError(f"eval.finetune_lr must be a positive number (got {lr!r}).")
-        if self.finetune_views not in (None, "flip_shift", "train"):
-            raise UserError(f"eval.finetune_views must be one of flip_shift, train (got {self.finetune_views!r}).")
+        if self.finetune_views not in (None, *FINETUNE_VIEWS):
+            raise UserError(f"eval.finetune_views must be one of {', '.join(FINETUNE_VIEWS)} "
+                            f"(got {self.finetune_views!r}).")
 
     def finetune(self, cfg: Dict[str, Any]) -> Tuple[int, float, str]:
         """(steps, lr, views) of the test-time fine-tuning: these options, else the run's ``eval``."""
@@ -358,8 +360,7 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
                         f"({METRIC_LEARNERS}), not {cfg['algo']['name']}.")
     steps, lr, views = options.finetune(cfg)
     check_finetune(algo, steps, cfg["algo"]["name"])
-    if steps and views == "train":
-        preprocess.check_views()
+    draw_views = preprocess.finetune_views(views) if steps else None  # checked before any work
     names, support_files = read_support(support)
     _check_support_names(names)
     top_k = options.k(len(names))
@@ -377,7 +378,7 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     labels = torch.tensor([i for i, files in enumerate(support_files) for _ in files], device=device)
     if steps:  # P>M>F's last stage: the backbone tuned on this support set (a copy loaded for this call)
         finetune_backbone(algo, support_x, labels, len(names), steps, lr, torch.Generator().manual_seed(0),
-                          preprocess.views if views == "train" else None)
+                          draw_views)
     calibration = calibrate(algo, support_x, labels, len(names), callbacks) if options.reject == "auto" else None
     probs, kept, skipped = _classify(algo, support_x, labels, len(names), queries.files, read, to_tensor, options,
                                      cfg, callbacks)

@@ -84,7 +84,7 @@ def _probabilities(members: Sequence[Member], i: int, tta: int, adapt: RunAdapta
     for algorithm, runs, preprocess, device in members:
         task = runs[i].task(preprocess, device)
         algorithm.check_episode(task.n_way, train=False)
-        views = preprocess.views if adapt.views == "train" else None
+        views = preprocess.finetune_views(adapt.views) if adapt.steps else None
         gen = torch.Generator().manual_seed(adapt.seed + i)
         with seeded(adapt.seed + i, task.support_x.device), \
                 finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way, adapt.steps, adapt.lr, gen, views):
@@ -151,8 +151,8 @@ def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any], ensemble: Se
     adapt = RunAdaptation.from_spec(EvalSpec.from_config(cfg))
     for p in [parts, *ensemble]:
         check_finetune(p.algorithm, adapt.steps, type(p.algorithm).__name__)
-        if adapt.steps and adapt.views == "train":
-            p.preprocess.check_views()
+        if adapt.steps:
+            p.preprocess.finetune_views(adapt.views)  # one sentence before any work
     others = [(p.algorithm, read(p), p.preprocess, p.device) for p in ensemble]
     tta = int((cfg.get("eval") or {}).get("tta", 1) or 1)
     res = score_runs(parts.algorithm, read(parts), parts.preprocess, parts.device, tta, others, adapt)
