@@ -116,3 +116,82 @@ def session_run(tmp_path_factory, name: str, train) -> Path:
             shutil.rmtree(run, ignore_errors=True)  # left by an earlier failed attempt
             train(run)
     return run
+
+
+
+class Forked:
+    """``fn(*args)`` (returning an exit code) running in a fork of this process, its output to a
+    temporary file; ``wait()`` returns (exit code, output).  The child has this process's one
+    thread and imports, so it skips the 4-5 s of a fresh interpreter (torch, torch._dynamo,
+    Hydra) that most of a tiny run's time would be.  Only where ``START_METHOD`` is fork."""
+
+    def __init__(self, fn, *args):
+        import sys
+        import tempfile
+
+        self.log = tempfile.TemporaryFile("w+")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never return into pytest, whatever happens
+            code = 1
+            try:
+                os.dup2(self.log.fileno(), 1)
+                os.dup2(self.log.fileno(), 2)
+                sys.stdout = sys.stderr = os.fdopen(os.dup(self.log.fileno()), "w", buffering=1)
+                code = fn(*args)
+            except BaseException:  # noqa: BLE001 - reported through the log, then exit
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                os._exit(code if isinstance(code, int) else 1)
+
+    def wait(self) -> tuple[int, str]:
+        _, status = os.waitpid(self.pid, 0)
+        with self.log:
+            self.log.seek(0)
+            return os.waitstatus_to_exitcode(status), self.log.read()
+
+
+def killed_training(event: str, iteration: int, argv: list) -> tuple[int, str]:
+    """``metafsl <argv>`` in a separate process that hard-exits (as ``kill -9`` would) when
+    ``event`` happens at ``iteration`` (tests/fault_runner.py: exit code 75 means the fault
+    fired); returns (exit code, the process's output).  A fork of this process (``Forked``) on a
+    CPU-only machine; a fresh interpreter where CUDA devices exist (see ``START_METHOD``)."""
+    import subprocess
+    import sys
+
+    args = [event, str(iteration), "--", *map(str, argv)]
+    if START_METHOD != "fork":
+        proc = subprocess.run([sys.executable, str(REPO / "tests" / "fault_runner.py"), *args],
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return proc.returncode, proc.stdout + proc.stderr
+    import fault_runner
+
+    return Forked(fault_runner.main, args).wait()
+
+
+def _cli_with_env(argv: list, env: dict) -> int:
+    from metafsl.cli import main
+
+    os.environ.update(env)
+    return main([str(a) for a in argv])
+
+
+def metafsl_processes(argvs: list, env: dict | None = None) -> list:
+    """(exit code, output) of ``metafsl <argv>`` for each of ``argvs``, all started at once, each
+    in a process of its own (``env``: environment variables set in those processes): forks of
+    this one (``Forked``) on a CPU-only machine, fresh interpreters where CUDA devices exist."""
+    import subprocess
+    import sys
+
+    env = env or {}
+    if START_METHOD == "fork":
+        return [p.wait() for p in [Forked(_cli_with_env, argv, env) for argv in argvs]]
+    full = {**os.environ, **env, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = [subprocess.Popen([sys.executable, "-m", "metafsl.cli", *map(str, argv)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=full) for argv in argvs]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outputs)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -13,9 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, TINY_DATA, split_table
-
-METAFSL = [sys.executable, "-m", "metafsl.cli"]
+from conftest import REPO, TINY, TINY_DATA, killed_training, split_table
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +72,16 @@ def _train_args(run_dir: Path, *extra: str) -> list[str]:
 
 
 def _killed_train(run_dir: Path, *extra: str, fault: tuple[str, int]):
-    """A real training process killed at ``fault=(event, iteration)`` (tests/fault_runner.py); one
-    thread, like the in-process runs it is compared with (conftest), so the arithmetic matches."""
-    cmd = [sys.executable, str(REPO / "tests" / "fault_runner.py"), fault[0], str(fault[1]), "--"]
-    return subprocess.run([*cmd, *_train_args(run_dir, *extra)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """A real training process killed at ``fault=(event, iteration)`` (conftest.killed_training:
+    one thread, like the in-process runs it is compared with, so the arithmetic matches)."""
+    return killed_training(*fault, _train_args(run_dir, *extra))
 
 
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, run_cli):
     code, _, err = run_cli(*_train_args(tmp_path / "full"))
     assert code == 0, err
-    crashed = _killed_train(tmp_path / "crash", fault=("iteration_end", 5))
-    assert crashed.returncode == 75, crashed.stderr
+    code, output = _killed_train(tmp_path / "crash", fault=("iteration_end", 5))
+    assert code == 75, output
     assert not (tmp_path / "crash" / "summary.json").exists()
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 4
     code, out, err = run_cli(*_train_args(tmp_path / "crash", "resume=true"))
@@ -107,8 +102,8 @@ def test_a_kill_during_the_final_validation_keeps_the_training(tmp_path, run_cli
     """The final iteration's weights are on disk before the final validation starts; resuming
     validates them and finishes the run (here the only validation: val_every > iterations)."""
     run_dir = tmp_path / "run"
-    crashed = _killed_train(run_dir, "trainer.val_every=100", fault=("final_validation_start", -1))
-    assert crashed.returncode == 75, crashed.stderr
+    code, output = _killed_train(run_dir, "trainer.val_every=100", fault=("final_validation_start", -1))
+    assert code == 75, output
     assert not (run_dir / "checkpoints" / "best.pt").exists()
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 8
     code, _, err = run_cli(*_train_args(run_dir, "trainer.val_every=100", "resume=true"))

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 from typing import List
 
@@ -36,6 +38,12 @@ VARIANTS = {"fomaml": {"first_order"}, "conv4_32": {"hidden"},
 
 
 def _compose(overrides=()):
+    return copy.deepcopy(_composed(tuple(overrides)))
+
+
+@functools.cache
+def _composed(overrides: tuple) -> dict:
+    """The composed train config as a plain dict, once per worker (two tests walk every option)."""
     with initialize_config_module(config_module="metafsl.conf", version_base=None):
         return OmegaConf.to_container(compose(config_name="train", overrides=list(overrides)), resolve=True)
 
@@ -59,11 +67,17 @@ def test_option_file_declares_its_targets_arguments_with_their_defaults(group, o
             f"{option}.yaml {key}={node[key]!r} but {node['_target_']} defaults to {default!r}")
 
 
+#: the tests that compose every option run on one pytest-xdist worker, which composes each once
+COMPOSES_EVERY_OPTION = pytest.mark.xdist_group("compose_every_option")
+
+
+@COMPOSES_EVERY_OPTION
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_passes_the_checks(group, option):
     check_run_config(_compose([f"{group}={option}"]))
 
 
+@COMPOSES_EVERY_OPTION
 def test_every_rule_names_a_field_that_some_option_has():
     paths = set()
     configs = [_compose([f"{g}={o}"]) for g, o in OPTIONS]

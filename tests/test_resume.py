@@ -7,17 +7,13 @@ annealing and per-step batch-norm weights and biases), the Baseline's mini-batch
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, session_run
+from conftest import TINY, killed_training, session_run
 
-METAFSL = [sys.executable, "-m", "metafsl.cli"]
 #: the Snell et al. presets' schedule (experiment=snell2017_*: StepLR, gamma 0.5) with a step of 3
 STEPLR = "trainer.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:3,gamma:0.5}"
 
@@ -49,12 +45,10 @@ def train(run_cli, run_dir: Path, *extra: str) -> str:
 
 
 def killed(run_dir: Path, *extra: str, iteration: int = 5) -> None:
-    """A training process killed (hard exit) when ``iteration`` ends (tests/fault_runner.py).
+    """A training process killed (hard exit) when ``iteration`` ends (conftest.killed_training).
     One thread, as in this process, so that its arithmetic is the same bit for bit."""
-    cmd = [sys.executable, str(REPO / "tests" / "fault_runner.py"), "iteration_end", str(iteration), "--"]
-    proc = subprocess.run([*cmd, *args(run_dir, *extra)], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 75, proc.stderr  # the fault fired
+    code, output = killed_training("iteration_end", iteration, args(run_dir, *extra))
+    assert code == 75, output  # the fault fired
     ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ck["iteration"] == iteration - 1 and not (run_dir / "summary.json").exists()
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, metrics_rows, same_run
+from conftest import REPO, TINY, metafsl_processes, metrics_rows, same_run
 
-METAFSL = [sys.executable, "-m", "metafsl.cli"]
 FAULT = [sys.executable, str(REPO / "tests" / "fault_runner.py")]
 SHORT = [*TINY, "trainer.iterations=8", "trainer.val_every=4", "trainer.log_every=1"]
 
@@ -222,13 +221,9 @@ def test_test_on_a_read_only_run_prints_then_fails_in_one_sentence(tmp_path, ful
 
 # ----------------------------------------------------------------------------- 21.1 unique dirs
 def test_two_trainings_started_together_get_their_own_run_dirs(tmp_path):
-    env = {**_env(), "METAFSL_OUTPUT_DIR": str(tmp_path)}
-    args = [*METAFSL, "train", *TINY, "trainer.iterations=2", "trainer.val_every=2", "test=false"]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    args = ["train", *TINY, "trainer.iterations=2", "trainer.val_every=2", "test=false"]
+    for code, output in metafsl_processes([args, args], {"METAFSL_OUTPUT_DIR": str(tmp_path)}):
+        assert code == 0, output
     runs = sorted((tmp_path / "train").iterdir())
     assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
     assert all((r / ".hydra" / "config.yaml").is_file() for r in runs)
@@ -237,12 +232,9 @@ def test_two_trainings_started_together_get_their_own_run_dirs(tmp_path):
 def test_two_tests_at_once_keep_both_records(tmp_path, full):
     run = tmp_path / "run"
     shutil.copytree(full, run)
-    args = [*METAFSL, "test", f"run={run}", "eval.episodes=2"]
-    procs = [subprocess.Popen([*args, f"eval.seed={seed}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=_env()) for seed in (1, 2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err
+    args = ["test", f"run={run}", "eval.episodes=2"]
+    for code, output in metafsl_processes([[*args, f"eval.seed={seed}"] for seed in (1, 2)]):
+        assert code == 0, output
     tests = json.loads((run / "summary.json").read_text())["tests"]
     assert sorted(t["eval_seed"] for t in tests) == [1, 2]
     assert len(list((run / "tests").glob("*/result.json"))) == 2
