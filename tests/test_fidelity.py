@@ -11,6 +11,7 @@ import torch
 
 import data_fixtures as fx
 from metafsl import config
+from metafsl.algorithms.baseline import BaselinePP
 from metafsl.algorithms.maml import MAML
 from metafsl.algorithms.protonet import ProtoNet
 from metafsl.data import augment
@@ -137,11 +138,60 @@ def test_a_lake_ensemble_averages_the_models_probabilities(tmp_path):
     assert alone == score_runs(a, runs, pre, "cpu", others=[(a, runs, pre, "cpu")])  # itself twice: the same
 
 
-def test_tta_needs_a_metric_learner():
+def test_tta_needs_a_metric_learner_or_a_transfer_baseline():
     cfg = {"algo": {"_target_": "metafsl.algorithms.maml.MAML", "name": "maml"}, "eval": {"tta": 3}}
     with pytest.raises(UserError, match="eval.tta=3"):
         check_transductive(cfg)
     check_transductive({**cfg, "eval": {"tta": 1}})
+    for target in ("baseline.Baseline", "baseline.BaselinePP", "protonet.ProtoNet"):
+        check_transductive({"algo": {"_target_": f"metafsl.algorithms.{target}"}, "eval": {"tta": 3}})
+
+
+def _baselinepp(seed=0):
+    torch.manual_seed(seed)
+    return BaselinePP(conv4(channels=1, image_size=16, hidden=8), finetune_epochs=3).eval()
+
+
+def test_a_transfer_baseline_fits_its_heads_on_embeddings_averaged_over_the_views(monkeypatch):
+    """eval.tta for Baseline / Baseline++: each support and query embedding is the mean of the
+    backbone's embeddings of ``tta`` fixed views, then the heads are fitted on them as without TTA."""
+    learner, split = _baselinepp(), make_split(n_classes=6, per_class=(4,), size=16)
+    spec = EvalSpec(3, 1, 2, episodes=4, seed=0, batch_episodes=2)
+    seen, fit = [], learner.logits_from_embeddings
+
+    def recorded(support, support_y, query, n_way):
+        seen.append((support, query))
+        return fit(support, support_y, query, n_way)
+
+    monkeypatch.setattr(learner, "logits_from_embeddings", recorded)
+    plain = predict_episodes(learner, split, spec).predicted
+    plain_seen = seen[:]
+    seen.clear()
+    predicted = predict_episodes(learner, split, dataclasses.replace(spec, tta=3)).predicted
+    assert predicted.shape == plain.shape and len(seen) == len(plain_seen) == 2  # two batches of two episodes
+    sampler = EpisodeSampler(split, 3, 1, 2, seed=0)
+    batch = sampler.tasks(sampler.indices(4)[:2])
+    with torch.no_grad():
+        views = lambda x: torch.stack([learner.backbone(v) for v in augment.tta_views(x.flatten(0, 1), 3)]).mean(0)  # noqa: E731
+        assert torch.allclose(seen[0][0].flatten(0, 1), views(batch.support_x), atol=1e-6)
+        assert torch.allclose(seen[0][1].flatten(0, 1), views(batch.query_x), atol=1e-6)
+        alone = learner.backbone(batch.support_x.flatten(0, 1))
+        assert torch.allclose(plain_seen[0][0].flatten(0, 1), alone, atol=1e-6)  # tta=1: the images alone
+        assert not torch.allclose(seen[0][0].flatten(0, 1), alone, rtol=1e-3, atol=0)
+    again = predict_episodes(_baselinepp(), split, dataclasses.replace(spec, tta=3)).predicted
+    assert torch.equal(again, predicted)  # the heads' random draws are seeded per batch, as without TTA
+
+
+def test_a_transfer_baseline_on_lake_runs_with_tta():
+    learner = _baselinepp()
+    task = EpisodeSampler(make_split(n_classes=5, per_class=(2,), size=16), 5, 1, 1, seed=0).sample(1)
+    views = lambda x: torch.stack([learner.backbone(v) for v in augment.tta_views(x, 3)]).mean(0)  # noqa: E731
+    torch.manual_seed(1)
+    with torch.no_grad():
+        support, query = views(task.support_x[0])[None], views(task.query_x[0])[None]
+    logits = learner.logits_from_embeddings(support, task.support_y, query, 5)
+    torch.manual_seed(1)  # the same head initialisation and mini-batch orders
+    assert run_accuracy(learner, task, 3) == pytest.approx(float((logits.argmax(-1) == task.query_y).float().mean()))
 
 
 def _maml(**kw):

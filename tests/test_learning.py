@@ -204,3 +204,15 @@ def test_predict_names_the_right_classes(run_cli, tmp_path, tmp_path_factory, al
     assert set(got) == set(truth)
     wrong = {q: (got[q], c) for q, c in truth.items() if got[q] != c}
     assert len(wrong) < len(truth) / 2, f"{algo} named {len(wrong)} of {len(truth)} queries wrong: {wrong}"
+
+
+def test_a_trained_transfer_baseline_is_tested_with_tta(run_cli, tmp_path_factory):
+    """``metafsl test eval.tta=3`` on the Baseline++ learning run: the same 40 episodes, each
+    embedding averaged over three fixed views before the heads are fitted; the record says so."""
+    run = trained_run("baselinepp", run_cli, tmp_path_factory)
+    code, out, err = run_cli("test", f"run={run}", "eval.episodes=40", "eval.tta=3")
+    assert code == 0, err + out
+    record = json.loads((run / "summary.json").read_text())["tests"][-1]
+    assert record["tta"] == 3 and record["episodes"] == 40
+    untrained = json.loads((run / "summary.json").read_text())["untrained"]["acc"]
+    assert record["acc"] >= untrained + CASES["baselinepp"][1], record  # still the trained model's gain

@@ -145,6 +145,12 @@ class TransferBaseline(Algorithm):
         """All tasks' heads fitted at once (the same heads as task by task)."""
         with torch.no_grad():
             support, query = self.embed_episodes(batch)
-        head = self.fit_heads(support, batch.support_y, batch.n_way)
+        return self.logits_from_embeddings(support, batch.support_y, query, batch.n_way)
+
+    def logits_from_embeddings(self, support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
+                               n_way: int) -> torch.Tensor:
+        """(B, Nq, n_way) query logits of heads fitted on the frozen support features (B, Ns, D)
+        (the evaluation hands in features averaged over test-time views: ``eval.tta``)."""
+        head = self.fit_heads(support, support_y, n_way)
         with torch.no_grad():
-            return self.head_logits(head, query, batch.n_way)
+            return self.head_logits(head, query, n_way)

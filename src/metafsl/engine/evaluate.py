@@ -17,6 +17,7 @@ import torch
 from metafsl.algorithms.metric import METRIC_LEARNERS, MetricLearner
 from metafsl.algorithms.test_time import check_finetune, resolve_bn
 from metafsl.algorithms.transductive import Transduction
+from metafsl.algorithms.transfer import TransferBaseline
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import episode_adapt, fast_eval, ranks
@@ -98,6 +99,11 @@ def transduction(ev: Dict[str, Any]) -> Optional[Transduction]:
     return None if method == "none" else Transduction(method, dict(ev.get(method) or {}))
 
 
+#: the learners whose test predictions are a function of each image's embedding alone, so that
+#: ``eval.tta`` can average those embeddings over test-time views
+TTA_LEARNERS = (MetricLearner, TransferBaseline)
+
+
 def check_transductive(cfg: Dict[str, Any]) -> None:
     """Refuse ``eval.transductive`` and ``eval.tta`` for a learner that is not a metric learner,
     before any work."""
@@ -110,9 +116,11 @@ def check_transductive(cfg: Dict[str, Any]) -> None:
     if method != "none" and not metric:
         raise UserError(f"eval.transductive={method} needs a metric learner's embeddings ({METRIC_LEARNERS}), "
                         f"not {cfg['algo'].get('name', target)}.")
-    if int(ev.get("tta", 1) or 1) > 1 and not metric:
-        raise UserError(f"eval.tta={ev['tta']} averages a metric learner's embeddings ({METRIC_LEARNERS}); "
-                        f"{cfg['algo'].get('name', target)} has none: use eval.tta=1.")
+    embeds = isinstance(target, type) and issubclass(target, TTA_LEARNERS)
+    if int(ev.get("tta", 1) or 1) > 1 and not embeds:
+        raise UserError(f"eval.tta={ev['tta']} averages the image embeddings of a metric learner ({METRIC_LEARNERS}) "
+                        f"or a transfer baseline (Baseline, Baseline++); {cfg['algo'].get('name', target)} "
+                        "has none: use eval.tta=1.")
 
 
 @dataclass
@@ -184,9 +192,12 @@ def test_time_choices(algorithm, spec: EvalSpec) -> Dict[str, Any]:
         chosen["finetune"] = {"steps": spec.finetune_steps, "lr": spec.finetune_lr,
                               **({"views": spec.finetune_views} if spec.finetune_views != "flip_shift" else {})}
     if spec.tta > 1:
-        if spec.per_episode or not fast_eval.supported(algorithm):
-            raise UserError(f"eval.tta={spec.tta} needs a metric learner with running batch-norm statistics "
-                            "and no per-episode adaptation (eval.bn=transductive, eval.finetune_steps).")
+        embeds = fast_eval.supported(algorithm) or (isinstance(algorithm, TransferBaseline)
+                                                    and fast_eval.per_image(algorithm.backbone))
+        if spec.per_episode or not embeds:
+            raise UserError(f"eval.tta={spec.tta} needs a metric learner or a transfer baseline with running "
+                            "batch-norm statistics and no per-episode adaptation (eval.bn=transductive, "
+                            "eval.finetune_steps).")
         chosen["tta"] = spec.tta
     return chosen
 
@@ -247,7 +258,7 @@ def _predict(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, spec: EvalSp
                                                   MAX_IMAGES_PER_BATCH, step, advance, spec.transductive, spec.tta)
     else:
         predicted = _episode_loop(algorithm, sampler, mine, step, advance, spec.transductive,
-                                  seed=spec.seed + block.start)
+                                  seed=spec.seed + block.start, tta=spec.tta)
     return ranks.gather_in_order(predicted, len(idx), unit)
 
 
@@ -281,21 +292,35 @@ def _bounded_step(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: i
 
 
 def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int,
-                  advance: Callable[[int], None], rule: Optional[Transduction] = None, seed: int = 0) -> torch.Tensor:
+                  advance: Callable[[int], None], rule: Optional[Transduction] = None, seed: int = 0,
+                  tta: int = 1) -> torch.Tensor:
     """(E, Nq) predictions, adapting to each task (``episode_logits``; with a transductive
-    ``rule``, that rule on the batch's embeddings), ``step`` episodes at a time; a learner's own
-    random draws (MANN's support order, Reptile's test mini-batches) in the batch of episodes
-    ``i..`` come from the global generator seeded with ``seed + i``, then restored."""
+    ``rule``, that rule on the batch's embeddings; with ``tta`` > 1, ``logits_from_embeddings``
+    of the embeddings averaged over that many views), ``step`` episodes at a time; a learner's
+    own random draws (MANN's support order, Reptile's test mini-batches, a transfer baseline's
+    heads) in the batch of episodes ``i..`` come from the global generator seeded with
+    ``seed + i``, then restored."""
     predicted = []
     for start in range(0, len(idx), step):
         batch = sampler.tasks(idx[start: start + step])
         with episode_adapt.seeded(seed + start, sampler.device):
-            if rule is None:
+            if rule is None and tta <= 1:
                 logits = algorithm.episode_logits(batch)
             else:
                 with torch.no_grad():
-                    support, query = algorithm.embed_episodes(batch)
-                logits = rule(support, batch.support_y, query, batch.n_way)
+                    support, query = _embed_episode_views(algorithm, batch, tta)
+                logits = (rule or algorithm.logits_from_embeddings)(support, batch.support_y, query, batch.n_way)
         predicted.append(logits.argmax(-1).cpu())
         advance(len(batch))
     return torch.cat(predicted) if predicted else torch.zeros(0, sampler.n_way * sampler.n_query, dtype=torch.long)
+
+
+def _embed_episode_views(algorithm, batch, tta: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``algorithm.embed_episodes(batch)``, each embedding averaged over ``tta`` fixed views
+    (``fast_eval.embed_views``; 1: the images alone)."""
+    if tta <= 1:
+        return algorithm.embed_episodes(batch)
+    b, ns = batch.support_x.shape[:2]
+    x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+    z = fast_eval.embed_views(algorithm.backbone, x, tta)
+    return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, batch.query_x.shape[1], -1)

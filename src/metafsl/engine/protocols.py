@@ -60,15 +60,17 @@ def lake_root(proto: Dict[str, Any], data_dir: str) -> Path:
 
 
 def run_logits(algorithm, task, tta: int = 1) -> torch.Tensor:
-    """(1, trials, 20) query logits of one run; ``tta`` > 1: a metric learner's embeddings
-    averaged over that many fixed views (``fast_eval.embed_views``), as ``eval.tta`` does for episodes."""
+    """(1, trials, 20) query logits of one run; ``tta`` > 1: the backbone's embeddings (a metric
+    learner's or a transfer baseline's) averaged over that many fixed views
+    (``fast_eval.embed_views``), as ``eval.tta`` does for episodes."""
     if tta <= 1:
         return algorithm.episode_logits(task).detach()
     if not hasattr(algorithm, "logits_from_embeddings"):
-        raise UserError(f"eval.tta={tta} averages a metric learner's embeddings; {type(algorithm).__name__} has none.")
-    with torch.inference_mode():
-        support = embed_views(algorithm.embed, task.support_x[0], tta).unsqueeze(0)
-        query = embed_views(algorithm.embed, task.query_x[0], tta).unsqueeze(0)
+        raise UserError(f"eval.tta={tta} averages the image embeddings of a metric learner or a transfer "
+                        f"baseline; {type(algorithm).__name__} has none.")
+    with torch.no_grad():
+        support = embed_views(algorithm.backbone, task.support_x[0], tta).unsqueeze(0)
+        query = embed_views(algorithm.backbone, task.query_x[0], tta).unsqueeze(0)
         return algorithm.logits_from_embeddings(support, task.support_y, query, task.n_way)
 
 
