@@ -118,7 +118,6 @@ def session_run(tmp_path_factory, name: str, train) -> Path:
     return run
 
 
-
 class Forked:
     """``fn(*args)`` (returning an exit code) running in a fork of this process, its output to a
     temporary file; ``wait()`` returns (exit code, output).  The child has this process's one
