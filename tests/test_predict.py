@@ -247,3 +247,51 @@ def test_bench_transductive_smoke(protonet_run, tmp_path):
     assert [(r["shot"], r["method"]) for r in rows] == [(1, "none"), (1, "bdcspn"), (50, "none"), (50, "bdcspn")]
     assert rows[1]["inference"].startswith("transductive bdcspn") and "skipped" in rows[2]
     assert "| 1 | transductive bdcspn (25 queries at once) |" in (tmp_path / "ev" / "transductive.md").read_text()
+
+
+def test_predict_with_tta_averages_the_views(run_cli, protonet_run, images, tmp_path):
+    """eval.tta=1 is the plain path; eval.tta=3 changes the probabilities (each embedding is the
+    mean over three views) and still names the queries, each a copy of a support image; through
+    the CLI it writes its CSV, also with a transductive rule."""
+    from metafsl import api
+
+    root, truth = images
+    ask = (protonet_run, root / "support", root / "query")
+    plain = api.predict(*ask)
+    assert torch.equal(api.predict(*ask, tta=1).probs, plain.probs)
+    views = api.predict(*ask, tta=3)
+    assert views.queries == plain.queries and not torch.allclose(views.probs, plain.probs, rtol=0, atol=1e-9)
+    assert {q.name: views.names[k] for q, k in zip(views.queries, views.probs.argmax(-1).tolist())} == truth
+    for extra in ([], ["predict.transductive=ptmap"]):
+        code, _, err = run_cli("predict", f"run={protonet_run}", f"support={ask[1]}", f"query={ask[2]}",
+                               f"out={tmp_path / 'p.csv'}", "overwrite=true", "eval.tta=3", *extra)
+        assert code == 0, err
+        assert sorted(Path(r["file"]).name for r in _rows(tmp_path / "p.csv")) == sorted(truth)
+
+
+def test_predict_with_tta_fits_a_transfer_baselines_head_once(tmp_path_factory, images):
+    """A transfer baseline's head is fitted once on the averaged support embeddings: the
+    probabilities do not depend on how many queries are classified at once; and its random head
+    initialisation is seeded, so a second call gives the same answers (with and without TTA)."""
+    from metafsl import api
+
+    root, _ = images
+    run = _tiny_run(tmp_path_factory, "baselinepp", n_way=3)
+    one = api.predict(run, root / "support", root / "query", tta=3, batch_size=1).probs
+    assert torch.allclose(api.predict(run, root / "support", root / "query", tta=3, batch_size=3).probs, one, atol=1e-6)
+    plain = api.predict(run, root / "support", root / "query").probs
+    torch.rand(7)  # whatever ran before
+    assert torch.equal(api.predict(run, root / "support", root / "query").probs, plain)
+
+
+def test_predict_tta_refusals(run_cli, tmp_path_factory, protonet_run, images, tmp_path):
+    root, _ = images
+    ask = ["predict", f"support={root / 'support'}", f"query={root / 'query'}", f"out={tmp_path / 'p.csv'}"]
+    maml = _tiny_run(tmp_path_factory, "maml", n_way=3)
+    for run, extra, says in ((maml, "eval.tta=3", "eval.tta=3 averages the image embeddings"),
+                             (protonet_run, "eval.tta=11", "eval.tta must be an integer from 1 to 10"),
+                             (protonet_run, "eval.tta=x", "eval.tta must be an integer from 1 to 10 (got 'x')"),
+                             (protonet_run, "predict.reject=auto", "with eval.tta=3 give predict.reject_below")):
+        code, out, err = run_cli(*ask, f"run={run}", extra, *(["eval.tta=3"] if "reject" in extra else []))
+        assert code == 2 and says in err and "Traceback" not in err, err + out
+        assert not (tmp_path / "p.csv").exists()

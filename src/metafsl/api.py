@@ -731,7 +731,7 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
             reject_below: Optional[float] = None, reject: Optional[str] = None,
             transductive: str = "none", finetune_steps: Optional[int] = None,
             finetune_lr: Optional[float] = None, finetune_views: Optional[str] = None,
-            callbacks: Callbacks = None):
+            tta: Optional[int] = None, callbacks: Callbacks = None):
     """Classify ``query`` images with the run's learner adapted once to ``support`` (one
     sub-folder of images per class, named after its class); nothing is written.
 
@@ -746,7 +746,9 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     every query image is classified together with all the others (the whole query set is the
     rule's batch: a prediction depends on the other queries).  ``finetune_steps``/``finetune_lr``/
     ``finetune_views``: fine-tune a metric learner's backbone on the support set first (default:
-    the run's ``eval.finetune_*``, 0 steps).  ``callbacks`` hear the progress (``on_eval_start/advance/end``).
+    the run's ``eval.finetune_*``, 0 steps).  ``tta`` (metric learners and transfer baselines):
+    every embedding averaged over that many fixed views, as ``eval.tta`` (default: the run's, 1).
+    ``callbacks`` hear the progress (``on_eval_start/advance/end``).
 
     Returns ``metafsl.engine.predict.Predictions``: ``names`` (the classes), ``queries`` and
     ``probs`` (each classified image's probabilities), ``predicted`` (class or "unknown"),
@@ -757,7 +759,7 @@ def predict(run_dir: PathLike, support: PathLike, query: Union[PathLike, Sequenc
     from metafsl.engine.predict import predict as run_predict
 
     options = PredictOptions(batch_size, top_k, reject_below, reject, transductive, finetune_steps, finetune_lr,
-                             finetune_views)
+                             finetune_views, tta)
     query = query if isinstance(query, (str, Path)) else [str(q) for q in query]
     return run_predict(Path(run_dir), Path(support), query, checkpoint, device, invert, convert,
                        options, as_list(callbacks))

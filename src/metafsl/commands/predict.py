@@ -17,7 +17,7 @@ from metafsl.errors import UserError
 
 #: how predict classifies (``metafsl.engine.predict.PredictOptions``)
 PREDICT_KEYS = ("predict.batch_size", "predict.top_k", "predict.reject_below", "predict.reject",
-                "predict.transductive", "eval.finetune_steps", "eval.finetune_lr", "eval.finetune_views")
+                "predict.transductive", "eval.finetune_steps", "eval.finetune_lr", "eval.finetune_views", "eval.tta")
 OWN_KEYS = ("run", "support", "query", "out", "overwrite", "checkpoint", "invert", "convert", "device",
             *PREDICT_KEYS)
 
@@ -45,7 +45,8 @@ def predict_options(own: Dict[str, str]):
         own.get("predict.transductive") or "none",
         number("eval.finetune_steps", int, "an integer >= 0"),
         number("eval.finetune_lr", float, "a positive number"),
-        own.get("eval.finetune_views"))
+        own.get("eval.finetune_views"),
+        number("eval.tta", int, "an integer from 1 to 10"))
     options.check()
     return options
 
@@ -92,7 +93,7 @@ def run(args: List[str]) -> int:
                          batch_size=options.batch_size, top_k=options.top_k, reject_below=options.reject_below,
                          reject=options.reject, transductive=options.transductive,
                          finetune_steps=options.finetune_steps, finetune_lr=options.finetune_lr,
-                         finetune_views=options.finetune_views, callbacks=[ConsoleReport()])
+                         finetune_views=options.finetune_views, tta=options.tta, callbacks=[ConsoleReport()])
     print_predictions(result, run)
     report = _labelled_report(result, own["query"])
     target = output_path(run, own.get("out"), overwrite)
@@ -130,7 +131,7 @@ COMMAND = Command(
     usage="metafsl predict run=<run dir> support=<dir> query=<dirs, list.txt, 'glob', files> [out=<csv>] "
           "[predict.top_k=3] [predict.reject_below=<p> | predict.reject=auto] [predict.batch_size=256] "
           "[predict.transductive=none|tim|bdcspn|ptmap|laplacianshot] "
-          "[eval.finetune_steps=0] [eval.finetune_lr=0.01] [eval.finetune_views=flip_shift|train] "
+          "[eval.finetune_steps=0] [eval.finetune_lr=0.01] [eval.finetune_views=flip_shift|train] [eval.tta=1] "
           "[checkpoint=best|last] [invert=auto|true|false] [convert=false] [device=cpu]",
     description="""
 Adapts a trained learner once to *your* labelled images and classifies new ones: support is a
@@ -158,6 +159,10 @@ eval.finetune_steps=<n> eval.finetune_lr=<lr>: a metric learner's backbone is fi
 on the support images (n SGD steps of its own loss on augmented views, P>M>F; the views:
 eval.finetune_views=flip_shift, flips and shifts, or train, the run's training augmentation);
 default: the run's eval.finetune_* (0 steps).
+eval.tta=<n> (metric learners, Baseline, Baseline++): every image's embedding is averaged over n
+fixed views (2-5: the image and its shifts by 1/28 of its side; 6-10: also their mirror images) before the
+learner is adapted and the queries classified, as metafsl test eval.tta does; default: the
+run's eval.tta (1: off); not with predict.reject=auto.
 
 A query file that cannot be read as an image is skipped and listed by name (a row with
 predicted=skipped and the reason in the CSV); an unreadable support image is an error, and so

@@ -104,6 +104,13 @@ def transduction(ev: Dict[str, Any]) -> Optional[Transduction]:
 TTA_LEARNERS = (MetricLearner, TransferBaseline)
 
 
+def tta_supported(algorithm) -> bool:
+    """Whether ``eval.tta`` can average ``algorithm``'s image embeddings: a metric learner or a
+    transfer baseline whose backbone embeds each image on its own (running batch-norm statistics)."""
+    return fast_eval.supported(algorithm) or (isinstance(algorithm, TransferBaseline)
+                                              and fast_eval.per_image(algorithm.backbone))
+
+
 def check_transductive(cfg: Dict[str, Any]) -> None:
     """Refuse ``eval.transductive`` and ``eval.tta`` for a learner that is not a metric learner,
     before any work."""
@@ -192,9 +199,7 @@ def test_time_choices(algorithm, spec: EvalSpec) -> Dict[str, Any]:
         chosen["finetune"] = {"steps": spec.finetune_steps, "lr": spec.finetune_lr,
                               **({"views": spec.finetune_views} if spec.finetune_views != "flip_shift" else {})}
     if spec.tta > 1:
-        embeds = fast_eval.supported(algorithm) or (isinstance(algorithm, TransferBaseline)
-                                                    and fast_eval.per_image(algorithm.backbone))
-        if spec.per_episode or not embeds:
+        if spec.per_episode or not tta_supported(algorithm):
             raise UserError(f"eval.tta={spec.tta} needs a metric learner or a transfer baseline with running "
                             "batch-norm statistics and no per-episode adaptation (eval.bn=transductive, "
                             "eval.finetune_steps).")

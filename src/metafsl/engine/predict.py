@@ -33,12 +33,16 @@ import torch
 from metafsl.algorithms.metric import METRIC_LEARNERS, MetricLearner
 from metafsl.algorithms.test_time import check_finetune, finetune_backbone
 from metafsl.algorithms.transductive import RULES
+from metafsl.algorithms.transfer import TransferBaseline
 from metafsl.config import FINETUNE_VIEWS
+from metafsl.data.augment import MAX_VIEWS
 from metafsl.data.images import is_image, to_chw
 from metafsl.engine import checkpoint, runtime
 from metafsl.engine.callbacks import Callback, CallbackList
 from metafsl.engine.components import build_learner, resolve_device
-from metafsl.engine.evaluate import transduction
+from metafsl.engine.episode_adapt import seeded
+from metafsl.engine.evaluate import transduction, tta_supported
+from metafsl.engine.fast_eval import embed_views
 from metafsl.engine.predict_inputs import gather, split_spec
 from metafsl.engine.predict_reject import Calibration, calibrate, check_calibration_possible
 from metafsl.engine.run_dir import find, write_text
@@ -168,6 +172,9 @@ class PredictOptions:
     finetune_lr: Optional[float] = None
     #: the views they classify (``flip_shift`` | ``train``); None: the run's ``eval.finetune_views``
     finetune_views: Optional[str] = None
+    #: test-time augmentation (``eval.tta``, metric learners and transfer baselines): each image's
+    #: embedding averaged over this many fixed views; None: the run's ``eval.tta`` (1: off)
+    tta: Optional[int] = None
 
     def check(self) -> None:
         """One sentence for the first bad value (before any work)."""
@@ -199,6 +206,8 @@ class PredictOptions:
         if self.finetune_views not in (None, *FINETUNE_VIEWS):
             raise UserError(f"eval.finetune_views must be one of {', '.join(FINETUNE_VIEWS)} "
                             f"(got {self.finetune_views!r}).")
+        if self.tta is not None and not (whole(self.tta) and self.tta <= MAX_VIEWS):
+            raise UserError(f"eval.tta must be an integer from 1 to {MAX_VIEWS} (got {self.tta!r}).")
 
     def finetune(self, cfg: Dict[str, Any]) -> Tuple[int, float, str]:
         """(steps, lr, views) of the test-time fine-tuning: these options, else the run's ``eval``."""
@@ -206,6 +215,10 @@ class PredictOptions:
         steps = self.finetune_steps if self.finetune_steps is not None else ev.get("finetune_steps", 0)
         views = self.finetune_views or ev.get("finetune_views", "flip_shift")
         return int(steps), float(self.finetune_lr if self.finetune_lr is not None else ev.get("finetune_lr", 0.001)), views
+
+    def views(self, cfg: Dict[str, Any]) -> int:
+        """How many test-time views: this option, else the run's ``eval.tta``."""
+        return int(self.tta if self.tta is not None else (cfg.get("eval") or {}).get("tta", 1) or 1)
 
     def k(self, n_classes: int) -> int:
         """The number of classes listed per image, checked against the support classes."""
@@ -361,6 +374,14 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     steps, lr, views = options.finetune(cfg)
     check_finetune(algo, steps, cfg["algo"]["name"])
     draw_views = preprocess.finetune_views(views) if steps else None  # checked before any work
+    tta = options.views(cfg)
+    if tta > 1 and not tta_supported(algo):
+        raise UserError(f"eval.tta={tta} averages the image embeddings of a metric learner ({METRIC_LEARNERS}) "
+                        f"or a transfer baseline (Baseline, Baseline++); {cfg['algo']['name']} has none: "
+                        "use eval.tta=1.")
+    if tta > 1 and options.reject == "auto":
+        raise UserError("predict.reject=auto calibrates on the support images without test-time views; "
+                        f"with eval.tta={tta} give predict.reject_below=<p> instead.")
     names, support_files = read_support(support)
     _check_support_names(names)
     top_k = options.k(len(names))
@@ -379,9 +400,12 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     if steps:  # P>M>F's last stage: the backbone tuned on this support set (a copy loaded for this call)
         finetune_backbone(algo, support_x, labels, len(names), steps, lr, torch.Generator().manual_seed(0),
                           draw_views)
-    calibration = calibrate(algo, support_x, labels, len(names), callbacks) if options.reject == "auto" else None
-    probs, kept, skipped = _classify(algo, support_x, labels, len(names), queries.files, read, to_tensor, options,
-                                     cfg, callbacks)
+    # what a learner draws at test time (a transfer baseline's head, MANN's support order, Reptile's
+    # mini-batches) from a fixed seed: the same images get the same answers, call after call
+    with seeded(0, device):
+        calibration = calibrate(algo, support_x, labels, len(names), callbacks) if options.reject == "auto" else None
+        probs, kept, skipped = _classify(algo, support_x, labels, len(names), queries.files, read, to_tensor,
+                                         options, cfg, callbacks, tta)
     if not kept:
         skipped = queries.missing + skipped
         path, reason = skipped[0]
@@ -392,19 +416,37 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
 
 
 def _classify(algo, support_x: torch.Tensor, labels: torch.Tensor, n_way: int, files: List[Path], read: Reader,
-              to_tensor, options: PredictOptions, cfg: Dict[str, Any], callbacks: Callback):
+              to_tensor, options: PredictOptions, cfg: Dict[str, Any], callbacks: Callback, tta: int = 1):
     """(probs, the files classified, the files skipped): each query on its own (the learner adapted
     once), or, with ``options.transductive``, every query embedded batch by batch, then all
-    classified together by the rule (the run's ``eval.<rule>`` settings)."""
+    classified together by the rule (the run's ``eval.<rule>`` settings); ``tta`` > 1: every
+    embedding averaged over that many fixed views (``fast_eval.embed_views``)."""
     if options.transductive == "none":
-        return classify_batches(algo.adapt(support_x, labels, n_way), files, read, to_tensor, options.batch_size,
-                                callbacks)
+        classify = algo.adapt(support_x, labels, n_way) if tta <= 1 else _view_classifier(algo, support_x, labels,
+                                                                                          n_way, tta)
+        return classify_batches(classify, files, read, to_tensor, options.batch_size, callbacks)
     rule = transduction({**cfg.get("eval", {}), "transductive": options.transductive})
+    embed = algo.embed if tta <= 1 else partial(embed_views, algo.backbone, tta=tta)
     with torch.no_grad():
-        support_z = algo.embed(support_x)
-        query_z, kept, skipped = classify_batches(algo.embed, files, read, to_tensor, options.batch_size, callbacks,
+        support_z = embed(support_x)
+        query_z, kept, skipped = classify_batches(embed, files, read, to_tensor, options.batch_size, callbacks,
                                                   softmax=False)
     if not kept:
         return query_z, kept, skipped
     scores = rule(support_z[None], labels[None], query_z[None].to(support_z.device), n_way)[0]
     return scores.softmax(-1).cpu(), kept, skipped
+
+
+def _view_classifier(algo, support_x: torch.Tensor, labels: torch.Tensor, n_way: int, tta: int):
+    """Query images -> logits of ``algo`` adapted once to the support embeddings averaged over
+    ``tta`` views, the queries' averaged the same way (as ``metafsl test eval.tta`` scores
+    episodes); a transfer baseline fits its head once, on those support embeddings."""
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return embed_views(algo.backbone, x, tta)[None]
+
+    support = embed(support_x)
+    if isinstance(algo, TransferBaseline):
+        head = algo.fit_heads(support, labels[None], n_way)
+        return lambda x: algo.head_logits(head, embed(x), n_way)[0]
+    return lambda x: algo.logits_from_embeddings(support, labels[None], embed(x), n_way)[0]
