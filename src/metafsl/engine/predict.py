@@ -368,20 +368,7 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     callbacks = callbacks if callbacks is not None else CallbackList()
     device = resolve_device(device_name)
     algo, preprocess, cfg, channels, size = load_learner(run, which, device)
-    if options.transductive != "none" and not isinstance(algo, MetricLearner):
-        raise UserError(f"predict.transductive={options.transductive} needs a metric learner's embeddings "
-                        f"({METRIC_LEARNERS}), not {cfg['algo']['name']}.")
-    steps, lr, views = options.finetune(cfg)
-    check_finetune(algo, steps, cfg["algo"]["name"])
-    draw_views = preprocess.finetune_views(views) if steps else None  # checked before any work
-    tta = options.views(cfg)
-    if tta > 1 and not tta_supported(algo):
-        raise UserError(f"eval.tta={tta} averages the image embeddings of a metric learner ({METRIC_LEARNERS}) "
-                        f"or a transfer baseline (Baseline, Baseline++); {cfg['algo']['name']} has none: "
-                        "use eval.tta=1.")
-    if tta > 1 and options.reject == "auto":
-        raise UserError("predict.reject=auto calibrates on the support images without test-time views; "
-                        f"with eval.tta={tta} give predict.reject_below=<p> instead.")
+    steps, lr, draw_views, tta = _test_time_choices(algo, preprocess, cfg, options)
     names, support_files = read_support(support)
     _check_support_names(names)
     top_k = options.k(len(names))
@@ -413,6 +400,27 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     return Predictions(names, kept, probs, support_files, cfg["algo"]["name"], queries.missing + skipped, top_k,
                        calibration.threshold if calibration else options.reject_below, calibration,
                        queries.ignored, queries.duplicates, transductive=options.transductive)
+
+
+def _test_time_choices(algo, preprocess, cfg: Dict[str, Any], options: PredictOptions):
+    """(fine-tuning steps, their lr, their view drawer, test-time views) for ``algo``: these
+    options, else the run's ``eval``; one sentence, before any image is read, for a choice the
+    learner cannot take."""
+    name = cfg["algo"]["name"]
+    if options.transductive != "none" and not isinstance(algo, MetricLearner):
+        raise UserError(f"predict.transductive={options.transductive} needs a metric learner's embeddings "
+                        f"({METRIC_LEARNERS}), not {name}.")
+    steps, lr, views = options.finetune(cfg)
+    check_finetune(algo, steps, name)
+    draw_views = preprocess.finetune_views(views) if steps else None
+    tta = options.views(cfg)
+    if tta > 1 and not tta_supported(algo):
+        raise UserError(f"eval.tta={tta} averages the image embeddings of a metric learner ({METRIC_LEARNERS}) "
+                        f"or a transfer baseline (Baseline, Baseline++); {name} has none: use eval.tta=1.")
+    if tta > 1 and options.reject == "auto":
+        raise UserError("predict.reject=auto calibrates on the support images without test-time views; "
+                        f"with eval.tta={tta} give predict.reject_below=<p> instead (or eval.tta=1).")
+    return steps, lr, draw_views, tta
 
 
 def _classify(algo, support_x: torch.Tensor, labels: torch.Tensor, n_way: int, files: List[Path], read: Reader,
