@@ -115,6 +115,23 @@ def test_exported_file_predicts_what_predict_does(run_cli, runs, images, tmp_pat
     assert (algo == "maml") == ("statistics of the batch" in text)  # transductive: said
 
 
+def test_an_exported_baseline_holds_the_head_predict_fits(run_cli, tmp_path_factory, images, tmp_path):
+    """A transfer baseline draws its new head's initialisation at random: export and predict
+    both draw it from the same fixed seed, so the file predicts what predict does, export after
+    export."""
+    support, query = images
+    run = _train(tmp_path_factory, "baselinepp", "trainer.iterations=2", "trainer.val_every=2")
+    expected = _predict(run_cli, run, support, query, tmp_path / "pred.csv")
+    for k in range(2):
+        out = tmp_path / f"model{k}.pt"
+        code, _, err = run_cli("export", f"run={run}", f"support={support}", "format=torchscript", f"out={out}")
+        assert code == 0, err
+        torch.rand(5)  # whatever runs between two exports
+        names, classify = _load_file(out, "torchscript")
+        _, namespace = _usage(out.with_name(out.name + ".usage.py"), _queries(query))
+        assert np.abs(classify(namespace["images"]) - expected).max() < 1e-4
+
+
 def test_int8_and_fp16_files_stay_close_to_fp32(run_cli, runs, images, tmp_path):
     """int8 (static, calibrated on the support images) and fp16 ONNX files of the MAML run against
     its fp32 file on the 15 query images: probabilities within a few hundredths, and the same top

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from metafsl.algorithms.standalone import BatchStatisticsNorm
+from metafsl.engine.episode_adapt import seeded
 from metafsl.engine.predict import INVERTED, load_image, load_learner, read_support
 from metafsl.engine.run_dir import replace_atomically
 from metafsl.errors import UserError
@@ -147,7 +148,8 @@ def adapted(algo, preprocess, cfg: Dict[str, Any], images: torch.Tensor, labels:
             names: List[str], source: Dict[str, Any]) -> Prepared:
     """The learner adapted to uint8 support ``images`` (labels 0..K-1 naming ``names``), with its
     metadata (``source``: the run, the checkpoint, whether images are inverted)."""
-    classifier = algo.adapt_module(preprocess(images, train=False), labels)
+    with seeded(0, torch.device("cpu")):  # a transfer baseline's head: the one predict fits
+        classifier = algo.adapt_module(preprocess(images, train=False), labels)
     model = Deployable(classifier, preprocess.mean, preprocess.std).eval()
     counts = torch.bincount(labels, minlength=len(names)).tolist()
     channels, size = images.shape[1], images.shape[-1]
