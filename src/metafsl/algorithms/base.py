@@ -213,11 +213,12 @@ class Algorithm(nn.Module):
         return super().load_state_dict(renamed_keys(state_dict, self.renamed_state_keys), strict=strict,
                                         assign=assign)
 
-    def embed_episodes(self, batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One backbone pass over all support and query images: (B, Ns, D), (B, Nq, D)."""
+    def embed_episodes(self, batch: TaskBatch, forward=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One backbone pass over all support and query images: (B, Ns, D), (B, Nq, D)
+        (``forward``: another embedding of the images, e.g. averaged over test-time views)."""
         b, ns = batch.support_x.shape[:2]
         nq = batch.query_x.shape[1]
-        z = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+        z = (forward or self.backbone)(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
         return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, nq, -1)
 
     def prepare_training_images(self, batches: Iterable[torch.Tensor]) -> None:

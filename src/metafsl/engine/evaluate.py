@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
@@ -104,6 +105,12 @@ def transduction(ev: Dict[str, Any]) -> Optional[Transduction]:
 TTA_LEARNERS = (MetricLearner, TransferBaseline)
 
 
+def tta_refusal(tta: int, name) -> UserError:
+    """The one sentence refusing ``eval.tta`` to a learner without per-image embeddings."""
+    return UserError(f"eval.tta={tta} averages the image embeddings of a metric learner ({METRIC_LEARNERS}) "
+                     f"or a transfer baseline (Baseline, Baseline++); {name} has none: use eval.tta=1.")
+
+
 def tta_supported(algorithm) -> bool:
     """Whether ``eval.tta`` can average ``algorithm``'s image embeddings: a metric learner or a
     transfer baseline whose backbone embeds each image on its own (running batch-norm statistics)."""
@@ -125,9 +132,7 @@ def check_transductive(cfg: Dict[str, Any]) -> None:
                         f"not {cfg['algo'].get('name', target)}.")
     embeds = isinstance(target, type) and issubclass(target, TTA_LEARNERS)
     if int(ev.get("tta", 1) or 1) > 1 and not embeds:
-        raise UserError(f"eval.tta={ev['tta']} averages the image embeddings of a metric learner ({METRIC_LEARNERS}) "
-                        f"or a transfer baseline (Baseline, Baseline++); {cfg['algo'].get('name', target)} "
-                        "has none: use eval.tta=1.")
+        raise tta_refusal(ev["tta"], cfg["algo"].get("name", target))
 
 
 @dataclass
@@ -312,20 +317,10 @@ def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: i
             if rule is None and tta <= 1:
                 logits = algorithm.episode_logits(batch)
             else:
+                views = None if tta <= 1 else partial(fast_eval.embed_views, algorithm.backbone, tta=tta)
                 with torch.no_grad():
-                    support, query = _embed_episode_views(algorithm, batch, tta)
+                    support, query = algorithm.embed_episodes(batch, views)
                 logits = (rule or algorithm.logits_from_embeddings)(support, batch.support_y, query, batch.n_way)
         predicted.append(logits.argmax(-1).cpu())
         advance(len(batch))
     return torch.cat(predicted) if predicted else torch.zeros(0, sampler.n_way * sampler.n_query, dtype=torch.long)
-
-
-def _embed_episode_views(algorithm, batch, tta: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``algorithm.embed_episodes(batch)``, each embedding averaged over ``tta`` fixed views
-    (``fast_eval.embed_views``; 1: the images alone)."""
-    if tta <= 1:
-        return algorithm.embed_episodes(batch)
-    b, ns = batch.support_x.shape[:2]
-    x = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-    z = fast_eval.embed_views(algorithm.backbone, x, tta)
-    return z[: b * ns].view(b, ns, -1), z[b * ns:].view(b, batch.query_x.shape[1], -1)

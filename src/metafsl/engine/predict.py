@@ -41,7 +41,7 @@ from metafsl.engine import checkpoint, runtime
 from metafsl.engine.callbacks import Callback, CallbackList
 from metafsl.engine.components import build_learner, resolve_device
 from metafsl.engine.episode_adapt import seeded
-from metafsl.engine.evaluate import transduction, tta_supported
+from metafsl.engine.evaluate import transduction, tta_refusal, tta_supported
 from metafsl.engine.fast_eval import embed_views
 from metafsl.engine.predict_inputs import gather, split_spec
 from metafsl.engine.predict_reject import Calibration, calibrate, check_calibration_possible
@@ -415,8 +415,7 @@ def _test_time_choices(algo, preprocess, cfg: Dict[str, Any], options: PredictOp
     draw_views = preprocess.finetune_views(views) if steps else None
     tta = options.views(cfg)
     if tta > 1 and not tta_supported(algo):
-        raise UserError(f"eval.tta={tta} averages the image embeddings of a metric learner ({METRIC_LEARNERS}) "
-                        f"or a transfer baseline (Baseline, Baseline++); {name} has none: use eval.tta=1.")
+        raise tta_refusal(tta, name)
     if tta > 1 and options.reject == "auto":
         raise UserError("predict.reject=auto calibrates on the support images without test-time views; "
                         f"with eval.tta={tta} give predict.reject_below=<p> instead (or eval.tta=1).")

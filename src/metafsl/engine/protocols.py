@@ -24,7 +24,7 @@ import torch
 from metafsl.algorithms.test_time import check_finetune, finetuned
 from metafsl.data.lake_runs import read_runs
 from metafsl.engine.episode_adapt import seeded
-from metafsl.engine.evaluate import EvalSpec, mean_ci95
+from metafsl.engine.evaluate import EvalSpec, mean_ci95, tta_refusal
 from metafsl.engine.fast_eval import embed_views
 from metafsl.errors import UserError
 
@@ -66,8 +66,7 @@ def run_logits(algorithm, task, tta: int = 1) -> torch.Tensor:
     if tta <= 1:
         return algorithm.episode_logits(task).detach()
     if not hasattr(algorithm, "logits_from_embeddings"):
-        raise UserError(f"eval.tta={tta} averages the image embeddings of a metric learner or a transfer "
-                        f"baseline; {type(algorithm).__name__} has none.")
+        raise tta_refusal(tta, type(algorithm).__name__)
     with torch.no_grad():
         support = embed_views(algorithm.backbone, task.support_x[0], tta).unsqueeze(0)
         query = embed_views(algorithm.backbone, task.query_x[0], tta).unsqueeze(0)
