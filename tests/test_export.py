@@ -65,8 +65,8 @@ def _queries(folder: Path):
     return sorted(folder.iterdir())
 
 
-def _predict(run_cli, run: Path, support: Path, query: Path, out: Path) -> np.ndarray:
-    code, _, err = run_cli("predict", f"run={run}", f"support={support}", f"query={query}", f"out={out}")
+def _predict(run_cli, run: Path, support: Path, query: Path, out: Path, *extra: str) -> np.ndarray:
+    code, _, err = run_cli("predict", f"run={run}", f"support={support}", f"query={query}", f"out={out}", *extra)
     assert code == 0, err
     with open(out) as f:
         rows = list(csv.DictReader(f))
@@ -118,18 +118,54 @@ def test_exported_file_predicts_what_predict_does(run_cli, runs, images, tmp_pat
 def test_an_exported_baseline_holds_the_head_predict_fits(run_cli, tmp_path_factory, images, tmp_path):
     """A transfer baseline draws its new head's initialisation at random: export and predict
     both draw it from the same fixed seed, so the file predicts what predict does, export after
-    export."""
+    export; with eval.tta the head is fitted on the support embeddings averaged over the views,
+    as predict fits it."""
     support, query = images
     run = _train(tmp_path_factory, "baselinepp", "trainer.iterations=2", "trainer.val_every=2")
-    expected = _predict(run_cli, run, support, query, tmp_path / "pred.csv")
-    for k in range(2):
+    predicted = {}
+    for k, choice in enumerate(["eval.tta=1", "eval.tta=1", "eval.tta=3"]):
+        if choice not in predicted:
+            predicted[choice] = _predict(run_cli, run, support, query, tmp_path / f"pred{k}.csv", choice)
+        expected = predicted[choice]
         out = tmp_path / f"model{k}.pt"
-        code, _, err = run_cli("export", f"run={run}", f"support={support}", "format=torchscript", f"out={out}")
+        code, _, err = run_cli("export", f"run={run}", f"support={support}", "format=torchscript", f"out={out}",
+                               choice)
         assert code == 0, err
         torch.rand(5)  # whatever runs between two exports
         names, classify = _load_file(out, "torchscript")
         _, namespace = _usage(out.with_name(out.name + ".usage.py"), _queries(query))
         assert np.abs(classify(namespace["images"]) - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("fmt,choice", [("onnx", ("eval.tta=10",)), ("torchscript", ("eval.tta=5",)),
+                                        ("torchscript", ("eval.finetune_steps=3", "eval.finetune_lr=0.5"))],
+                         ids=["onnx-tta10", "torchscript-tta5", "torchscript-finetune3"])
+def test_an_exported_file_keeps_predicts_test_time_choices(run_cli, runs, images, tmp_path, fmt, choice):
+    """eval.tta (views averaged inside the file: shifts, and mirror images past 5) and
+    eval.finetune_steps (the tuned backbone in the file): the file predicts what predict does
+    with the same choice, which is not what it does without it."""
+    support, query = images
+    run = runs["protonet"]
+    out = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt'}"
+    code, text, err = run_cli("export", f"run={run}", f"support={support}", f"out={out}", *choice)
+    assert code == 0, err
+    assert "Built in, as metafsl predict does: " in text
+    expected = _predict(run_cli, run, support, query, tmp_path / "pred.csv", *choice)
+    plain = _predict(run_cli, run, support, query, tmp_path / "plain.csv")
+    _, namespace = _usage(out.with_name(out.name + ".usage.py"), _queries(query))
+    got = _load_file(out, fmt)[1](namespace["images"])
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(got - plain).max() > 1e-3  # the choice changes the answers: it is in the file
+    key, value = choice[0].split("=")
+    assert _metadata(out, fmt)["test_time"][key.split(".")[1]] == int(value)
+
+
+def _metadata(path: Path, fmt: str) -> dict:
+    if fmt == "torchscript":
+        extra = {"metafsl.json": ""}
+        torch.jit.load(str(path), _extra_files=extra)
+        return json.loads(extra["metafsl.json"])
+    return json.loads(ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map["metafsl"])
 
 
 def test_int8_and_fp16_files_stay_close_to_fp32(run_cli, runs, images, tmp_path):
@@ -178,6 +214,8 @@ def test_export_refuses_in_one_sentence(run_cli, runs, images, tmp_path_factory,
         ("format=torchscript", f"out={tmp_path / 'm.onnx'}"): "names an ONNX file but format=torchscript",
         (f"out={tmp_path}",): "is a directory",
         ("colour=true",): "Unknown argument 'colour=true' for metafsl export",
+        ("eval.tta=11",): "eval.tta must be an integer from 1 to 10 (got 11).",
+        ("eval.tta=two",): "eval.tta must be an integer from 1 to 10 (got 'two').",
     }
     for args, sentence in refusals.items():
         code, _, err = run_cli("export", f"run={run}", f"support={support}", *args)
@@ -188,6 +226,10 @@ def test_export_refuses_in_one_sentence(run_cli, runs, images, tmp_path_factory,
     assert code == 2 and "already exists; pass overwrite=true" in err and taken.read_bytes() == b"keep"
     code, _, err = run_cli("export", f"run={run}")
     assert code == 2 and "needs run=<run dir> support=" in err
+    code, _, err = run_cli("export", f"run={runs['maml']}", f"support={support}", "eval.tta=3",
+                           f"out={tmp_path / 'maml.onnx'}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "maml has none: use eval.tta=1" in err
+    assert not (tmp_path / "maml.onnx").exists()
 
 
 def test_default_out_is_a_new_file_in_the_run(run_cli, runs, images):

@@ -773,17 +773,25 @@ _FORMAT_OF_SUFFIX = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript
 
 def export(run_dir: PathLike, support: PathLike, format: Optional[str] = None, out: Optional[PathLike] = None,
            checkpoint: str = "best", quantize: str = "none", invert: Optional[bool] = None,
-           convert: bool = False, overwrite: bool = False):
+           convert: bool = False, overwrite: bool = False, *, tta: Optional[int] = None,
+           finetune_steps: Optional[int] = None, finetune_lr: Optional[float] = None,
+           finetune_views: Optional[str] = None):
     """Write the run's learner adapted to ``support`` (one sub-folder of images per class) as one
     standalone classifier file, ``format`` ``onnx`` or ``torchscript`` (default: from ``out``'s
     ending, else onnx), with ``<out>.usage.py`` beside it; ``quantize=int8|fp16`` for ONNX.
     ``out`` defaults to a new ``<run>/exports/<time>_<suffix>.onnx|.pt``; an existing file is
-    replaced only with ``overwrite``.  Returns ``metafsl.engine.export.Exported`` (what was
+    replaced only with ``overwrite``.  ``tta`` and ``finetune_*``: the test-time choices of
+    ``predict`` (default: the run's ``eval``), built into the file, which then gives predict's
+    probabilities under the same choices.  Returns ``metafsl.engine.export.Exported`` (what was
     written, the check of the file against the model, the usage snippet)."""
     from metafsl.engine import export as ex
     from metafsl.engine.export_usage import snippet, usage_script
+    from metafsl.engine.predict import PredictOptions
     from metafsl.engine.run_dir import stamp, write_text
 
+    options = PredictOptions(finetune_steps=finetune_steps, finetune_lr=finetune_lr,
+                             finetune_views=finetune_views, tta=tta)
+    options.check()
     if format is not None:
         ex.check_choice(format, quantize)
     fmt = _export_format(format, out)
@@ -796,7 +804,7 @@ def export(run_dir: PathLike, support: PathLike, format: Optional[str] = None, o
             raise UserError(f"{path} is a directory; give a file name such as out={path / ('model' + suffix)}.")
         if path.exists() and not overwrite:
             raise UserError(f"{path} already exists; pass overwrite=true to replace it, or another out=.")
-    prepared = ex.prepare(Path(run_dir), Path(support), checkpoint, invert, convert)
+    prepared = ex.prepare(Path(run_dir), Path(support), checkpoint, invert, convert, options)
     result = ex.write(prepared, fmt, quantize, target)
     result.usage_path, result.snippet = usage, snippet(result.metadata, target)
     write_text(usage, usage_script(result.metadata, target, usage, ex.describe(result.metadata)),

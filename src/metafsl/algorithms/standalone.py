@@ -16,6 +16,11 @@ provides it through its family's hook ``fit_module(support_x, support_y, n_way)`
 - transfer baselines: the backbone and the fitted head (``FittedHead``);
 - MANN refuses (``export_refusal``): its classifier is a controller state, not a network.
 
+Test-time augmentation (``eval.tta``) is kept by building the module while the learner's backbone
+is ``ViewAveraged`` (``backbone_over_views``): the support embeddings, and those of every image
+the module classifies, are then averaged over the same fixed views as ``metafsl test`` and
+``metafsl predict`` average them.
+
 Batch norm that normalises with the current batch's statistics (the MAML family's, as in Finn et
 al.'s code) is replaced by ``BatchStatisticsNorm``, the same computation in plain operations,
 which the ONNX exporter records (it refuses ``batch_norm`` without running statistics).  Such a
@@ -23,13 +28,15 @@ classifier stays transductive: images classified together share their statistics
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import torch
 from torch import nn
 
 from metafsl.algorithms.per_step_bn import PerStepBatchNorm
+from metafsl.data.augment import tta_views
 
 
 class BatchStatisticsNorm(nn.Module):
@@ -97,6 +104,34 @@ def detached_copy(module: nn.Module, **replace) -> nn.Module:
     finally:
         for k, v in saved.items():
             setattr(module, k, v)
+
+
+class ViewAveraged(nn.Module):
+    """A backbone whose output for each image is the mean of its outputs for the first ``views``
+    fixed views of it (``metafsl.data.augment.tta_views``: one-pixel shifts, then mirror images)."""
+
+    def __init__(self, backbone: nn.Module, views: int):
+        super().__init__()
+        self.backbone = backbone
+        self.views = int(views)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.backbone(v.contiguous()) for v in tta_views(x, self.views)]).mean(0)
+
+
+@contextlib.contextmanager
+def backbone_over_views(learner: nn.Module, views: int) -> Iterator[nn.Module]:
+    """``learner`` embedding every image over ``views`` fixed views while inside (1: unchanged);
+    a module built inside (``adapt_module``) keeps the averaging backbone."""
+    if views <= 1:
+        yield learner
+        return
+    backbone = learner.backbone
+    learner.backbone = ViewAveraged(backbone, views)
+    try:
+        yield learner
+    finally:
+        learner.backbone = backbone
 
 
 class SupportRule(nn.Module):

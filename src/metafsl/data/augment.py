@@ -99,7 +99,7 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def tta_views(x: torch.Tensor, n: int) -> list:
     """The first ``n`` (1..10) deterministic views of images ``x`` (N, C, H, W)."""
-    s = max(1, round(x.shape[-1] / 28))
+    s = max(1, round(int(x.shape[-1]) / 28))  # int(): a traced shape (export) is a tensor
     base = [x, _shift(x, 0, s), _shift(x, 0, -s), _shift(x, s, 0), _shift(x, -s, 0)]
     views = base + [v.flip(-1) for v in base]
     return views[:n]

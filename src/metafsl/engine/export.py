@@ -33,6 +33,12 @@ library, and the usage snippet written beside the file does it with Pillow as pr
   execution providers): onnxruntime's CPU provider has few float16 kernels and runs it through
   inserted casts, slower than fp32.
 
+Test-time choices are those of ``metafsl predict`` (``PredictOptions``; default: the run's ``eval``):
+with ``eval.tta=<n>`` the file averages every image's embedding over the n fixed views itself
+(``algorithms.standalone.ViewAveraged``), and with ``eval.finetune_steps`` it holds the backbone
+fine-tuned on the support images; the metadata says which.  So the file gives predict's answers
+under the same choices.
+
 Every file is read back after writing and run on the support images: an fp32 file must give
 the eager module's probabilities within 1e-3 and its top class for every image (float32 kernels
 of another runtime differ by about 1e-4 on a sharp 84x84 classifier whose logits are squared
@@ -53,9 +59,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from metafsl.algorithms.standalone import BatchStatisticsNorm
+from metafsl.algorithms.standalone import BatchStatisticsNorm, backbone_over_views
+from metafsl.algorithms.test_time import finetune_backbone
 from metafsl.engine.episode_adapt import seeded
-from metafsl.engine.predict import INVERTED, load_image, load_learner, read_support
+from metafsl.engine.predict import (
+    INVERTED,
+    PredictOptions,
+    load_image,
+    load_learner,
+    read_support,
+    test_time_choices,
+)
 from metafsl.engine.run_dir import replace_atomically
 from metafsl.errors import UserError
 
@@ -131,24 +145,37 @@ class Prepared:
 
 
 def prepare(run: Path, support: Path, which: str = "best", invert: Optional[bool] = None,
-            convert: bool = False) -> Prepared:
-    """Load the run's learner (CPU), read the support folder, adapt: the module to export."""
+            convert: bool = False, options: Optional[PredictOptions] = None) -> Prepared:
+    """Load the run's learner (CPU), read the support folder, adapt: the module to export.
+    ``options``: predict's test-time choices (``eval.tta``, ``eval.finetune_*``; the others are
+    predict's own); default: the run's."""
+    options = options or PredictOptions()
+    options.check()
     algo, preprocess, cfg, channels, size = load_learner(run, which, torch.device("cpu"))
+    steps, lr, draw_views, tta = test_time_choices(algo, preprocess, cfg, options)
     if invert is None:
         invert = cfg["dataset"]["name"] in INVERTED
     names, files = read_support(support)
     images = torch.from_numpy(np.stack([load_image(p, size, channels, invert, convert)
                                         for group in files for p in group]))
     labels = torch.tensor([i for i, group in enumerate(files) for _ in group])
+    if steps:  # as predict: the backbone tuned on these support images (this call's copy)
+        finetune_backbone(algo, preprocess(images, train=False), labels, len(names), steps, lr,
+                          torch.Generator().manual_seed(0), draw_views)
+    tuned = {"finetune_lr": lr, "finetune_views": options.finetune(cfg)[2]} if steps else {}
+    test_time = {"tta": tta, "finetune_steps": steps, **tuned}
     return adapted(algo, preprocess, cfg, images, labels, names,
-                   {"run": str(run), "checkpoint": which, "invert": bool(invert)})
+                   {"run": str(run), "checkpoint": which, "invert": bool(invert), "test_time": test_time})
 
 
 def adapted(algo, preprocess, cfg: Dict[str, Any], images: torch.Tensor, labels: torch.Tensor,
             names: List[str], source: Dict[str, Any]) -> Prepared:
     """The learner adapted to uint8 support ``images`` (labels 0..K-1 naming ``names``), with its
-    metadata (``source``: the run, the checkpoint, whether images are inverted)."""
-    with seeded(0, torch.device("cpu")):  # a transfer baseline's head: the one predict fits
+    metadata (``source``: the run, the checkpoint, whether images are inverted, the test-time
+    choices: ``tta`` views averaged inside the module)."""
+    test_time = source.get("test_time", {"tta": 1, "finetune_steps": 0})
+    # a transfer baseline's head: the one predict fits (same seed, same averaged embeddings)
+    with seeded(0, torch.device("cpu")), backbone_over_views(algo, test_time["tta"]):
         classifier = algo.adapt_module(preprocess(images, train=False), labels)
     model = Deployable(classifier, preprocess.mean, preprocess.std).eval()
     counts = torch.bincount(labels, minlength=len(names)).tolist()
@@ -161,6 +188,7 @@ def adapted(algo, preprocess, cfg: Dict[str, Any], images: torch.Tensor, labels:
                   "image_size": size, "resize": "lanczos", "invert": source["invert"]},
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(names)]},
         "transductive": any(isinstance(m, BatchStatisticsNorm) for m in classifier.modules()),
+        "test_time": test_time,
         "exported": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     return Prepared(model, images, list(names), counts, metadata)
@@ -300,6 +328,9 @@ def describe(meta: Dict[str, Any]) -> str:
             + (", inverted (255 - pixel)" if inp["invert"] else "")
             + "; the file normalises them. Output 'probabilities': float32 (N, "
             f"{len(meta['class_names'])}), in the order of class_names.")
+    tta = meta.get("test_time", {}).get("tta", 1)
+    if tta > 1:
+        text += f" Each image's embedding is averaged over {tta} fixed views inside the file (eval.tta={tta})."
     if meta["transductive"]:
         text += (" Batch norm uses the statistics of the batch given, as in training and metafsl predict: "
                  "classify images together; one image alone is normalised by its own statistics.")

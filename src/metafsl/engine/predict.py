@@ -368,7 +368,7 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
     callbacks = callbacks if callbacks is not None else CallbackList()
     device = resolve_device(device_name)
     algo, preprocess, cfg, channels, size = load_learner(run, which, device)
-    steps, lr, draw_views, tta = _test_time_choices(algo, preprocess, cfg, options)
+    steps, lr, draw_views, tta = test_time_choices(algo, preprocess, cfg, options)
     names, support_files = read_support(support)
     _check_support_names(names)
     top_k = options.k(len(names))
@@ -402,7 +402,7 @@ def predict(run: Path, support: Path, query: Union[str, Path, Sequence[Union[str
                        queries.ignored, queries.duplicates, transductive=options.transductive)
 
 
-def _test_time_choices(algo, preprocess, cfg: Dict[str, Any], options: PredictOptions):
+def test_time_choices(algo, preprocess, cfg: Dict[str, Any], options: PredictOptions):
     """(fine-tuning steps, their lr, their view drawer, test-time views) for ``algo``: these
     options, else the run's ``eval``; one sentence, before any image is read, for a choice the
     learner cannot take."""
