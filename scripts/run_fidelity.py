@@ -58,6 +58,7 @@ LAKE_ABLATIONS = {
     "koch_only": ["dataset.augment=koch"],
     "stroke_only": ["dataset.augment=stroke"],
     "wide128": ["backbone.hidden=128"],
+    "way20": ["episode.train.n_way=20"],  # training episodes of the test's 20 ways, not 40
     "seed1": ["seed=1"],  # the full recipe again: a second model for the ensemble below
     # task-conditioned or learned-metric methods in ProtoNet's place (FEAT's temperatures as
     # zoo_omniglot_feat: a backbone trained from scratch)

@@ -63,6 +63,19 @@ def test_stroke_width_grows_and_shrinks_the_ink():
     assert torch.equal(augment.stroke_width(x, torch.zeros(len(x))), x)
 
 
+def test_the_stroke_jitter_scales_with_the_image_side():
+    """The amount drawn is scaled by side / 105: at 28x28 the strongest erosion blends in 28/105 of
+    the 3x3 min-pool (at 105x105 all of it), so it never erases a character."""
+    for side, scale in ((28, 28 / 105), (105, 1.0), (140, 1.0)):
+        x = torch.rand(64, 1, side, side)
+        got = augment.random_stroke(x.clone(), torch.Generator().manual_seed(0))
+        amount = torch.empty(64).uniform_(-1, 1, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(got, augment.stroke_width(x, scale * amount)), side
+    x = glyphs(n=64, size=28)
+    thinnest = augment.random_stroke(x, torch.Generator().manual_seed(1)).sum(dim=(1, 2, 3))
+    assert (thinnest > 0.7 * x.sum(dim=(1, 2, 3))).all()  # unscaled: down to nothing
+
+
 def test_koch_matrices_stay_near_the_identity():
     m = augment.koch_matrices(2000, torch.Generator().manual_seed(0))
     eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
