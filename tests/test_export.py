@@ -137,6 +137,10 @@ def test_an_exported_baseline_holds_the_head_predict_fits(run_cli, tmp_path_fact
         assert np.abs(classify(namespace["images"]) - expected).max() < 1e-4
 
 
+#: ``metafsl predict`` without test-time choices, per run (the runs are module fixtures)
+_PLAIN = {}
+
+
 @pytest.mark.parametrize("fmt,choice", [("onnx", ("eval.tta=10",)), ("torchscript", ("eval.tta=5",)),
                                         ("torchscript", ("eval.finetune_steps=3", "eval.finetune_lr=0.5"))],
                          ids=["onnx-tta10", "torchscript-tta5", "torchscript-finetune3"])
@@ -151,7 +155,9 @@ def test_an_exported_file_keeps_predicts_test_time_choices(run_cli, runs, images
     assert code == 0, err
     assert "Built in, as metafsl predict does: " in text
     expected = _predict(run_cli, run, support, query, tmp_path / "pred.csv", *choice)
-    plain = _predict(run_cli, run, support, query, tmp_path / "plain.csv")
+    if run not in _PLAIN:  # plain predict once for the three choices
+        _PLAIN[run] = _predict(run_cli, run, support, query, tmp_path / "plain.csv")
+    plain = _PLAIN[run]
     _, namespace = _usage(out.with_name(out.name + ".usage.py"), _queries(query))
     got = _load_file(out, fmt)[1](namespace["images"])
     assert np.abs(got - expected).max() < 1e-4
