@@ -5,24 +5,28 @@
 (with the project installed in the Python that runs it, or PYTHONPATH=src)
     python scripts/run_fidelity.py lake maml tiny ...            # some goals only
     python scripts/run_fidelity.py ablate-lake --minutes 10 --background images_background_small1
-    python scripts/run_fidelity.py ablate-lake --minutes 10 --rows full,feat --extra dataset.image_size=28
+    python scripts/run_fidelity.py ablate-lake --minutes 10 --rows full,koch,feat
     python scripts/run_fidelity.py ablate-maml --minutes 14 --budget 0.1 --extra runtime.compile=false
     python scripts/run_fidelity.py ablate-maml --minutes 60 --rows no_cosine,no_da   # some rows only
     python scripts/run_fidelity.py all --dry-run                  # print the commands only
 
-Goals (each preset trains within trainer.max_minutes=60 on the 2-core CPU):
-  lake: experiment=lake2015_{background,small1,small2}, then `metafsl test protocol=lake20` on the
-        runs (--lake-runs: the official all_runs.zip; default: the stand-in, built first by
-        scripts/make_lake_standin.py), without and with test-time augmentation (eval.tta=5);
+Goals (each trains within 60 minutes on the 2-core CPU):
+  lake: experiment=lake2015_{background,small1,small2} (ProtoNet, 10 minutes each) and FEAT on
+        each preset's recipe (10 minutes), then `metafsl test protocol=lake20` on each run and on
+        the two as one ensemble (--lake-runs: the official all_runs.zip; default: the stand-in,
+        built first by scripts/make_lake_standin.py), without and with test-time augmentation
+        (eval.tta=5);
   maml: experiment=maml_omniglot_cpu_{5w1s,20w1s} (each tests itself on 600 episodes);
   tiny: experiment=tiny_fewshot_cpu_pretrain_conv4 (stage 1, 25 min), then
         tiny_fewshot_cpu_{5w5s,5w1s} from it (35 min each), each tested again with eval.tta=10.
-ablate-lake: the Lake levers one at a time against the full recipe, each trained --minutes,
-  all tested with protocol=lake20 with and without eval.tta=5 (no_within_alphabet also
-  validates on mixed-alphabet episodes: episode.within_alphabet steers both), and FEAT, the
-  Siamese net and TADAM trained on the recipe's episodes in ProtoNet's place; then the full
-  recipe's two seeds as an ensemble (protocol.ensemble=). Each lake20 row's error has its 95%
-  interval over the 20 runs, and its difference from the full recipe's, run by run (vs_full).
+ablate-lake: the Lake levers one at a time against the preset of --background ("full";
+  images_background: lake2015_background, images_background_small1/2: lake2015_small1/2), each
+  trained --minutes (a row that sets what the preset has already is skipped), all tested with
+  protocol=lake20 with and without eval.tta=5 (no_within_alphabet also validates on
+  mixed-alphabet episodes: episode.within_alphabet steers both), and FEAT, the Siamese net and
+  TADAM trained on the recipe's episodes in ProtoNet's place; then the preset's two seeds as an
+  ensemble (protocol.ensemble=). Each lake20 row's error has its 95% interval over the 20 runs,
+  and its difference from the full row's, run by run (vs_full).
 ablate-maml: MAML++'s options one at a time off (and all off), and per-step batch-norm weights
   and biases on (per_step_bn, off in the presets), preset --maml, each trained --minutes with
   --budget of its iterations and schedules; the same 600 test episodes.
@@ -46,23 +50,31 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 LAKE = ["lake2015_background", "lake2015_small1", "lake2015_small2"]
+#: ablate-lake --background -> the preset whose recipe its rows change
+LAKE_PRESET = dict(zip(["images_background", "images_background_small1", "images_background_small2"], LAKE))
 MAML = ["maml_omniglot_cpu_5w1s", "maml_omniglot_cpu_20w1s"]
 TINY = ["tiny_fewshot_cpu_5w5s", "tiny_fewshot_cpu_5w1s"]
-#: name -> overrides of the Lake recipe with one lever taken away (or a backbone widened, or
-#: another method trained on the same episodes)
+#: the second model of each Lake preset's ensemble: FEAT on the preset's own episodes and images
+#: (temperatures of 1, as zoo_omniglot_feat: a backbone trained from scratch)
+LAKE_MEMBER = ["algo=feat", "algo.temperature=1", "algo.temperature2=1"]
+#: name -> overrides of a Lake preset (28x28, within-alphabet episodes of 40 characters; no
+#: augmentation on the full set, Koch's on the minimal sets) with one lever changed, or another
+#: method on its episodes.
+#: (Until 2026-12-07 the preset was 56x56 with koch_stroke and the rows took levers away from it:
+#: `git show 6288dbe:scripts/run_fidelity.py` for the rows the earlier ablations name.)
 LAKE_ABLATIONS = {
     "full": [],
     "no_within_alphabet": ["episode.within_alphabet=false"],
-    "res28": ["dataset.image_size=28"],
+    "res56": ["dataset.image_size=56"],
     "no_augment": ["dataset.augment=none"],
-    "koch_only": ["dataset.augment=koch"],
-    "stroke_only": ["dataset.augment=stroke"],
+    "koch": ["dataset.augment=koch"],  # Koch et al.'s affine distortions
+    "koch_stroke": ["dataset.augment=koch_stroke"],  # and the stroke-width jitter (scaled to the side)
+    "stroke": ["dataset.augment=stroke"],
     "wide128": ["backbone.hidden=128"],
     "way20": ["episode.train.n_way=20"],  # training episodes of the test's 20 ways, not 40
-    "seed1": ["seed=1"],  # the full recipe again: a second model for the ensemble below
-    # task-conditioned or learned-metric methods in ProtoNet's place (FEAT's temperatures as
-    # zoo_omniglot_feat: a backbone trained from scratch)
-    "feat": ["algo=feat", "algo.temperature=1", "algo.temperature2=1"],
+    "seed1": ["seed=1"],  # the preset again: a second model for the ensemble below
+    # task-conditioned or learned-metric methods in ProtoNet's place
+    "feat": LAKE_MEMBER,
     "siamese": ["algo=siamese"],
     "tadam": ["algo=tadam"],
 }
@@ -154,9 +166,18 @@ def lake_tests(r: Runner, label: str, run: Optional[Path], root: str, ttas=(1, 5
 
 
 def goal_lake(r: Runner) -> None:
+    """Each preset's run (ProtoNet), its FEAT member (the same recipe, ``LAKE_MEMBER``), each
+    tested alone, then the two as one ensemble: the presets' lowest measured errors."""
     root = lake_root(r)
     for name in LAKE:
-        lake_tests(r, name, r.train(name, name), root)
+        run = r.train(name, name)
+        lake_tests(r, name, run, root)
+        member = r.train(f"{name}_feat", name, LAKE_MEMBER)
+        lake_tests(r, f"{name}_feat", member, root)
+        for tta in (1, 5):
+            res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}",
+                               f"protocol.ensemble=[{member}]"]) if run and member else None
+            r.record(f"{name}+feat", run, f"lake20 ensemble of 2, tta={tta}", res)
 
 
 def goal_maml(r: Runner) -> None:
@@ -183,14 +204,19 @@ def chosen(r: Runner, rows: Dict[str, List[str]]) -> Dict[str, List[str]]:
 
 
 def ablate_lake(r: Runner) -> None:
+    """Each row against the preset of ``--background`` (``LAKE_PRESET``); a row that sets only what
+    the preset already has (``no_augment`` on the full set, ``koch`` on the minimal sets) is the
+    preset itself and is skipped."""
     root = lake_root(r)
-    budget = [f"trainer.max_minutes={r.args.minutes}", f"dataset.background={r.args.background}"]
-    if r.args.background != "images_background":
-        budget.append("dataset.lake_val_fraction=0.2")
+    preset = LAKE_PRESET[r.args.background]
+    budget = [f"trainer.max_minutes={r.args.minutes}"]
     runs = {}
     for name, overrides in chosen(r, LAKE_ABLATIONS).items():
+        if name != "full" and preset_has(preset, overrides):
+            print(f"{name}: {preset} has {' '.join(overrides)} already (the full row); skipped.")
+            continue
         label = f"ablate_{r.args.background}_{r.args.minutes:g}min_{name}"
-        runs[name] = r.train(label, "lake2015_background", [*budget, *overrides])
+        runs[name] = r.train(label, preset, [*budget, *overrides])
         lake_tests(r, label, runs[name], root, (1,) if name in LAKE_NO_TTA else (1, 5))
     if runs.get("full") and runs.get("seed1"):  # ensemble of the two full-recipe models (seeds 0 and 1)
         ens = [f"protocol.ensemble=[{runs['seed1']}]"]
@@ -199,6 +225,21 @@ def ablate_lake(r: Runner) -> None:
             r.record(f"{runs['full'].name}+seed1", runs["full"], f"lake20 ensemble of 2, tta={tta}", res)
     if runs.get("full"):
         against_full(r.records, str(runs["full"]))
+
+
+def preset_has(preset: str, overrides: List[str]) -> bool:
+    """Whether every ``key=value`` of ``overrides`` is already the preset's value."""
+    from metafsl.api import compose, resolved
+
+    cfg = resolved(compose("train", [f"experiment={preset}"]), check=False)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) or str(node) != value:
+            return False
+    return True
 
 
 def against_full(records: List[Dict], full: str) -> None:
@@ -254,7 +295,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default="outputs/fidelity")
     p.add_argument("--lake-runs", default=None, help="all_runs.zip (default: the stand-in, built in --out)")
     p.add_argument("--minutes", type=float, default=10.0, help="ablate-lake: training minutes per variant")
-    p.add_argument("--background", default="images_background", help="ablate-lake: the background set")
+    p.add_argument("--background", default="images_background", choices=sorted(LAKE_PRESET),
+                   help="ablate-lake: the background set (its preset is the full row)")
     p.add_argument("--maml", default="maml_omniglot_cpu_5w1s", help="ablate-maml: the preset")
     p.add_argument("--budget", type=float, default=1.0,
                    help="ablate-maml: fraction of the preset's iterations and schedules (e.g. --minutes 20 --budget 0.33)")

@@ -231,8 +231,9 @@ def test_derivative_order_annealing_is_first_order_then_second_order():
 
 
 def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_cli):
-    """experiment=lake2015_small1 (koch_stroke augmentation, within-alphabet episodes), cut to a
-    tiny run on a fixture release, then its lake20 test with eval.tta, alone and as an ensemble."""
+    """experiment=lake2015_small1 (Koch's distortions, within-alphabet episodes), cut to a tiny
+    run of exactly its iterations (not planned by the clock) on a fixture release, then its lake20
+    test with eval.tta, alone and as an ensemble."""
     root = tmp_path / "data" / "omniglot"
     fx.omniglot_set(root, "images_background_small1", {"Greek": 2}, as_zip=True)
     fx.omniglot_set(root, "images_evaluation", {"Tengwar": 2}, as_zip=False)
@@ -242,8 +243,9 @@ def test_a_lake_preset_trains_and_is_scored_on_lake_runs_with_tta(tmp_path, run_
         "train", "experiment=lake2015_small1", f"paths.data_dir={root.parent}", "dataset.image_size=16",
         "dataset.lake_val_fraction=0.5", "episode.train.n_way=4", "episode.train.n_query=1",
         "episode.test.n_way=4", "trainer.iterations=2", "trainer.val_every=2", "trainer.val_episodes=2",
-        "eval.episodes=2", "backbone.hidden=4", f"hydra.run.dir={run}")
+        "trainer.fit_to_budget=false", "eval.episodes=2", "backbone.hidden=4", f"hydra.run.dir={run}")
     assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["train"]["iterations"] == 2
     records = []
     for extra in ([], [f"protocol.ensemble=[{run}]"]):  # an ensemble of the run with itself: the same votes
         code, _, err = run_cli("test", f"run={run}", "protocol=lake20", f"protocol.root={runs}", "eval.tta=3", *extra)
@@ -266,13 +268,19 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
     assert script.main(["all", "ablate-lake", "ablate-maml", "--dry-run", "--minutes", "5", "--out", str(tmp_path)]) == 0
     lines = [ln[2:] for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
     trains = [ln.split()[2] for ln in lines if ln.startswith("metafsl train")]
-    assert trains[:8] == [f"experiment={n}" for n in (*script.LAKE, *script.MAML, "tiny_fewshot_cpu_pretrain_conv4",
-                                                         *script.TINY)]
-    assert len(trains) == 8 + len(script.LAKE_ABLATIONS) + len(script.MAML_ABLATIONS)
+    lake = [n for name in script.LAKE for n in (name, name)]  # each preset's run, then its FEAT member
+    assert trains[:11] == [f"experiment={n}" for n in (*lake, *script.MAML, "tiny_fewshot_cpu_pretrain_conv4",
+                                                          *script.TINY)]
+    members = [ln for ln in lines if ln.startswith("metafsl train") and ln.endswith("_feat") and "/lake2015_" in ln]
+    assert len(members) == 3 and all(" ".join(script.LAKE_MEMBER) in ln for ln in members)
+    rows = len(script.LAKE_ABLATIONS) - 1  # no_augment is lake2015_background's own recipe: skipped
+    assert len(trains) == 11 + rows + len(script.MAML_ABLATIONS)
+    assert not any(ln.endswith("_no_augment") for ln in lines)
     assert sum("trainer.scheduler=null" in ln for ln in lines) == 2
-    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (3 + len(script.LAKE_ABLATIONS) + 1) - len(script.LAKE_NO_TTA)
+    # each preset: its run, its member and their ensemble, each with and without eval.tta=5
+    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (9 + rows + 1) - len(script.LAKE_NO_TTA)
     assert not any("eval.tta=5" in ln and "_tadam " in ln for ln in lines)
-    assert sum("protocol.ensemble=[" in ln for ln in lines) == 2
+    assert sum("protocol.ensemble=[" in ln for ln in lines) == 3 * 2 + 2
     assert f"backbone.weights={tmp_path / 'tiny_pretrain'}" in " ".join(lines)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
@@ -304,20 +312,30 @@ def test_ablation_rows_can_be_run_a_few_at_a_time(capsys, tmp_path):
     out = capsys.readouterr().out
     assert sum(ln.startswith("$ metafsl train") for ln in out.splitlines()) == 2
     assert "protocol.ensemble=[" in out  # both of the ensemble's models are there
-    for goal, row in [("ablate-maml", "no_cosin"), ("ablate-maml", "res28"), ("maml", "no_da")]:
+    for goal, row in [("ablate-maml", "no_cosin"), ("ablate-maml", "res56"), ("maml", "no_da")]:
         with pytest.raises(SystemExit) as refused:  # a typo, a row of the other ablation, no ablation
             script.main([goal, "--dry-run", "--rows", row, "--out", str(tmp_path)])
         assert refused.value.code == 2 and f"--rows: no row named {row}" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
-def test_every_lake_ablation_row_composes_with_the_preset():
+def test_every_lake_ablation_row_composes_with_each_preset_and_only_no_ops_are_skipped():
+    """Each row changes its background set's preset; the rows skipped as the preset's own recipe
+    are exactly those that change nothing (no augmentation on the full set, Koch's on the others)."""
     from metafsl.api import compose, resolved
 
     script = _fidelity_script()
-    for name, overrides in script.LAKE_ABLATIONS.items():
-        cfg = resolved(compose("train", ["experiment=lake2015_background", *overrides]), check=False)
-        assert cfg["name"] == "lake2015_background" and cfg["episode"]["within_alphabet"] == (name != "no_within_alphabet")
+    assert list(script.LAKE_PRESET.values()) == script.LAKE
+    for preset in script.LAKE:
+        base = resolved(compose("train", [f"experiment={preset}"]), check=False)
+        same = []
+        for name, overrides in script.LAKE_ABLATIONS.items():
+            cfg = resolved(compose("train", [f"experiment={preset}", *overrides]), check=False)
+            assert cfg["name"] == preset and cfg["episode"]["within_alphabet"] == (name != "no_within_alphabet")
+            if name != "full" and script.preset_has(preset, overrides):
+                same.append(name)
+                assert cfg == base
+        assert same == (["no_augment"] if preset == "lake2015_background" else ["koch"])
     assert {n: script.LAKE_ABLATIONS[n][0] for n in ("feat", "siamese", "tadam")} == \
         {"feat": "algo=feat", "siamese": "algo=siamese", "tadam": "algo=tadam"}
 
