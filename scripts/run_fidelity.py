@@ -41,12 +41,13 @@ summary.json is not trained again (rerun the same command after an interruption)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 LAKE = ["lake2015_background", "lake2015_small1", "lake2015_small2"]
@@ -159,10 +160,17 @@ def lake_root(r: Runner) -> str:
     return str(standin)
 
 
-def lake_tests(r: Runner, label: str, run: Optional[Path], root: str, ttas=(1, 5)) -> None:
+def lake_tests(r: Runner, label: str, run: Optional[Path], root: str, ttas=(1, 5),
+               ensemble: Optional[List[Optional[Path]]] = None) -> None:
+    """lake20 tests of ``run`` at each ``eval.tta``; with ``ensemble``, of ``run`` voting with
+    those runs (none is tested when any of them is missing)."""
+    extra, test = [], "lake20"
+    if ensemble is not None:
+        run = run if all(ensemble) else None
+        extra, test = [f"protocol.ensemble=[{','.join(map(str, ensemble))}]"], f"lake20 ensemble of {len(ensemble) + 1}"
     for tta in ttas:
-        res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}"]) if run else None
-        r.record(label, run, f"lake20, tta={tta}", res)
+        res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}", *extra]) if run else None
+        r.record(label, run, f"{test}, tta={tta}", res)
 
 
 def goal_lake(r: Runner) -> None:
@@ -174,10 +182,7 @@ def goal_lake(r: Runner) -> None:
         lake_tests(r, name, run, root)
         member = r.train(f"{name}_feat", name, LAKE_MEMBER)
         lake_tests(r, f"{name}_feat", member, root)
-        for tta in (1, 5):
-            res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}",
-                               f"protocol.ensemble=[{member}]"]) if run and member else None
-            r.record(f"{name}+feat", run, f"lake20 ensemble of 2, tta={tta}", res)
+        lake_tests(r, f"{name}+feat", run, root, ensemble=[member])
 
 
 def goal_maml(r: Runner) -> None:
@@ -219,27 +224,21 @@ def ablate_lake(r: Runner) -> None:
         runs[name] = r.train(label, preset, [*budget, *overrides])
         lake_tests(r, label, runs[name], root, (1,) if name in LAKE_NO_TTA else (1, 5))
     if runs.get("full") and runs.get("seed1"):  # ensemble of the two full-recipe models (seeds 0 and 1)
-        ens = [f"protocol.ensemble=[{runs['seed1']}]"]
-        for tta in (1, 5):
-            res = r.test(runs["full"], ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}", *ens])
-            r.record(f"{runs['full'].name}+seed1", runs["full"], f"lake20 ensemble of 2, tta={tta}", res)
+        lake_tests(r, f"{runs['full'].name}+seed1", runs["full"], root, ensemble=[runs["seed1"]])
     if runs.get("full"):
         against_full(r.records, str(runs["full"]))
 
 
-def preset_has(preset: str, overrides: List[str]) -> bool:
-    """Whether every ``key=value`` of ``overrides`` is already the preset's value."""
+@functools.lru_cache(maxsize=None)
+def _composed(preset: str, overrides: Tuple[str, ...] = ()) -> Dict:
     from metafsl.api import compose, resolved
 
-    cfg = resolved(compose("train", [f"experiment={preset}"]), check=False)
-    for item in overrides:
-        key, value = item.split("=", 1)
-        node = cfg
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) or str(node) != value:
-            return False
-    return True
+    return resolved(compose("train", [f"experiment={preset}", *overrides]), check=False)
+
+
+def preset_has(preset: str, overrides: List[str]) -> bool:
+    """Whether ``overrides`` leave the preset's composed config as it is (a row of nothing)."""
+    return _composed(preset, tuple(overrides)) == _composed(preset)
 
 
 def against_full(records: List[Dict], full: str) -> None:
