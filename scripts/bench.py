@@ -188,7 +188,7 @@ def conv4(channels, size, hidden, device, reference=False):
 
 
 # ----------------------------------------------------------------------------- benchmarks
-def bench_protonet_train(train, device, it, warm, ways=60):
+def bench_protonet_train(train, device, steps, warm, ways=60):
     shots, queries = 5, 5
     algo = ProtoNet(conv4(1, 28, 64, device)).to(device)
     ref_model = conv4(1, 28, 64, device, reference=True)
@@ -210,10 +210,10 @@ def bench_protonet_train(train, device, it, warm, ways=60):
         loss.backward()
         ref_opt.step()
 
-    step_ours, step_ref = timed(ours, 3 * it, warm, device), timed(ref, 3 * it, warm, device)
+    step_ours, step_ref = timed(ours, steps, warm, device), timed(ref, steps, warm, device)
     report(f"ProtoNet Omniglot {ways}w5s5q training step", 1, step_ours, step_ref, device)
     # sampling alone, as a fraction of each side's training step
-    n = max(5, it)
+    n = max(5, steps // 3)
     s_ours = timed(lambda: sampler.sample(1, train=True), n, 1, device)
     s_ref = timed(lambda: [t.to(device) for t in taskset.sample()], n, 1, device)
     print(f"  episode sampling ({ways}w5s5q): metafsl {1000 * s_ours:.1f} ms = {100 * s_ours / step_ours:.1f}% "
@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     print("Mode: full" if mode == "full" else f"Mode: {mode} (smoke test; figures not meaningful)", flush=True)
     t0 = time.perf_counter()
-    bench_protonet_train(train, device, it, warm, ways)
+    bench_protonet_train(train, device, it if args.smoke else 3 * it, warm, ways)
     mini = random_split(mini_classes, 30, 3, mini_size)
     shape = "miniImageNet-shaped" if mini_size == 84 else f"{mini_size}x{mini_size} RGB"
     for backend in args.maml_backends.split(","):
