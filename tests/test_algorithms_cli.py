@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 from conftest import TINY
 from metafsl.conf import group_options
@@ -34,7 +35,8 @@ def test_sweep_over_every_method_ranks_them(run_cli, tmp_path):
     """The issue's acceptance: `metafsl sweep algo=<all>` on glyphs completes and its summary
     ranks the methods (best validation accuracy first).  Each job is one method trained,
     validated and tested on the glyphs through the CLI, so this is also every method's
-    end-to-end smoke test (tests/test_learning.py checks that each one learns)."""
+    end-to-end smoke test (tests/test_learning.py checks that each one learns), and the sweep
+    command's test: its summary CSV, run dirs and printed table."""
     every = group_options("algo")
     assert len(every) == 17
     code, out, err = run_cli("sweep", f"hydra.sweep.dir={tmp_path}", f"algo={','.join(every)}", *TINY,
@@ -45,7 +47,10 @@ def test_sweep_over_every_method_ranks_them(run_cli, tmp_path):
     assert sorted(r["overrides"].split()[0] for r in rows) == sorted(f"algo={a}" for a in every)
     vals = [float(r["val_acc"]) for r in rows]
     assert vals == sorted(vals, reverse=True)
-    assert all(0 <= float(r["test_acc"]) <= 100 for r in rows)
+    for r in rows:
+        assert 0 <= float(r["test_acc"]) <= 100 and float(r["ci95"]) >= 0 and float(r["seconds"]) > 0
+        assert (Path(r["run_dir"]) / ".hydra" / "config.yaml").exists()
+    assert "Sweep" in out and "algo=maml" in out  # the ranked table is printed too
     summaries = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
     assert sorted(s["algo"] for s in summaries) == sorted(every)
     assert all(s["test"]["episodes"] == 4 and 0 <= s["test"]["acc"] <= 100 for s in summaries)

@@ -2,7 +2,6 @@
 list, data, and every user error (one sentence, non-zero exit, no traceback)."""
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -114,20 +113,6 @@ def test_a_kill_during_the_final_validation_keeps_the_training(tmp_path, run_cli
     code, _, err = run_cli(*_train_args(tmp_path / "full", "trainer.val_every=100"))
     assert code == 0, err
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["test"]["acc"] == s["test"]["acc"]
-
-
-def test_sweep_of_two_jobs_writes_a_summary(tmp_path, run_cli):
-    code, out, err = run_cli("sweep", f"hydra.sweep.dir={tmp_path}", "algo=protonet,maml", *TINY)
-    assert code == 0, err
-    rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
-    assert len(rows) == 2
-    assert {r["overrides"].split()[0] for r in rows} == {"algo=protonet", "algo=maml"}
-    vals = [float(r["val_acc"]) for r in rows]
-    assert vals == sorted(vals, reverse=True)
-    for r in rows:
-        assert float(r["test_acc"]) > 0 and float(r["ci95"]) >= 0 and float(r["seconds"]) > 0
-        assert (Path(r["run_dir"]) / ".hydra" / "config.yaml").exists()
-    assert "Sweep" in out and "algo=maml" in out
 
 
 def test_maml_trains_and_tests(tmp_path, run_cli):
