@@ -49,9 +49,11 @@ def test_two_workers_average_their_gradients_like_one_process(tmp_path):
             assert torch.allclose(ranks[0][name][key], value, atol=1e-5), (name, key)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """A 1-process run and a 2-worker run of the same tiny ProtoNet training, through the CLI."""
+    """A 1-process run and a 2-worker run of the same tiny ProtoNet training, through the CLI.
+    Session scope: a pytest-xdist worker may run other files' tests between this file's, and a
+    module fixture would then be torn down and trained again (seen: twice in one suite)."""
     root = tmp_path_factory.mktemp("dist")
     assert _cli("train", *TINY, f"hydra.run.dir={root / 'one'}") == 0
     assert _cli("train", *DIST, f"hydra.run.dir={root / 'two'}") == 0
