@@ -11,7 +11,7 @@ import torch
 from conftest import TINY
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory):
     from metafsl import api
 

@@ -46,7 +46,7 @@ def test_max_minutes_stops_on_time_and_keeps_the_checkpoint(run_cli, tmp_path):
     assert _summary(tmp_path)["test"]["acc"] == s["test"]["acc"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory):
     from metafsl.cli import main
 

@@ -57,7 +57,7 @@ def chestx(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def glyphs_run(tmp_path_factory):
     """A tiny ProtoNet trained on glyphs (grey, 28x28)."""
     run = tmp_path_factory.mktemp("xd") / "protonet"

@@ -128,7 +128,7 @@ def test_errors_name_the_path(tmp_path):
         read_runs(bad, 28)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def glyph_run(tmp_path_factory):
     """A tiny glyphs ProtoNet run (28x28, ink bright like inverted Omniglot)."""
     from metafsl.cli import main

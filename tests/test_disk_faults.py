@@ -79,7 +79,7 @@ def _train(capsys, run: Path, *extra: str, fill_at: tuple = (), keep: int = 0):
     return code, " ".join(text.split()), filled[0] if filled else None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def full(tmp_path_factory):
     """The uninterrupted reference run."""
     from metafsl.cli import main

@@ -25,7 +25,7 @@ import onnxruntime as ort  # noqa: E402
 CLASSES = 3
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(tmp_path_factory):
     """support/<class>/*.png (3 classes x 3) and query/c<k>_<j>.png (3 classes x 5), from glyphs
     test classes, as a user lays them out."""
@@ -53,7 +53,7 @@ def _train(tmp_path_factory, name: str, *extra: str) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """One tiny run per family tested end to end: ProtoNet (30 iterations, so that its batch-norm
     running statistics have left their initial values) and MAML (batch statistics)."""

@@ -31,7 +31,7 @@ def colour_png(path: Path, rgb, seed: int) -> None:
     Image.fromarray(np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)).save(path)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def easy_run(tmp_path_factory):
     """A protonet trained for 2 iterations on the colour classes (tested at the end of training)."""
     from metafsl.cli import main

@@ -15,7 +15,7 @@ from metafsl.conf import group_options
 from test_algorithms_cli import FAST
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def images(tmp_path_factory):
     """support/<class>/*.png (3 classes x 2) and query/*.png, from glyphs test classes."""
     from metafsl.data import glyphs
@@ -35,7 +35,7 @@ def images(tmp_path_factory):
     return root, truth
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def protonet_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "protonet"
     assert main(["train", *TINY, "backbone.hidden=16", "test=false", f"hydra.run.dir={run}"]) == 0

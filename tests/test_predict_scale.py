@@ -17,7 +17,7 @@ from metafsl.cli import main
 N_QUERY = 12  # 4 per class, over two folders
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def case(tmp_path_factory):
     """A tiny trained run; support/c<k>/ (3 classes x 2 glyphs); query/ a tree of 12 other glyphs
     of those classes (query/a/*.png, query/b/deep/*.png) and one notes.md."""

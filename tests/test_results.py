@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def two_runs(tmp_path_factory):
     """Two tiny ProtoNet runs (1-shot and 2-shot) and a later `metafsl test` at 5-way 3-shot."""
     from metafsl.cli import main

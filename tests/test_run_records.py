@@ -28,7 +28,7 @@ def _words(result) -> str:
     return " ".join((out + err).split())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run12(tmp_path_factory):
     from metafsl.cli import main
 

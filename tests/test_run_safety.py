@@ -64,7 +64,7 @@ def _one_sentence(result) -> str:
     return " ".join(text.split())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def full(tmp_path_factory):
     """The uninterrupted reference run every resumed run must match."""
     run = tmp_path_factory.mktemp("full") / "run"

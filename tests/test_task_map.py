@@ -100,7 +100,7 @@ def test_the_map_draws_the_test_episodes_then_episodes_within_one_group():
 
 
 # ----------------------------------------------------------------------------- the command
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     from metafsl.cli import main
 
