@@ -54,8 +54,11 @@ def load_script(name: str):
     """``scripts/<name>.py`` loaded as a module, to call its functions and ``main`` in process."""
     import importlib.util
 
+    import sys
+
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
+    sys.modules[name] = script  # as an import would: its dataclasses look their module up there
     spec.loader.exec_module(script)
     return script
 
@@ -170,6 +173,22 @@ def killed_training(event: str, iteration: int, argv: list) -> tuple[int, str]:
     import fault_runner
 
     return Forked(fault_runner.main, args).wait()
+
+
+def run_script(name: str, args: list, timeout: float = 300) -> tuple[int, str]:
+    """(exit code, stdout and stderr together) of ``python scripts/<name>.py <args>``, run in a
+    fork of this process (``Forked``: the script's imports are this worker's, so it skips a fresh
+    interpreter's 4-5 s of CPU) on a CPU-only machine, in a fresh interpreter where CUDA devices
+    exist (see ``START_METHOD``)."""
+    import subprocess
+    import sys
+
+    args = [str(a) for a in args]
+    if START_METHOD == "fork":
+        return Forked(load_script(name).main, args).wait()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
 
 
 def _cli_with_env(argv: list, env: dict) -> int:

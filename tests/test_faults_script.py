@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import run_script
 
 
 def test_fault_injection_smoke(tmp_path):
     work, evidence = tmp_path / "work", tmp_path / "evidence"
-    cmd = [sys.executable, str(REPO / "scripts" / "faults.py"), "--quick", "--trials", "2", "--kinds",
-           "hook,write", "--seed", "3", "--jobs", "2", "--work", str(work), "--evidence", str(evidence)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    code, out = run_script("faults", ["--quick", "--trials", "2", "--kinds", "hook,write", "--seed", "3",
+                                      "--jobs", "2", "--work", work, "--evidence", evidence], timeout=180)
     # the comparison proved on copies of the reference that it tells identical from different
-    assert "comparison self-check passed" in proc.stdout, proc.stdout + proc.stderr
+    assert "comparison self-check passed" in out, out
     trials = json.loads((evidence / "summary.json").read_text())["trials"]
     assert [t["kind"] for t in trials] == ["hook", "write"]
     assert all(t["kill_rc"] == 75 for t in trials), trials  # both faults fired
@@ -23,7 +20,7 @@ def test_fault_injection_smoke(tmp_path):
     assert trials[0]["outcome"] == "identical", trials[0]  # killed between steps: resumes exactly
     assert trials[1]["where"].startswith("inside the write of ")
     assert trials[1]["outcome"] in ("identical", "differed"), trials[1]  # a torn write never breaks resume
-    assert proc.returncode == (0 if all(t["outcome"] == "identical" for t in trials) else 1), proc.stdout
+    assert code == (0 if all(t["outcome"] == "identical" for t in trials) else 1), out
     report = (evidence / "report.md").read_text()
     assert "| hook | 1 |" in report and "python scripts/faults.py --quick" in report
     assert (evidence / "configs" / "protonet.yaml").is_file()

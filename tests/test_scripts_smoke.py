@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO, TINY
+from conftest import TINY, run_script
 
 TINY_RUN = [*TINY, "backbone.hidden=8", "trainer.iterations=4", "trainer.val_every=2", "eval.episodes=4"]
 
@@ -28,13 +26,12 @@ def test_demo_trains_both_methods_and_reports_the_untrained_baseline(run_cli, tm
 
 
 def test_bench_smoke_runs_every_benchmark(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--smoke", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    table = proc.stdout.split("peak memory MiB / note", 1)[1]
+    code, out = run_script("bench", ["--smoke", "--threads", "1"])
+    assert code == 0, out
+    table = out.split("peak memory MiB / note", 1)[1]
     rows = [ln for ln in table.splitlines() if re.search(r"\d+\.\d\dx", ln)]
     names = " | ".join(rows)
-    assert len(rows) == 7, proc.stdout
+    assert len(rows) == 7, out
     for part in ("ProtoNet Omniglot 20w5s5q training step", "episode sampling", "backend=l2l", "backend=vmap",
                  "ProtoNet Omniglot 5w1s test"):
         assert part in names
