@@ -168,10 +168,12 @@ class EpisodeSampler:
             if split.groups is None:
                 raise UserError(f"within-group episodes need class groups (alphabets); the {split_name} split has none.")
             gid = split.groups.cpu()[eligible]
-            self.groups = [eligible[gid == g] for g in torch.unique(gid)]
-            self.groups = [g for g in self.groups if len(g) >= self.n_way]
+            groups = [eligible[gid == g] for g in torch.unique(gid)]
+            self.groups = [g for g in groups if len(g) >= self.n_way]
             if not self.groups:
-                raise UserError(f"Impossible episode: no alphabet of the {split_name} split has {self.n_way} classes.")
+                raise UserError(f"Impossible episode: no alphabet of the {split_name} split has {self.n_way} classes "
+                                f"(the largest has {max((len(g) for g in groups), default=0)}); lower the "
+                                f"episode's n_way or give the {split_name} split more classes per alphabet.")
         self._images = split.images.to(self.device)
         self._labels = split.labels.to(self.device)
         self._support_y = torch.arange(self.n_way).repeat_interleave(self.n_shot)
