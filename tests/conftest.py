@@ -53,7 +53,6 @@ def run_cli(capsys):
 def load_script(name: str):
     """``scripts/<name>.py`` loaded as a module, to call its functions and ``main`` in process."""
     import importlib.util
-
     import sys
 
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
