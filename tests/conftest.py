@@ -149,11 +149,25 @@ class Forked:
                 sys.stdout.flush()
                 os._exit(code if isinstance(code, int) else 1)
 
-    def wait(self) -> tuple[int, str]:
-        _, status = os.waitpid(self.pid, 0)
+    def wait(self, timeout: float | None = None) -> tuple[int, str]:
+        """(exit code, output); a child still running after ``timeout`` seconds is killed
+        (exit code -9, its output so far and a line saying so)."""
+        import signal
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+        while not pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        late = not pid
+        if late:
+            os.kill(self.pid, signal.SIGKILL)
+            _, status = os.waitpid(self.pid, 0)
         with self.log:
             self.log.seek(0)
-            return os.waitstatus_to_exitcode(status), self.log.read()
+            out = self.log.read() + (f"\n[killed after {timeout} s]" if late else "")
+            return os.waitstatus_to_exitcode(status), out
 
 
 def killed_training(event: str, iteration: int, argv: list) -> tuple[int, str]:
@@ -184,7 +198,7 @@ def run_script(name: str, args: list, timeout: float = 300) -> tuple[int, str]:
 
     args = [str(a) for a in args]
     if START_METHOD == "fork":
-        return Forked(load_script(name).main, args).wait()
+        return Forked(load_script(name).main, args).wait(timeout)
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], capture_output=True,
                           text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
