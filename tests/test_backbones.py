@@ -53,3 +53,19 @@ def test_maml_clones_use_their_own_weights():
     adapted = algo.inner_loop(x, y, steps=1, lr=0.5, first_order=False)
     assert not torch.allclose(adapted(x), before)
     assert torch.equal(algo.l2l_model(x).detach(), before)  # the original is untouched
+
+
+def test_resnet12_pools_globally_at_every_size():
+    """ResNet-12 takes CIFAR-FS's 32x32 and Omniglot's 28x28 (learn2learn's fixed 5x5 pool took
+    84x84 only), and at 84x84 it is learn2learn's function (to float rounding)."""
+    from torch import nn
+
+    for size in (28, 32, 84):
+        net = build_backbone("resnet12", 3, size, wider=False)
+        assert net.out_features == 512 and net(torch.randn(2, 3, size, size)).shape == (2, 512)
+    torch.manual_seed(0)
+    net = build_backbone("resnet12", 3, 84, wider=False).eval()
+    x = torch.randn(2, 3, 84, 84)
+    ours = net(x)
+    net.avgpool = nn.AvgPool2d(5, stride=1)  # learn2learn's pool
+    torch.testing.assert_close(net(x), ours, rtol=1e-6, atol=1e-6)  # the same mean, summed in another order
