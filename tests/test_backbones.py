@@ -69,3 +69,11 @@ def test_resnet12_pools_globally_at_every_size():
     ours = net(x)
     net.avgpool = nn.AvgPool2d(5, stride=1)  # learn2learn's pool
     torch.testing.assert_close(net(x), ours, rtol=1e-6, atol=1e-6)  # the same mean, summed in another order
+
+
+def test_resnet12_without_its_pool_flattens_the_last_map_as_metaoptnet():
+    for size, side in ((32, 2), (84, 5)):
+        net = build_backbone("resnet12", 3, size, avg_pool=False)
+        assert net.out_features == 640 * side * side and net(torch.randn(2, 3, size, size)).shape == (2, 640 * side * side)
+    pooled = build_backbone("resnet12", 3, 32)
+    assert pooled.state_dict().keys() == net.state_dict().keys()  # the same weights either way
