@@ -141,6 +141,10 @@ class Forked:
                 os.dup2(self.log.fileno(), 2)
                 sys.stdout = sys.stderr = os.fdopen(os.dup(self.log.fileno()), "w", buffering=1)
                 code = fn(*args)
+            except SystemExit as exit_:  # sys.exit(n) or sys.exit("sentence"), as a process would
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
             except BaseException:  # noqa: BLE001 - reported through the log, then exit
                 import traceback
 
@@ -170,38 +174,41 @@ class Forked:
             return os.waitstatus_to_exitcode(status), out
 
 
-def killed_training(event: str, iteration: int, argv: list) -> tuple[int, str]:
-    """``metafsl <argv>`` in a separate process that hard-exits (as ``kill -9`` would) when
-    ``event`` happens at ``iteration`` (tests/fault_runner.py: exit code 75 means the fault
-    fired); returns (exit code, the process's output).  A fork of this process (``Forked``) on a
-    CPU-only machine; a fresh interpreter where CUDA devices exist (see ``START_METHOD``)."""
+def _separate(main, path: Path, args: list, timeout: float | None = None, env: dict | None = None
+              ) -> tuple[int, str]:
+    """(exit code, stdout and stderr together) of ``main(args)``, the ``main`` of the file
+    ``path``, in a separate process: a fork of this one (``Forked``: the file's imports are this
+    worker's, so it skips a fresh interpreter's 4-5 s of CPU) on a CPU-only machine, ``python
+    <path> <args>`` where CUDA devices exist (see ``START_METHOD``; ``env``: variables set there)."""
     import subprocess
     import sys
 
-    args = [event, str(iteration), "--", *map(str, argv)]
-    if START_METHOD != "fork":
-        proc = subprocess.run([sys.executable, str(REPO / "tests" / "fault_runner.py"), *args],
-                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        return proc.returncode, proc.stdout + proc.stderr
-    import fault_runner
+    if START_METHOD == "fork":
+        return Forked(main(), args).wait(timeout)
+    proc = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return proc.returncode, proc.stdout + proc.stderr
 
-    return Forked(fault_runner.main, args).wait()
+
+def killed_training(event: str, iteration: int, argv: list) -> tuple[int, str]:
+    """``metafsl <argv>`` in a separate process (``_separate``) that hard-exits (as ``kill -9``
+    would) when ``event`` happens at ``iteration`` (tests/fault_runner.py: exit code 75 means the
+    fault fired); returns (exit code, the process's output)."""
+
+    def main():
+        import fault_runner
+
+        return fault_runner.main
+
+    return _separate(main, REPO / "tests" / "fault_runner.py", [event, str(iteration), "--", *map(str, argv)],
+                     env={"OMP_NUM_THREADS": "1"})
 
 
 def run_script(name: str, args: list, timeout: float = 300) -> tuple[int, str]:
-    """(exit code, stdout and stderr together) of ``python scripts/<name>.py <args>``, run in a
-    fork of this process (``Forked``: the script's imports are this worker's, so it skips a fresh
-    interpreter's 4-5 s of CPU) on a CPU-only machine, in a fresh interpreter where CUDA devices
-    exist (see ``START_METHOD``)."""
-    import subprocess
-    import sys
-
-    args = [str(a) for a in args]
-    if START_METHOD == "fork":
-        return Forked(load_script(name).main, args).wait(timeout)
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], capture_output=True,
-                          text=True, timeout=timeout)
-    return proc.returncode, proc.stdout + proc.stderr
+    """(exit code, output) of ``python scripts/<name>.py <args>`` in a separate process
+    (``_separate``), killed after ``timeout`` seconds."""
+    return _separate(lambda: load_script(name).main, REPO / "scripts" / f"{name}.py", [str(a) for a in args],
+                     timeout)
 
 
 def _cli_with_env(argv: list, env: dict) -> int:
