@@ -7,8 +7,8 @@ Each argument is a run dir (or its ``summary.json``: every lake20 test it holds)
 ``metafsl test ... protocol=lake20`` writes it (``<run>/tests/<stamp>/result.json``). For each
 record: the error with its 95% interval over runs (a run's 20 trials share an alphabet and a pair
 of drawers, so the run is the unit; ``engine.protocols``), and its difference from the base's
-record with the same test settings (``eval.tta``, how many models vote, and any test-time
-fine-tuning), run by run, with the interval of that paired difference.
+record with the same test settings (``eval.tta``, how many models vote, any test-time
+fine-tuning and ``eval.tta_rotations``), run by run, with the interval of that paired difference.
 """
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ def read_records(path: Path) -> List[Tuple[str, Dict]]:
 
 def settings(record: Dict) -> Tuple[str, int, str]:
     """What must match for two records to be compared: eval.tta, the number of models voting,
-    and the test-time fine-tuning (``eval.finetune_*``; "" when off)."""
+    and the other test-time choices: fine-tuning (``eval.finetune_*``) and rotation views
+    (``eval.tta_rotations``); "" when neither."""
     tta = record.get("tta") or next((o.split("=", 1)[1] for o in record.get("overrides", [])
                                      if o.startswith("eval.tta=")), 1)
-    ft = record.get("finetune")
-    tuned = f"fine-tuned {ft['steps']} steps, lr {ft['lr']:g}, {ft.get('views', 'flip_shift')} views" if ft else ""
-    return str(tta), 1 + len(record.get("ensemble") or []), tuned
+    ft, turns = record.get("finetune"), record.get("tta_rotations", 1)
+    other = [f"fine-tuned {ft['steps']} steps, lr {ft['lr']:g}, {ft.get('views', 'flip_shift')} views"] if ft else []
+    other += [f"{turns} rotations"] if turns > 1 else []
+    return str(tta), 1 + len(record.get("ensemble") or []), ", ".join(other)
 
 
 def rows(paths: List[Path]) -> List[List[str]]:

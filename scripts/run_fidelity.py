@@ -15,7 +15,7 @@ Goals (each trains within 60 minutes on the 2-core CPU):
         each preset's recipe (10 minutes), then `metafsl test protocol=lake20` on each run and on
         the two as one ensemble (--lake-runs: the official all_runs.zip; default: the stand-in,
         built first by scripts/make_lake_standin.py), without and with test-time augmentation
-        (eval.tta=5);
+        (eval.tta=5), each also with rotation views (eval.tta_rotations=4);
   maml: experiment=maml_omniglot_cpu_{5w1s,20w1s} (each tests itself on 600 episodes);
   tiny: experiment=tiny_fewshot_cpu_pretrain_conv4 (stage 1, 25 min), then
         tiny_fewshot_cpu_{5w5s,5w1s} from it (35 min each), each tested again with eval.tta=10.
@@ -136,7 +136,8 @@ class Runner:
                        minutes=round((summary.get("train", {}).get("seconds") or 0) / 60, 1))
         result = result if result is not None else (summary or {}).get("test")
         if result:
-            rec.update({k: result[k] for k in ("acc", "ci95", "error", "episodes", "trials", "tta", "per_run_error")
+            rec.update({k: result[k] for k in ("acc", "ci95", "error", "episodes", "trials", "tta", "tta_rotations",
+                                               "per_run_error")
                         if k in result})
         self.records.append(rec)
 
@@ -161,16 +162,18 @@ def lake_root(r: Runner) -> str:
 
 
 def lake_tests(r: Runner, label: str, run: Optional[Path], root: str, ttas=(1, 5),
-               ensemble: Optional[List[Optional[Path]]] = None) -> None:
-    """lake20 tests of ``run`` at each ``eval.tta``; with ``ensemble``, of ``run`` voting with
-    those runs (none is tested when any of them is missing)."""
+               ensemble: Optional[List[Optional[Path]]] = None, rotations=(1, 4)) -> None:
+    """lake20 tests of ``run`` at each ``eval.tta`` and each ``eval.tta_rotations``; with
+    ``ensemble``, of ``run`` voting with those runs (none is tested when any of them is missing)."""
     extra, test = [], "lake20"
     if ensemble is not None:
         run = run if all(ensemble) else None
         extra, test = [f"protocol.ensemble=[{','.join(map(str, ensemble))}]"], f"lake20 ensemble of {len(ensemble) + 1}"
-    for tta in ttas:
-        res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}", *extra]) if run else None
-        r.record(label, run, f"{test}, tta={tta}", res)
+    for turns in rotations:
+        for tta in ttas:
+            res = r.test(run, ["protocol=lake20", f"protocol.root={root}", f"eval.tta={tta}",
+                               f"eval.tta_rotations={turns}", *extra]) if run else None
+            r.record(label, run, f"{test}, tta={tta}" + (f", {turns} rotations" if turns > 1 else ""), res)
 
 
 def goal_lake(r: Runner) -> None:
@@ -222,9 +225,9 @@ def ablate_lake(r: Runner) -> None:
             continue
         label = f"ablate_{r.args.background}_{r.args.minutes:g}min_{name}"
         runs[name] = r.train(label, preset, [*budget, *overrides])
-        lake_tests(r, label, runs[name], root, (1,) if name in LAKE_NO_TTA else (1, 5))
+        lake_tests(r, label, runs[name], root, (1,) if name in LAKE_NO_TTA else (1, 5), rotations=(1,))
     if runs.get("full") and runs.get("seed1"):  # ensemble of the two full-recipe models (seeds 0 and 1)
-        lake_tests(r, f"{runs['full'].name}+seed1", runs["full"], root, ensemble=[runs["seed1"]])
+        lake_tests(r, f"{runs['full'].name}+seed1", runs["full"], root, ensemble=[runs["seed1"]], rotations=(1,))
     if runs.get("full"):
         against_full(r.records, str(runs["full"]))
 

@@ -99,7 +99,8 @@ def test_lake_compare_script(tmp_path, capsys):
     tests = [{"acc": 90.0, "ci95": 1.0}, {**json.loads(recs[1].read_text()), "overrides": []},
              {**json.loads(recs[1].read_text()), "tta": 5},
              {**json.loads(recs[0].read_text()), "ensemble": ["/runs/feat"]},  # two models vote: no base alike
-             {**json.loads(recs[1].read_text()), "finetune": {"steps": 10, "lr": 1e-5, "views": "train"}}]
+             {**json.loads(recs[1].read_text()), "finetune": {"steps": 10, "lr": 1e-5, "views": "train"}},
+             {**json.loads(recs[1].read_text()), "tta": 5, "tta_rotations": 4}]
     (run / "summary.json").write_text(json.dumps({"tests": tests}))
     assert script.main([str(recs[0]), str(run), "--markdown"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -107,7 +108,8 @@ def test_lake_compare_script(tmp_path, capsys):
                        f"| {run} #2 | tta=5 | 23.33 ± 22.87 | -6.67 ± 3.27 | 3 |",
                        f"| {run} #3 | tta=5, with feat | 30.00 ± 22.63 | (no base test alike) | 3 |",
                        f"| {run} #4 | tta=5, fine-tuned 10 steps, lr 1e-05, train views | 23.33 ± 22.87 "
-                       "| (no base test alike) | 3 |"]
+                       "| (no base test alike) | 3 |",
+                       f"| {run} #5 | tta=5, 4 rotations | 23.33 ± 22.87 | (no base test alike) | 3 |"]
     (tmp_path / "other.json").write_text(json.dumps({"acc": 90.0}))
     assert script.main([str(recs[0]), str(tmp_path / "other.json")]) == 2  # one sentence, no traceback
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'other.json'} holds no lake20 test record (no per_run_error)."
@@ -246,3 +248,20 @@ def test_protocol_fine_tuned_through_metafsl_test(glyph_run, tmp_path, run_cli):
     code, _out, err = run_cli("test", f"run={glyph_run}", "protocol=lake20", f"protocol.root={z}",
                               "eval.finetune_views=mirror")
     assert code == 2 and "eval.finetune_views must be one of" in err
+
+
+def test_protocol_with_rotation_views_through_metafsl_test(glyph_run, tmp_path, run_cli):
+    """eval.tta_rotations=4 on the runs: recorded, and a different score from the plain test where the
+    turned runs vote differently; a choice outside 1, 2, 4 and fine-tuning with it: one sentence each."""
+    z = fx.lake_runs(tmp_path / "all_runs.zip", n_runs=2)
+    ask = ["test", f"run={glyph_run}", "protocol=lake20", f"protocol.root={z}"]
+    assert run_cli(*ask)[0] == 0
+    code, _out, err = run_cli(*ask, "eval.tta_rotations=4")
+    assert code == 0, err
+    plain, turned = json.loads((glyph_run / "summary.json").read_text())["tests"][-2:]
+    assert turned["tta_rotations"] == 4 and "tta_rotations" not in plain and turned["trials"] == 40
+    for bad, words in (("eval.tta_rotations=3", "eval.tta_rotations must be one of 1, 2, 4 (got 3)"),
+                       ("eval.finetune_steps=2", "does not combine with per-episode adaptation")):
+        extra = [bad] if "=3" in bad else [bad, "eval.tta_rotations=2"]
+        code, _out, err = run_cli(*ask, *extra)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err

@@ -92,6 +92,53 @@ def test_tta_views_are_fixed_shifts_and_flips():
     assert len(augment.tta_views(x, 3)) == 3
 
 
+def test_rotation_turns_turn_support_and_queries_alike():
+    assert set(augment.ROTATION_VIEWS) == set(config.RULES["eval.tta_rotations"].choices)
+    assert [augment.rotation_turns(n) for n in (1, 2, 4)] == [[0], [0, 2], [0, 1, 2, 3]]
+    split = make_split(n_classes=5, per_class=(3,), size=16)
+    task = EpisodeSampler(split, 3, 1, 2, seed=0).sample(2)
+    half = augment.turned_task(task, 2)
+    assert torch.equal(half.support_x, task.support_x.flip(-1).flip(-2)) and torch.equal(half.query_y, task.query_y)
+    assert torch.equal(augment.turned_task(task, 1).query_x, torch.rot90(task.query_x, 1, (-2, -1)))
+    assert augment.turned_task(task, 0) is task
+
+
+def _expected_over_turns(learner, task, n):
+    """The predictions of eval.tta_rotations=n written out: each turn's softmax, averaged."""
+    probs = sum(learner.episode_logits(augment.turned_task(task, k)).softmax(-1)
+                for k in augment.rotation_turns(n)) / len(augment.rotation_turns(n))
+    return probs.argmax(-1)
+
+
+@pytest.mark.parametrize("path", ["fast", "episode_loop"])
+def test_rotation_views_average_each_turns_probabilities(monkeypatch, path):
+    """Both evaluation paths predict as the turns' averaged softmax does, and (this seed) not as the
+    upright episodes alone do, so a path that ignored the turns would fail."""
+    monkeypatch.setattr(fast_eval, "frozen_for_inference", lambda backbone, example: backbone)  # (slow to trace)
+    if path == "episode_loop":
+        monkeypatch.setattr(fast_eval, "supported", lambda algorithm: False)
+    learner = _protonet(2)
+    split = make_split(n_classes=8, per_class=(4,), size=16)
+    spec = EvalSpec(4, 1, 3, episodes=12, seed=0, tta_rotations=4)
+    got = predict_episodes(learner, split, spec).predicted
+    tasks = EpisodeSampler(split, 4, 1, 3, seed=0).tasks(EpisodeSampler(split, 4, 1, 3, seed=0).indices(12))
+    with torch.no_grad():
+        assert torch.equal(got, _expected_over_turns(learner, tasks, 4))
+        assert not torch.equal(got, learner.episode_logits(tasks).argmax(-1))
+    assert torch.equal(predict_episodes(learner, split, dataclasses.replace(spec, tta_rotations=1)).predicted,
+                       predict_episodes(learner, split, dataclasses.replace(spec, tta_rotations=1, tta=1)).predicted)
+
+
+def test_lake_runs_with_rotation_views():
+    learner = _protonet(2)
+    split = make_split(n_classes=20, per_class=(2,), size=16)
+    task = EpisodeSampler(split, 20, 1, 1, seed=0).sample(1)
+    with torch.no_grad():
+        for n in (2, 4):
+            expected = float((_expected_over_turns(learner, task, n) == task.query_y).float().mean())
+            assert run_accuracy(learner, task, 1, n) == pytest.approx(expected)
+
+
 def _protonet(seed=0):
     torch.manual_seed(seed)
     return ProtoNet(conv4(channels=1, image_size=16, hidden=8)).eval()
@@ -277,10 +324,12 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
     assert len(trains) == 11 + rows + len(script.MAML_ABLATIONS)
     assert not any(ln.endswith("_no_augment") for ln in lines)
     assert sum("trainer.scheduler=null" in ln for ln in lines) == 2
-    # each preset: its run, its member and their ensemble, each with and without eval.tta=5
-    assert sum("protocol=lake20" in ln for ln in lines) == 2 * (9 + rows + 1) - len(script.LAKE_NO_TTA)
+    # each preset: its run, its member and their ensemble, each with and without eval.tta=5, and each of
+    # those with and without eval.tta_rotations=4; each ablation row with and without eval.tta=5 only
+    assert sum("protocol=lake20" in ln for ln in lines) == 4 * 9 + 2 * (rows + 1) - len(script.LAKE_NO_TTA)
+    assert sum("eval.tta_rotations=4" in ln for ln in lines) == 2 * 9
     assert not any("eval.tta=5" in ln and "_tadam " in ln for ln in lines)
-    assert sum("protocol.ensemble=[" in ln for ln in lines) == 3 * 2 + 2
+    assert sum("protocol.ensemble=[" in ln for ln in lines) == 3 * 4 + 2
     assert f"backbone.weights={tmp_path / 'tiny_pretrain'}" in " ".join(lines)
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 

@@ -90,6 +90,8 @@ _FRACTION = Rule("float", 0, 1)
 #: dotted path -> rule; a path that the composed config does not have is skipped
 #: ``eval.finetune_views``: flips and shifts (P>M>F), or the dataset's training augmentation
 FINETUNE_VIEWS = ("flip_shift", "train")
+#: eval.tta_rotations choices (metafsl.data.augment.ROTATION_VIEWS; a test keeps them equal)
+ROTATION_VIEWS = (1, 2, 4)
 
 RULES: Dict[str, Rule] = {
     "seed": _int(0),
@@ -127,6 +129,7 @@ RULES: Dict[str, Rule] = {
     "eval.finetune_lr": _pos(),
     "eval.finetune_views": _choice(*FINETUNE_VIEWS),
     "eval.tta": Rule("int", 1, 10),
+    "eval.tta_rotations": Rule("int", choices=ROTATION_VIEWS),
     **{f"episode.{phase}.{key}": _int(low) for phase in ("train", "test")
        for key, low in (("n_way", 2), ("n_shot", 1), ("n_query", 1))},
     "episode.within_alphabet": Rule("bool"),

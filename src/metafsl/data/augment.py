@@ -18,11 +18,18 @@ the training device, from an optional seeded generator.
   (docs/benchmarks.md, issue 30 section 1).
 - ``tta_views``: deterministic views for test-time augmentation: the image, its shifts by 1/28
   of its side in the four directions, then the horizontal flips of those five.
+- ``rotation_turns`` / ``mean_over_turns``: ``eval.tta_rotations``, an episode classified again
+  with every image (support and queries alike) turned by 90, 180 or 270 degrees, the class
+  probabilities averaged. A model trained with rotated classes (``dataset.rotations``, Santoro et
+  al.'s Omniglot classes) has seen each turned character as a class of its own, so each turn is
+  a valid view of the same episode; averaging probabilities (not embeddings) keeps each turn's
+  distances as the model learned them.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +38,8 @@ import torch.nn.functional as F
 AUGMENTATIONS = ("none", "metaoptnet", "koch", "stroke", "koch_stroke")
 #: how many distinct views ``tta_views`` has
 MAX_VIEWS = 10
+#: ``eval.tta_rotations`` choices (``rotation_turns``)
+ROTATION_VIEWS = (1, 2, 4)
 
 
 def _uniform(n: int, low: float, high: float, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -114,3 +123,29 @@ def tta_views(x: torch.Tensor, n: int) -> list:
     base = [x, _shift(x, 0, s), _shift(x, 0, -s), _shift(x, s, 0), _shift(x, -s, 0)]
     views = base + [v.flip(-1) for v in base]
     return views[:n]
+
+
+def rotation_turns(n: int) -> List[int]:
+    """The quarter turns of ``eval.tta_rotations=n``: 1 the image alone, 2 also upside down,
+    4 every multiple of 90 degrees."""
+    return [0, 1, 2, 3] if n >= 4 else [0, 2] if n == 2 else [0]
+
+
+def turned(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Images ``x`` (..., H, W) turned ``k`` quarter turns counter-clockwise (contiguous)."""
+    return torch.rot90(x, k, dims=(-2, -1)).contiguous() if k % 4 else x
+
+
+def turned_task(task, k: int):
+    """An episode batch (``metafsl.data.sampler.TaskBatch``) with every support and query image
+    turned ``k`` quarter turns; labels unchanged."""
+    if k % 4 == 0:
+        return task
+    return dataclasses.replace(task, support_x=turned(task.support_x, k), query_x=turned(task.query_x, k))
+
+
+def mean_over_turns(logits_of: Callable, task, n: int) -> torch.Tensor:
+    """Class probabilities of the episodes ``task``, averaged over the turns of
+    ``eval.tta_rotations=n``: the mean of ``softmax(logits_of(turned_task(task, k)))``."""
+    return torch.stack([logits_of(turned_task(task, k)).float().softmax(-1)
+                        for k in rotation_turns(n)]).mean(0)

@@ -19,6 +19,7 @@ from metafsl.algorithms.metric import METRIC_LEARNERS, MetricLearner
 from metafsl.algorithms.test_time import check_finetune, resolve_bn
 from metafsl.algorithms.transductive import Transduction
 from metafsl.algorithms.transfer import TransferBaseline
+from metafsl.data.augment import mean_over_turns
 from metafsl.data.base import FewShotSplit
 from metafsl.data.sampler import EpisodeSampler, Preprocess
 from metafsl.engine import episode_adapt, fast_eval, ranks
@@ -65,6 +66,9 @@ class EvalSpec:
     #: test-time augmentation (``eval.tta``): embeddings averaged over this many fixed views
     #: (``metafsl.data.augment.tta_views``); 1: off
     tta: int = 1
+    #: ``eval.tta_rotations``: class probabilities averaged over the episode turned by these many
+    #: quarter turns (``metafsl.data.augment.rotation_turns``); 1: off
+    tta_rotations: int = 1
 
     @property
     def per_episode(self) -> bool:
@@ -76,7 +80,8 @@ class EvalSpec:
         """A run's validation spec, or its test spec (on ``eval.split``)."""
         ep, ev = cfg["episode"], cfg["eval"]
         test = ep["test"]
-        own = {} if validation else {k: ev[k] for k in ("bn", "finetune_steps", "finetune_lr", "finetune_views", "tta")
+        own = {} if validation else {k: ev[k] for k in ("bn", "finetune_steps", "finetune_lr", "finetune_views", "tta",
+                                                               "tta_rotations")
                                     if k in ev}
         return cls(test["n_way"], test["n_shot"], test["n_query"],
                    episodes=cfg["trainer"]["val_episodes"] if validation else ev["episodes"],
@@ -209,6 +214,11 @@ def test_time_choices(algorithm, spec: EvalSpec) -> Dict[str, Any]:
                             "batch-norm statistics and no per-episode adaptation (eval.bn=transductive, "
                             "eval.finetune_steps).")
         chosen["tta"] = spec.tta
+    if spec.tta_rotations > 1:
+        if spec.per_episode:
+            raise UserError(f"eval.tta_rotations={spec.tta_rotations} classifies each episode again turned; it does "
+                            "not combine with per-episode adaptation (eval.bn=transductive, eval.finetune_steps).")
+        chosen["tta_rotations"] = spec.tta_rotations
     return chosen
 
 
@@ -265,11 +275,22 @@ def _predict(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, spec: EvalSp
         predicted = episode_adapt.episode_predictions(algorithm, sampler, mine, spec, advance, first=block.start)
     elif fast:  # metric methods: embed each distinct image once
         predicted = fast_eval.episode_predictions(algorithm, sampler, sampler.split.images, mine,
-                                                  MAX_IMAGES_PER_BATCH, step, advance, spec.transductive, spec.tta)
+                                                  MAX_IMAGES_PER_BATCH, step, advance, spec.transductive, spec.tta,
+                                                  spec.tta_rotations)
     else:
         predicted = _episode_loop(algorithm, sampler, mine, step, advance, spec.transductive,
-                                  seed=spec.seed + block.start, tta=spec.tta)
+                                  seed=spec.seed + block.start, tta=spec.tta, rotations=spec.tta_rotations)
     return ranks.gather_in_order(predicted, len(idx), unit)
+
+
+def _batch_logits(algorithm, batch, rule: Optional[Transduction] = None, tta: int = 1) -> torch.Tensor:
+    """The episode loop's logits of one batch (``_episode_loop`` says which)."""
+    if rule is None and tta <= 1:
+        return algorithm.episode_logits(batch)
+    views = None if tta <= 1 else partial(fast_eval.embed_views, algorithm.backbone, tta=tta)
+    with torch.no_grad():
+        support, query = algorithm.embed_episodes(batch, views)
+    return (rule or algorithm.logits_from_embeddings)(support, batch.support_y, query, batch.n_way)
 
 
 def _global_progress(advance: Callable[[int], None], total: int, mine: int) -> Callable[[int], None]:
@@ -303,10 +324,11 @@ def _bounded_step(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: i
 
 def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: int,
                   advance: Callable[[int], None], rule: Optional[Transduction] = None, seed: int = 0,
-                  tta: int = 1) -> torch.Tensor:
+                  tta: int = 1, rotations: int = 1) -> torch.Tensor:
     """(E, Nq) predictions, adapting to each task (``episode_logits``; with a transductive
     ``rule``, that rule on the batch's embeddings; with ``tta`` > 1, ``logits_from_embeddings``
-    of the embeddings averaged over that many views), ``step`` episodes at a time; a learner's
+    of the embeddings averaged over that many views; with ``rotations`` > 1, the class
+    probabilities averaged over the batch turned as ``eval.tta_rotations`` says), ``step`` episodes at a time; a learner's
     own random draws (MANN's support order, Reptile's test mini-batches, a transfer baseline's
     heads) in the batch of episodes ``i..`` come from the global generator seeded with
     ``seed + i``, then restored."""
@@ -314,13 +336,10 @@ def _episode_loop(algorithm, sampler: EpisodeSampler, idx: torch.Tensor, step: i
     for start in range(0, len(idx), step):
         batch = sampler.tasks(idx[start: start + step])
         with episode_adapt.seeded(seed + start, sampler.device):
-            if rule is None and tta <= 1:
-                logits = algorithm.episode_logits(batch)
+            if rotations > 1:
+                logits = mean_over_turns(partial(_batch_logits, algorithm, rule=rule, tta=tta), batch, rotations)
             else:
-                views = None if tta <= 1 else partial(fast_eval.embed_views, algorithm.backbone, tta=tta)
-                with torch.no_grad():
-                    support, query = algorithm.embed_episodes(batch, views)
-                logits = (rule or algorithm.logits_from_embeddings)(support, batch.support_y, query, batch.n_way)
+                logits = _batch_logits(algorithm, batch, rule, tta)
         predicted.append(logits.argmax(-1).cpu())
         advance(len(batch))
     return torch.cat(predicted) if predicted else torch.zeros(0, sampler.n_way * sampler.n_query, dtype=torch.long)

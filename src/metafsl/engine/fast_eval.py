@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from metafsl.algorithms.metric import MetricLearner
-from metafsl.data.augment import tta_views
+from metafsl.data.augment import rotation_turns, tta_views, turned
 from metafsl.engine.runtime import keep_channels_last
 
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
@@ -125,7 +125,8 @@ def embed_views(forward, x: torch.Tensor, tta: int = 1) -> torch.Tensor:
 
 
 def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Tensor, max_images: int,
-                        episodes_per_step: int, on_progress=None, rule=None, tta: int = 1) -> torch.Tensor:
+                        episodes_per_step: int, on_progress=None, rule=None, tta: int = 1,
+                        rotations: int = 1) -> torch.Tensor:
     """Predicted label (0..n_way-1) of every query of the episodes ``idx``: (E, n_way * n_query),
     on the CPU, queries in the order of ``sampler.tasks(idx).query_y``.
 
@@ -133,7 +134,9 @@ def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Ten
     ``sampler.indices`` draws it; ``max_images`` bounds each embedding forward pass;
     ``on_progress(n)`` is called as episodes complete; ``rule`` (a transductive rule,
     ``metafsl.algorithms.transductive.Transduction``) replaces the learner's own
-    ``logits_from_embeddings``; ``tta``: each embedding averaged over that many views (``embed_views``).
+    ``logits_from_embeddings``; ``tta``: each embedding averaged over that many views (``embed_views``);
+    ``rotations`` > 1: the class probabilities averaged over the episode turned as
+    ``eval.tta_rotations`` says (``metafsl.data.augment.rotation_turns``; each turn embedded once).
     """
     device = sampler.device
     n_way, n_shot, n_query = sampler.n_way, sampler.n_shot, sampler.n_query
@@ -141,22 +144,29 @@ def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Ten
     inverse = inverse.to(device)
     backbone = algorithm.backbone
     forward, max_images = _inference_forward(backbone, sampler, images, uniq, max_images)
+    turns = rotation_turns(rotations)
     with torch.inference_mode(), channels_last_weights(backbone):
-        chunks: list[torch.Tensor] = []
+        chunks: list[list[torch.Tensor]] = [[] for _ in turns]
         for start in range(0, len(uniq), max_images):
             sel = uniq[start: start + max_images].to(images.device)
             x = sampler.preprocess(images[sel].to(device, non_blocking=True), False)
-            chunks.append(embed_views(forward, x, tta))
-        z = torch.cat(chunks)
+            for chunk, k in zip(chunks, turns):
+                chunk.append(embed_views(forward, turned(x, k), tta))
+        zs = [torch.cat(chunk) for chunk in chunks]  # one (N, D) per turn
         support_y = torch.arange(n_way, device=device).repeat_interleave(n_shot)
+        classify = rule or algorithm.logits_from_embeddings
         predicted = []
         for start in range(0, len(idx), episodes_per_step):
-            e = z[inverse[start: start + episodes_per_step]]  # (b, n_way, shot + query, D)
-            b = e.shape[0]
-            support = e[:, :, :n_shot].reshape(b, n_way * n_shot, -1)
-            query = e[:, :, n_shot:].reshape(b, n_way * n_query, -1)
-            logits = (rule or algorithm.logits_from_embeddings)(support, support_y.expand(b, -1), query, n_way)
-            predicted.append(logits.argmax(-1).cpu())
+            scores = []
+            for z in zs:
+                e = z[inverse[start: start + episodes_per_step]]  # (b, n_way, shot + query, D)
+                b = e.shape[0]
+                support = e[:, :, :n_shot].reshape(b, n_way * n_shot, -1)
+                query = e[:, :, n_shot:].reshape(b, n_way * n_query, -1)
+                scores.append(classify(support, support_y.expand(b, -1), query, n_way))
+            if len(scores) > 1:  # eval.tta_rotations: the turns' class probabilities averaged
+                scores = [torch.stack([s.float().softmax(-1) for s in scores]).mean(0)]
+            predicted.append(scores[0].argmax(-1).cpu())
             if on_progress is not None:
                 on_progress(b)
     return torch.cat(predicted) if predicted else torch.zeros(0, n_way * n_query, dtype=torch.long)

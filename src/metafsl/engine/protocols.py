@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
 
 import torch
 
 from metafsl.algorithms.test_time import check_finetune, finetuned
+from metafsl.data.augment import mean_over_turns
 from metafsl.data.lake_runs import read_runs
 from metafsl.engine.episode_adapt import seeded
 from metafsl.engine.evaluate import EvalSpec, mean_ci95, tta_refusal
@@ -73,14 +75,23 @@ def run_logits(algorithm, task, tta: int = 1) -> torch.Tensor:
         return algorithm.logits_from_embeddings(support, task.support_y, query, task.n_way)
 
 
-def run_accuracy(algorithm, task, tta: int = 1) -> float:
-    """Fraction of one run's trials right (``run_logits``)."""
-    return float((run_logits(algorithm, task, tta).argmax(-1) == task.query_y).float().mean().cpu())
+def run_probabilities(algorithm, task, tta: int = 1, rotations: int = 1) -> torch.Tensor:
+    """(1, trials, 20) class probabilities of one run (``run_logits``); ``rotations`` > 1: averaged
+    over the run turned as ``eval.tta_rotations`` says (its 20 drawings and trials turned alike)."""
+    return mean_over_turns(partial(run_logits, algorithm, tta=tta), task, rotations).cpu()
 
 
-def _probabilities(members: Sequence[Member], i: int, tta: int, adapt: RunAdaptation = RunAdaptation()):
+def run_accuracy(algorithm, task, tta: int = 1, rotations: int = 1) -> float:
+    """Fraction of one run's trials right (``run_probabilities``)."""
+    predicted = run_probabilities(algorithm, task, tta, rotations).argmax(-1)
+    return float((predicted == task.query_y.cpu()).float().mean())
+
+
+def _probabilities(members: Sequence[Member], i: int, tta: int, adapt: RunAdaptation = RunAdaptation(),
+                   rotations: int = 1):
     """Run ``i``'s task (as the first member reads it) and the members' mean class probabilities,
-    each member fine-tuned on the run's drawings first where ``adapt`` asks for it."""
+    each member fine-tuned on the run's drawings first where ``adapt`` asks for it (``rotations``:
+    ``run_probabilities``)."""
     probs, first = [], None
     for algorithm, runs, preprocess, device in members:
         task = runs[i].task(preprocess, device)
@@ -89,17 +100,18 @@ def _probabilities(members: Sequence[Member], i: int, tta: int, adapt: RunAdapta
         gen = torch.Generator().manual_seed(adapt.seed + i)
         with seeded(adapt.seed + i, task.support_x.device), \
                 finetuned(algorithm, task.support_x[0], task.support_y[0], task.n_way, adapt.steps, adapt.lr, gen, views):
-            probs.append(run_logits(algorithm, task, tta).float().softmax(-1).cpu())
+            probs.append(run_probabilities(algorithm, task, tta, rotations))
         first = task if first is None else first
     return first, torch.stack(probs).mean(0)
 
 
 def score_runs(algorithm, runs, preprocess, device, tta: int = 1, others: Sequence[Member] = (),
-               adapt: RunAdaptation = RunAdaptation()) -> Dict[str, Any]:
+               adapt: RunAdaptation = RunAdaptation(), rotations: int = 1) -> Dict[str, Any]:
     """Error rates (percent) of ``algorithm`` on Lake runs: overall and per run (``tta``:
     ``run_logits``); ``others``: more models (algorithm, their reading of the same runs,
     preprocess, device) whose class probabilities are averaged with its own (an ensemble);
-    ``adapt``: each model fine-tuned on each run's drawings before it classifies the run's trials."""
+    ``adapt``: each model fine-tuned on each run's drawings before it classifies the run's trials;
+    ``rotations``: each model's probabilities averaged over the run's turns (``run_probabilities``)."""
     members = [(algorithm, runs, preprocess, device), *others]
     modes = [m[0].training for m in members]
     for m in members:
@@ -107,7 +119,7 @@ def score_runs(algorithm, runs, preprocess, device, tta: int = 1, others: Sequen
     per_run, wrong, trials = {}, 0.0, 0
     try:
         for i, run in enumerate(runs):
-            task, probs = _probabilities(members, i, tta, adapt)
+            task, probs = _probabilities(members, i, tta, adapt, rotations)
             acc = float((probs.argmax(-1) == task.query_y.cpu()).float().mean())  # fraction of this run's trials
             n = task.query_y.shape[1]
             per_run[run.name] = round(100.0 * (1.0 - acc), 2)
@@ -149,14 +161,16 @@ def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any], ensemble: Se
     def read(p):  # each model sees the runs at its own image size
         return read_runs(root, p.dataset.image_size, p.dataset.channels, proto.get("invert", True))
 
-    adapt = RunAdaptation.from_spec(EvalSpec.from_config(cfg))
+    spec = EvalSpec.from_config(cfg)
+    adapt, rotations = RunAdaptation.from_spec(spec), spec.tta_rotations
     for p in [parts, *ensemble]:
         check_finetune(p.algorithm, adapt.steps, type(p.algorithm).__name__)
         if adapt.steps:
             p.preprocess.finetune_views(adapt.views)  # one sentence before any work
     others = [(p.algorithm, read(p), p.preprocess, p.device) for p in ensemble]
     tta = int((cfg.get("eval") or {}).get("tta", 1) or 1)
-    res = score_runs(parts.algorithm, read(parts), parts.preprocess, parts.device, tta, others, adapt)
-    extra = {**({"tta": tta} if tta > 1 else {}), **({"ensemble": list(proto["ensemble"])} if ensemble else {}),
+    res = score_runs(parts.algorithm, read(parts), parts.preprocess, parts.device, tta, others, adapt, rotations)
+    extra = {**({"tta": tta} if tta > 1 else {}), **({"tta_rotations": rotations} if rotations > 1 else {}),
+             **({"ensemble": list(proto["ensemble"])} if ensemble else {}),
              **adapt.record()}
     return {"protocol": name, "root": str(root), **res, **extra}
