@@ -82,9 +82,10 @@ def run_probabilities(algorithm, task, tta: int = 1, rotations: int = 1) -> torc
 
 
 def run_accuracy(algorithm, task, tta: int = 1, rotations: int = 1) -> float:
-    """Fraction of one run's trials right (``run_probabilities``)."""
-    predicted = run_probabilities(algorithm, task, tta, rotations).argmax(-1)
-    return float((predicted == task.query_y.cpu()).float().mean())
+    """Fraction of one run's trials right: by ``run_logits``, or with ``rotations`` > 1 by
+    ``run_probabilities`` (a softmax can round logits apart by 1e-7 to a tie; one turn keeps them)."""
+    scores = run_logits(algorithm, task, tta) if rotations <= 1 else run_probabilities(algorithm, task, tta, rotations)
+    return float((scores.argmax(-1).cpu() == task.query_y.cpu()).float().mean())
 
 
 def _probabilities(members: Sequence[Member], i: int, tta: int, adapt: RunAdaptation = RunAdaptation(),
