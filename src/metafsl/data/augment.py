@@ -144,8 +144,12 @@ def turned_task(task, k: int):
     return dataclasses.replace(task, support_x=turned(task.support_x, k), query_x=turned(task.query_x, k))
 
 
+def mean_probabilities(logits: List[torch.Tensor]) -> torch.Tensor:
+    """The mean of the turns' class probabilities (softmax of each turn's logits)."""
+    return torch.stack([x.float().softmax(-1) for x in logits]).mean(0)
+
+
 def mean_over_turns(logits_of: Callable, task, n: int) -> torch.Tensor:
     """Class probabilities of the episodes ``task``, averaged over the turns of
-    ``eval.tta_rotations=n``: the mean of ``softmax(logits_of(turned_task(task, k)))``."""
-    return torch.stack([logits_of(turned_task(task, k)).float().softmax(-1)
-                        for k in rotation_turns(n)]).mean(0)
+    ``eval.tta_rotations=n``: ``mean_probabilities`` of ``logits_of(turned_task(task, k))``."""
+    return mean_probabilities([logits_of(turned_task(task, k)) for k in rotation_turns(n)])

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from metafsl.algorithms.metric import MetricLearner
-from metafsl.data.augment import rotation_turns, tta_views, turned
+from metafsl.data.augment import mean_probabilities, rotation_turns, tta_views, turned
 from metafsl.engine.runtime import keep_channels_last
 
 #: images per embedding pass on the CPU: cache-friendly, and small enough for the allocator
@@ -165,7 +165,7 @@ def episode_predictions(algorithm, sampler, images: torch.Tensor, idx: torch.Ten
                 query = e[:, :, n_shot:].reshape(b, n_way * n_query, -1)
                 scores.append(classify(support, support_y.expand(b, -1), query, n_way))
             if len(scores) > 1:  # eval.tta_rotations: the turns' class probabilities averaged
-                scores = [torch.stack([s.float().softmax(-1) for s in scores]).mean(0)]
+                scores = [mean_probabilities(scores)]
             predicted.append(scores[0].argmax(-1).cpu())
             if on_progress is not None:
                 on_progress(b)

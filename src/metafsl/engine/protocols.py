@@ -169,7 +169,7 @@ def run_protocol(proto: Dict[str, Any], parts, cfg: Dict[str, Any], ensemble: Se
         if adapt.steps:
             p.preprocess.finetune_views(adapt.views)  # one sentence before any work
     others = [(p.algorithm, read(p), p.preprocess, p.device) for p in ensemble]
-    tta = int((cfg.get("eval") or {}).get("tta", 1) or 1)
+    tta = spec.tta
     res = score_runs(parts.algorithm, read(parts), parts.preprocess, parts.device, tta, others, adapt, rotations)
     extra = {**({"tta": tta} if tta > 1 else {}), **({"tta_rotations": rotations} if rotations > 1 else {}),
              **({"ensemble": list(proto["ensemble"])} if ensemble else {}),
