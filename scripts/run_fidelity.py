@@ -4,6 +4,7 @@
     python scripts/run_fidelity.py all --data-dir ../shared/data --out outputs/fidelity
 (with the project installed in the Python that runs it, or PYTHONPATH=src)
     python scripts/run_fidelity.py lake maml tiny ...            # some goals only
+    python scripts/run_fidelity.py lake --seeds 3                 # the Lake presets' six-model hour
     python scripts/run_fidelity.py ablate-lake --minutes 10 --background images_background_small1
     python scripts/run_fidelity.py ablate-lake --minutes 10 --rows full,koch,feat
     python scripts/run_fidelity.py ablate-maml --minutes 14 --budget 0.1 --extra runtime.compile=false
@@ -15,7 +16,8 @@ Goals (each trains within 60 minutes on the 2-core CPU):
         each preset's recipe (10 minutes), then `metafsl test protocol=lake20` on each run and on
         the two as one ensemble (--lake-runs: the official all_runs.zip; default: the stand-in,
         built first by scripts/make_lake_standin.py), without and with test-time augmentation
-        (eval.tta=5), each also with rotation views (eval.tta_rotations=4);
+        (eval.tta=5), each also with rotation views (eval.tta_rotations=4); --seeds N trains the
+        pair N times (seeds 0..N-1) and tests the 2N models as one ensemble (N=3: the hour);
   maml: experiment=maml_omniglot_cpu_{5w1s,20w1s} (each tests itself on 600 episodes);
   tiny: experiment=tiny_fewshot_cpu_pretrain_conv4 (stage 1, 25 min), then
         tiny_fewshot_cpu_{5w5s,5w1s} from it (35 min each), each tested again with eval.tta=10.
@@ -178,7 +180,9 @@ def lake_tests(r: Runner, label: str, run: Optional[Path], root: str, ttas=(1, 5
 
 def goal_lake(r: Runner) -> None:
     """Each preset's run (ProtoNet), its FEAT member (the same recipe, ``LAKE_MEMBER``), each
-    tested alone, then the two as one ensemble: the presets' lowest measured errors."""
+    tested alone, then the two as one ensemble: the presets' lowest measured errors. With
+    ``--seeds N`` (N > 1), the pair is trained again with ``seed=1`` ... ``seed=N-1`` (10 minutes
+    per model: N = 3 is the issue's hour) and all 2N models are tested as one ensemble."""
     root = lake_root(r)
     for name in LAKE:
         run = r.train(name, name)
@@ -186,6 +190,10 @@ def goal_lake(r: Runner) -> None:
         member = r.train(f"{name}_feat", name, LAKE_MEMBER)
         lake_tests(r, f"{name}_feat", member, root)
         lake_tests(r, f"{name}+feat", run, root, ensemble=[member])
+        if r.args.seeds > 1:
+            more = [r.train(f"{name}{kind}_seed{s}", name, [*extra, f"seed={s}"])
+                    for s in range(1, r.args.seeds) for kind, extra in (("", []), ("_feat", LAKE_MEMBER))]
+            lake_tests(r, f"{name}+feat_{r.args.seeds}seeds", run, root, ensemble=[member, *more])
 
 
 def goal_maml(r: Runner) -> None:
@@ -302,6 +310,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--maml", default="maml_omniglot_cpu_5w1s", help="ablate-maml: the preset")
     p.add_argument("--budget", type=float, default=1.0,
                    help="ablate-maml: fraction of the preset's iterations and schedules (e.g. --minutes 20 --budget 0.33)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="lake: also train the ProtoNet + FEAT pair with seeds 1..N-1 and test all 2N models as one ensemble")
     p.add_argument("--rows", default=None, help="ablate-*: the rows to run, comma-separated (default: all)")
     p.add_argument("--extra", nargs="*", default=[], help="overrides for every training")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -310,6 +320,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     goals = [g for goal in args.goals for g in (["lake", "maml", "tiny"] if goal == "all" else [goal])]
     if args.rows is not None:
         args.rows = parse_rows(p, args.rows, goals)
+    if args.seeds < 1:
+        p.error(f"--seeds: {args.seeds} is not a number of seeds (1 or more)")
     r = Runner(args)
     steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake,
              "ablate-maml": ablate_maml}

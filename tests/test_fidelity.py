@@ -334,6 +334,28 @@ def test_run_fidelity_script_runs_the_presets_commands(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
+def test_lake_seeds_train_the_pair_again_and_test_all_models_as_one_ensemble(capsys, tmp_path):
+    """lake --seeds 3: each preset's ProtoNet + FEAT pair with seeds 0, 1 and 2 (six models, the
+    issue's hour), then one ensemble of the six; --seeds 0 is refused up front."""
+    script = _fidelity_script()
+    assert script.main(["lake", "--seeds", "3", "--dry-run", "--out", str(tmp_path)]) == 0
+    lines = [ln[2:] for ln in capsys.readouterr().out.splitlines() if ln.startswith("$ ")]
+    trains = [ln for ln in lines if ln.startswith("metafsl train")]
+    assert len(trains) == 3 * 6
+    for name in script.LAKE:
+        mine = [ln for ln in trains if f"experiment={name} " in ln]
+        assert sorted(ln.count("seed=") for ln in mine) == [0, 0, 1, 1, 1, 1]
+        assert sum(" ".join(script.LAKE_MEMBER) in ln for ln in mine) == 3
+        six = [ln for ln in lines if f"run={tmp_path / name} " in ln and "protocol.ensemble=[" in ln
+               and ln.split("protocol.ensemble=[")[1].count(",") == 4]
+        assert len(six) == 4  # with and without eval.tta=5, each with and without rotation views
+        assert all(f"{tmp_path / name}_feat_seed2" in ln for ln in six)
+    with pytest.raises(SystemExit) as refused:
+        script.main(["lake", "--seeds", "0", "--dry-run", "--out", str(tmp_path)])
+    assert refused.value.code == 2 and "--seeds: 0 is not a number of seeds" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_maml_ablation_rows_train_the_minutes_asked_for_at_any_budget(capsys, tmp_path):
     """ablate-maml --minutes M --budget B: budget= also scales a clock-planned run's minutes, so every
     row, once the budget is applied, still trains M minutes planned by the clock."""
