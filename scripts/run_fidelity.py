@@ -322,6 +322,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.rows = parse_rows(p, args.rows, goals)
     if args.seeds < 1:
         p.error(f"--seeds: {args.seeds} is not a number of seeds (1 or more)")
+    if args.seeds > 1 and "lake" not in goals:
+        p.error("--seeds: only the lake goal trains more seeds (ask for lake, or all)")
     r = Runner(args)
     steps = {"lake": goal_lake, "maml": goal_maml, "tiny": goal_tiny, "ablate-lake": ablate_lake,
              "ablate-maml": ablate_maml}

@@ -353,6 +353,9 @@ def test_lake_seeds_train_the_pair_again_and_test_all_models_as_one_ensemble(cap
     with pytest.raises(SystemExit) as refused:
         script.main(["lake", "--seeds", "0", "--dry-run", "--out", str(tmp_path)])
     assert refused.value.code == 2 and "--seeds: 0 is not a number of seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a goal that trains no seeds
+        script.main(["ablate-lake", "--seeds", "3", "--dry-run", "--out", str(tmp_path)])
+    assert refused.value.code == 2 and "--seeds: only the lake goal" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
